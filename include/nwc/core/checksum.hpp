@@ -1,0 +1,52 @@
+// CRC-32C (Castagnoli), the checksum of every nwc file format.
+//
+// Chosen over CRC-32 for its better error detection on short bursts and because x86 (SSE4.2) and
+// ARMv8 have an instruction for it; this portable version uses slicing-by-8 tables (about 1-2 GB/s),
+// fast enough next to entropy decoding. Check value: crc32c("123456789") == 0xE3069283.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <span>
+
+namespace nwc {
+
+namespace detail {
+inline constexpr std::uint32_t crc32c_polynomial = 0x82F63B78u;  // reflected 0x1EDC6F41
+
+constexpr std::array<std::array<std::uint32_t, 256>, 8> make_crc32c_tables() {
+    std::array<std::array<std::uint32_t, 256>, 8> tables{};
+    for (std::uint32_t byte = 0; byte < 256; ++byte) {
+        std::uint32_t crc = byte;
+        for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ (crc32c_polynomial & (0u - (crc & 1u)));
+        tables[0][byte] = crc;
+    }
+    for (std::size_t slice = 1; slice < 8; ++slice)
+        for (std::uint32_t byte = 0; byte < 256; ++byte)
+            tables[slice][byte] = (tables[slice - 1][byte] >> 8) ^ tables[0][tables[slice - 1][byte] & 0xFFu];
+    return tables;
+}
+inline constexpr auto crc32c_tables = make_crc32c_tables();
+}  // namespace detail
+
+/// Continues a CRC-32C over `bytes`; start with crc = 0.
+inline std::uint32_t crc32c(std::span<const std::uint8_t> bytes, std::uint32_t crc = 0) noexcept {
+    const auto& t = detail::crc32c_tables;
+    crc = ~crc;
+    const std::uint8_t* data = bytes.data();
+    std::size_t size = bytes.size();
+    while (size >= 8) {
+        std::uint64_t word;
+        std::memcpy(&word, data, 8);
+        word ^= crc;
+        crc = t[7][word & 0xFF] ^ t[6][(word >> 8) & 0xFF] ^ t[5][(word >> 16) & 0xFF] ^ t[4][(word >> 24) & 0xFF] ^
+              t[3][(word >> 32) & 0xFF] ^ t[2][(word >> 40) & 0xFF] ^ t[1][(word >> 48) & 0xFF] ^ t[0][word >> 56];
+        data += 8;
+        size -= 8;
+    }
+    while (size-- > 0) crc = (crc >> 8) ^ t[0][(crc ^ *data++) & 0xFFu];
+    return ~crc;
+}
+
+}  // namespace nwc
