@@ -24,8 +24,21 @@ struct bfloat16 {
     std::uint16_t bits = 0;
 };
 
-NWC_HOST_DEVICE inline std::uint32_t float_bits(float value) { return std::bit_cast<std::uint32_t>(value); }
-NWC_HOST_DEVICE inline float float_from_bits(std::uint32_t bits) { return std::bit_cast<float>(bits); }
+// std::bit_cast is a host-only constexpr function to nvcc, so device code uses CUDA's intrinsics.
+NWC_HOST_DEVICE inline std::uint32_t float_bits(float value) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(value);
+#else
+    return std::bit_cast<std::uint32_t>(value);
+#endif
+}
+NWC_HOST_DEVICE inline float float_from_bits(std::uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(bits);
+#else
+    return std::bit_cast<float>(bits);
+#endif
+}
 
 /// binary16 -> float (exact: every half is a float).
 NWC_HOST_DEVICE inline float to_float(half value) {

@@ -1,0 +1,46 @@
+# Compile and link flags for nwc's own programs (tests, benchmarks, examples, tools). The nwc
+# target itself carries none of these, so a consumer's flags stay its own.
+add_library(nwc_project_options INTERFACE)
+
+target_compile_options(nwc_project_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic>)
+if(NWC_WERROR)
+  target_compile_options(nwc_project_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
+endif()
+if(NWC_NATIVE)
+  target_compile_options(nwc_project_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+endif()
+if(NWC_SANITIZE)
+  # _GLIBCXX_ASSERTIONS adds bounds checks to std::vector/span operator[], which catch reads past
+  # size() that ASan misses while they stay inside the allocation.
+  target_compile_options(nwc_project_options INTERFACE
+    $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer>)
+  target_compile_definitions(nwc_project_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:_GLIBCXX_ASSERTIONS>)
+  target_link_options(nwc_project_options INTERFACE $<$<LINK_LANGUAGE:CXX>:-fsanitize=address,undefined>)
+endif()
+target_compile_definitions(nwc_project_options INTERFACE NWC_DATA_DIR="${NWC_DATA_DIR}")
+
+if(NWC_ENABLE_CUDA)
+  # nvcc: Eigen's CUDA support calls constexpr std::complex functions from device code, which nvcc
+  # accepts only with --expt-relaxed-constexpr (Eigen's documented requirement), and Eigen 3.4
+  # puts __host__ __device__ on defaulted constructors, which nvcc 12+ reports as warning 20012 on
+  # every file. -Wpedantic is left out of the host compiler's flags because it warns about the
+  # `# 1 "file"` line markers in nvcc's own generated code.
+  target_compile_options(nwc_project_options INTERFACE
+    $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -diag-suppress=20012 -Xcompiler=-Wall,-Wextra>)
+  if(NWC_WERROR)
+    target_compile_options(nwc_project_options INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
+  endif()
+endif()
+
+# A CUDA program of nwc's own: tests/test_*.cu and bench/bench_*.cu. The CUDA runtime is linked
+# statically so the programs start on any machine with a driver, whatever toolkit is installed.
+function(nwc_add_cuda_program target source)
+  add_executable(${target} ${source})
+  # CMake 3.25 does not know that nvcc 12+ has C++20 (CUDA_STANDARD 20 fails to configure), so
+  # the flag is given directly.
+  set_target_properties(${target} PROPERTIES
+    CUDA_ARCHITECTURES "${NWC_CUDA_ARCHITECTURES}"
+    CUDA_RUNTIME_LIBRARY Static)
+  target_compile_options(${target} PRIVATE -std=c++20)
+  target_link_libraries(${target} PRIVATE nwc::nwc nwc_project_options CUDA::cudart_static CUDA::cublas)
+endfunction()

@@ -1,0 +1,140 @@
+// nwc::CodecModel: the trainable codec (g_a, g_s, factorized prior) and its freezing into a Codec.
+//
+// Read me first:
+// - g_a: ResidualMLP(chunk_size -> W x B -> M), g_s: ResidualMLP(M -> W x B -> chunk_size), both
+//   with their own level embedding; FactorizedPrior over the M latents.
+// - training_loss() records, for one batch of chunks, the loss of NWC-NOTES "Training the codec":
+//     lambda * SSE(x, x_hat) / (sigma^2 * numel) + sum_i c[level_i] * bits_i / numel
+//   where numel is the number of weights of the WHOLE batch. A batch split into shards therefore
+//   gets exactly the full-batch gradient by summing the shards' gradients (trainer.hpp).
+// - freeze() builds the prior's integer tables once and rounds the weights to their storage dtype;
+//   what comes out is all a codec file holds.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+// One include for the ops used here: the autograd owner moves ops between its ops_*.hpp files.
+#include "nwc/autograd/autograd.hpp"
+#include "nwc/codec/codec.hpp"
+#include "nwc/entropy/factorized_prior.hpp"
+#include "nwc/nn/residual_mlp.hpp"
+
+namespace nwc {
+
+/// What the loss weighs (NWC-NOTES: c = [3.4, 1.2, 0.1, 0.05]).
+struct CodecLossWeights {
+    double lambda = 100.0;                                    ///< distortion weight: larger = more bits
+    std::vector<double> level_rate_weights{3.4, 1.2, 0.1, 0.05};  ///< c[level], scales the rate term
+    double data_variance = 1.0;                               ///< sigma^2 of the normalized training chunks
+    bool straight_through = false;                            ///< round (STE) instead of additive noise
+};
+
+/// Loss parts of one batch (sums over its rows, so shards add up).
+struct CodecLossParts {
+    autograd::Var loss;          ///< the scalar to minimize (1 x 1)
+    double squared_error = 0.0;  ///< SSE(x, x_hat) of these rows
+    double bits = 0.0;           ///< sum of -log2 p over these rows' latents
+    std::array<double, 8> bits_per_level{};  ///< the same split by level (levels < 8)
+};
+
+/// The trainable codec.
+class CodecModel {
+public:
+    using Parameter = autograd::Parameter<float>;
+
+    CodecModel() = default;
+    explicit CodecModel(CodecArchitecture architecture)
+        : m_architecture(architecture), m_encoder(architecture.encoder_shape()), m_decoder(architecture.decoder_shape()),
+          m_prior(architecture.latents) {
+        architecture.validate();
+    }
+
+    /// torch-default initialization of both networks, CompressAI's of the prior (independent streams).
+    void initialize(const Random& random) {
+        Random encoder_random = random.split(1), decoder_random = random.split(2), prior_random = random.split(3);
+        m_encoder.initialize(encoder_random);
+        m_decoder.initialize(decoder_random);
+        m_prior.initialize(prior_random);
+    }
+
+    const CodecArchitecture& architecture() const noexcept { return m_architecture; }
+    ResidualMLP<float>& encoder() noexcept { return m_encoder; }
+    ResidualMLP<float>& decoder() noexcept { return m_decoder; }
+    FactorizedPrior& prior() noexcept { return m_prior; }
+    const ResidualMLP<float>& encoder() const noexcept { return m_encoder; }
+    const ResidualMLP<float>& decoder() const noexcept { return m_decoder; }
+    const FactorizedPrior& prior() const noexcept { return m_prior; }
+
+    /// Every trainable parameter: encoder, decoder, prior (each in its own fixed order).
+    std::vector<Parameter*> parameters() {
+        std::vector<Parameter*> all = m_encoder.parameters();
+        for (Parameter* p : m_decoder.parameters()) all.push_back(p);
+        for (Parameter* p : m_prior.parameters()) all.push_back(p);
+        return all;
+    }
+
+    /// Records the loss of `chunks` (rows x chunk_size, kept alive by the caller until the tape is
+    /// cleared) with one level per row. `batch_weights` is the number of weights in the whole batch
+    /// the rows belong to. `noise` draws the additive uniform noise (unused with straight_through).
+    CodecLossParts training_loss(autograd::Tape<float>& tape, const RowMajorMatrix<float>& chunks, std::span<const std::uint8_t> levels,
+                                 double batch_weights, const CodecLossWeights& weights, Random& noise) {
+        using namespace autograd;
+        NWC_ASSERT(chunks.cols() == m_architecture.chunk_size && std::int64_t(levels.size()) == chunks.rows());
+        const Var x = tape.constant_ref(chunks);
+        const Var y = m_encoder.forward(tape, x, levels);
+        const Var y_tilde = weights.straight_through ? round_ste(tape, y) : add_uniform_noise(tape, y, noise);
+        const Var bits = m_prior.bits(tape, y_tilde);
+        const Var x_hat = m_decoder.forward(tape, y_tilde, levels);
+
+        CodecLossParts parts;
+        // Rate: sum_i c[level_i] * sum_c bits_ic / numel, one fused node.
+        std::vector<float> row_weights(levels.size());
+        const auto& bit_values = tape.value(bits);
+        for (std::size_t row = 0; row < levels.size(); ++row) {
+            NWC_ASSERT(levels[row] < weights.level_rate_weights.size());
+            row_weights[row] = float(weights.level_rate_weights[levels[row]] / batch_weights);
+            const double row_bits = double(bit_values.row(Eigen::Index(row)).template cast<double>().sum());
+            parts.bits += row_bits;
+            parts.bits_per_level[std::min<std::size_t>(levels[row], 7)] += row_bits;
+        }
+        RowMajorMatrix<float> rate_value(1, 1);
+        rate_value(0, 0) = 0.0f;
+        for (std::size_t row = 0; row < levels.size(); ++row)
+            rate_value(0, 0) += row_weights[row] * bit_values.row(Eigen::Index(row)).sum();
+        const Var rate = custom(tape, {bits}, std::move(rate_value), [row_weights](Tape<float>& t, Node<float>& node) {
+            auto& grad = t.grad(node.inputs[0]);
+            const float upstream = node.grad(0, 0);
+            for (Eigen::Index row = 0; row < grad.rows(); ++row) grad.row(row).array() += upstream * row_weights[std::size_t(row)];
+        }, "weighted_rate");
+
+        // Distortion: lambda / sigma^2 * SSE / numel = mse_loss * (lambda rows d / (sigma^2 numel)).
+        const Var mse = mse_loss(tape, x_hat, x);
+        parts.squared_error = double(tape.item(mse)) * double(chunks.size());
+        const double distortion_scale = weights.lambda * double(chunks.size()) / (weights.data_variance * batch_weights);
+        parts.loss = add(tape, scale(tape, mse, float(distortion_scale)), rate);
+        return parts;
+    }
+
+    /// The frozen codec: tables from the prior (`precision` bits), weights rounded to `storage`.
+    Codec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}") const {
+        ResidualMLP<float> encoder = m_encoder, decoder = m_decoder;
+        round_weights_to(encoder, storage);
+        round_weights_to(decoder, storage);
+        PriorTables frozen = m_prior.build_tables(precision);
+        return Codec(std::move(encoder),
+                     CodecDecoder(m_architecture, std::move(decoder), std::move(frozen.medians), std::move(frozen.tables), storage),
+                     std::move(provenance));
+    }
+
+private:
+    CodecArchitecture m_architecture{};
+    ResidualMLP<float> m_encoder;
+    ResidualMLP<float> m_decoder;
+    FactorizedPrior m_prior;
+};
+
+}  // namespace nwc

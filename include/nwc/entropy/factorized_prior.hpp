@@ -1,0 +1,263 @@
+// nwc::FactorizedPrior: Balle et al.'s non-parametric per-channel density (CompressAI's
+// EntropyBottleneck) for the M latents of the weight codec.
+//
+// Read me first:
+// - Per channel c a monotone function L_c: R -> R, the logit of the CDF, filters (3, 3, 3, 3):
+//   widths 1 -> 3 -> 3 -> 3 -> 3 -> 1. Layer k: z = softplus(H_k) a + b_k, and for every layer but
+//   the last a' = z + tanh(f_k) tanh(z). 58 parameters per channel. init_scale 10.
+// - Likelihood of y on the integer grid: sigmoid(L(y + 1/2)) - sigmoid(L(y - 1/2)), evaluated with
+//   CompressAI's sign trick (flip both arguments when L(y-1/2) + L(y+1/2) > 0, so the difference
+//   is taken where the sigmoids are small and precise), then lower-bounded at 1e-9. The bound
+//   passes the gradient whenever it pushes the likelihood up, as CompressAI's LowerBound does.
+// - Three paths: bits(tape, y) for training (one fused tape op, its backward written by hand and
+//   checked against finite differences), logits_cumulative()/likelihood() in double for analysis,
+//   and build_tables(), which freezes the trained density into integer CdfTables ONCE.
+// - Quantiles come from bisection on the monotone L (deterministic, no auxiliary loss):
+//   median = L^-1(0), tails = L^-1(-+t), t = log(2 / 1e-9 - 1), so each tail holds 5e-10.
+// - Coding uses the median offset: the integer coded for y is round(y - median_c), the decoder
+//   adds median_c (stored as float) back. Tables are built around the float median so that encoder
+//   and decoder agree exactly on what a symbol means.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "nwc/autograd/tape.hpp"
+#include "nwc/core/error.hpp"
+#include "nwc/core/random.hpp"
+#include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/prior_kernels.hpp"
+
+namespace nwc {
+
+/// A trained prior frozen for coding: per channel the float median and the integer table of
+/// the symbols round(y - median).
+struct PriorTables {
+    std::vector<float> medians;
+    CdfTableSet tables;
+};
+
+/// The factorized prior over `channels` latents; Scalar is float for training, double for checks.
+template <class Scalar>
+class BasicFactorizedPrior {
+public:
+    using Parameter = autograd::Parameter<Scalar>;
+    using Matrix = RowMajorMatrix<Scalar>;
+    static constexpr int layer_count = detail::prior_layer_count;
+    static constexpr int parameters_per_channel = 58;
+    static constexpr double init_scale = 10.0;
+    static constexpr double likelihood_bound = 1e-9;
+    /// Widest table build_tables() makes; wider densities send their tails to the escape bin.
+    static constexpr std::int32_t max_support = 8192;
+
+    BasicFactorizedPrior() = default;
+    /// A prior over `channels` latents with CompressAI's initial density (biases zero until
+    /// initialize() draws them).
+    explicit BasicFactorizedPrior(int channels) : m_channels(channels) {
+        require(channels >= 1 && channels <= 4096, errc::invalid_argument, "FactorizedPrior: ", channels,
+                " channels outside 1..4096");
+        const auto& widths = detail::prior_widths;
+        const double scale = std::pow(init_scale, 1.0 / double(layer_count));
+        for (int k = 0; k < layer_count; ++k) {
+            const int in = widths[std::size_t(k)], out = widths[std::size_t(k + 1)];
+            const std::string suffix = std::to_string(k);
+            m_matrices[std::size_t(k)] = Parameter(channels, out * in, "prior.matrix" + suffix);
+            m_matrices[std::size_t(k)].value.setConstant(Scalar(std::log(std::expm1(1.0 / scale / out))));
+            m_biases[std::size_t(k)] = Parameter(channels, out, "prior.bias" + suffix);
+            if (k + 1 < layer_count) m_factors[std::size_t(k)] = Parameter(channels, out, "prior.factor" + suffix);
+        }
+    }
+
+    /// Draws the biases from U(-0.5, 0.5) (CompressAI), factors stay 0.
+    void initialize(Random& random) {
+        for (auto& bias : m_biases)
+            for (Eigen::Index i = 0; i < bias.value.size(); ++i) bias.value.data()[i] = Scalar(random.uniform() - 0.5f);
+        for (Parameter* parameter : parameters()) parameter->zero_grad();
+    }
+
+    int channels() const noexcept { return m_channels; }
+
+    /// The 14 parameter tensors (each channels x n) in the fixed order matrix0, bias0, factor0,
+    /// ..., matrix3, bias3, factor3, matrix4, bias4.
+    std::vector<Parameter*> parameters() {
+        std::vector<Parameter*> all;
+        for (int k = 0; k < layer_count; ++k) {
+            all.push_back(&m_matrices[std::size_t(k)]);
+            all.push_back(&m_biases[std::size_t(k)]);
+            if (k + 1 < layer_count) all.push_back(&m_factors[std::size_t(k)]);
+        }
+        return all;
+    }
+    std::vector<const Parameter*> parameters() const {
+        auto all = const_cast<BasicFactorizedPrior*>(this)->parameters();
+        return {all.begin(), all.end()};
+    }
+
+    /// L_c(x) in double.
+    double logits_cumulative(int channel, double x) const {
+        const auto weights = channel_weights<double>(channel);
+        Eigen::Array<double, Eigen::Dynamic, 1> points(1);
+        points(0) = x;
+        detail::PriorActivations<double> activations;
+        detail::prior_forward(weights, points, activations);
+        return activations.logits(0);
+    }
+    /// The bounded likelihood of y (any real) on the integer grid around it, in double.
+    double likelihood(int channel, double y) const {
+        const double lower = logits_cumulative(channel, y - 0.5), upper = logits_cumulative(channel, y + 0.5);
+        return std::max(detail::sign_trick_difference(lower, upper), likelihood_bound);
+    }
+    /// x with L_c(x) == logit, by bisection (deterministic; L is strictly increasing).
+    double quantile(int channel, double logit) const {
+        double low = -1.0, high = 1.0;
+        while (logits_cumulative(channel, low) > logit) {
+            low *= 2.0;
+            require(low > -1e7, errc::numerical, "FactorizedPrior: channel ", channel, " has no quantile for logit ", logit);
+        }
+        while (logits_cumulative(channel, high) < logit) {
+            high *= 2.0;
+            require(high < 1e7, errc::numerical, "FactorizedPrior: channel ", channel, " has no quantile for logit ", logit);
+        }
+        for (int iteration = 0; iteration < 200 && high - low > 1e-12 * std::max(1.0, std::abs(low)); ++iteration) {
+            const double middle = 0.5 * (low + high);
+            (logits_cumulative(channel, middle) < logit ? low : high) = middle;
+        }
+        return 0.5 * (low + high);
+    }
+    double median(int channel) const { return quantile(channel, 0.0); }
+    /// The tail logit t: L^-1(-t) and L^-1(t) bound all but 1e-9 of the mass.
+    static double tail_logit() { return std::log(2.0 / likelihood_bound - 1.0); }
+
+    /// Training path: bits (n x channels) = -log2 likelihood(latents) for latents n x channels
+    /// (noisy or rounded). Gradients flow to the latents and to every prior parameter.
+    autograd::Var bits(autograd::Tape<Scalar>& tape, autograd::Var latents) {
+        NWC_ASSERT(tape.cols(latents) == m_channels);
+        std::vector<autograd::Var> inputs{latents};
+        for (Parameter* parameter : parameters()) inputs.push_back(tape.parameter(*parameter));
+        const autograd::Var out = tape.record("prior_bits", inputs, [this](autograd::Tape<Scalar>& t, autograd::Node<Scalar>& node) {
+            backward_bits(t, node);
+        });
+        const Matrix& y = tape.value(latents);
+        Matrix& result = tape.output(out);
+        result.resize(y.rows(), y.cols());
+        detail::PriorActivations<Scalar> activations;
+        Eigen::Array<Scalar, Eigen::Dynamic, 1> points;
+        for (int channel = 0; channel < m_channels; ++channel) {
+            detail::gather_half_steps(y, channel, points);
+            detail::prior_forward(channel_weights<Scalar>(channel), points, activations);
+            const Eigen::Index n = y.rows();
+            for (Eigen::Index row = 0; row < n; ++row) {
+                const double difference = detail::sign_trick_difference(double(activations.logits(row)),
+                                                                        double(activations.logits(n + row)));
+                result(row, channel) = Scalar(-std::log2(std::max(difference, likelihood_bound)));
+            }
+        }
+        return out;
+    }
+
+    /// Freezes the prior into integer tables (precision 12..16): per channel the float median m,
+    /// support [floor(q_lo - m), ceil(q_hi - m)] (at most max_support wide, centered on 0), the
+    /// likelihood at m + k for each integer k of it, and the remaining mass as the escape bin.
+    PriorTables build_tables(int precision = 16) const {
+        PriorTables frozen;
+        std::vector<CdfTable> tables;
+        const double tail = tail_logit();
+        for (int channel = 0; channel < m_channels; ++channel) {
+            const float median_value = float(median(channel));
+            const double m = double(median_value);
+            std::int64_t first = std::int64_t(std::floor(quantile(channel, -tail) - m));
+            std::int64_t last = std::int64_t(std::ceil(quantile(channel, tail) - m));
+            first = std::clamp<std::int64_t>(std::min<std::int64_t>(first, 0), -max_support / 2, 0);
+            last = std::clamp<std::int64_t>(std::max<std::int64_t>(last, 0), 0, max_support / 2);
+            std::vector<double> probabilities;
+            double total = 0.0;
+            for (std::int64_t k = first; k <= last; ++k) {
+                const double lower = logits_cumulative(channel, m + double(k) - 0.5);
+                const double upper = logits_cumulative(channel, m + double(k) + 0.5);
+                probabilities.push_back(std::max(detail::sign_trick_difference(lower, upper), 0.0));
+                total += probabilities.back();
+            }
+            const double escape = std::max(1.0 - total, 0.0);
+            frozen.medians.push_back(median_value);
+            tables.push_back(CdfTable::from_probabilities(std::int32_t(first), probabilities, escape, precision));
+        }
+        frozen.tables = CdfTableSet(std::move(tables));
+        return frozen;
+    }
+
+private:
+    template <class Out>
+    detail::PriorChannelWeights<Out> channel_weights(int channel) const {
+        detail::PriorChannelWeights<Out> weights;
+        for (int k = 0; k < layer_count; ++k) {
+            const auto kk = std::size_t(k);
+            for (Eigen::Index i = 0; i < m_matrices[kk].cols(); ++i)
+                weights.matrix[kk][std::size_t(i)] = Out(m_matrices[kk].value(channel, i));
+            for (Eigen::Index i = 0; i < m_biases[kk].cols(); ++i) {
+                weights.bias[kk][std::size_t(i)] = Out(m_biases[kk].value(channel, i));
+                if (k + 1 < layer_count) weights.factor[kk][std::size_t(i)] = Out(m_factors[kk].value(channel, i));
+            }
+        }
+        weights.prepare();
+        return weights;
+    }
+
+    void backward_bits(autograd::Tape<Scalar>& tape, autograd::Node<Scalar>& node) {
+        const autograd::Var latents = node.inputs[0];
+        const Matrix& y = tape.value(latents);
+        const Eigen::Index n = y.rows();
+        Matrix* dy = tape.requires_grad(latents) ? &tape.grad(latents) : nullptr;
+        detail::PriorActivations<Scalar> activations;
+        detail::PriorChannelGradients<Scalar> gradients;
+        Eigen::Array<Scalar, Eigen::Dynamic, 1> points, dlogits;
+        for (int channel = 0; channel < m_channels; ++channel) {
+            const auto weights = channel_weights<Scalar>(channel);
+            detail::gather_half_steps(y, channel, points);
+            detail::prior_forward(weights, points, activations);
+            dlogits.resize(2 * n);
+            for (Eigen::Index row = 0; row < n; ++row) {
+                const auto [d_lower, d_upper] = detail::bits_gradient(double(activations.logits(row)),
+                                                                      double(activations.logits(n + row)),
+                                                                      double(node.grad(row, channel)), likelihood_bound);
+                dlogits(row) = Scalar(d_lower);
+                dlogits(n + row) = Scalar(d_upper);
+            }
+            gradients.clear();
+            detail::prior_backward(weights, activations, dlogits, gradients);
+            if (dy)
+                for (Eigen::Index row = 0; row < n; ++row)
+                    (*dy)(row, channel) += gradients.dpoints(row) + gradients.dpoints(n + row);
+            // Parameter inputs follow the latents in parameters() order.
+            std::size_t input = 1;
+            for (int k = 0; k < layer_count; ++k) {
+                const auto kk = std::size_t(k);
+                add_row(tape, node.inputs[input++], channel, gradients.matrix[kk]);
+                add_row(tape, node.inputs[input++], channel, gradients.bias[kk]);
+                if (k + 1 < layer_count) add_row(tape, node.inputs[input++], channel, gradients.factor[kk]);
+            }
+        }
+    }
+
+    template <std::size_t N>
+    static void add_row(autograd::Tape<Scalar>& tape, autograd::Var var, int channel, const std::array<Scalar, N>& values) {
+        if (!tape.requires_grad(var)) return;
+        Matrix& grad = tape.grad(var);
+        for (Eigen::Index i = 0; i < grad.cols(); ++i) grad(channel, i) += values[std::size_t(i)];
+    }
+
+    int m_channels = 0;
+    std::array<Parameter, layer_count> m_matrices;
+    std::array<Parameter, layer_count> m_biases;
+    std::array<Parameter, layer_count - 1> m_factors;
+};
+
+/// The prior the codec trains and ships.
+using FactorizedPrior = BasicFactorizedPrior<float>;
+
+}  // namespace nwc

@@ -1,0 +1,127 @@
+// nwc::rans: the interleaved rANS range coder of latent tensors (32 lanes, 32-bit states, 16-bit words).
+//
+// Usage:
+//     const CdfTableSet tables(...);                        // one CdfTable per channel
+//     std::vector<std::uint8_t> stream = rans::encode(symbols, tables);
+//     rans::decode(stream, tables, out, backend::simd{}, threads);   // or backend::scalar{}
+//
+// Symbol i uses table i % tables.channel_count(). Any int32 round-trips: values outside a table's
+// support are escaped. The stream is cut into segments that decode independently (one thread or
+// one GPU warp each); read_index() exposes where each lies. Decoding validates everything: a
+// corrupt or truncated stream throws nwc::error, it never reads out of bounds or loops forever.
+// Both decoders produce identical output, for any thread count. Format: docs/format/rans.md.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "nwc/core/backend.hpp"
+#include "nwc/core/byte_io.hpp"
+#include "nwc/core/config.hpp"
+#include "nwc/core/error.hpp"
+#include "nwc/core/thread_pool.hpp"
+#include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/rans_format.hpp"
+#include "nwc/entropy/rans_lanes.hpp"
+#include "nwc/entropy/rans_simd.hpp"
+
+namespace nwc::rans {
+
+/// Encodes `symbols` (any int32 values) with `tables`; symbol i uses table i % channel_count.
+/// Throws nwc::error(invalid_argument) for empty tables or a segment size that is not a positive
+/// multiple of the channel count (at most max_segment_size). The bytes do not depend on
+/// options.threads.
+inline std::vector<std::uint8_t> encode(std::span<const std::int32_t> symbols, const CdfTableSet& tables,
+                                        const RangeCoderOptions& options = {}) {
+    require(!tables.empty(), errc::invalid_argument, "rans::encode: no tables");
+    const std::uint32_t channels = std::uint32_t(tables.channel_count());
+    const std::uint32_t segment_size = options.segment_size;
+    require(segment_size >= 1 && segment_size <= max_segment_size && segment_size % channels == 0, errc::invalid_argument,
+            "rans::encode: segment size ", segment_size, " must be a multiple of the ", channels, " channels in [1, ", max_segment_size, "]");
+    const std::uint64_t segment_count = (symbols.size() + segment_size - 1) / segment_size;
+    require(segment_count <= 0xFFFFFFFFu, errc::limit, "rans::encode: ", symbols.size(), " symbols need ", segment_count,
+            " segments, more than 2^32 - 1");
+
+    std::vector<std::vector<std::uint8_t>> segment_bytes(segment_count);
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> segment_sizes(segment_count);
+    parallel_for(std::int64_t(segment_count), options.threads, [&](std::int64_t s) {
+        const std::size_t first = std::size_t(s) * segment_size;
+        const std::size_t count = std::min<std::size_t>(segment_size, symbols.size() - first);
+        segment_sizes[std::size_t(s)] = detail::rans_encode_segment(tables, symbols.subspan(first, count), segment_bytes[std::size_t(s)]);
+    });
+
+    ByteWriter writer;
+    writer.put_u32(magic);
+    writer.put_u16(version);
+    writer.put_u8(std::uint8_t(lane_count));
+    writer.put_u8(std::uint8_t(tables.precision()));
+    writer.put_u32(channels);
+    writer.put_u32(tables.checksum());
+    writer.put_u64(symbols.size());
+    writer.put_u32(segment_size);
+    writer.put_u32(std::uint32_t(segment_count));
+    writer.put_u32(0);  // CRC-32C, patched below
+    for (const auto& [word_count, escape_bytes] : segment_sizes) {
+        writer.put_u32(word_count);
+        writer.put_u32(escape_bytes);
+    }
+    for (auto& bytes : segment_bytes) {
+        writer.put_bytes(bytes);
+        std::vector<std::uint8_t>().swap(bytes);
+    }
+    writer.patch_u32(checksum_offset, detail::rans_stream_checksum(writer.bytes()));
+    return writer.take();
+}
+
+/// Decodes segment `segment` of a stream whose index read_index() returned, into `out` (exactly
+/// index.segments[segment].symbol_count values). Throws nwc::error(corrupt) on a corrupt segment.
+/// The checksum is not re-verified here: read_index() did that once for the whole stream.
+template <class Backend>
+void decode_segment(std::span<const std::uint8_t> stream, const RansStreamIndex& index, const CdfTableSet& tables, std::size_t segment,
+                    std::span<std::int32_t> out, Backend backend) {
+    NWC_ASSERT(segment < index.segments.size());
+    const RansSegment& info = index.segments[segment];
+    NWC_ASSERT(info.byte_offset + info.byte_size <= stream.size());
+    NWC_ASSERT(tables.checksum() == index.tables_checksum);
+    require(out.size() == info.symbol_count, errc::invalid_argument, "rans::decode_segment: segment ", segment, " holds ", info.symbol_count,
+            " symbols, output has room for ", out.size());
+    detail::rans_decode_segment(tables.decode_tables(), detail::segment_bytes(stream, index, segment), out, backend);
+}
+
+/// Decodes a whole stream into `out` (exactly the stream's symbol count), segments in parallel on
+/// `threads` threads (0 = all). Backend: backend::scalar{} (reference) or backend::simd{}; results
+/// are identical for every backend and thread count. Throws nwc::error: see read_index(), plus
+/// invalid_argument when out has the wrong size and corrupt for an inconsistent segment.
+template <class Backend>
+void decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, std::span<std::int32_t> out, Backend backend,
+            int threads = 1) {
+    const RansStreamIndex index = read_index(stream, tables);
+    require(out.size() == index.symbol_count, errc::invalid_argument, "rans::decode: the stream holds ", index.symbol_count,
+            " symbols, output has room for ", out.size());
+    // Work items are pairs of segments: the SIMD decoder interleaves two segments' steps.
+    const auto& decode_tables = tables.decode_tables();
+    auto segment_out = [&](std::size_t s) { return out.subspan(index.segments[s].first_symbol, index.segments[s].symbol_count); };
+    const std::size_t segment_count = index.segments.size();
+    parallel_for(std::int64_t((segment_count + 1) / 2), threads, [&](std::int64_t pair) {
+        const std::size_t first = 2 * std::size_t(pair);
+        if (first + 1 < segment_count)
+            detail::rans_decode_segment_pair(decode_tables, detail::segment_bytes(stream, index, first), segment_out(first),
+                                             detail::segment_bytes(stream, index, first + 1), segment_out(first + 1), backend);
+        else
+            detail::rans_decode_segment(decode_tables, detail::segment_bytes(stream, index, first), segment_out(first), backend);
+    });
+}
+
+/// Decodes a whole stream into a new vector (see decode above). A highly skewed table codes up to
+/// max_segment_size symbols in a 136-byte segment: callers that must bound memory check
+/// read_index().symbol_count first.
+template <class Backend = backend::default_backend>
+std::vector<std::int32_t> decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, Backend backend = {}, int threads = 1) {
+    const RansStreamIndex index = read_index(stream, tables);
+    std::vector<std::int32_t> out(index.symbol_count);
+    decode(stream, tables, std::span<std::int32_t>(out), backend, threads);
+    return out;
+}
+
+}  // namespace nwc::rans

@@ -1,0 +1,426 @@
+// The SIMD rANS decoder (nwc::backend::simd): all 32 lanes of a step at once, on xsimd batches.
+//
+// Read me first:
+// - One step decodes symbols 32 t .. 32 t + 31 of a segment: lane l holds state l, in
+//   32 / batch::size registers (2 zmm on AVX-512, 4 ymm on AVX2, 8 xmm on SSE/NEON).
+// - The state update needs one table entry per lane (freq << 16 | slot - cumulative), fetched with
+//   a gather; the symbol's bin comes from a second gather that is off the dependency chain.
+// - Renormalization is lane-ordered: the lanes with x < 2^16 take the next words in lane order.
+//   On AVX-512 that is one 64-byte load, one masked expand (vpexpandw with VBMI2, else vpexpandd
+//   per 16 lanes) and a masked shift-or: no branch. Elsewhere a portable per-lane loop does it.
+// - xsimd 8.1's own gathers fall back to element inserts (its AVX2/AVX-512 overloads carry an
+//   ill-formed enable_if), so the gathers here are intrinsics on x86 with an xsimd fallback.
+// - The fast loop needs 64 readable bytes after the next word; the last steps of the buffer, the
+//   partial last step and escapes go to the scalar reference (RansLaneDecoder), which shares the
+//   states, so both decoders produce identical output from the same bytes, or the same error kind.
+#pragma once
+
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "nwc/core/backend.hpp"
+#include "nwc/entropy/rans_lanes.hpp"
+
+// GCC 12 reports its own _mm512_undefined_epi32() as "(maybe) uninitialized" once AVX-512
+// intrinsics are inlined (GCC bug 105593, fixed in 13); nothing in this file reads an undefined value.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace nwc::detail {
+namespace rans_simd {
+
+template <class Arch>
+using Lanes = xsimd::batch<std::uint32_t, Arch>;
+template <class Arch>
+inline constexpr std::size_t register_count = rans::lane_count / Lanes<Arch>::size;
+template <class Arch>
+using LaneRegisters = std::array<Lanes<Arch>, register_count<Arch>>;
+
+// ---- table lookups: the generic versions, then faster ones picked by the arch tag's base classes.
+
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u32(const std::uint32_t* table, const Lanes<Arch>& index, xsimd::generic) noexcept {
+    alignas(64) std::uint32_t indices[Lanes<Arch>::size], values[Lanes<Arch>::size];
+    index.store_aligned(indices);
+    for (std::size_t lane = 0; lane < Lanes<Arch>::size; ++lane) values[lane] = table[indices[lane]];
+    return Lanes<Arch>::load_aligned(values);
+}
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u16(const std::uint16_t* table, const Lanes<Arch>& index, xsimd::generic) noexcept {
+    alignas(64) std::uint32_t indices[Lanes<Arch>::size], values[Lanes<Arch>::size];
+    index.store_aligned(indices);
+    for (std::size_t lane = 0; lane < Lanes<Arch>::size; ++lane) values[lane] = table[indices[lane]];
+    return Lanes<Arch>::load_aligned(values);
+}
+#if defined(__AVX2__)
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u32(const std::uint32_t* table, const Lanes<Arch>& index, xsimd::avx2) noexcept {
+    return _mm256_i32gather_epi32(reinterpret_cast<const int*>(table), index, 4);
+}
+/// Reads 32 bits at scale 2 and keeps the low half: the tables carry 2 u16 of padding for this.
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u16(const std::uint16_t* table, const Lanes<Arch>& index, xsimd::avx2) noexcept {
+    return _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(table), index, 2), _mm256_set1_epi32(0xFFFF));
+}
+#endif
+#if defined(__AVX512F__)
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u32(const std::uint32_t* table, const Lanes<Arch>& index, xsimd::avx512f) noexcept {
+    return _mm512_i32gather_epi32(index, table, 4);
+}
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u16(const std::uint16_t* table, const Lanes<Arch>& index, xsimd::avx512f) noexcept {
+    return _mm512_and_si512(_mm512_i32gather_epi32(index, table, 2), _mm512_set1_epi32(0xFFFF));
+}
+#endif
+
+#if defined(__AVX512F__)
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u8(const std::uint8_t* table, const Lanes<Arch>& index, xsimd::avx512f) noexcept {
+    return _mm512_and_si512(_mm512_i32gather_epi32(index, table, 1), _mm512_set1_epi32(0xFF));
+}
+#endif
+#if defined(__AVX2__)
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u8(const std::uint8_t* table, const Lanes<Arch>& index, xsimd::avx2) noexcept {
+    return _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(table), index, 1), _mm256_set1_epi32(0xFF));
+}
+#endif
+template <class Arch>
+NWC_FORCE_INLINE Lanes<Arch> gather_u8(const std::uint8_t* table, const Lanes<Arch>& index, xsimd::generic) noexcept {
+    alignas(64) std::uint32_t indices[Lanes<Arch>::size], values[Lanes<Arch>::size];
+    index.store_aligned(indices);
+    for (std::size_t lane = 0; lane < Lanes<Arch>::size; ++lane) values[lane] = table[indices[lane]];
+    return Lanes<Arch>::load_aligned(values);
+}
+
+// ---- lane-ordered renormalization of all 32 lanes; returns the words taken.
+
+template <class Arch>
+NWC_FORCE_INLINE std::size_t renormalize(LaneRegisters<Arch>& states, const std::uint8_t* words, xsimd::generic) noexcept {
+    std::size_t taken = 0;
+    for (std::size_t r = 0; r < register_count<Arch>; ++r) {
+        const auto need = states[r] < Lanes<Arch>(rans::state_lower_bound);
+        if (!xsimd::any(need)) continue;
+        alignas(64) std::uint32_t lanes[Lanes<Arch>::size];
+        states[r].store_aligned(lanes);
+        for (std::size_t lane = 0; lane < Lanes<Arch>::size; ++lane)
+            if (lanes[lane] < rans::state_lower_bound) lanes[lane] = (lanes[lane] << 16) | load_u16(words + 2 * taken++);
+        states[r] = Lanes<Arch>::load_aligned(lanes);
+    }
+    return taken;
+}
+#if defined(__AVX512F__)
+template <class Arch>
+NWC_FORCE_INLINE std::size_t renormalize(LaneRegisters<Arch>& states, const std::uint8_t* words, xsimd::avx512f) noexcept {
+    static_assert(register_count<Arch> == 2);
+    const __m512i low = states[0], high = states[1];
+    const __m512i bound = _mm512_set1_epi32(std::int32_t(rans::state_lower_bound));
+    const __mmask16 need_low = _mm512_cmplt_epu32_mask(low, bound);
+    const __mmask16 need_high = _mm512_cmplt_epu32_mask(high, bound);
+#if defined(__AVX512VBMI2__) && defined(__AVX512BW__)
+    // All 32 lanes at once: spread the next popcount(need) words to the needing 16-bit lanes.
+    const __mmask32 need = _mm512_kunpackw(need_high, need_low);
+#ifdef REGFORM
+    __m512i raw = _mm512_loadu_si512(words);
+    asm("" : "+v"(raw));
+    const __m512i spread = _mm512_maskz_expand_epi16(need, raw);
+#else
+    const __m512i spread = _mm512_maskz_expand_epi16(need, _mm512_loadu_si512(words));
+#endif
+    const __m512i words_low = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(spread));
+    const __m512i words_high = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(spread, 1));
+    const std::size_t taken = std::size_t(std::popcount(std::uint32_t(need)));
+#else
+    const std::size_t taken_low = std::size_t(std::popcount(std::uint32_t(need_low)));
+    const __m512i words_low =
+        _mm512_maskz_expand_epi32(need_low, _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words))));
+    const __m512i words_high = _mm512_maskz_expand_epi32(
+        need_high, _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + 2 * taken_low))));
+    const std::size_t taken = taken_low + std::size_t(std::popcount(std::uint32_t(need_high)));
+#endif
+    states[0] = _mm512_mask_or_epi32(low, need_low, _mm512_slli_epi32(low, 16), words_low);
+    states[1] = _mm512_mask_or_epi32(high, need_high, _mm512_slli_epi32(high, 16), words_high);
+    return taken;
+}
+#endif
+
+/// Per-lane channel constants of the current step. Every segment starts at channel 0, so segments
+/// decoded in lockstep share them. FixedChannels: 32 % channel_count == 0, they never change.
+template <class Arch, bool FixedChannels>
+struct ChannelLanes {
+    using V = Lanes<Arch>;
+    static constexpr std::size_t width = V::size;
+    LaneRegisters<Arch> channel, slot_base, bin_base, value_offset, support;
+
+    explicit ChannelLanes(const RansDecodeTables& tables) {
+        for (std::size_t r = 0; r < register_count<Arch>; ++r) {
+            alignas(64) std::uint32_t lane_channel[width];
+            for (std::size_t lane = 0; lane < width; ++lane) lane_channel[lane] = std::uint32_t((r * width + lane) % tables.channel_count);
+            channel[r] = V::load_aligned(lane_channel);
+        }
+        lookup(tables);
+    }
+    /// Moves every lane 32 symbols on: channel += 32 mod channel_count.
+    NWC_FORCE_INLINE void advance(const RansDecodeTables& tables) noexcept {
+        if constexpr (!FixedChannels) {
+            const V stride(rans::lane_count % tables.channel_count), count(tables.channel_count);
+            for (std::size_t r = 0; r < register_count<Arch>; ++r) {
+                channel[r] = channel[r] + stride;
+                channel[r] = xsimd::select(channel[r] >= count, channel[r] - count, channel[r]);
+            }
+            lookup(tables);
+        }
+    }
+    NWC_FORCE_INLINE void lookup(const RansDecodeTables& tables) noexcept {
+        const auto* offsets = reinterpret_cast<const std::uint32_t*>(tables.offsets.data());
+        for (std::size_t r = 0; r < register_count<Arch>; ++r) {
+            slot_base[r] = channel[r] << tables.precision;
+            bin_base[r] = gather_u32<Arch>(tables.bin_bases.data(), channel[r], Arch{});
+            value_offset[r] = gather_u32<Arch>(offsets, channel[r], Arch{});
+            support[r] = gather_u32<Arch>(tables.supports.data(), channel[r], Arch{});
+        }
+    }
+};
+
+/// Which tables a step reads: one packed u32 per slot (one gather per symbol), or a u8 or u16 bin
+/// per slot followed by the per-bin (frequency, cumulative) entry (two gathers).
+enum class SlotLayout { packed, byte_bins, word_bins };
+
+/// The table pointers of the step, copied out of RansDecodeTables into locals: the step's vector
+/// stores may alias anything, so values left in memory would be reloaded after every store.
+template <SlotLayout Layout>
+struct StepTables {
+    using SlotEntry = std::conditional_t<Layout == SlotLayout::packed, std::uint32_t,
+                                         std::conditional_t<Layout == SlotLayout::byte_bins, std::uint8_t, std::uint16_t>>;
+    const SlotEntry* slots;
+    const std::uint32_t* bin_entries;
+    int precision, bin_bits, frequency_shift;
+    std::uint32_t bin_mask, inner_mask;
+
+    explicit StepTables(const RansDecodeTables& tables)
+        : bin_entries(tables.bin_entries.data()),
+          precision(tables.precision),
+          bin_bits(tables.packed_bin_bits),
+          frequency_shift(tables.packed_bin_bits + tables.packed_frequency_bits),
+          bin_mask((1u << tables.packed_bin_bits) - 1),
+          inner_mask(std::uint32_t((std::uint64_t(1) << tables.packed_frequency_bits) - 1)) {
+        if constexpr (Layout == SlotLayout::packed)
+            slots = tables.slot_packed.data();
+        else if constexpr (Layout == SlotLayout::byte_bins)
+            slots = tables.slot_bins_u8.data();
+        else
+            slots = tables.slot_bins.data();
+    }
+};
+
+/// One segment in the fast loop: states in registers, the next word, where its symbols go.
+template <class Arch>
+struct SegmentLanes {
+    LaneRegisters<Arch> states;
+    const std::uint8_t* words;
+    std::int32_t* out;
+    std::ptrdiff_t position = 0;
+    std::ptrdiff_t fast_limit;
+    std::size_t full_steps;
+
+    SegmentLanes(RansLaneDecoder& reference, const RansSegmentBytes& segment, std::span<std::int32_t> symbols)
+        : words(segment.words), out(symbols.data()), full_steps(symbols.size() / rans::lane_count) {
+        for (std::size_t r = 0; r < register_count<Arch>; ++r)
+            states[r] = Lanes<Arch>::load_unaligned(reference.states() + r * Lanes<Arch>::size);
+        // The fast step reads 64 bytes at the next word: stop it where that would pass the buffer.
+        fast_limit = (segment.stream_end - segment.words - 64) / 2;
+    }
+    NWC_FORCE_INLINE bool can_step(std::size_t step) const noexcept { return step < full_steps && position <= fast_limit; }
+};
+
+[[gnu::noinline]] inline void finish_reference(RansLaneDecoder& reference, std::size_t word_position, std::size_t first_symbol,
+                                               std::size_t symbol_count, std::int32_t* out) {
+    reference.word_position() = word_position;
+    reference.decode(first_symbol, symbol_count, out);
+    reference.expect_end();
+}
+
+/// Hands a segment's states to its reference decoder, which decodes the rest and checks the end.
+/// Copies values out rather than taking the lanes' address, which would pin them to memory.
+template <class Arch>
+NWC_FORCE_INLINE void finish_segment(RansLaneDecoder& reference, const SegmentLanes<Arch>& segment, std::size_t step, std::size_t symbol_count) {
+    for (std::size_t r = 0; r < register_count<Arch>; ++r) segment.states[r].store_unaligned(reference.states() + r * Lanes<Arch>::size);
+    finish_reference(reference, std::size_t(segment.position), step * rans::lane_count, symbol_count, segment.out);
+}
+
+/// Escape codes are read in symbol order, after the step's regular values were stored.
+[[gnu::noinline]] inline void read_escapes(RansLaneDecoder& reference, std::size_t step, std::int32_t* step_out) {
+    const RansDecodeTables& tables = reference.tables();
+    for (std::size_t lane = 0; lane < rans::lane_count; ++lane) {
+        const std::size_t channel = (step * rans::lane_count + lane) % tables.channel_count;
+        const std::uint32_t bin = std::uint32_t(step_out[lane]) - std::uint32_t(tables.offsets[channel]);
+        if (bin == tables.supports[channel]) step_out[lane] = reference.escapes().read_value(tables.offsets[channel], tables.supports[channel]);
+    }
+}
+
+/// Decodes symbols 32 step .. 32 step + 31 of one segment.
+template <class Arch, bool FixedChannels, SlotLayout Layout>
+NWC_FORCE_INLINE void decode_step(SegmentLanes<Arch>& segment, std::size_t step, const ChannelLanes<Arch, FixedChannels>& lanes,
+                                  const StepTables<Layout>& tables, RansLaneDecoder& reference) {
+    using V = Lanes<Arch>;
+    const V slot_mask((1u << tables.precision) - 1), low_16(0xFFFFu);
+    std::int32_t* step_out = segment.out + step * rans::lane_count;
+    auto escaped = V(0) != V(0);
+    for (std::size_t r = 0; r < register_count<Arch>; ++r) {
+        const V slot = segment.states[r] & slot_mask;
+        V bin;
+        if constexpr (Layout == SlotLayout::packed) {
+            const V entry = gather_u32<Arch>(tables.slots, slot | lanes.slot_base[r], Arch{});
+            bin = entry & V(tables.bin_mask);
+            segment.states[r] = (entry >> tables.frequency_shift) * (segment.states[r] >> tables.precision) +
+                                ((entry >> tables.bin_bits) & V(tables.inner_mask));
+        } else {
+            if constexpr (Layout == SlotLayout::byte_bins)
+                bin = gather_u8<Arch>(tables.slots, slot | lanes.slot_base[r], Arch{});
+            else
+                bin = gather_u16<Arch>(tables.slots, slot | lanes.slot_base[r], Arch{});
+            const V entry = gather_u32<Arch>(tables.bin_entries, bin + lanes.bin_base[r], Arch{});
+            segment.states[r] = (entry >> 16) * (segment.states[r] >> tables.precision) + slot - (entry & low_16);
+        }
+        (lanes.value_offset[r] + bin).store_unaligned(reinterpret_cast<std::uint32_t*>(step_out + r * V::size));
+        escaped = escaped | (bin == lanes.support[r]);
+    }
+    if (NWC_UNLIKELY(xsimd::any(escaped))) read_escapes(reference, step, step_out);
+    segment.position += std::ptrdiff_t(renormalize<Arch>(segment.states, segment.words + 2 * segment.position, Arch{}));
+}
+
+/// The fast loop over one segment from `step`; returns the first step it left undone. Works on
+/// local copies so that the states stay in registers (GCC 12 spills lanes whose address escapes).
+template <class Arch, bool FixedChannels, SlotLayout Layout>
+[[gnu::noinline]] std::size_t run_fast_steps(SegmentLanes<Arch>& segment_in, ChannelLanes<Arch, FixedChannels>& lanes_in, std::size_t step,
+                                             const StepTables<Layout>& tables_in, const RansDecodeTables& decode_tables,
+                                             RansLaneDecoder& reference) {
+    SegmentLanes<Arch> segment = segment_in;
+    ChannelLanes<Arch, FixedChannels> lanes = lanes_in;
+    const StepTables<Layout> tables = tables_in;
+    for (; segment.can_step(step); ++step) {
+        decode_step(segment, step, lanes, tables, reference);
+        lanes.advance(decode_tables);
+    }
+    segment_in = segment;
+    lanes_in = lanes;
+    return step;
+}
+
+/// The same over two segments in lockstep, while both can step: two independent dependency chains
+/// per iteration hide the gathers' latency (one segment alone is latency bound).
+template <class Arch, bool FixedChannels, SlotLayout Layout>
+[[gnu::noinline]] std::size_t run_fast_step_pairs(SegmentLanes<Arch>& first_in, SegmentLanes<Arch>& second_in,
+                                                  ChannelLanes<Arch, FixedChannels>& lanes_in, const StepTables<Layout>& tables_in,
+                                                  const RansDecodeTables& decode_tables, RansLaneDecoder& first_reference,
+                                                  RansLaneDecoder& second_reference) {
+    SegmentLanes<Arch> first = first_in, second = second_in;
+    ChannelLanes<Arch, FixedChannels> lanes = lanes_in;
+    const StepTables<Layout> tables = tables_in;
+    std::size_t step = 0;
+    for (; first.can_step(step) && second.can_step(step); ++step) {
+        decode_step(first, step, lanes, tables, first_reference);
+        decode_step(second, step, lanes, tables, second_reference);
+        lanes.advance(decode_tables);
+    }
+    first_in = first;
+    second_in = second;
+    lanes_in = lanes;
+    return step;
+}
+
+/// Decodes `Count` (1 or 2) segments; two are interleaved step by step while both can.
+template <class Arch, bool FixedChannels, SlotLayout Layout, std::size_t Count>
+void decode_segments(const RansDecodeTables& decode_tables, const std::array<RansSegmentBytes, Count>& segments,
+                     const std::array<std::span<std::int32_t>, Count>& outs) {
+    static_assert(Count == 1 || Count == 2);
+    const StepTables<Layout> tables(decode_tables);
+    ChannelLanes<Arch, FixedChannels> lanes(decode_tables);
+    std::size_t step = 0;
+    RansLaneDecoder first_reference(decode_tables, segments[0]);
+    SegmentLanes<Arch> first(first_reference, segments[0], outs[0]);
+    if constexpr (Count == 2) {
+        RansLaneDecoder second_reference(decode_tables, segments[1]);
+        SegmentLanes<Arch> second(second_reference, segments[1], outs[1]);
+        step = run_fast_step_pairs(first, second, lanes, tables, decode_tables, first_reference, second_reference);
+        // At most one of them has fast steps left: the second continues alone with a copy of the lanes.
+        ChannelLanes<Arch, FixedChannels> second_lanes = lanes;
+        const std::size_t second_step = run_fast_steps(second, second_lanes, step, tables, decode_tables, second_reference);
+        finish_segment(second_reference, second, second_step, outs[1].size());
+    }
+    step = run_fast_steps(first, lanes, step, tables, decode_tables, first_reference);
+    finish_segment(first_reference, first, step, outs[0].size());
+}
+
+template <class Arch, std::size_t Count>
+void decode_segments_on(const RansDecodeTables& tables, const std::array<RansSegmentBytes, Count>& segments,
+                        const std::array<std::span<std::int32_t>, Count>& outs) {
+    const bool fixed = rans::lane_count % tables.channel_count == 0;
+    const SlotLayout layout = !tables.slot_packed.empty()    ? SlotLayout::packed
+                              : !tables.slot_bins_u8.empty() ? SlotLayout::byte_bins
+                                                             : SlotLayout::word_bins;
+    auto run = [&](auto fixed_tag, auto layout_tag) {
+        decode_segments<Arch, decltype(fixed_tag)::value, decltype(layout_tag)::value, Count>(tables, segments, outs);
+    };
+    using packed = std::integral_constant<SlotLayout, SlotLayout::packed>;
+    using byte_bins = std::integral_constant<SlotLayout, SlotLayout::byte_bins>;
+    using word_bins = std::integral_constant<SlotLayout, SlotLayout::word_bins>;
+    auto with_layout = [&](auto fixed_tag) {
+        if (layout == SlotLayout::packed) run(fixed_tag, packed{});
+        else if (layout == SlotLayout::byte_bins) run(fixed_tag, byte_bins{});
+        else run(fixed_tag, word_bins{});
+    };
+    if (fixed) with_layout(std::true_type{});
+    else with_layout(std::false_type{});
+}
+
+}  // namespace rans_simd
+
+/// SIMD decoder of one segment on the xsimd architecture `Arch` (tests instantiate several).
+template <class Arch>
+void rans_decode_segment_on(const RansDecodeTables& tables, const RansSegmentBytes& segment, std::span<std::int32_t> out) {
+    rans_simd::decode_segments_on<Arch, 1>(tables, {segment}, {out});
+}
+/// SIMD decoder of two segments at once on `Arch`.
+template <class Arch>
+void rans_decode_segment_pair_on(const RansDecodeTables& tables, const RansSegmentBytes& first, std::span<std::int32_t> first_out,
+                                 const RansSegmentBytes& second, std::span<std::int32_t> second_out) {
+    rans_simd::decode_segments_on<Arch, 2>(tables, {first, second}, {first_out, second_out});
+}
+
+/// The simd backend: the best instruction set this translation unit was compiled for.
+inline void rans_decode_segment(const RansDecodeTables& tables, const RansSegmentBytes& segment, std::span<std::int32_t> out,
+                                backend::simd) {
+    if constexpr (std::is_same_v<xsimd::default_arch, xsimd::unavailable>)
+        rans_decode_segment(tables, segment, out, backend::scalar{});
+    else
+        rans_decode_segment_on<xsimd::default_arch>(tables, segment, out);
+}
+inline void rans_decode_segment_pair(const RansDecodeTables& tables, const RansSegmentBytes& first, std::span<std::int32_t> first_out,
+                                     const RansSegmentBytes& second, std::span<std::int32_t> second_out, backend::simd) {
+    if constexpr (std::is_same_v<xsimd::default_arch, xsimd::unavailable>) {
+        rans_decode_segment(tables, first, first_out, backend::scalar{});
+        rans_decode_segment(tables, second, second_out, backend::scalar{});
+    } else {
+        rans_decode_segment_pair_on<xsimd::default_arch>(tables, first, first_out, second, second_out);
+    }
+}
+
+}  // namespace nwc::detail
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

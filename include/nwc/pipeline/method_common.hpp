@@ -1,0 +1,241 @@
+// What the per-tensor methods (rtn, gptq, ecsq, nwc) share: options, the per-tensor report, the
+// common metadata prefix, bit packing and error measurement. Byte layouts: docs/format/methods.md.
+//
+// Read me first:
+// - Every coded tensor's metadata starts with the same 16-byte prefix (MethodPrefix): a layout
+//   version, flags, the measured relative MSE and proxy loss (f32, NaN when unknown) and the
+//   segment span. The two measurements sit at fixed offsets, so a rate search can encode with them
+//   unknown and the final pass fill them in without changing a single size.
+// - Segments: a tensor's payload is cut into segments of whole rows (rtn, gptq, ecsq) or whole
+//   columns (nwc), `span` of them per segment (the last may hold fewer). Each segment decodes on its
+//   own; the container records their sizes.
+// - Proxy loss tr(dW H dW^T) / tr(W H W^T) is measured on the decoder's reconstruction with the
+//   undamped Hessian, in double; relative MSE is ||dW||^2 / ||W||^2.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nwc/core/byte_io.hpp"
+#include "nwc/core/error.hpp"
+#include "nwc/core/tensor.hpp"
+#include "nwc/io/container_format.hpp"
+#include "nwc/quant/chunker.hpp"
+
+namespace nwc {
+
+/// The coding methods of the pipeline (tensors that are not coded pass through as "raw").
+enum class CompressionMethod : std::uint8_t {
+    nwc = 0,   ///< the neural codec (+ optional block LDLQ)
+    ecsq = 1,  ///< entropy-coded uniform scalar quantization (+ optional LDLQ)
+    gptq = 2,  ///< llama.cpp-style groups with GPTQ (LDLQ) feedback
+    rtn = 3,   ///< llama.cpp-style round to nearest in groups
+};
+
+/// The method's name as the container records it.
+constexpr std::string_view method_name(CompressionMethod method) noexcept {
+    switch (method) {
+        case CompressionMethod::nwc: return "nwc";
+        case CompressionMethod::ecsq: return "ecsq";
+        case CompressionMethod::gptq: return "gptq";
+        case CompressionMethod::rtn: return "rtn";
+    }
+    return "?";
+}
+
+/// Parses "nwc", "ecsq", "gptq", "rtn"; errc::invalid_argument otherwise.
+inline CompressionMethod method_from_name(std::string_view name) {
+    for (CompressionMethod method : {CompressionMethod::nwc, CompressionMethod::ecsq, CompressionMethod::gptq, CompressionMethod::rtn})
+        if (method_name(method) == name) return method;
+    fail(errc::invalid_argument, "unknown method '", name, "' (nwc, ecsq, gptq, rtn)");
+}
+
+/// Options of the per-tensor methods; each method reads the fields it needs.
+struct MethodOptions {
+    CompressionMethod method = CompressionMethod::nwc;
+    int bits = 4;            ///< rtn, gptq: bits per code (2..8); 4 is Q4_0's 4.5 bits per weight
+    int group_size = 32;     ///< rtn, gptq: weights of a row sharing one fp16 scale
+    float step = 0.5f;       ///< ecsq: quantizer step on normalized (unit-variance) weights
+    float alpha = 1.0f;      ///< nwc: rate knob, the normalized weights are scaled by alpha before g_a
+    bool ldlq = true;        ///< use the Hessian's feedback (LDLQ / GPTQ) when a Hessian is given
+    NormalizationAxis axis = NormalizationAxis::per_column;  ///< ecsq, nwc
+    double damping = 0.01;   ///< LDLQ damping relative to mean(diag H)
+    int ldlq_block_size = 128;
+    std::int64_t weights_per_segment = std::int64_t(1) << 17;  ///< target size of a segment
+    int threads = 1;         ///< threads inside one tensor (results never depend on it)
+    bool measure = true;     ///< compute relative MSE / proxy loss (nwc: costs one decoder pass)
+
+    /// errc::invalid_argument for values out of range.
+    void validate() const {
+        require(bits >= 2 && bits <= 8, errc::invalid_argument, "--bits ", bits, " is outside 2..8");
+        require(group_size >= 1 && group_size <= 65536, errc::invalid_argument, "group size ", group_size, " is outside 1..65536");
+        require(std::isfinite(step) && step > 0.0f, errc::invalid_argument, "ECSQ step ", step, " must be finite and positive");
+        require(std::isfinite(alpha) && alpha > 0.0f, errc::invalid_argument, "nwc alpha ", alpha, " must be finite and positive");
+        require(damping >= 0.0 && std::isfinite(damping), errc::invalid_argument, "LDLQ damping ", damping, " must be >= 0");
+        require(ldlq_block_size >= 1 && weights_per_segment >= 1 && threads >= 0, errc::invalid_argument,
+                "LDLQ block size, segment size and threads must be positive");
+    }
+};
+
+/// What compressing one tensor did.
+struct TensorReport {
+    std::string name;
+    Shape shape;
+    dtype original_dtype = dtype::f32;
+    std::string method;              ///< as written: "raw", "rtn", "gptq", "ecsq", "nwc"
+    std::uint64_t stored_bytes = 0;  ///< metadata + payload
+    std::size_t segments = 1;
+    double relative_mse = std::numeric_limits<double>::quiet_NaN();  ///< NaN: not measured
+    double proxy_loss = std::numeric_limits<double>::quiet_NaN();    ///< NaN: no Hessian or not measured
+    double squared_error = 0.0;     ///< ||W - What||^2 (0 when not measured)
+    double squared_norm = 0.0;      ///< ||W||^2 (0 when not measured)
+    bool used_hessian = false;      ///< levels and/or feedback came from a Hessian
+    bool used_feedback = false;     ///< LDLQ / GPTQ feedback was applied
+    std::string setting;            ///< "bits=4", "step=0.41", "alpha=1.3", "" for raw
+    double seconds = 0.0;
+
+    std::int64_t weights() const noexcept { return shape.numel(); }
+    /// 8 x stored bytes / weights: the tensor's own rate (the file adds headers and padding).
+    double bits_per_weight() const noexcept { return weights() > 0 ? 8.0 * double(stored_bytes) / double(weights()) : 0.0; }
+};
+
+namespace detail {
+
+inline constexpr std::uint8_t method_layout_version = 1;
+inline constexpr std::size_t method_prefix_bytes = 16;
+inline constexpr std::uint8_t flag_feedback = 1;        ///< LDLQ / GPTQ feedback applied
+inline constexpr std::uint8_t flag_hessian_levels = 2;  ///< nwc: importance levels from diag(H)
+
+/// The 16 bytes every coded tensor's metadata starts with.
+struct MethodPrefix {
+    std::uint8_t flags = 0;
+    float relative_mse = std::numeric_limits<float>::quiet_NaN();
+    float proxy_loss = std::numeric_limits<float>::quiet_NaN();
+    std::uint32_t span = 1;  ///< rows (rtn, gptq, ecsq) or columns (nwc) per segment
+
+    void write(ByteWriter& out) const {
+        out.put_u8(method_layout_version);
+        out.put_u8(flags);
+        out.put_u16(0);
+        out.put_f32(relative_mse);
+        out.put_f32(proxy_loss);
+        out.put_u32(span);
+    }
+    static MethodPrefix read(ByteReader& in, std::uint8_t allowed_flags) {
+        MethodPrefix prefix;
+        const std::uint8_t version = in.get_u8();
+        require(version == method_layout_version, errc::unsupported, in.context(), ": layout version ", int(version), " (this build reads ",
+                int(method_layout_version), ")");
+        prefix.flags = in.get_u8();
+        require((prefix.flags & ~allowed_flags) == 0, errc::corrupt, in.context(), ": unknown flags 0x", std::hex, int(prefix.flags), " at offset 1");
+        require(in.get_u16() == 0, errc::corrupt, in.context(), ": reserved bytes 2-3 are not zero");
+        prefix.relative_mse = in.get_f32();
+        prefix.proxy_loss = in.get_f32();
+        prefix.span = in.get_u32();
+        require(prefix.span >= 1, errc::corrupt, in.context(), ": segment span 0 at offset 12");
+        return prefix;
+    }
+};
+
+/// Overwrites the two measurements of a metadata block written with MethodPrefix (same size).
+inline void patch_measurements(std::vector<std::uint8_t>& metadata, double relative_mse, double proxy_loss) {
+    NWC_ASSERT(metadata.size() >= method_prefix_bytes);
+    const float values[2] = {float(relative_mse), float(proxy_loss)};
+    std::memcpy(metadata.data() + 4, values, sizeof values);
+}
+
+/// The measurements stored in a coded tensor's metadata (NaN when absent or not a coded tensor).
+inline std::pair<double, double> stored_measurements(std::span<const std::uint8_t> metadata) noexcept {
+    constexpr double unknown = std::numeric_limits<double>::quiet_NaN();
+    if (metadata.size() < method_prefix_bytes || metadata[0] != method_layout_version) return {unknown, unknown};
+    float values[2];
+    std::memcpy(values, metadata.data() + 4, sizeof values);
+    return {double(values[0]), double(values[1])};
+}
+
+/// Segments of `count` units cut `span` at a time.
+constexpr std::int64_t segment_count(std::int64_t count, std::int64_t span) noexcept { return (count + span - 1) / span; }
+
+/// Packs codes (< 2^bits) LSB first: code i occupies bits [i b, (i + 1) b) of the little-endian stream.
+inline std::vector<std::uint8_t> pack_codes(std::span<const std::uint8_t> codes, int bits) {
+    std::vector<std::uint8_t> packed((codes.size() * std::size_t(bits) + 7) / 8, 0);
+    std::uint64_t position = 0;
+    for (std::uint8_t code : codes) {
+        const std::uint32_t value = std::uint32_t(code) << (position % 8);
+        packed[position / 8] |= std::uint8_t(value);
+        if ((position % 8) + std::uint64_t(bits) > 8) packed[position / 8 + 1] |= std::uint8_t(value >> 8);
+        position += std::uint64_t(bits);
+    }
+    return packed;
+}
+
+/// Inverse of pack_codes; `packed` must be exactly ceil(count b / 8) bytes with zero padding bits.
+inline void unpack_codes(std::span<const std::uint8_t> packed, int bits, std::span<std::uint8_t> codes, std::string_view context) {
+    const std::uint64_t total_bits = std::uint64_t(codes.size()) * std::uint64_t(bits);
+    require(packed.size() == (total_bits + 7) / 8, errc::corrupt, context, ": ", packed.size(), " bytes of codes, ", codes.size(), " codes of ", bits,
+            " bits need ", (total_bits + 7) / 8);
+    const std::uint32_t mask = (1u << bits) - 1u;
+    std::uint64_t position = 0;
+    for (auto& code : codes) {
+        std::uint32_t window = packed[position / 8];
+        if ((position % 8) + std::uint64_t(bits) > 8) window |= std::uint32_t(packed[position / 8 + 1]) << 8;
+        code = std::uint8_t((window >> (position % 8)) & mask);
+        position += std::uint64_t(bits);
+    }
+    if (total_bits % 8 != 0)
+        require((packed.back() >> (total_bits % 8)) == 0, errc::corrupt, context, ": padding bits of the last code byte are not zero");
+}
+
+/// Sums for relative MSE and proxy loss.
+struct ErrorMeasure {
+    double squared_error = 0.0, squared_norm = 0.0;    ///< ||W - What||^2, ||W||^2
+    double weighted_error = 0.0, weighted_norm = 0.0;  ///< tr(dW H dW^T), tr(W H W^T) (with a Hessian)
+    bool has_hessian = false;
+
+    double relative_mse() const noexcept { return squared_norm > 0.0 ? squared_error / squared_norm : 0.0; }
+    double proxy_loss() const noexcept {
+        if (!has_hessian) return std::numeric_limits<double>::quiet_NaN();
+        return weighted_norm > 0.0 ? weighted_error / weighted_norm : 0.0;
+    }
+};
+
+/// Measures the reconstruction of W (H: [cols, cols] or null).
+inline ErrorMeasure measure_error(TensorView<const float> weights, TensorView<const float> reconstruction, const Tensor<double>* hessian) {
+    NWC_ASSERT(weights.numel() == reconstruction.numel());
+    ErrorMeasure measure;
+    for (std::int64_t i = 0; i < weights.numel(); ++i) {
+        const double value = weights[i], difference = value - double(reconstruction[i]);
+        measure.squared_error += difference * difference;
+        measure.squared_norm += value * value;
+    }
+    if (hessian != nullptr) {
+        const Eigen::MatrixXd original = weights.matrix().template cast<double>();
+        const Eigen::MatrixXd error = original - reconstruction.matrix().template cast<double>();
+        const auto h = hessian->matrix();
+        measure.weighted_error = (error * h).cwiseProduct(error).sum();
+        measure.weighted_norm = (original * h).cwiseProduct(original).sum();
+        measure.has_hessian = true;
+    }
+    return measure;
+}
+
+/// The entry's shape as a matrix (errc::corrupt unless rank 2).
+inline void require_matrix(const Shape& shape, std::string_view context) {
+    require(shape.rank() == 2 && shape[0] > 0 && shape[1] > 0, errc::corrupt, context, ": a coded tensor must be a non-empty matrix");
+}
+
+/// Hessian shape check for a [rows, cols] weight.
+inline void require_hessian_fits(const Tensor<double>* hessian, std::int64_t cols, std::string_view name) {
+    if (hessian == nullptr) return;
+    require(hessian->shape().rank() == 2 && hessian->rows() == cols && hessian->cols() == cols, errc::invalid_argument, "tensor '", name,
+            "': Hessian is ", hessian->rows(), " x ", hessian->cols(), " but the weight has ", cols, " columns");
+}
+
+}  // namespace detail
+}  // namespace nwc

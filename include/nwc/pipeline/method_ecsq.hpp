@@ -1,0 +1,142 @@
+// The "ecsq" method: per-column (or per-row) fp16 normalization scales s (nwc::Chunker), one
+// uniform step Δ on the normalized weights, symbol = round(w / (Δ s)), symbols entropy coded by
+// the rANS coder with ONE CdfTable built from this tensor's own histogram; optional LDLQ
+// (per-column feedback) when a Hessian is given.
+//
+// Metadata: MethodPrefix (span = rows per segment), u8 axis (0 per column, 1 per row), u8 zero,
+// u16 zero, f32 Δ, the scales (u32 count + fp16 each, write_scales), the CdfTableSet of one
+// channel (CdfTableSet::write, with its own CRC). Payload segment k = one rANS stream
+// (docs/format/rans.md) of the row-major symbols of rows [k span, min((k + 1) span, m)).
+// Value = symbol * (Δ * s), the product Δ * s taken in float as the encoder took it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nwc/core/byte_io.hpp"
+#include "nwc/core/error.hpp"
+#include "nwc/core/tensor.hpp"
+#include "nwc/entropy/range_coder.hpp"
+#include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/quant/chunker.hpp"
+#include "nwc/quant/entropy_coded_scalar.hpp"
+#include "nwc/quant/ldlq_compensator.hpp"
+
+namespace nwc {
+
+/// The ecsq method.
+struct EcsqMethod {
+    /// Decoding parameters of one tensor.
+    struct Layout {
+        std::int64_t rows = 0, cols = 0;
+        NormalizationAxis axis = NormalizationAxis::per_column;
+        std::int64_t rows_per_segment = 1;
+        std::vector<float> steps;  ///< Δ * s per column (per_column) or row (per_row)
+        CdfTableSet tables;
+
+        std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(rows, rows_per_segment)); }
+    };
+
+    static std::string setting_of(float step) { return "step=" + std::to_string(step); }
+
+    /// Codes W (m x n) with step options.step on the normalized weights.
+    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options) {
+        const std::int64_t rows = weights.rows(), cols = weights.cols();
+        const Chunker chunker(ChunkerOptions{.axis = options.axis});
+        EntropyCodedScalar quantizer(EntropyCodedScalarOptions{options.step, options.axis, chunker.compute_scales(weights)});
+        EncodedMatrix result;
+        const bool feedback = options.ldlq && hessian != nullptr;
+        if (feedback) {
+            LDLQOptions ldlq;
+            ldlq.damping = options.damping;
+            ldlq.block_size = options.ldlq_block_size;
+            ldlq.feedback = FeedbackMode::per_column;
+            ldlq.threads = std::max(1, options.threads);
+            ldlq.compute_proxy_loss = false;
+            LDLQResult coded = LDLQCompensator<EntropyCodedScalar>(ldlq).compress(weights, hessian->matrix(), quantizer);
+            result.used_feedback = coded.report.used_feedback;
+            result.reconstruction = std::move(coded.reconstructed);
+        } else {
+            result.reconstruction = quantizer.quantize(weights);
+        }
+        result.used_hessian = feedback;
+        result.setting = setting_of(options.step);
+
+        const CdfTableSet tables({quantizer.histogram().to_cdf_table(16)});
+        const std::int64_t span = std::min(rows, RtnMethod::rows_per_segment(cols, options.weights_per_segment));
+        ContainerTensor& tensor = result.tensor;
+        tensor.method = "ecsq";
+        ByteWriter metadata;
+        detail::MethodPrefix prefix;
+        prefix.flags = result.used_feedback ? detail::flag_feedback : 0;
+        prefix.span = std::uint32_t(span);
+        prefix.write(metadata);
+        metadata.put_u8(std::uint8_t(options.axis));
+        metadata.put_u8(0);
+        metadata.put_u16(0);
+        metadata.put_f32(options.step);
+        write_scales(metadata, quantizer.options().scales);
+        tables.write(metadata);
+        tensor.metadata = metadata.take();
+        const std::span<const std::int32_t> symbols = quantizer.symbols();
+        for (std::int64_t first = 0; first < rows; first += span) {
+            const std::int64_t count = std::min(span, rows - first) * cols;
+            RangeCoderOptions coder;
+            coder.segment_size = std::uint32_t(count);
+            tensor.add_segment(rans::encode(symbols.subspan(std::size_t(first * cols), std::size_t(count)), tables, coder));
+        }
+        return result;
+    }
+
+    /// Parses and validates the metadata of `entry`.
+    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, const std::string& context) {
+        detail::require_matrix(entry.shape, context);
+        ByteReader in(metadata, context + " metadata");
+        const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback);
+        Layout layout;
+        layout.rows = entry.shape[0];
+        layout.cols = entry.shape[1];
+        const std::uint8_t axis = in.get_u8();
+        require(axis <= 1, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
+        layout.axis = NormalizationAxis(axis);
+        require(in.get_u8() == 0 && in.get_u16() == 0, errc::corrupt, context, ": reserved bytes 17-19 are not zero");
+        const float step = in.get_f32();
+        require(std::isfinite(step) && step > 0.0f, errc::corrupt, context, ": step ", step, " at offset 20 is not finite and positive");
+        const std::vector<half> scales = read_scales(in, std::size_t(layout.axis == NormalizationAxis::per_column ? layout.cols : layout.rows));
+        layout.steps.resize(scales.size());
+        for (std::size_t i = 0; i < scales.size(); ++i) layout.steps[i] = step * to_float(scales[i]);
+        layout.tables = CdfTableSet::read(in);
+        require(layout.tables.channel_count() == 1, errc::corrupt, context, ": ", layout.tables.channel_count(), " CDF tables, ecsq uses one");
+        in.expect_end();
+        layout.rows_per_segment = std::min<std::int64_t>(prefix.span, layout.rows);
+        require(entry.segment_count() == layout.segment_count(), errc::corrupt, context, ": ", entry.segment_count(), " segments, ", layout.rows,
+                " rows in spans of ", layout.rows_per_segment, " need ", layout.segment_count());
+        return layout;
+    }
+
+    /// Decodes segment `segment` into its rows of `output`.
+    template <class Backend>
+    static void decode_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, TensorView<float> output,
+                               const std::string& context, Backend backend) {
+        const std::int64_t first = std::int64_t(segment) * layout.rows_per_segment;
+        const std::int64_t rows = std::min(layout.rows_per_segment, layout.rows - first), cols = layout.cols;
+        const RansStreamIndex index = rans::read_index(bytes, layout.tables);
+        require(index.symbol_count == std::uint64_t(rows * cols), errc::corrupt, context, " segment ", segment, ": ", index.symbol_count,
+                " symbols for ", rows, " x ", cols, " weights");
+        std::vector<std::int32_t> symbols(std::size_t(rows * cols));
+        for (std::size_t s = 0; s < index.segments.size(); ++s) {
+            const RansSegment& info = index.segments[s];
+            rans::decode_segment(bytes, index, layout.tables, s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);
+        }
+        const bool by_column = layout.axis == NormalizationAxis::per_column;
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t c = 0; c < cols; ++c)
+                output(first + r, c) = float(symbols[std::size_t(r * cols + c)]) * layout.steps[std::size_t(by_column ? c : first + r)];
+    }
+};
+
+}  // namespace nwc

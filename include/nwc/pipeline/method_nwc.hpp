@@ -1,0 +1,244 @@
+// The "nwc" method: Chunker normalization (fp16 scale per column or row), chunks of d weights of
+// one column, importance levels from diag(H) (all 0 without a Hessian), the neural codec
+// (symbols = round(g_a(alpha x, level) - median)), rANS with the codec's integer tables. Decoding
+// uses the decoder half embedded in the container (ContainerWriter::add_codec).
+//
+// Rate knob alpha: the encoder sees alpha * x, the decoder's output is divided by alpha. alpha > 1
+// spreads the latents over more integers (more bits, less error), alpha < 1 fewer; alpha = 1 is the
+// codec as trained. Rate control bisects one alpha for the whole file.
+//
+// Optional LDLQ in per_block mode: NeuralBlockQuantizer codes a block of columns' chunks at once
+// and returns the decoder's reconstruction; the Hessian is moved into the normalized domain
+// (H' = S H S for per-column scales S, so tr(dW H dW^T) is unchanged).
+//
+// Metadata: MethodPrefix (span = columns per segment), u8 axis, u8 zero, u16 zero, f32 alpha,
+// u32 chunk size d, u32 latents M, the scales (write_scales), the levels (write_levels, one per
+// column). Payload segment k = one rANS stream (tables: the codec's, M channels) of the symbols
+// of the chunks of columns [k span, min((k + 1) span, n)), in Chunker order (column by column,
+// ceil(m / d) chunks each, M symbols per chunk). Weight (r, c) = (chunk value / alpha) * scale.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nwc/codec/codec.hpp"
+#include "nwc/core/byte_io.hpp"
+#include "nwc/core/error.hpp"
+#include "nwc/core/tensor.hpp"
+#include "nwc/entropy/range_coder.hpp"
+#include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/quant/chunker.hpp"
+#include "nwc/quant/ldlq_compensator.hpp"
+
+namespace nwc {
+
+/// The trained codec's two halves (the only place the pipeline names these classes).
+using NeuralEncoderType = Codec;
+using NeuralDecoderType = CodecDecoder;
+
+/// The neural codec as an LDLQ BlockQuantizer (quantizer_concept.hpp, FeedbackMode::per_block).
+/// Writes symbols into caller storage laid out as the nwc payload: chunk (c, i) of column c is
+/// chunk c * chunks_per_column + i, M symbols each.
+template <class Backend>
+class NeuralBlockQuantizer {
+public:
+    NeuralBlockQuantizer(const NeuralEncoderType& codec, float alpha, std::int64_t chunks_per_column, std::span<std::int32_t> symbols)
+        : m_codec(&codec), m_alpha(alpha), m_chunks_per_column(chunks_per_column), m_symbols(symbols) {}
+
+    int column_group() const noexcept { return 1; }
+    int row_group() const noexcept { return m_codec->architecture().chunk_size; }
+    void reset(std::int64_t rows, std::int64_t cols) {
+        NWC_ASSERT(std::int64_t(m_symbols.size()) == cols * m_chunks_per_column * m_codec->architecture().latents);
+        NWC_ASSERT((rows + row_group() - 1) / row_group() == m_chunks_per_column);
+    }
+    void quantize_block(const BlockPosition& position, ConstColumnBlock block, ColumnBlock reconstructed) {
+        const std::int64_t d = row_group(), latents = m_codec->architecture().latents;
+        const std::int64_t rows = block.rows(), width = block.cols(), local = (rows + d - 1) / d;
+        NWC_ASSERT(position.first_row % d == 0);
+        RowMajorMatrix<float> chunks = RowMajorMatrix<float>::Zero(width * local, d);
+        std::vector<std::uint8_t> levels(std::size_t(width * local), 0);
+        for (std::int64_t j = 0; j < width; ++j) {
+            if (!position.levels.empty()) std::fill_n(levels.begin() + j * local, local, position.levels[std::size_t(j)]);
+            for (std::int64_t r = 0; r < rows; ++r) chunks(j * local + r / d, r % d) = block(r, j) * m_alpha;
+        }
+        std::vector<std::int32_t> symbols(std::size_t(width * local * latents));
+        m_codec->encode(TensorView<const float>(chunks.data(), Shape{width * local, d}), levels, symbols, 1, Backend{});
+        m_codec->decode(symbols, levels, TensorView<float>(chunks.data(), Shape{width * local, d}), 1, Backend{});
+        for (std::int64_t j = 0; j < width; ++j) {
+            for (std::int64_t r = 0; r < rows; ++r) reconstructed(r, j) = chunks(j * local + r / d, r % d) / m_alpha;
+            const std::int64_t global = (position.first_column + j) * m_chunks_per_column + position.first_row / d;
+            std::copy_n(symbols.begin() + j * local * latents, local * latents, m_symbols.begin() + global * latents);
+        }
+    }
+
+private:
+    const NeuralEncoderType* m_codec;
+    float m_alpha;
+    std::int64_t m_chunks_per_column;
+    std::span<std::int32_t> m_symbols;
+};
+
+/// The nwc method.
+struct NwcMethod {
+    /// Decoding parameters of one tensor.
+    struct Layout {
+        std::int64_t rows = 0, cols = 0, chunk_size = 16, latents = 16, chunks_per_column = 1;
+        NormalizationAxis axis = NormalizationAxis::per_column;
+        float alpha = 1.0f;
+        std::int64_t columns_per_segment = 1;
+        std::vector<half> scales;
+        std::vector<std::uint8_t> levels;  ///< per column
+
+        std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(cols, columns_per_segment)); }
+    };
+
+    static std::string setting_of(float alpha) { return "alpha=" + std::to_string(alpha); }
+
+    /// Codes W (m x n) with `codec` at options.alpha.
+    template <class Backend>
+    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options,
+                                const NeuralEncoderType& codec, Backend backend) {
+        const CodecArchitecture& arch = codec.architecture();
+        const std::int64_t rows = weights.rows(), cols = weights.cols(), d = arch.chunk_size, latents = arch.latents;
+        const Chunker chunker(ChunkerOptions{.axis = options.axis, .chunk_size = arch.chunk_size});
+        const std::vector<half> scales = chunker.compute_scales(weights);
+        Tensor<float> normalized(weights.shape());
+        chunker.normalize(weights, scales, normalized.view());
+        std::vector<std::uint8_t> levels(std::size_t(cols), 0);
+        if (hessian != nullptr) {
+            const Eigen::VectorXd diagonal = hessian->matrix().diagonal();
+            levels = chunker.importance_levels(std::span<const double>(diagonal.data(), std::size_t(diagonal.size())));
+            for (auto& level : levels) level = std::uint8_t(std::min<int>(level, arch.levels - 1));
+        }
+        const std::int64_t per_column = chunker.chunks_per_column(rows);
+        std::vector<std::int32_t> symbols(std::size_t(cols * per_column * latents));
+        EncodedMatrix result;
+        result.used_hessian = hessian != nullptr;
+        result.setting = setting_of(options.alpha);
+        Tensor<float> normalized_reconstruction;
+        if (options.ldlq && hessian != nullptr) {
+            Eigen::MatrixXd moved = hessian->matrix();
+            if (options.axis == NormalizationAxis::per_column)
+                for (std::int64_t i = 0; i < cols; ++i)
+                    for (std::int64_t j = 0; j < cols; ++j) moved(i, j) *= double(to_float(scales[std::size_t(i)])) * double(to_float(scales[std::size_t(j)]));
+            LDLQOptions ldlq;
+            ldlq.damping = options.damping;
+            ldlq.block_size = options.ldlq_block_size;
+            ldlq.feedback = FeedbackMode::per_block;
+            ldlq.threads = std::max(1, options.threads);
+            ldlq.compute_proxy_loss = false;
+            NeuralBlockQuantizer<Backend> quantizer(codec, options.alpha, per_column, symbols);
+            LDLQResult coded = LDLQCompensator<NeuralBlockQuantizer<Backend>>(ldlq).compress(normalized.view(), moved, quantizer, levels);
+            result.used_feedback = coded.report.used_feedback;
+            normalized_reconstruction = std::move(coded.reconstructed);
+        } else {
+            std::vector<float> chunks = chunker.chunk(normalized.view());
+            for (float& value : chunks) value *= options.alpha;
+            std::vector<std::uint8_t> chunk_levels(std::size_t(cols * per_column));
+            for (std::int64_t c = 0; c < cols; ++c) std::fill_n(chunk_levels.begin() + c * per_column, per_column, levels[std::size_t(c)]);
+            const TensorView<const float> chunk_view(chunks.data(), Shape{cols * per_column, d});
+            codec.encode(chunk_view, chunk_levels, symbols, std::max(1, options.threads), backend);
+            if (options.measure) {
+                codec.decode(symbols, chunk_levels, TensorView<float>(chunks.data(), Shape{cols * per_column, d}), std::max(1, options.threads), backend);
+                for (float& value : chunks) value /= options.alpha;
+                normalized_reconstruction = Tensor<float>(weights.shape());
+                chunker.dechunk(chunks, normalized_reconstruction.view());
+            }
+        }
+        if (normalized_reconstruction.numel() > 0) {
+            result.reconstruction = Tensor<float>(weights.shape());
+            chunker.denormalize(normalized_reconstruction.view(), scales, result.reconstruction.view());
+        }
+
+        const std::int64_t span = std::min(cols, std::max<std::int64_t>(1, options.weights_per_segment / (per_column * d)));
+        ContainerTensor& tensor = result.tensor;
+        tensor.method = "nwc";
+        ByteWriter metadata;
+        detail::MethodPrefix prefix;
+        prefix.flags = std::uint8_t((result.used_feedback ? detail::flag_feedback : 0) | (hessian != nullptr ? detail::flag_hessian_levels : 0));
+        prefix.span = std::uint32_t(span);
+        prefix.write(metadata);
+        metadata.put_u8(std::uint8_t(options.axis));
+        metadata.put_u8(0);
+        metadata.put_u16(0);
+        metadata.put_f32(options.alpha);
+        metadata.put_u32(std::uint32_t(d));
+        metadata.put_u32(std::uint32_t(latents));
+        write_scales(metadata, scales);
+        write_levels(metadata, levels);
+        tensor.metadata = metadata.take();
+        for (std::int64_t first = 0; first < cols; first += span) {
+            const std::int64_t count = std::min(span, cols - first) * per_column * latents;
+            RangeCoderOptions coder;
+            coder.segment_size = std::uint32_t(count);
+            tensor.add_segment(rans::encode(std::span<const std::int32_t>(symbols).subspan(std::size_t(first * per_column * latents), std::size_t(count)),
+                                            codec.tables(), coder));
+        }
+        return result;
+    }
+
+    /// Parses and validates the metadata of `entry` for `decoder`.
+    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, const NeuralDecoderType& decoder, const std::string& context) {
+        detail::require_matrix(entry.shape, context);
+        ByteReader in(metadata, context + " metadata");
+        const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback | detail::flag_hessian_levels);
+        Layout layout;
+        layout.rows = entry.shape[0];
+        layout.cols = entry.shape[1];
+        const std::uint8_t axis = in.get_u8();
+        require(axis <= 1, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
+        layout.axis = NormalizationAxis(axis);
+        require(in.get_u8() == 0 && in.get_u16() == 0, errc::corrupt, context, ": reserved bytes 17-19 are not zero");
+        layout.alpha = in.get_f32();
+        require(std::isfinite(layout.alpha) && layout.alpha > 0.0f, errc::corrupt, context, ": alpha ", layout.alpha, " at offset 20 is not finite and positive");
+        layout.chunk_size = in.get_u32();
+        layout.latents = in.get_u32();
+        const CodecArchitecture& arch = decoder.architecture();
+        require(layout.chunk_size == arch.chunk_size && layout.latents == arch.latents, errc::corrupt, context, ": coded with chunks of ", layout.chunk_size,
+                " and ", layout.latents, " latents, the embedded codec has ", arch.chunk_size, " and ", arch.latents);
+        layout.scales = read_scales(in, std::size_t(layout.axis == NormalizationAxis::per_column ? layout.cols : layout.rows));
+        layout.levels = read_levels(in, std::size_t(layout.cols));
+        for (std::uint8_t level : layout.levels)
+            require(level < arch.levels, errc::corrupt, context, ": importance level ", int(level), " but the codec has ", arch.levels, " levels");
+        in.expect_end();
+        layout.chunks_per_column = (layout.rows + layout.chunk_size - 1) / layout.chunk_size;
+        layout.columns_per_segment = std::min<std::int64_t>(prefix.span, layout.cols);
+        require(entry.segment_count() == layout.segment_count(), errc::corrupt, context, ": ", entry.segment_count(), " segments, ", layout.cols,
+                " columns in spans of ", layout.columns_per_segment, " need ", layout.segment_count());
+        return layout;
+    }
+
+    /// Decodes segment `segment` into its columns of `output`.
+    template <class Backend>
+    static void decode_segment(const Layout& layout, const NeuralDecoderType& decoder, std::size_t segment, std::span<const std::uint8_t> bytes,
+                               TensorView<float> output, const std::string& context, Backend backend) {
+        const std::int64_t first = std::int64_t(segment) * layout.columns_per_segment;
+        const std::int64_t columns = std::min(layout.columns_per_segment, layout.cols - first);
+        const std::int64_t chunk_count = columns * layout.chunks_per_column, d = layout.chunk_size;
+        const RansStreamIndex index = rans::read_index(bytes, decoder.tables());
+        require(index.symbol_count == std::uint64_t(chunk_count * layout.latents), errc::corrupt, context, " segment ", segment, ": ", index.symbol_count,
+                " symbols for ", chunk_count, " chunks of ", layout.latents, " latents");
+        std::vector<std::int32_t> symbols(std::size_t(chunk_count * layout.latents));
+        for (std::size_t s = 0; s < index.segments.size(); ++s) {
+            const RansSegment& info = index.segments[s];
+            rans::decode_segment(bytes, index, decoder.tables(), s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);
+        }
+        std::vector<std::uint8_t> levels(static_cast<std::size_t>(chunk_count));
+        for (std::int64_t c = 0; c < columns; ++c)
+            std::fill_n(levels.begin() + c * layout.chunks_per_column, layout.chunks_per_column, layout.levels[std::size_t(first + c)]);
+        std::vector<float> chunks(std::size_t(chunk_count * d));
+        decoder.decode(symbols, levels, TensorView<float>(chunks.data(), Shape{chunk_count, d}), 1, backend);
+        const bool by_column = layout.axis == NormalizationAxis::per_column;
+        for (std::int64_t c = 0; c < columns; ++c)
+            for (std::int64_t r = 0; r < layout.rows; ++r) {
+                const float scale = to_float(layout.scales[std::size_t(by_column ? first + c : r)]);
+                output(r, first + c) = (chunks[std::size_t(c * layout.chunks_per_column * d + r)] / layout.alpha) * scale;
+            }
+    }
+};
+
+}  // namespace nwc

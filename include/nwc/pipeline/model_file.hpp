@@ -1,0 +1,351 @@
+// nwc::ModelFile: any supported model file as one ordered list of named tensors, and back.
+//
+// Read me first:
+// - Three sources, detected by CONTENT, never by extension (detect_model_format):
+//     safetensors  u64 header length N, then N bytes of JSON starting with '{' (a .safetensors file
+//                  with a Llama config.json beside it counts as hf_llama);
+//     llama2c      7 int32 header whose implied size equals the file size exactly;
+//     hf_llama     a directory with config.json and model.safetensors (or a sharded index).
+// - Every tensor keeps its name, original dtype and shape; floating tensors are held as float32
+//   (exact: F16 and BF16 widen losslessly), other dtypes (I32, U8) as their raw bytes.
+//   llama2.c models use the Hugging Face names of LlamaWeights (model.layers.N....) in checkpoint
+//   order; HF models keep the names, order (shard by shard, name order) and row layout of their files.
+// - `source` (JSON) holds what writing back needs: the llama2.c header, the HF config.json, the
+//   safetensors __metadata__. It travels as the .nwc file's file metadata.
+// - llama2.c files carry two RoPE tables that run.c never reads. They are not weights: they are
+//   recomputed as llama2.c's export computes them, and the few entries where the file differs from
+//   that computation (float rounding in another libm) are kept in `rope_corrections` (flat index,
+//   float bits), so a decompressed .bin has exactly the source's tables.
+// - Writing (write_model_file) picks the format from the output extension: `.bin` writes llama2.c
+//   (only for llama2c or hf_llama sources), `.safetensors` writes safetensors with the original
+//   dtypes (a llama2c source is written with HF names and HF's q/k row order, as write_hf_llama
+//   does, so it loads in transformers next to hf_config_json()). Both writes are atomic.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nwc/core/error.hpp"
+#include "nwc/core/file_io.hpp"
+#include "nwc/core/tensor.hpp"
+#include "nwc/io/safetensors.hpp"
+#include "nwc/llm/hf_llama.hpp"
+#include "nwc/llm/llama2c_file.hpp"
+
+namespace nwc {
+
+/// Where a model came from.
+enum class ModelFormat : std::uint8_t { safetensors = 0, llama2c = 1, hf_llama = 2 };
+
+/// "safetensors", "llama2c", "hf_llama".
+constexpr std::string_view model_format_name(ModelFormat format) noexcept {
+    switch (format) {
+        case ModelFormat::safetensors: return "safetensors";
+        case ModelFormat::llama2c: return "llama2c";
+        case ModelFormat::hf_llama: return "hf_llama";
+    }
+    return "?";
+}
+
+/// One tensor of a model.
+struct ModelTensor {
+    std::string name;
+    dtype original_dtype = dtype::f32;
+    Shape shape;
+    Tensor<float> values;                 ///< float32 values (F32, F16, BF16 tensors); empty otherwise
+    std::vector<std::uint8_t> raw_bytes;  ///< the stored bytes of I32 / U8 tensors; empty otherwise
+
+    bool is_floating() const noexcept { return is_floating_dtype(original_dtype); }
+};
+
+/// A model as an ordered list of named tensors plus what writing it back needs.
+struct ModelFile {
+    ModelFormat format = ModelFormat::safetensors;
+    std::vector<ModelTensor> tensors;
+    /// llama2c: {"llama2c": {header fields}}; hf_llama: {"hf_config": config.json};
+    /// safetensors and hf_llama: {"safetensors_metadata": {...}}. Always {"source_format": name}.
+    nlohmann::json source = nlohmann::json::object();
+    /// llama2.c RoPE table entries that differ from llama2c_rope_tables(): pairs (flat index into
+    /// real then imag, float bits), as an I32 [k, 2] tensor; empty shape for none.
+    Tensor<std::int32_t> rope_corrections;
+
+    /// Elements of every tensor: the denominator of bits per weight.
+    std::int64_t weight_count() const noexcept {
+        std::int64_t count = 0;
+        for (const auto& tensor : tensors) count += tensor.shape.numel();
+        return count;
+    }
+    const ModelTensor* find(std::string_view name) const noexcept {
+        for (const auto& tensor : tensors)
+            if (tensor.name == name) return &tensor;
+        return nullptr;
+    }
+};
+
+namespace detail {
+
+inline nlohmann::json llama_config_json(const llm::LlamaConfig& config) {
+    return {{"dim", config.dim},           {"hidden_dim", config.hidden_dim}, {"n_layers", config.n_layers},
+            {"n_heads", config.n_heads},   {"n_kv_heads", config.n_kv_heads}, {"vocab_size", config.vocab_size},
+            {"seq_len", config.seq_len},   {"shared_classifier", config.shared_classifier}};
+}
+
+inline llm::LlamaConfig llama_config_from_json(const nlohmann::json& value, std::string_view context) {
+    require(value.is_object(), errc::corrupt, context, ": llama2.c header is not a JSON object");
+    llm::LlamaConfig config;
+    try {
+        config.dim = value.at("dim").get<int>();
+        config.hidden_dim = value.at("hidden_dim").get<int>();
+        config.n_layers = value.at("n_layers").get<int>();
+        config.n_heads = value.at("n_heads").get<int>();
+        config.n_kv_heads = value.at("n_kv_heads").get<int>();
+        config.vocab_size = value.at("vocab_size").get<int>();
+        config.seq_len = value.at("seq_len").get<int>();
+        config.shared_classifier = value.at("shared_classifier").get<bool>();
+    } catch (const nlohmann::json::exception& problem) {
+        fail(errc::corrupt, context, ": llama2.c header: ", problem.what());
+    }
+    config.validate(context);
+    return config;
+}
+
+inline bool looks_like_safetensors(std::span<const std::uint8_t> bytes) noexcept {
+    if (bytes.size() < 10) return false;
+    std::uint64_t header = 0;
+    std::memcpy(&header, bytes.data(), 8);
+    return header >= 2 && header <= bytes.size() - 8 && bytes[8] == '{';
+}
+
+inline bool looks_like_llama2c(std::span<const std::uint8_t> bytes) {
+    try {
+        llm::detail::parse_llama2c_header(bytes, "probe");
+        return true;
+    } catch (const error&) {
+        return false;
+    }
+}
+
+// A .safetensors file with a Llama config.json beside it is an HF checkpoint of one shard.
+inline bool has_llama_config_beside(const std::filesystem::path& file) {
+    const auto config = (file.has_parent_path() ? file.parent_path() : std::filesystem::path(".")) / "config.json";
+    if (!std::filesystem::is_regular_file(config)) return false;
+    try {
+        llm::parse_hf_config(llm::detail::read_json_file(config), config.string());
+        return true;
+    } catch (const error&) {
+        return false;
+    }
+}
+
+inline void add_safetensors_tensors(ModelFile& model, const SafetensorsFile& file) {
+    for (const SafetensorsTensorInfo& info : file.tensors()) {
+        ModelTensor tensor{info.name, info.type, info.shape, {}, {}};
+        if (is_floating_dtype(info.type)) {
+            tensor.values = file.read_float32(info.name);
+        } else {
+            const auto bytes = file.raw_bytes(info.name);
+            tensor.raw_bytes.assign(bytes.begin(), bytes.end());
+        }
+        model.tensors.push_back(std::move(tensor));
+    }
+}
+
+inline ModelFile load_hf_llama(const std::filesystem::path& path) {
+    const bool is_directory = std::filesystem::is_directory(path);
+    const std::filesystem::path directory = is_directory ? path : (path.has_parent_path() ? path.parent_path() : ".");
+    const std::filesystem::path config_path = directory / "config.json";
+    require(std::filesystem::exists(config_path), errc::io, "'", directory.string(), "' has no config.json (an HF model directory needs one)");
+    nlohmann::json config = llm::detail::read_json_file(config_path);
+    llm::parse_hf_config(config, "'" + config_path.string() + "'");  // refuses what cannot be written back
+    std::vector<std::filesystem::path> shards;
+    if (!is_directory) shards.push_back(path);
+    else if (std::filesystem::exists(directory / "model.safetensors")) shards.push_back(directory / "model.safetensors");
+    else {
+        const auto index_path = directory / "model.safetensors.index.json";
+        require(std::filesystem::exists(index_path), errc::io, "'", directory.string(), "' has neither model.safetensors nor model.safetensors.index.json");
+        const nlohmann::json index = llm::detail::read_json_file(index_path);
+        const auto map = index.find("weight_map");
+        require(map != index.end() && map->is_object(), errc::corrupt, "'", index_path.string(), "': no \"weight_map\" object");
+        std::vector<std::string> names;
+        for (const auto& [name, file] : map->items()) {
+            require(file.is_string(), errc::corrupt, "'", index_path.string(), "': weight_map[\"", name, "\"] is not a file name");
+            const std::string& file_name = file.get_ref<const std::string&>();
+            require(!file_name.empty() && file_name.find('/') == std::string::npos && file_name.find('\\') == std::string::npos && file_name != "..",
+                    errc::corrupt, "'", index_path.string(), "': shard name '", file_name, "' must be a plain file name");
+            if (std::find(names.begin(), names.end(), file_name) == names.end()) names.push_back(file_name);
+        }
+        std::sort(names.begin(), names.end());
+        for (const auto& name : names) shards.push_back(directory / name);
+    }
+    ModelFile model;
+    model.format = ModelFormat::hf_llama;
+    nlohmann::json metadata = nlohmann::json::object();
+    for (const auto& shard_path : shards) {
+        const SafetensorsFile shard = SafetensorsFile::open(shard_path);
+        for (const auto& [key, value] : shard.metadata()) metadata[key] = value;
+        for (const auto& info : shard.tensors())
+            require(model.find(info.name) == nullptr, errc::corrupt, "'", shard_path.string(), "': tensor '", info.name, "' appears in two shards");
+        add_safetensors_tensors(model, shard);
+    }
+    model.source = {{"source_format", "hf_llama"}, {"hf_config", std::move(config)}, {"safetensors_metadata", std::move(metadata)}};
+    return model;
+}
+
+inline ModelFile load_llama2c(const std::filesystem::path& path) {
+    llm::Llama2cModel source = llm::read_llama2c(path);
+    ModelFile model;
+    model.format = ModelFormat::llama2c;
+    model.source = {{"source_format", "llama2c"}, {"llama2c", llama_config_json(source.weights.config)}};
+    source.weights.for_each_tensor([&](const std::string& name, Tensor<float>& values, const Shape& shape) {
+        model.tensors.push_back({name, dtype::f32, shape, std::move(values), {}});
+    });
+    const auto [real, imag] = llm::llama2c_rope_tables(source.weights.config);
+    std::vector<std::int32_t> corrections;
+    const auto compare = [&](const Tensor<float>& stored, const Tensor<float>& computed, std::int64_t base) {
+        for (std::int64_t i = 0; i < stored.numel(); ++i)
+            if (float_bits(stored[i]) != float_bits(computed[i])) {
+                corrections.push_back(std::int32_t(base + i));
+                corrections.push_back(std::int32_t(float_bits(stored[i])));
+            }
+    };
+    compare(source.rope_real, real, 0);
+    compare(source.rope_imag, imag, real.numel());
+    if (!corrections.empty()) {
+        const std::int64_t count = std::int64_t(corrections.size() / 2);
+        model.rope_corrections = Tensor<std::int32_t>(Shape{count, 2}, std::move(corrections));
+    }
+    return model;
+}
+
+inline llm::LlamaWeights llama2c_weights_of(const ModelFile& model, std::string_view context) {
+    const llm::LlamaConfig config = llama_config_from_json(model.source.at("llama2c"), context);
+    llm::LlamaWeights weights = llm::LlamaWeights::zeros(config);
+    weights.for_each_tensor([&](const std::string& name, Tensor<float>& target, const Shape& shape) {
+        const ModelTensor* tensor = model.find(name);
+        require(tensor != nullptr, errc::corrupt, context, ": llama2.c tensor '", name, "' is missing");
+        require(tensor->shape == shape && tensor->is_floating(), errc::corrupt, context, ": tensor '", name, "' has the wrong shape or dtype");
+        target = Tensor<float>(shape, tensor->values.values());
+    });
+    return weights;
+}
+
+inline llm::LlamaWeights hf_weights_of(const ModelFile& model, std::string_view context) {
+    const llm::LlamaConfig config = llm::parse_hf_config(model.source.at("hf_config"), context);
+    llm::LlamaWeights weights = llm::LlamaWeights::zeros(config);
+    std::vector<std::string> loaded;
+    for (const ModelTensor& tensor : model.tensors) {
+        if (tensor.name.ends_with("rotary_emb.inv_freq") || (config.shared_classifier && tensor.name == "lm_head.weight")) continue;
+        require(weights.contains(tensor.name), errc::unsupported, context, ": tensor '", tensor.name, "' is not part of a Llama model");
+        Tensor<float>& target = weights.tensor(tensor.name);
+        require(tensor.shape == target.shape() && tensor.is_floating(), errc::corrupt, context, ": tensor '", tensor.name,
+                "' has the wrong shape or dtype for its config.json");
+        const int heads = llm::detail::rope_heads_of(config, tensor.name);
+        target = heads > 0 ? llm::permute_rows_from_hf(tensor.values.view(), heads) : Tensor<float>(tensor.shape, tensor.values.values());
+        loaded.push_back(tensor.name);
+    }
+    weights.for_each_tensor([&](const std::string& name, const Tensor<float>&, const Shape&) {
+        require(std::find(loaded.begin(), loaded.end(), name) != loaded.end(), errc::corrupt, context, ": tensor '", name, "' is missing");
+    });
+    return weights;
+}
+
+}  // namespace detail
+
+/// The format of the model at `path`, from its content (see the header comment); errc::unsupported
+/// for anything else, errc::io if it cannot be read.
+inline ModelFormat detect_model_format(const std::filesystem::path& path) {
+    if (std::filesystem::is_directory(path)) {
+        require(std::filesystem::exists(path / "config.json"), errc::unsupported, "'", path.string(),
+                "' is a directory without config.json (not a Hugging Face model)");
+        return ModelFormat::hf_llama;
+    }
+    const MappedFile file(path);
+    if (detail::looks_like_safetensors(file.bytes())) return detail::has_llama_config_beside(path) ? ModelFormat::hf_llama : ModelFormat::safetensors;
+    if (detail::looks_like_llama2c(file.bytes())) return ModelFormat::llama2c;
+    fail(errc::unsupported, "'", path.string(), "' is neither a safetensors file, a llama2.c model nor a Hugging Face model directory");
+}
+
+/// Loads a model of any supported format (detect_model_format decides which).
+inline ModelFile load_model_file(const std::filesystem::path& path) {
+    switch (detect_model_format(path)) {
+        case ModelFormat::hf_llama: return detail::load_hf_llama(path);
+        case ModelFormat::llama2c: return detail::load_llama2c(path);
+        case ModelFormat::safetensors: break;
+    }
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    ModelFile model;
+    model.format = ModelFormat::safetensors;
+    detail::add_safetensors_tensors(model, file);
+    nlohmann::json metadata = nlohmann::json::object();
+    for (const auto& [key, value] : file.metadata()) metadata[key] = value;
+    model.source = {{"source_format", "safetensors"}, {"safetensors_metadata", std::move(metadata)}};
+    return model;
+}
+
+/// The model as LlamaWeights (llama2.c row order), for calibration and llama2.c output; nullopt
+/// for a plain safetensors model.
+inline std::optional<llm::LlamaWeights> llama_weights_of(const ModelFile& model, std::string_view context = "model") {
+    if (model.format == ModelFormat::llama2c) return detail::llama2c_weights_of(model, context);
+    if (model.format == ModelFormat::hf_llama) return detail::hf_weights_of(model, context);
+    return std::nullopt;
+}
+
+/// Whether write_model_file can write `model` as a llama2.c `.bin`.
+inline bool can_write_llama2c(const ModelFile& model) noexcept { return model.format != ModelFormat::safetensors; }
+
+/// Writes `model` atomically to `path`: `.bin` -> llama2.c, `.safetensors` -> safetensors (see the
+/// header comment). errc::invalid_argument for another extension, errc::unsupported for a `.bin`
+/// of a model llama2.c cannot hold.
+inline void write_model_file(const ModelFile& model, const std::filesystem::path& path, std::uint64_t max_bytes = UINT64_MAX) {
+    const std::string extension = path.extension().string();
+    const std::string context = "writing '" + path.string() + "'";
+    if (extension == ".bin") {
+        require(can_write_llama2c(model), errc::unsupported, context, ": a llama2.c file needs a Llama model, this one came from a plain safetensors file");
+        if (model.format == ModelFormat::hf_llama) {
+            llm::write_llama2c(path, detail::hf_weights_of(model, context), max_bytes);
+            return;
+        }
+        llm::Llama2cModel out;
+        out.weights = detail::llama2c_weights_of(model, context);
+        std::tie(out.rope_real, out.rope_imag) = llm::llama2c_rope_tables(out.weights.config);
+        const std::int64_t real_count = out.rope_real.numel(), all = real_count + out.rope_imag.numel();
+        for (std::int64_t k = 0; k < model.rope_corrections.rows() && model.rope_corrections.numel() > 0; ++k) {
+            const std::int64_t index = model.rope_corrections(k, 0);
+            require(index >= 0 && index < all, errc::corrupt, context, ": RoPE correction ", k, " names entry ", index, " of ", all);
+            const float value = float_from_bits(std::uint32_t(model.rope_corrections(k, 1)));
+            (index < real_count ? out.rope_real[index] : out.rope_imag[index - real_count]) = value;
+        }
+        llm::write_llama2c(path, out, max_bytes);
+        return;
+    }
+    require(extension == ".safetensors", errc::invalid_argument, context, ": the output must end in .safetensors or .bin");
+    SafetensorsWriter writer;
+    if (const auto metadata = model.source.find("safetensors_metadata"); metadata != model.source.end() && metadata->is_object())
+        for (const auto& [key, value] : metadata->items())
+            if (value.is_string()) writer.set_metadata(key, value.get<std::string>());
+    if (model.format == ModelFormat::llama2c) {
+        const llm::LlamaWeights weights = detail::llama2c_weights_of(model, context);
+        writer.set_metadata("format", "pt");
+        weights.for_each_tensor([&](const std::string& name, const Tensor<float>& tensor, const Shape&) {
+            const int heads = llm::detail::rope_heads_of(weights.config, name);
+            writer.add_float32(name, heads > 0 ? llm::permute_rows_to_hf(tensor.view(), heads).view() : tensor.view(), dtype::f32);
+        });
+    } else {
+        for (const ModelTensor& tensor : model.tensors) {
+            if (tensor.is_floating()) writer.add_float32(tensor.name, tensor.values.view(), tensor.original_dtype);
+            else writer.add_raw(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
+        }
+    }
+    writer.write(path, max_bytes);
+}
+
+}  // namespace nwc

@@ -1,0 +1,414 @@
+// nwc::PipelineCodec: the composed codec users run. A tensor in, a ContainerTensor out (and back);
+// a whole ModelFile in, a .nwc container out (and back), threaded over independent work.
+//
+// Read me first:
+// - Which tensors are coded is a policy (DefaultTensorSelection: floating matrices with both sides
+//   >= 16, embeddings included); every other tensor passes through raw in its original dtype.
+// - Determinism: each tensor's bytes depend only on the tensor, its Hessian and the options,
+//   never on the thread count (the parts guarantee it: LDLQ row blocks, rANS segments and codec
+//   tiles are fixed sizes). compress_model() splits threads between tensors (outer) and inside a
+//   tensor (inner) and adds tensors to the container in model order, so files are byte-identical
+//   for any --threads. decompress_model() runs every (tensor, segment) pair as one work item.
+// - An nwc tensor refers to container codec 0: compress_model() adds the decoder half first. To
+//   assemble a container by hand with compress(), call writer.add_codec(decoder_blob()) first.
+// - The container's file metadata is JSON: the ModelFile's `source`, the name of the auxiliary
+//   llama2.c RoPE correction tensor, and the method. It never holds per-pass numbers, so its size
+//   is the same in every pass of a rate search.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/core/backend.hpp"
+#include "nwc/core/thread_pool.hpp"
+#include "nwc/io/container.hpp"
+#include "nwc/pipeline/method_ecsq.hpp"
+#include "nwc/pipeline/method_nwc.hpp"
+#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/pipeline/model_file.hpp"
+#include "nwc/version.hpp"
+
+namespace nwc {
+
+/// Which tensors a method codes: floating-point matrices with both sides >= min_dimension.
+struct DefaultTensorSelection {
+    static constexpr std::int64_t min_dimension = 16;
+    static bool is_coded(const Shape& shape, dtype type) noexcept {
+        return is_floating_dtype(type) && shape.rank() == 2 && shape[0] >= min_dimension && shape[1] >= min_dimension;
+    }
+};
+
+/// The Hessian H = X^T X / N of the input of weight `name`, or null (see llm::LinearHessians).
+using HessianLookup = std::function<const Tensor<double>*(std::string_view name)>;
+
+/// Where a long operation stands (called from worker threads, one call at a time).
+struct PipelineProgress {
+    std::string_view phase;  ///< "compress", "decompress", "rate pass 3"
+    std::size_t tensors_done = 0, tensors_total = 0;
+    std::int64_t weights_done = 0, weights_total = 0;
+};
+using ProgressCallback = std::function<void(const PipelineProgress&)>;
+
+/// What compressing a model did.
+struct ModelReport {
+    std::string method;
+    std::string setting;  ///< the global knob ("step=0.3", "alpha=1.2", "bits=4" or "bits=3..4")
+    std::vector<TensorReport> tensors;
+    std::int64_t weight_count = 0;  ///< elements of every tensor of the input
+    std::uint64_t file_bytes = 0;   ///< the whole .nwc file
+    double squared_error = 0.0, squared_norm = 0.0;
+    double seconds = 0.0;
+    double target_bits_per_weight = std::numeric_limits<double>::quiet_NaN();  ///< NaN: no target
+    bool target_met = true;
+    int passes = 1;    ///< full compressions run (rate search)
+    std::string note;  ///< why a target was missed, if it was
+
+    /// 8 x file bytes / weights of the input: the rate of the whole file.
+    double bits_per_weight() const noexcept { return weight_count > 0 ? 8.0 * double(file_bytes) / double(weight_count) : 0.0; }
+    /// ||W - What||^2 / ||W||^2 over every tensor (NaN when not measured).
+    double relative_mse() const noexcept { return squared_norm > 0.0 ? squared_error / squared_norm : 0.0; }
+};
+
+/// A compressed model, ready to write.
+struct CompressedModel {
+    ContainerWriter writer;
+    ModelReport report;
+};
+
+namespace detail {
+inline constexpr const char* rope_corrections_name = "__nwc__.llama2c.rope_corrections";
+
+template <class Work>
+void run_with_progress(std::int64_t count, int threads, const ProgressCallback& progress, std::string_view phase, std::size_t tensors_total,
+                       std::int64_t weights_total, Work&& work) {
+    std::mutex mutex;
+    PipelineProgress state{phase, 0, tensors_total, 0, weights_total};
+    parallel_for(count, threads, [&](std::int64_t item) {
+        const auto [tensors, weights] = work(item);
+        if (!progress) return;
+        std::lock_guard lock(mutex);
+        state.tensors_done += tensors;
+        state.weights_done += weights;
+        progress(state);
+    });
+}
+}  // namespace detail
+
+/// The composed codec: per-tensor methods, container assembly and whole-model threading.
+template <class Backend = backend::default_backend, class Selection = DefaultTensorSelection>
+class PipelineCodec {
+public:
+    using backend_type = Backend;
+
+    /// `codec` is needed for CompressionMethod::nwc only.
+    explicit PipelineCodec(MethodOptions options = {}, std::shared_ptr<const NeuralEncoderType> codec = nullptr)
+        : m_options(options), m_codec(std::move(codec)) {
+        m_options.validate();
+        require(m_options.method != CompressionMethod::nwc || m_codec != nullptr, errc::invalid_argument,
+                "the nwc method needs a trained codec (--codec FILE)");
+    }
+
+    const MethodOptions& options() const noexcept { return m_options; }
+    /// A copy with other options and the same codec.
+    PipelineCodec with_options(const MethodOptions& options) const { return PipelineCodec(options, m_codec); }
+    const std::shared_ptr<const NeuralEncoderType>& neural_codec() const noexcept { return m_codec; }
+    /// The decoder half the container embeds (empty unless the method is nwc).
+    std::vector<std::uint8_t> decoder_blob() const {
+        return m_options.method == CompressionMethod::nwc ? serialize_codec_decoder(m_codec->decoder()) : std::vector<std::uint8_t>{};
+    }
+
+    /// Compresses one tensor (any shape; matrices the selection accepts are coded, the rest stored
+    /// raw as `original_dtype`). nwc tensors refer to container codec 0.
+    ContainerTensor compress(std::string name, TensorView<const float> weights, const Tensor<double>* hessian = nullptr, TensorReport* report = nullptr,
+                             dtype original_dtype = dtype::f32) const {
+        return compress_with(std::move(name), weights, hessian, original_dtype, m_options, report);
+    }
+
+    /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included).
+    Tensor<float> decompress(const ContainerReader& reader, std::size_t index, int threads = 1) const {
+        std::vector<Plan> plans;
+        plans.push_back(make_plan(reader, index, nullptr));
+        Tensor<float> output(reader.entry(index).shape);
+        decode_items(reader, plans, {&output}, threads, {}, 1);
+        return output;
+    }
+
+    /// Compresses every tensor of `model`; `bits_per_tensor` (rtn, gptq) overrides options.bits per
+    /// tensor index when not empty.
+    CompressedModel compress_model(const ModelFile& model, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
+                                   std::span<const int> bits_per_tensor = {}) const {
+        const auto start = std::chrono::steady_clock::now();
+        CompressedModel result;
+        result.writer.set_file_metadata(file_metadata(model));
+        if (m_options.method == CompressionMethod::nwc) result.writer.add_codec(decoder_blob());
+        const std::size_t count = model.tensors.size();
+        const int threads = resolve_thread_count(m_options.threads);
+        const int outer = int(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, std::int64_t(count))));
+        MethodOptions inner = m_options;
+        inner.threads = std::max(1, threads / outer);
+        std::vector<ContainerTensor> tensors(count);
+        result.report.tensors.resize(count);
+        detail::run_with_progress(std::int64_t(count), outer, progress, "compress", count, model.weight_count(), [&](std::int64_t i) {
+            const ModelTensor& tensor = model.tensors[std::size_t(i)];
+            MethodOptions options = inner;
+            if (!bits_per_tensor.empty()) options.bits = bits_per_tensor[std::size_t(i)];
+            const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
+            TensorReport& report = result.report.tensors[std::size_t(i)];
+            if (!tensor.is_floating()) {
+                tensors[std::size_t(i)] = make_raw_tensor(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
+                report = raw_report(tensors[std::size_t(i)]);
+            } else {
+                tensors[std::size_t(i)] = compress_with(tensor.name, tensor.values.view(), hessian, tensor.original_dtype, options, &report);
+            }
+            return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
+        });
+        for (auto& tensor : tensors) result.writer.add_tensor(std::move(tensor));
+        if (model.rope_corrections.numel() > 0) {
+            const auto* bytes = reinterpret_cast<const std::uint8_t*>(model.rope_corrections.data());
+            result.writer.add_tensor(make_raw_tensor(detail::rope_corrections_name, dtype::i32, model.rope_corrections.shape(),
+                                                     {bytes, std::size_t(model.rope_corrections.numel()) * 4}));
+        }
+        ModelReport& report = result.report;
+        report.method = std::string(method_name(m_options.method));
+        report.setting = global_setting();
+        report.weight_count = model.weight_count();
+        report.file_bytes = result.writer.serialized_size();
+        for (const TensorReport& tensor : report.tensors) {
+            report.squared_error += tensor.squared_error;
+            report.squared_norm += tensor.squared_norm;
+        }
+        report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        return result;
+    }
+
+    /// Decodes a whole container back into a ModelFile (the source's format, names, dtypes, order).
+    ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const ProgressCallback& progress = {}) const {
+        ModelFile model;
+        nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
+        require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
+                reader.context(), ": file metadata is not the JSON the pipeline writes");
+        model.source = metadata["source"];
+        const std::string format = model.source.value("source_format", "");
+        if (format == "llama2c") model.format = ModelFormat::llama2c;
+        else if (format == "hf_llama") model.format = ModelFormat::hf_llama;
+        else require(format == "safetensors", errc::unsupported, reader.context(), ": source format '", format, "'");
+        std::map<std::int32_t, std::shared_ptr<const NeuralDecoderType>> decoders;
+        std::vector<Plan> plans;
+        std::vector<std::size_t> model_index;
+        for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+            const ContainerEntry& entry = reader.entry(index);
+            if (entry.name == detail::rope_corrections_name) {
+                require(entry.method == "raw" && entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2, errc::corrupt,
+                        reader.context(), ": malformed RoPE corrections");
+                const auto bytes = reader.payload(index);
+                model.rope_corrections = Tensor<std::int32_t>(entry.shape);
+                std::memcpy(model.rope_corrections.data(), bytes.data(), bytes.size());
+                continue;
+            }
+            if (entry.codec_index >= 0 && !decoders.contains(entry.codec_index))
+                decoders[entry.codec_index] = std::make_shared<const NeuralDecoderType>(
+                    parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)), reader.context() + ": codec " + std::to_string(entry.codec_index)));
+            plans.push_back(make_plan(reader, index, entry.codec_index >= 0 ? decoders[entry.codec_index] : nullptr));
+            model.tensors.push_back({entry.name, entry.original_dtype, entry.shape, {}, {}});
+            model_index.push_back(index);
+        }
+        std::vector<Tensor<float>*> outputs;
+        for (std::size_t k = 0; k < plans.size(); ++k) {
+            ModelTensor& tensor = model.tensors[k];
+            if (tensor.is_floating()) {
+                tensor.values = Tensor<float>(tensor.shape);
+                outputs.push_back(&tensor.values);
+            } else {
+                const auto bytes = reader.payload(model_index[k]);
+                tensor.raw_bytes.assign(bytes.begin(), bytes.end());
+                outputs.push_back(nullptr);
+            }
+        }
+        decode_items(reader, plans, outputs, resolve_thread_count(threads), progress, model.tensors.size());
+        return model;
+    }
+
+private:
+    struct RawPlan {};
+    struct Plan {
+        std::size_t index = 0;
+        std::string context;
+        std::variant<RawPlan, RtnMethod::Layout, EcsqMethod::Layout, NwcMethod::Layout> layout;
+        std::shared_ptr<const NeuralDecoderType> decoder;
+        std::size_t segments = 1;
+        std::int64_t weights = 0;
+    };
+
+    std::string global_setting() const {
+        switch (m_options.method) {
+            case CompressionMethod::nwc: return NwcMethod::setting_of(m_options.alpha);
+            case CompressionMethod::ecsq: return EcsqMethod::setting_of(m_options.step);
+            default: return "bits=" + std::to_string(m_options.bits);
+        }
+    }
+
+    static TensorReport raw_report(const ContainerTensor& tensor) {
+        TensorReport report;
+        report.name = tensor.name;
+        report.shape = tensor.shape;
+        report.original_dtype = tensor.original_dtype;
+        report.method = "raw";
+        report.stored_bytes = tensor.payload.size();
+        report.relative_mse = 0.0;
+        return report;
+    }
+
+    ContainerTensor compress_with(std::string name, TensorView<const float> weights, const Tensor<double>* hessian, dtype original_dtype,
+                                  const MethodOptions& options, TensorReport* report) const {
+        const auto start = std::chrono::steady_clock::now();
+        if (!Selection::is_coded(weights.shape(), original_dtype)) {
+            ContainerTensor tensor = make_raw_tensor(std::move(name), weights, original_dtype);
+            if (report) {
+                *report = raw_report(tensor);
+                for (std::int64_t i = 0; i < weights.numel(); ++i) report->squared_norm += double(weights[i]) * double(weights[i]);
+            }
+            return tensor;
+        }
+        detail::require_hessian_fits(hessian, weights.cols(), name);
+        EncodedMatrix encoded;
+        switch (options.method) {
+            case CompressionMethod::rtn: encoded = RtnMethod::encode(weights, hessian, options, false); break;
+            case CompressionMethod::gptq: encoded = RtnMethod::encode(weights, hessian, options, true); break;
+            case CompressionMethod::ecsq: encoded = EcsqMethod::encode(weights, hessian, options); break;
+            case CompressionMethod::nwc: encoded = NwcMethod::encode(weights, hessian, options, *m_codec, Backend{}); break;
+        }
+        ContainerTensor tensor = std::move(encoded.tensor);
+        tensor.name = std::move(name);
+        tensor.original_dtype = original_dtype;
+        tensor.shape = weights.shape();
+        tensor.codec_index = options.method == CompressionMethod::nwc ? 0 : -1;
+        TensorReport local;
+        if (options.measure && encoded.reconstruction.numel() == weights.numel()) {
+            const detail::ErrorMeasure measure = detail::measure_error(weights, encoded.reconstruction.view(), hessian);
+            local.relative_mse = measure.relative_mse();
+            local.proxy_loss = measure.proxy_loss();
+            local.squared_error = measure.squared_error;
+            local.squared_norm = measure.squared_norm;
+            detail::patch_measurements(tensor.metadata, local.relative_mse, local.proxy_loss);
+        }
+        if (report) {
+            local.name = tensor.name;
+            local.shape = tensor.shape;
+            local.original_dtype = original_dtype;
+            local.method = tensor.method;
+            local.stored_bytes = tensor.metadata.size() + tensor.payload.size();
+            local.segments = tensor.segment_sizes.size();
+            local.used_hessian = encoded.used_hessian;
+            local.used_feedback = encoded.used_feedback;
+            local.setting = encoded.setting;
+            local.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            *report = std::move(local);
+        }
+        return tensor;
+    }
+
+    std::string file_metadata(const ModelFile& model) const {
+        nlohmann::json root = {{"format", "nwc-pipeline"},
+                               {"version", 1},
+                               {"source", model.source},
+                               {"method", std::string(method_name(m_options.method))},
+                               {"tool", std::string("nwc ") + version_string}};
+        if (model.rope_corrections.numel() > 0) root["llama2c_rope_corrections"] = detail::rope_corrections_name;
+        return root.dump();
+    }
+
+    static Plan make_plan(const ContainerReader& reader, std::size_t index, std::shared_ptr<const NeuralDecoderType> decoder) {
+        const ContainerEntry& entry = reader.entry(index);
+        Plan plan;
+        plan.index = index;
+        plan.context = reader.context() + ": tensor '" + entry.name + "' (" + entry.method + ")";
+        plan.weights = entry.shape.numel();
+        if (entry.method == "raw") {
+            plan.layout = RawPlan{};
+            return plan;
+        }
+        const auto metadata = reader.metadata(index);
+        if (entry.method == "rtn" || entry.method == "gptq") {
+            require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
+            plan.layout = RtnMethod::parse(entry, metadata, plan.context);
+            plan.segments = std::get<RtnMethod::Layout>(plan.layout).segment_count();
+        } else if (entry.method == "ecsq") {
+            require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
+            plan.layout = EcsqMethod::parse(entry, metadata, plan.context);
+            plan.segments = std::get<EcsqMethod::Layout>(plan.layout).segment_count();
+        } else if (entry.method == "nwc") {
+            require(entry.codec_index >= 0, errc::corrupt, plan.context, ": an nwc tensor needs a codec");
+            if (!decoder)
+                decoder = std::make_shared<const NeuralDecoderType>(parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)),
+                                                                                        reader.context() + ": codec " + std::to_string(entry.codec_index)));
+            plan.layout = NwcMethod::parse(entry, metadata, *decoder, plan.context);
+            plan.segments = std::get<NwcMethod::Layout>(plan.layout).segment_count();
+            plan.decoder = std::move(decoder);
+        } else {
+            fail(errc::unsupported, plan.context, ": unknown method '", entry.method, "'");
+        }
+        return plan;
+    }
+
+    static void decode_items(const ContainerReader& reader, const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
+                             const ProgressCallback& progress, std::size_t tensors_total) {
+        std::vector<std::pair<std::size_t, std::size_t>> items;  // (plan, segment)
+        std::int64_t weights_total = 0;
+        for (std::size_t p = 0; p < plans.size(); ++p) {
+            weights_total += plans[p].weights;
+            for (std::size_t s = 0; s < plans[p].segments; ++s) items.emplace_back(p, s);
+        }
+        detail::run_with_progress(std::int64_t(items.size()), threads, progress, "decompress", tensors_total, weights_total, [&](std::int64_t item) {
+            const auto [p, segment] = items[std::size_t(item)];
+            const Plan& plan = plans[p];
+            const std::size_t done = segment + 1 == plan.segments ? 1 : 0;
+            Tensor<float>* output = outputs[p];
+            if (output == nullptr) return std::pair<std::size_t, std::int64_t>{done, plan.weights};
+            const ContainerEntry& entry = reader.entry(plan.index);
+            const auto bytes = std::holds_alternative<RawPlan>(plan.layout) ? reader.payload(plan.index) : reader.segment(plan.index, segment);
+            std::int64_t weights = plan.weights;
+            std::visit(
+                [&](const auto& layout) {
+                    using Layout = std::decay_t<decltype(layout)>;
+                    if constexpr (std::is_same_v<Layout, RawPlan>) {
+                        *output = decode_float32(entry.original_dtype, entry.shape, bytes, plan.context);
+                    } else if constexpr (std::is_same_v<Layout, RtnMethod::Layout>) {
+                        RtnMethod::decode_segment(layout, segment, bytes, output->view(), plan.context);
+                        weights = std::min(layout.rows_per_segment, layout.rows - std::int64_t(segment) * layout.rows_per_segment) * layout.cols;
+                    } else if constexpr (std::is_same_v<Layout, EcsqMethod::Layout>) {
+                        EcsqMethod::decode_segment(layout, segment, bytes, output->view(), plan.context, Backend{});
+                        weights = std::min(layout.rows_per_segment, layout.rows - std::int64_t(segment) * layout.rows_per_segment) * layout.cols;
+                    } else {
+                        NwcMethod::decode_segment(layout, *plan.decoder, segment, bytes, output->view(), plan.context, Backend{});
+                        weights = std::min(layout.columns_per_segment, layout.cols - std::int64_t(segment) * layout.columns_per_segment) * layout.rows;
+                    }
+                },
+                plan.layout);
+            return std::pair<std::size_t, std::int64_t>{done, weights};
+        });
+    }
+
+    MethodOptions m_options;
+    std::shared_ptr<const NeuralEncoderType> m_codec;
+};
+
+/// The composed codec with default policies (renamed to Codec<> once the neural codec's classes move).
+using DefaultCodec = PipelineCodec<>;
+
+/// A HessianLookup over calibration Hessians (see llm::LinearHessians).
+template <class Hessians>
+HessianLookup hessian_lookup(const Hessians& hessians) {
+    return [&hessians](std::string_view name) -> const Tensor<double>* { return hessians.contains(name) ? &hessians.at(name) : nullptr; };
+}
+
+}  // namespace nwc

@@ -1,0 +1,293 @@
+// CdfTable / CdfTableSet: quantization (exact totals, every bin >= 1, determinism, cost close to the
+// entropy), escape costs, slot lookup, and serialization with full validation of untrusted bytes.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "nwc/core/random.hpp"
+#include "nwc/entropy/cdf_table_set.hpp"
+
+using namespace nwc;
+
+namespace {
+
+/// A random distribution of one of several shapes (smooth, peaked, flat, noisy, with zeros).
+std::vector<double> random_distribution(Random& random, std::size_t bins) {
+    std::vector<double> probabilities(bins);
+    const int shape = int(random.below(5));
+    const double center = random.uniform() * double(bins), scale = 0.3 + random.uniform() * double(bins) / 4;
+    for (std::size_t i = 0; i < bins; ++i) {
+        const double distance = std::abs(double(i) - center);
+        switch (shape) {
+            case 0: probabilities[i] = std::exp(-distance / scale); break;                                   // Laplace
+            case 1: probabilities[i] = std::exp(-0.5 * distance * distance / (scale * scale)); break;      // Gaussian
+            case 2: probabilities[i] = 1.0; break;                                                           // flat
+            case 3: probabilities[i] = random.uniform() < 0.3 ? 0.0 : double(random.uniform()); break;     // noisy, zeros
+            default: probabilities[i] = std::pow(10.0, -12.0 * random.uniform()); break;                   // huge range
+        }
+    }
+    return probabilities;
+}
+
+double entropy_bits(std::span<const double> probabilities) {
+    const double total = std::accumulate(probabilities.begin(), probabilities.end(), 0.0);
+    double bits = 0.0;
+    for (double p : probabilities)
+        if (p > 0) bits -= p / total * std::log2(p / total);
+    return bits;
+}
+
+/// Expected code length of the true distribution under the table, in bits per symbol.
+double cross_entropy_bits(std::span<const double> probabilities, std::span<const std::uint32_t> frequencies, int precision) {
+    const double total = std::accumulate(probabilities.begin(), probabilities.end(), 0.0);
+    double bits = 0.0;
+    for (std::size_t i = 0; i < probabilities.size(); ++i)
+        if (probabilities[i] > 0) bits += probabilities[i] / total * (precision - std::log2(double(frequencies[i])));
+    return bits;
+}
+
+void check_invariants(const CdfTable& table) {
+    const auto frequencies = table.frequencies();
+    REQUIRE(frequencies.size() == table.bin_count());
+    REQUIRE(table.bin_count() == table.support() + 1);
+    std::uint64_t total = 0;
+    bool all_positive = true;
+    for (std::uint32_t f : frequencies) {
+        all_positive = all_positive && f >= 1;
+        total += f;
+    }
+    REQUIRE(all_positive);
+    REQUIRE(total == (std::uint64_t(1) << table.precision()));
+    const auto cumulative = table.cumulative();
+    REQUIRE(cumulative.front() == 0);
+    REQUIRE(cumulative.back() == total);
+    bool slots_match = true;  // one REQUIRE per slot would dominate the run time
+    for (std::uint32_t slot = 0; slot < total; ++slot) {
+        const std::uint32_t bin = table.bin_at_slot(slot);
+        slots_match = slots_match && cumulative[bin] <= slot && slot < cumulative[bin + 1];
+    }
+    REQUIRE(slots_match);
+}
+
+CdfTable random_table(Random& random) {
+    const int precision = 12 + int(random.below(5));
+    const std::size_t support = 1 + random.below(random.below(4) == 0 ? 2000 : 100);
+    const auto probabilities = random_distribution(random, support);
+    const double escape = random.below(3) == 0 ? 0.0 : double(random.uniform()) * 1e-3;
+    return CdfTable::from_probabilities(std::int32_t(random.below(2000)) - 1000, probabilities, escape, precision);
+}
+
+}  // namespace
+
+TEST_CASE("cdf_table: quantization keeps every bin >= 1 and the total exact, over many seeds", "[cdf_table]") {
+    Random random(11);
+    for (int trial = 0; trial < 400; ++trial) {
+        const CdfTable table = random_table(random);
+        check_invariants(table);
+    }
+}
+
+TEST_CASE("cdf_table: quantization is deterministic and pinned", "[cdf_table]") {
+    Random random(12);
+    std::vector<CdfTable> first, second;
+    for (int trial = 0; trial < 16; ++trial) {
+        Random copy = random;
+        first.push_back(random_table(random));
+        second.push_back(random_table(copy));
+        REQUIRE(first.back() == second.back());
+    }
+    // Tables are built once (at training time) and stored; still, the same probabilities must give
+    // the same table on every IEEE-754 machine. These frequencies were computed by this algorithm.
+    const std::vector<double> laplace{0.01, 0.03, 0.1, 0.3, 0.9, 0.3, 0.1, 0.03, 0.01};
+    const CdfTable table = CdfTable::from_probabilities(-4, laplace, 1e-6, 12);
+    const std::vector<std::uint32_t> expected{23, 69, 230, 690, 2071, 690, 230, 69, 23, 1};
+    CHECK(std::vector<std::uint32_t>(table.frequencies().begin(), table.frequencies().end()) == expected);
+}
+
+TEST_CASE("cdf_table: quantized cost is close to the entropy", "[cdf_table]") {
+    Random random(13);
+    for (int trial = 0; trial < 200; ++trial) {
+        const int precision = 12 + int(random.below(5));
+        const std::size_t support = 2 + random.below(60);
+        std::vector<double> probabilities = random_distribution(random, support);
+        const CdfTable table = CdfTable::from_probabilities(0, probabilities, 0.0, precision);
+        probabilities.push_back(0.0);  // the escape bin
+        const double entropy = entropy_bits(probabilities);
+        const double cost = cross_entropy_bits(probabilities, table.frequencies(), precision);
+        INFO("trial " << trial << " precision " << precision << " support " << support << " entropy " << entropy << " cost " << cost);
+        CHECK(cost >= entropy - 1e-9);
+        // Each bin >= 1 costs at most bins / 2^precision of probability mass; rounding adds ~bins^2/2^(2p).
+        CHECK(cost - entropy <= 2.0 * double(support + 1) / double(1 << precision) + 1e-3);
+        // Local optimality: moving one unit between two bins never helps by more than a rounding error.
+        const auto frequencies = table.frequencies();
+        double best_gain = 0.0;
+        const double total = std::accumulate(probabilities.begin(), probabilities.end(), 0.0);
+        for (std::size_t from = 0; from < frequencies.size(); ++from) {
+            if (frequencies[from] <= 1) continue;
+            const double loss = probabilities[from] / total * std::log2(double(frequencies[from]) / (frequencies[from] - 1));
+            for (std::size_t to = 0; to < frequencies.size(); ++to)
+                if (to != from)
+                    best_gain = std::max(best_gain, probabilities[to] / total * std::log2((frequencies[to] + 1.0) / frequencies[to]) - loss);
+        }
+        CHECK(best_gain <= 1e-4 * std::max(cost, 1e-3));
+    }
+}
+
+TEST_CASE("cdf_table: edge cases of shape and value range", "[cdf_table]") {
+    const std::vector<double> one{1.0};
+    const CdfTable single = CdfTable::from_probabilities(7, one, 0.0, 16);
+    CHECK(single.support() == 1);
+    CHECK(single.frequencies()[0] == 65535);
+    CHECK(single.frequencies()[1] == 1);
+    check_invariants(single);
+
+    // Extremely skewed: the tiny bins get exactly 1.
+    std::vector<double> skewed(50, 1e-300);
+    skewed[3] = 1.0;
+    const CdfTable peaked = CdfTable::from_probabilities(0, skewed, 1e-300, 12);
+    CHECK(peaked.frequencies()[3] == 4096 - 50);
+    check_invariants(peaked);
+
+    // As many bins as slots: every frequency is 1.
+    const CdfTable full = CdfTable::uniform(0, 4095, 12);
+    for (std::uint32_t f : full.frequencies()) CHECK(f == 1);
+    // Uniform over a support: the escape bin stays at 1, the rest differs by at most 1.
+    const CdfTable flat = CdfTable::uniform(-10, 21, 14);
+    CHECK(flat.frequencies().back() == 1);
+    const auto [low, high] = std::minmax_element(flat.frequencies().begin(), flat.frequencies().end() - 1);
+    CHECK(*high - *low <= 1);
+    check_invariants(flat);
+
+    // The ends of the int32 range.
+    CHECK(CdfTable::uniform(std::numeric_limits<std::int32_t>::max(), 1, 12).in_support(std::numeric_limits<std::int32_t>::max()));
+    CHECK(CdfTable::uniform(std::numeric_limits<std::int32_t>::min(), 3, 12).bin_of(std::numeric_limits<std::int32_t>::min()) == 0);
+    CHECK_THROWS_AS(CdfTable::uniform(std::numeric_limits<std::int32_t>::max(), 2, 12), nwc::error);
+
+    auto id_of = [](auto&& make) {
+        try {
+            make();
+        } catch (const nwc::error& failure) {
+            return failure.id();
+        }
+        return errc::io;  // "did not throw"
+    };
+    const std::vector<double> negative{0.5, -0.1}, nan{0.5, std::nan("")}, zeros{0.0, 0.0};
+    CHECK(id_of([&] { CdfTable::from_probabilities(0, negative, 0.0, 12); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::from_probabilities(0, nan, 0.0, 12); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::from_probabilities(0, zeros, 0.0, 12); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::from_probabilities(0, one, 0.0, 11); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::from_probabilities(0, one, 0.0, 17); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::uniform(0, 4096, 12); }) == errc::invalid_argument);  // 4097 bins > 2^12
+    CHECK(id_of([&] { CdfTable::uniform(0, 0, 12); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::uniform(0, 65536, 16); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::from_frequencies(0, {4095, 0, 1}, 12); }) == errc::invalid_argument);
+    CHECK(id_of([&] { CdfTable::from_frequencies(0, {4000, 1}, 12); }) == errc::invalid_argument);
+    CHECK(CdfTable::from_frequencies(0, {4095, 1}, 12).support() == 1);
+}
+
+TEST_CASE("cdf_table: ideal_bits counts the escape code", "[cdf_table]") {
+    const CdfTable table = CdfTable::from_frequencies(-2, {1024, 2048, 512, 256, 256}, 12);  // values -2..1, escape 256
+    CHECK(table.ideal_bits(-1) == Approx(1.0));
+    CHECK(table.ideal_bits(1) == Approx(4.0));
+    // Escape: 4 bits for the escape bin plus Elias-gamma of (code + 1); code = 2 d below, 2 d + 1 above.
+    CHECK(table.ideal_bits(-3) == Approx(4.0 + 1));   // d = 0 below: code 0, gamma(1) = 1 bit
+    CHECK(table.ideal_bits(2) == Approx(4.0 + 3));    // d = 0 above: code 1, gamma(2) = 3 bits
+    // INT32_MIN: d = -3 - INT32_MIN = 2^31 - 3, code + 1 = 2^32 - 5 has 32 bits: 63 bits of gamma code.
+    CHECK(table.ideal_bits(std::numeric_limits<std::int32_t>::min()) == Approx(4.0 + 63));
+    CHECK(table.ideal_bits(std::numeric_limits<std::int32_t>::max()) == Approx(4.0 + 63));
+}
+
+TEST_CASE("cdf_table: a table set round-trips and rejects every corruption", "[cdf_table]") {
+    Random random(14);
+    std::vector<CdfTable> tables;
+    for (int channel = 0; channel < 5; ++channel) {
+        const auto probabilities = random_distribution(random, 3 + random.below(40));
+        tables.push_back(CdfTable::from_probabilities(-int(probabilities.size() / 2), probabilities, 1e-5, 14));
+    }
+    const CdfTableSet set(tables);
+    ByteWriter writer;
+    set.write(writer);
+    const std::vector<std::uint8_t> bytes = writer.take();
+    ByteReader reader(bytes, "test tables");
+    const CdfTableSet back = CdfTableSet::read(reader);
+    CHECK(reader.at_end());
+    CHECK(back == set);
+    CHECK(back.checksum() == set.checksum());
+    // The derived decoder tables are rebuilt identically.
+    CHECK(back.decode_tables().slot_bins == set.decode_tables().slot_bins);
+    CHECK(back.decode_tables().bin_entries == set.decode_tables().bin_entries);
+
+    for (std::size_t length = 0; length < bytes.size(); ++length) {
+        const std::vector<std::uint8_t> cut(bytes.begin(), bytes.begin() + std::ptrdiff_t(length));
+        ByteReader cut_reader(cut, "cut tables");
+        CHECK_THROWS_AS(CdfTableSet::read(cut_reader), nwc::error);
+    }
+    for (int trial = 0; trial < 300; ++trial) {
+        std::vector<std::uint8_t> flipped = bytes;
+        flipped[random.below(flipped.size())] ^= std::uint8_t(1 + random.below(255));
+        ByteReader flipped_reader(flipped, "flipped tables");
+        CHECK_THROWS_AS(CdfTableSet::read(flipped_reader), nwc::error);
+    }
+}
+
+TEST_CASE("cdf_table: structurally invalid tables with a valid checksum are rejected", "[cdf_table]") {
+    // Builds a set's bytes by hand, with a correct CRC, so that only the structure is wrong.
+    auto build = [](int precision, std::uint32_t channels, const std::vector<std::pair<std::int32_t, std::vector<std::uint32_t>>>& tables) {
+        ByteWriter body;
+        for (const auto& [offset, frequencies] : tables) {
+            body.put_i32(offset);
+            body.put_u32(std::uint32_t(frequencies.size()));
+            for (std::uint32_t f : frequencies) body.put_u16(std::uint16_t(f));
+        }
+        ByteWriter head;
+        head.put_u32(CdfTableSet::magic);
+        head.put_u16(CdfTableSet::version);
+        head.put_u8(std::uint8_t(precision));
+        head.put_u8(0);
+        head.put_u32(channels);
+        head.put_u32(std::uint32_t(body.size()));
+        ByteWriter all;
+        all.put_bytes(head.bytes());
+        all.put_bytes(body.bytes());
+        all.put_u32(crc32c(body.bytes(), crc32c(head.bytes())));
+        return all.take();
+    };
+    auto id_of = [](const std::vector<std::uint8_t>& bytes) {
+        try {
+            ByteReader reader(bytes, "crafted tables");
+            CdfTableSet::read(reader);
+        } catch (const nwc::error& failure) {
+            return failure.id();
+        }
+        return errc::io;  // "did not throw"
+    };
+    CHECK(id_of(build(12, 1, {{0, {4095, 1}}})) == errc::io);                 // the valid baseline
+    CHECK(id_of(build(12, 1, {{0, {4094, 1}}})) == errc::corrupt);            // sum 4095
+    CHECK(id_of(build(12, 1, {{0, {4096, 0}}})) == errc::corrupt);            // zero frequency
+    CHECK(id_of(build(12, 1, {{0, {4096}}})) == errc::corrupt);               // escape bin only
+    CHECK(id_of(build(11, 1, {{0, {2047, 1}}})) == errc::corrupt);            // precision 11
+    CHECK(id_of(build(17, 1, {{0, {65535, 1}}})) == errc::corrupt);           // precision 17
+    CHECK(id_of(build(12, 2, {{0, {4095, 1}}})) == errc::truncated);          // one table missing
+    CHECK(id_of(build(12, 1, {{0, {4095, 1}}, {0, {4095, 1}}})) == errc::corrupt);  // trailing table
+    CHECK(id_of(build(12, 0, {})) == errc::limit);                            // no channels
+    CHECK(id_of(build(12, 5000, {})) == errc::limit);                         // too many channels
+    CHECK(id_of(build(16, 1, {{std::numeric_limits<std::int32_t>::max(), {65534, 1, 1}}})) == errc::corrupt);  // past INT32_MAX
+    std::vector<std::uint8_t> bad_version = build(12, 1, {{0, {4095, 1}}});
+    bad_version[4] = 9;
+    CHECK(id_of(bad_version) == errc::unsupported);
+}
+
+TEST_CASE("cdf_table: a set needs one precision and at least one table", "[cdf_table]") {
+    CHECK_THROWS_AS(CdfTableSet(std::vector<CdfTable>{}), nwc::error);
+    CHECK_THROWS_AS(CdfTableSet({CdfTable::uniform(0, 4, 12), CdfTable::uniform(0, 4, 13)}), nwc::error);
+    const CdfTableSet set({CdfTable::uniform(0, 4, 12), CdfTable::uniform(-3, 300, 12)});
+    CHECK(set.channel_count() == 2);
+    CHECK(set.precision() == 12);
+    CHECK(set.decode_tables().slot_bins_u8.empty());  // 301 bins do not fit a byte
+    const std::vector<std::int32_t> symbols{0, -3, 3, 296, 9, 297};
+    double expected = 0.0;
+    for (std::size_t i = 0; i < symbols.size(); ++i) expected += set[i % 2].ideal_bits(symbols[i]);
+    CHECK(set.ideal_bits(symbols) == Approx(expected));
+}

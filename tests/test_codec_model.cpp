@@ -1,0 +1,186 @@
+// CodecModel / CodecTrainer / codec files: a tiny training run lowers the loss, training is
+// byte-identical for any thread count, codec files round-trip, and every corruption or truncation
+// of a codec file (or of a decoder half) is an nwc::error.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <vector>
+
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/codec/sha256.hpp"
+#include "nwc/codec/trainer.hpp"
+
+using namespace nwc;
+
+namespace {
+
+// Chunks with structure a codec can exploit: a smooth random walk plus a little noise, unit scale.
+TrainingCorpus synthetic_corpus(int chunks, std::uint64_t seed) {
+    Random random(seed);
+    std::vector<float> values;
+    values.reserve(std::size_t(chunks) * 16);
+    for (int c = 0; c < chunks; ++c) {
+        float walk = random.normal();
+        for (int i = 0; i < 16; ++i) {
+            walk = 0.9f * walk + 0.45f * random.normal();
+            values.push_back(walk);
+        }
+    }
+    std::vector<HeldOutMatrix> held_out{{"synthetic", 32, 16, std::vector<float>(values.begin(), values.begin() + 512), 16}};
+    return TrainingCorpus::from_chunks(std::move(values), 16, std::move(held_out));
+}
+
+TrainingOptions tiny_options(int threads) {
+    TrainingOptions options;
+    options.architecture = {16, 16, 1, 4, 4};
+    options.loss.lambda = 50.0;
+    options.steps = 60;
+    options.batch = 64;
+    options.shard_rows = 16;
+    options.learning_rate = 1e-2;
+    options.seed = 7;
+    options.threads = threads;
+    return options;
+}
+
+std::vector<std::uint8_t> train_codec_bytes(const TrainingCorpus& corpus, int threads) {
+    CodecTrainer trainer(tiny_options(threads), corpus);
+    for (int step = 0; step < 20; ++step) trainer.step();
+    return serialize_codec(trainer.freeze(dtype::f16, 16, R"({"test":true})"));
+}
+
+}  // namespace
+
+TEST_CASE("sha256 of known inputs", "[codec_model]") {
+    const std::string abc = "abc";
+    CHECK(detail::sha256_hex({reinterpret_cast<const std::uint8_t*>(abc.data()), abc.size()}) ==
+          "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(detail::sha256_hex({}) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    const std::vector<std::uint8_t> million(1000000, std::uint8_t('a'));
+    CHECK(detail::sha256_hex(million) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("CodecTrainer: a tiny training run lowers the loss", "[codec_model]") {
+    const TrainingCorpus corpus = synthetic_corpus(4096, 1);
+    CodecTrainer trainer(tiny_options(1), corpus);
+    std::vector<double> losses;
+    for (int step = 0; step < 60; ++step) {
+        const StepMetrics metrics = trainer.step();
+        REQUIRE(std::isfinite(metrics.loss));
+        losses.push_back(metrics.loss);
+    }
+    const double first = std::accumulate(losses.begin(), losses.begin() + 10, 0.0) / 10;
+    const double last = std::accumulate(losses.end() - 10, losses.end(), 0.0) / 10;
+    INFO("loss " << first << " -> " << last);
+    CHECK(last < 0.7 * first);
+
+    // The frozen codec codes and decodes: symbols are integers around the medians, decode is finite.
+    const Codec codec = trainer.freeze(dtype::f32);
+    const auto& matrix = corpus.held_out().front();
+    const std::vector<std::uint8_t> levels(std::size_t(matrix.chunk_count()), 0);
+    const TensorView<const float> chunks(matrix.chunks.data(), {matrix.chunk_count(), 16});
+    const std::vector<std::int32_t> symbols = codec.encode(chunks, levels);
+    CHECK(symbols.size() == std::size_t(matrix.chunk_count() * 4));
+    std::vector<float> decoded(matrix.chunks.size());
+    codec.decode(symbols, levels, TensorView<float>(decoded.data(), {matrix.chunk_count(), 16}));
+    double error = 0.0, energy = 0.0;
+    for (std::size_t i = 0; i < decoded.size(); ++i) {
+        error += (decoded[i] - matrix.chunks[i]) * (decoded[i] - matrix.chunks[i]);
+        energy += matrix.chunks[i] * matrix.chunks[i];
+    }
+    CHECK(error < energy);  // better than decoding zeros
+}
+
+TEST_CASE("CodecTrainer: same seed and data give byte-identical codec files for any thread count", "[codec_model]") {
+    const TrainingCorpus corpus = synthetic_corpus(2048, 2);
+    const auto one = train_codec_bytes(corpus, 1);
+    const auto again = train_codec_bytes(corpus, 1);
+    const auto two = train_codec_bytes(corpus, 2);
+    CHECK(one == again);
+    CHECK(one == two);
+}
+
+TEST_CASE("codec file: round trip through bytes and through a file", "[codec_model]") {
+    const TrainingCorpus corpus = synthetic_corpus(1024, 3);
+    for (dtype storage : {dtype::f32, dtype::f16, dtype::bf16}) {
+        CodecTrainer trainer(tiny_options(1), corpus);
+        for (int step = 0; step < 5; ++step) trainer.step();
+        const Codec codec = trainer.freeze(storage, 14, R"({"name":"round trip"})");
+        const std::vector<std::uint8_t> bytes = serialize_codec(codec);
+        const Codec parsed = parse_codec(bytes);
+        CHECK(parsed.architecture() == codec.architecture());
+        CHECK(parsed.weight_dtype() == storage);
+        CHECK(parsed.provenance() == codec.provenance());
+        CHECK(parsed.tables().checksum() == codec.tables().checksum());
+        CHECK(std::equal(parsed.medians().begin(), parsed.medians().end(), codec.medians().begin(), codec.medians().end()));
+        const auto original = codec.encoder().parameters(), loaded = parsed.encoder().parameters();
+        for (std::size_t p = 0; p < original.size(); ++p) CHECK(original[p]->value == loaded[p]->value);
+        const auto original_decoder = codec.decoder().network().parameters(), loaded_decoder = parsed.decoder().network().parameters();
+        for (std::size_t p = 0; p < original_decoder.size(); ++p) CHECK(original_decoder[p]->value == loaded_decoder[p]->value);
+        CHECK(serialize_codec(parsed) == bytes);
+
+        // The decoder half alone, and in place inside a larger buffer.
+        const std::vector<std::uint8_t> half = serialize_codec_decoder(codec.decoder());
+        CHECK(serialize_codec_decoder(parse_codec_decoder(half).network().shape() == codec.decoder().network().shape()
+                                          ? parse_codec_decoder(half)
+                                          : CodecDecoder()) == half);
+        std::vector<std::uint8_t> embedded = half;
+        embedded.insert(embedded.end(), {1, 2, 3});
+        std::size_t consumed = 0;
+        parse_codec_decoder(embedded, "embedded", &consumed);
+        CHECK(consumed == half.size());
+        CHECK_THROWS_AS(parse_codec_decoder(embedded), nwc::error);  // trailing bytes without `consumed`
+    }
+    const std::filesystem::path path = std::filesystem::temp_directory_path() / "nwc_test_codec_model.nwcc";
+    CodecTrainer trainer(tiny_options(1), corpus);
+    trainer.step();
+    const Codec codec = trainer.freeze();
+    write_codec_file(path, codec);
+    CHECK(serialize_codec(read_codec_file(path)) == serialize_codec(codec));
+    std::filesystem::remove(path);
+}
+
+TEST_CASE("codec file: every truncation and every flipped byte is an nwc::error", "[codec_model]") {
+    const TrainingCorpus corpus = synthetic_corpus(512, 4);
+    CodecTrainer trainer(tiny_options(1), corpus);
+    trainer.step();
+    const std::vector<std::uint8_t> bytes = serialize_codec(trainer.freeze(dtype::f16, 12));
+    for (std::size_t length = 0; length < bytes.size(); ++length) {
+        INFO("truncated to " << length << " of " << bytes.size() << " bytes");
+        CHECK_THROWS_AS(parse_codec(std::span<const std::uint8_t>(bytes.data(), length)), nwc::error);
+    }
+    for (std::size_t at = 0; at < bytes.size(); ++at) {
+        std::vector<std::uint8_t> corrupt = bytes;
+        corrupt[at] ^= 0x5A;
+        INFO("byte " << at << " flipped");
+        CHECK_THROWS_AS(parse_codec(corrupt), nwc::error);
+    }
+    const std::vector<std::uint8_t> half = serialize_codec_decoder(trainer.freeze(dtype::f16, 12).decoder());
+    for (std::size_t length = 0; length < half.size(); ++length)
+        CHECK_THROWS_AS(parse_codec_decoder(std::span<const std::uint8_t>(half.data(), length)), nwc::error);
+    // Specific ids: wrong magic is corrupt, a future version unsupported, a short file truncated.
+    std::vector<std::uint8_t> wrong_magic = bytes;
+    wrong_magic[0] = 'X';
+    try {
+        parse_codec(wrong_magic);
+        FAIL("no error");
+    } catch (const nwc::error& e) {
+        CHECK(e.id() == errc::corrupt);
+    }
+    std::vector<std::uint8_t> future = bytes;
+    future[4] = 2;
+    try {
+        parse_codec(future);
+        FAIL("no error");
+    } catch (const nwc::error& e) {
+        CHECK(e.id() == errc::unsupported);
+    }
+    try {
+        parse_codec(std::span<const std::uint8_t>(bytes.data(), bytes.size() / 2));
+        FAIL("no error");
+    } catch (const nwc::error& e) {
+        CHECK(e.id() == errc::truncated);
+    }
+}
