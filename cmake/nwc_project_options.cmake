@@ -8,6 +8,13 @@ if(NWC_WERROR)
 endif()
 if(NWC_NATIVE)
   target_compile_options(nwc_project_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 12.3)
+    # GCC 12.2's AVX-512 headers build "undefined" vectors as `__m512 __Y = __Y;`, which its own
+    # -W(maybe-)uninitialized then reports in every Eigen kernel inlined into our code (GCC bug
+    # 105593, fixed in 12.3): hundreds of warnings that are not ours, so these two are off there.
+    target_compile_options(nwc_project_options INTERFACE
+      $<$<COMPILE_LANGUAGE:CXX>:-Wno-uninitialized -Wno-maybe-uninitialized>)
+  endif()
 endif()
 if(NWC_SANITIZE)
   # _GLIBCXX_ASSERTIONS adds bounds checks to std::vector/span operator[], which catch reads past

@@ -94,9 +94,10 @@ int main(int argc, char** argv) {
                     nwc::ResidualMLP<float> encoder = codec.encoder(), decoder = codec.decoder().network();
                     nwc::round_weights_to(encoder, storage);
                     nwc::round_weights_to(decoder, storage);
-                    const auto medians = codec.medians();
+                    const auto medians = codec.decoder().all_medians();
+                    const auto tables = codec.decoder().all_tables();
                     nwc::CodecDecoder half(codec.architecture(), std::move(decoder), std::vector<float>(medians.begin(), medians.end()),
-                                           codec.tables(), storage);
+                                           std::vector<nwc::CdfTableSet>(tables.begin(), tables.end()), storage);
                     variants.emplace_back(name + " as " + std::string(nwc::dtype_name(storage)), nwc::Codec(std::move(encoder), std::move(half)));
                 }
             }

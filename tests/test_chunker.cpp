@@ -154,7 +154,7 @@ TEST_CASE("chunker: importance levels by fixed quantiles of diag(H), ties to the
     SECTION("ties: equal values go to the lower column index") {
         std::vector<float> diagonal(20, 2.0f);
         diagonal[17] = 5.0f;
-        const auto levels = chunker.importance_levels(std::span<const float>(diagonal));
+        const auto levels = chunker.importance_levels(diagonal);
         // top ceil(0.1 * 20) = 2: column 17 and then column 0; top 1% and 0.1% = 1 column: 17.
         CHECK(levels[17] == 3);
         CHECK(levels[0] == 1);

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "nwc/codec/codec_evaluation.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/sha256.hpp"
 #include "nwc/codec/trainer.hpp"
@@ -113,8 +114,11 @@ TEST_CASE("codec file: round trip through bytes and through a file", "[codec_mod
         CHECK(parsed.architecture() == codec.architecture());
         CHECK(parsed.weight_dtype() == storage);
         CHECK(parsed.provenance() == codec.provenance());
-        CHECK(parsed.tables().checksum() == codec.tables().checksum());
-        CHECK(std::equal(parsed.medians().begin(), parsed.medians().end(), codec.medians().begin(), codec.medians().end()));
+        for (int level = 0; level < 4; ++level) {
+            CHECK(parsed.tables(level).checksum() == codec.tables(level).checksum());
+            CHECK(std::equal(parsed.medians(level).begin(), parsed.medians(level).end(), codec.medians(level).begin(),
+                             codec.medians(level).end()));
+        }
         const auto original = codec.encoder().parameters(), loaded = parsed.encoder().parameters();
         for (std::size_t p = 0; p < original.size(); ++p) CHECK(original[p]->value == loaded[p]->value);
         const auto original_decoder = codec.decoder().network().parameters(), loaded_decoder = parsed.decoder().network().parameters();
@@ -183,4 +187,28 @@ TEST_CASE("codec file: every truncation and every flipped byte is an nwc::error"
     } catch (const nwc::error& e) {
         CHECK(e.id() == errc::truncated);
     }
+}
+
+TEST_CASE("codec evaluation: real rANS bytes track the ideal rate; ECSQ matches theory", "[codec_model]") {
+    const TrainingCorpus corpus = synthetic_corpus(2048, 5);
+    CodecTrainer trainer(tiny_options(1), corpus);
+    for (int step = 0; step < 30; ++step) trainer.step();
+    const Codec codec = trainer.freeze();
+    for (int level = 0; level < 4; ++level) {
+        const RateDistortion rd = evaluate_codec(codec, corpus.held_out(), level);
+        CHECK(rd.weights == 512);
+        CHECK(rd.coded_bits >= rd.ideal_bits);
+        CHECK(rd.coded_bits <= rd.ideal_bits + 8.0 * 200);  // stream header and flushed states
+        CHECK(rd.mse() > 0.0);
+    }
+    // Unit Gaussian values, step 1/4: ECSQ entropy is close to h(X) - log2(step) = 2.047 + 2 bits
+    // and the MSE to step^2 / 12.
+    Random random(9);
+    std::vector<float> values(1 << 16);
+    for (float& value : values) value = random.normal();
+    const std::vector<HeldOutMatrix> gaussian{{"gaussian", 4096, 16, values, 16}};
+    const RateDistortion ecsq = evaluate_ecsq(gaussian, 0.25f);
+    CHECK(ecsq.ideal_bits_per_weight() == Approx(4.047).margin(0.03));
+    CHECK(ecsq.mse() == Approx(0.0625 / 12).epsilon(0.03));
+    CHECK(ecsq.bits_per_weight() >= ecsq.ideal_bits_per_weight());
 }

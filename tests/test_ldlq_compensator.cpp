@@ -158,8 +158,10 @@ TEST_CASE("ldlq: LDLQ + RTN (GPTQ) and LDLQ + ECSQ beat plain quantization on re
 
         RoundToNearest rtn = RoundToNearest::q4_0();
         const LDLQCompensator<RoundToNearest> gptq;
-        const LDLQResult plain = gptq.compress(weights.view(), LDLFeedback{}, hessian, rtn);  // no feedback, proxy with H
+        const LDLQResult plain = gptq.compress(weights.view(), LDLFeedback::none(), hessian, rtn);  // plain RTN, proxy under H
         const LDLQResult compensated = gptq.compress(weights.view(), hessian, rtn);
+        CHECK(plain.report.status == LDLQStatus::ok);
+        CHECK_FALSE(plain.report.used_feedback);
         REQUIRE(compensated.report.status == LDLQStatus::ok);
         REQUIRE(compensated.report.used_feedback);
         REQUIRE(rtn.dequantize().values() == compensated.reconstructed.values());  // the codes carry it all
@@ -180,7 +182,7 @@ TEST_CASE("ldlq: LDLQ + RTN (GPTQ) and LDLQ + ECSQ beat plain quantization on re
         const float step = EntropyCodedScalar::step_for_target_bits(normalized.values(), 3.0);
         EntropyCodedScalar ecsq(EntropyCodedScalarOptions{step, NormalizationAxis::per_column, chunked.scales});
         const LDLQCompensator<EntropyCodedScalar> ldlq;
-        const LDLQResult ecsq_plain = ldlq.compress(weights.view(), LDLFeedback{}, hessian, ecsq);
+        const LDLQResult ecsq_plain = ldlq.compress(weights.view(), LDLFeedback::none(), hessian, ecsq);
         const double plain_bits = ecsq.entropy_bits_per_weight();
         const LDLQResult ecsq_ldlq = ldlq.compress(weights.view(), hessian, ecsq);
         const double ldlq_bits = ecsq.entropy_bits_per_weight();
@@ -343,7 +345,7 @@ TEST_CASE("ldlq: a block-only (chunk) quantizer plugs in through FeedbackMode::p
     const LDLQResult result = ldlq.compress(weights.view(), hessian, recorder, levels);
     CHECK(recorder.calls == 3 * 3);  // row blocks of 48 (40 rounded up to 16s): 0..47, 48..95, 96..99; 3 column blocks
     CHECK(result.reconstructed.matrix().allFinite());
-    const LDLQResult plain = ldlq.compress(weights.view(), LDLFeedback{}, hessian, recorder, levels);
+    const LDLQResult plain = ldlq.compress(weights.view(), LDLFeedback::none(), hessian, recorder, levels);
     CHECK(result.report.proxy_loss < plain.report.proxy_loss);
     const LDLQCompensator<ChunkRecorder> per_column;
     CHECK_THROWS_AS(per_column.compress(weights.view(), hessian, recorder), error);

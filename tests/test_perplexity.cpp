@@ -1,6 +1,7 @@
 // Perplexity protocol: windowing, thread-count invariance, and the two correctness anchors on
 // stories260K / tinystories_eval.txt (fp32 NLL 1.83765, llama.cpp Q4_0 NLL 1.95774). Optimized
-// builds evaluate the whole text (about 1.5 s on 2 cores); sanitizer and debug builds a slice.
+// builds evaluate the whole text (about 3 s of CPU per evaluation); sanitizer and debug builds a
+// 2-window slice (about 1 s of CPU per window there).
 // nwc-ctest-labels: data
 #include <catch2/catch.hpp>
 
@@ -29,11 +30,19 @@ const std::vector<int>& evaluation_tokens() {
     return tokens;
 }
 
+// Sanitizer and debug builds run about 1 s per window: they evaluate a slice of 2 windows.
+constexpr std::int64_t slice_windows = 2;
+
 PerplexityOptions protocol_options() {
     PerplexityOptions options;
     options.threads = 2;
-    if (!full_size_checks) options.max_windows = 6;
+    if (!full_size_checks) options.max_windows = slice_windows;
     return options;
+}
+
+const PerplexityResult& fp32_result() {
+    static const PerplexityResult result = evaluate_perplexity(LlamaModel(stories_weights()), evaluation_tokens(), protocol_options());
+    return result;
 }
 
 }  // namespace
@@ -56,19 +65,18 @@ TEST_CASE("perplexity: windows of 512, the partial tail dropped", "[perplexity]"
 TEST_CASE("perplexity: the result does not depend on the thread count", "[perplexity]") {
     const LlamaModel model(stories_weights());
     PerplexityOptions options;
-    options.max_windows = 5;
+    options.max_windows = 3;
     options.threads = 1;
     const PerplexityResult one = evaluate_perplexity(model, evaluation_tokens(), options);
     options.threads = 3;
     const PerplexityResult three = evaluate_perplexity(model, evaluation_tokens(), options);
     CHECK(one.total_nll == three.total_nll);  // bit for bit
-    CHECK(one.window_count == 5);
-    CHECK(one.prediction_count == 5 * 511);
+    CHECK(one.window_count == 3);
+    CHECK(one.prediction_count == 3 * 511);
 }
 
 TEST_CASE("perplexity: fp32 anchor, 127,512 tokens, 249 windows, NLL 1.83765", "[perplexity][anchor]") {
-    const LlamaModel model(stories_weights());
-    const PerplexityResult result = evaluate_perplexity(model, evaluation_tokens(), protocol_options());
+    const PerplexityResult& result = fp32_result();
     CHECK(result.token_count == 127512);
     if (full_size_checks) {
         CHECK(result.window_count == 249);
@@ -76,7 +84,7 @@ TEST_CASE("perplexity: fp32 anchor, 127,512 tokens, 249 windows, NLL 1.83765", "
         CHECK(std::abs(result.mean_nll - 1.83765) < 1e-3);
         CHECK(std::abs(result.perplexity - 6.2818) < 6.2818e-3);
     } else {
-        CHECK(result.prediction_count == 6 * 511);
+        CHECK(result.prediction_count == slice_windows * 511);
         CHECK(result.mean_nll > 1.5);  // a slice: only a sanity range
         CHECK(result.mean_nll < 2.3);
     }
@@ -126,7 +134,6 @@ TEST_CASE("perplexity: Q4_0 anchor, every 2-D matrix (tied embedding included), 
     if (full_size_checks) {
         CHECK(std::abs(result.mean_nll - 1.95774) < 1e-3);
     } else {
-        const PerplexityResult fp32 = evaluate_perplexity(LlamaModel(stories_weights()), evaluation_tokens(), protocol_options());
-        CHECK(result.mean_nll > fp32.mean_nll);  // a slice: quantization must cost something
+        CHECK(result.mean_nll > fp32_result().mean_nll);  // a slice: quantization must cost something
     }
 }

@@ -86,23 +86,13 @@ std::vector<std::pair<std::string, std::vector<std::int32_t>>> decode_every_way(
         results.emplace_back("simd threads " + std::to_string(threads), rans::decode(stream, tables, backend::simd{}, threads));
     }
     const RansStreamIndex index = rans::read_index(stream, tables);
-    auto per_segment = [&](const std::string& name, auto&& decode_one, auto&& decode_two) {
-        std::vector<std::int32_t> out(index.symbol_count);
-        auto slice = [&](std::size_t s) { return std::span<std::int32_t>(out).subspan(index.segments[s].first_symbol, index.segments[s].symbol_count); };
-        for (std::size_t s = 0; s < index.segments.size(); s += 2) {
-            if (s + 1 < index.segments.size())
-                decode_two(detail::segment_bytes(stream, index, s), slice(s), detail::segment_bytes(stream, index, s + 1), slice(s + 1));
-            else
-                decode_one(detail::segment_bytes(stream, index, s), slice(s));
-        }
-        results.emplace_back(name, std::move(out));
-    };
     const auto& decode_tables = tables.decode_tables();
     auto add_arch = [&](auto arch, const std::string& name) {
-        using Arch = decltype(arch);
-        per_segment(
-            name, [&](const auto& bytes, auto out) { detail::rans_decode_segment_on<Arch>(decode_tables, bytes, out); },
-            [&](const auto& a, auto out_a, const auto& b, auto out_b) { detail::rans_decode_segment_pair_on<Arch>(decode_tables, a, out_a, b, out_b); });
+        std::vector<std::int32_t> out(index.symbol_count);
+        for (std::size_t s = 0; s < index.segments.size(); ++s)
+            detail::rans_decode_segment_on<decltype(arch)>(decode_tables, detail::segment_bytes(stream, index, s),
+                                                           std::span<std::int32_t>(out).subspan(index.segments[s].first_symbol, index.segments[s].symbol_count));
+        results.emplace_back(name, std::move(out));
     };
 #if XSIMD_WITH_AVX2
     add_arch(xsimd::avx2{}, "xsimd avx2");
@@ -135,9 +125,11 @@ errc error_id(const std::function<void()>& body) {
 TEST_CASE("range_coder: random tables and streams round-trip on every backend and thread count", "[range_coder]") {
     Random random(21);
     const std::size_t channel_choices[] = {1, 2, 3, 5, 16, 32, 48, 100};
+    int layouts_seen[3] = {0, 0, 0};  // every SIMD table layout must be exercised
     for (int trial = 0; trial < 120; ++trial) {
         const std::size_t channels = channel_choices[random.below(std::size(channel_choices))];
         const CdfTableSet tables = random_tables(random, channels);
+        ++layouts_seen[int(tables.decode_tables().layout)];
         const std::size_t count = random.below(4) == 0 ? random.below(70) : random.below(20000);
         const double outside = random.below(3) == 0 ? 0.0 : random.below(2) ? 0.001 : 0.3;
         const std::vector<std::int32_t> symbols = draw_symbols(tables, random, count, outside);
@@ -155,6 +147,9 @@ TEST_CASE("range_coder: random tables and streams round-trip on every backend an
         options.threads = 4;
         REQUIRE(rans::encode(symbols, tables, options) == stream);
     }
+    CHECK(layouts_seen[int(detail::RansSlotLayout::packed)] > 5);
+    CHECK(layouts_seen[int(detail::RansSlotLayout::byte_bins)] > 5);
+    CHECK(layouts_seen[int(detail::RansSlotLayout::word_bins)] > 5);
 }
 
 TEST_CASE("range_coder: extreme values and edge-case streams", "[range_coder]") {

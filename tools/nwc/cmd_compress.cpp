@@ -1,10 +1,222 @@
-// nwc compress: not built yet (see the issue that owns it).
-#include "commands.hpp"
+// nwc compress: a model file (safetensors, llama2.c, HF Llama directory) into a .nwc file.
+#include <chrono>
 #include <cstdio>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "arguments.hpp"
+#include "commands.hpp"
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/llm/calibration.hpp"
+#include "nwc/llm/tokenizer.hpp"
+#include "nwc/pipeline/pipeline.hpp"
+#include "pipeline_cli.hpp"
 
 namespace nwc::cli {
-int run_compress(const std::vector<std::string>&) {
-    std::fprintf(stderr, "nwc compress: not available in this build yet\n");
-    return exit_usage;
+namespace {
+
+constexpr const char* compress_help = R"(usage: nwc compress IN -o OUT.nwc [options]
+
+Compresses every tensor of a model into one .nwc file. IN is a safetensors file, a llama2.c model
+(.bin) or a Hugging Face Llama directory (config.json + model.safetensors); the format is detected
+from the content. Matrices with both sides >= 16 (embeddings included) are coded with the method;
+1-D and small tensors are stored as they are. The output is written atomically: on any failure an
+existing OUT is left untouched.
+
+options:
+  -o, --output FILE      the .nwc file to write (required)
+  --method M             nwc (default), ecsq, gptq or rtn
+  --codec FILE[,FILE..]  trained codec file(s) (.nwcc) for --method nwc (or $NWC_CODEC); with
+                         several files and --target-bpw the one nearest the target is used
+  --target-bpw B         choose the rate so that the WHOLE file has B bits per weight
+                         (8 x file bytes / weights of the input) within 1%: ecsq and nwc search
+                         their knob, rtn and gptq choose integer bits per tensor
+  --bits N               rtn, gptq: bits per code, 2..8 (default 4: Q4_0, 4.5 bits per weight)
+  --group-size G         rtn, gptq: weights per fp16 scale (default 32)
+  --step S               ecsq: quantizer step on normalized weights (default 0.5)
+  --alpha A              nwc: rate knob, weights are scaled by A before the encoder (default 1)
+  --calib TEXT           calibration text: compute Hessians X^T X / N of every linear layer
+                         (llama2.c and HF Llama models), used for importance levels, LDLQ/GPTQ
+                         feedback and the proxy loss
+  --tokenizer FILE       the model's tokenizer (llama2.c tokenizer.bin), needed with --calib
+  --calib-windows N      use only the first N windows of 512 tokens (default: all)
+  --no-ldlq              no error feedback (levels still come from the Hessian)
+  --threads N            worker threads (default 0: all cores); the output never depends on it
+  --json                 print the report as JSON on stdout
+  --help                 this text
+
+exit codes: 0 ok, 1 bad input (unreadable or corrupt file, unsupported model), 2 usage
+)";
+
+std::vector<std::string> split_list(const std::string& text) {
+    std::vector<std::string> items;
+    std::stringstream stream(text);
+    for (std::string item; std::getline(stream, item, ',');)
+        if (!item.empty()) items.push_back(item);
+    return items;
 }
+
+nlohmann::json report_json(const ModelReport& report) {
+    nlohmann::json tensors = nlohmann::json::array();
+    for (const TensorReport& tensor : report.tensors) {
+        TensorRow row{tensor.name, shape_text(tensor.shape), std::string(dtype_name(tensor.original_dtype)), tensor.method, tensor.setting,
+                      tensor.bits_per_weight(), tensor.segments, tensor.relative_mse, tensor.proxy_loss};
+        nlohmann::json item = row_json(row, tensor.shape);
+        item["stored_bytes"] = tensor.stored_bytes;
+        item["used_hessian"] = tensor.used_hessian;
+        item["used_feedback"] = tensor.used_feedback;
+        item["seconds"] = tensor.seconds;
+        tensors.push_back(std::move(item));
+    }
+    return {{"method", report.method},
+            {"setting", report.setting},
+            {"file_bytes", report.file_bytes},
+            {"weights", report.weight_count},
+            {"bits_per_weight", report.bits_per_weight()},
+            {"relative_mse", number_or_null(report.squared_norm > 0 ? report.relative_mse() : NAN)},
+            {"target_bits_per_weight", number_or_null(report.target_bits_per_weight)},
+            {"target_met", report.target_met},
+            {"passes", report.passes},
+            {"note", report.note},
+            {"tensors", std::move(tensors)}};
+}
+
+}  // namespace
+
+int run_compress(const std::vector<std::string>& raw_arguments) {
+    const Arguments arguments(expand_short_options(raw_arguments),
+                              {"output", "method", "codec", "target-bpw", "bits", "group-size", "step", "alpha", "calib", "tokenizer", "calib-windows",
+                               "threads"},
+                              {"no-ldlq", "json", "help"});
+    if (arguments.flag("help")) {
+        std::fputs(compress_help, stdout);
+        return exit_ok;
+    }
+    if (arguments.positional().size() != 1) throw UsageError("expected one input model, got " + std::to_string(arguments.positional().size()));
+    if (!arguments.has("output")) throw UsageError("missing -o OUT.nwc");
+    const std::string input = arguments.positional()[0], output = arguments.get("output");
+    const bool json = arguments.flag("json");
+
+    MethodOptions options;
+    try {
+        options.method = method_from_name(arguments.get("method", "nwc"));
+    } catch (const error& problem) {
+        throw UsageError(problem.message());
+    }
+    const bool integer_bits = options.method == CompressionMethod::rtn || options.method == CompressionMethod::gptq;
+    if ((arguments.has("bits") || arguments.has("group-size")) && !integer_bits) throw UsageError("--bits and --group-size apply to rtn and gptq only");
+    if (arguments.has("step") && options.method != CompressionMethod::ecsq) throw UsageError("--step applies to ecsq only");
+    if (arguments.has("alpha") && options.method != CompressionMethod::nwc) throw UsageError("--alpha applies to nwc only");
+    if (arguments.has("target-bpw") && (arguments.has("bits") || arguments.has("step") || arguments.has("alpha")))
+        throw UsageError("--target-bpw chooses the rate itself: drop --bits, --step or --alpha");
+    if (arguments.has("calib") != arguments.has("tokenizer")) throw UsageError("--calib and --tokenizer go together");
+    options.bits = int(arguments.get_integer("bits", 4));
+    options.group_size = int(arguments.get_integer("group-size", 32));
+    options.step = float(arguments.get_number("step", 0.5));
+    options.alpha = float(arguments.get_number("alpha", 1.0));
+    options.ldlq = !arguments.flag("no-ldlq");
+    options.threads = int(arguments.get_integer("threads", 0));
+    if (options.threads < 0) throw UsageError("--threads must be >= 0");
+    try {
+        options.validate();
+    } catch (const error& problem) {
+        throw UsageError(problem.message());
+    }
+    const double target = arguments.get_number("target-bpw", NAN);
+    if (arguments.has("target-bpw") && !(target > 0.0 && std::isfinite(target))) throw UsageError("--target-bpw must be a positive number");
+
+    std::vector<std::string> codec_paths;
+    if (options.method == CompressionMethod::nwc) {
+        const char* environment = std::getenv("NWC_CODEC");
+        codec_paths = split_list(arguments.get("codec", environment != nullptr ? environment : ""));
+        if (codec_paths.empty()) throw UsageError("--method nwc needs a trained codec: --codec FILE (or set NWC_CODEC); see docs/codecs.md");
+        if (codec_paths.size() > 1 && !arguments.has("target-bpw")) throw UsageError("several --codec files need --target-bpw to choose between them");
+    } else if (arguments.has("codec")) {
+        throw UsageError("--codec applies to --method nwc only");
+    }
+
+    const auto start = std::chrono::steady_clock::now();
+    const ModelFile model = load_model_file(input);
+    std::vector<std::shared_ptr<const NeuralEncoderType>> codecs;
+    for (const auto& path : codec_paths) codecs.push_back(std::make_shared<const NeuralEncoderType>(read_codec_file(path)));
+
+    std::optional<llm::LinearHessians> hessians;
+    nlohmann::json calibration = nullptr;
+    if (arguments.has("calib")) {
+        std::optional<llm::LlamaWeights> weights = llama_weights_of(model, input);
+        require(weights.has_value(), errc::unsupported, "--calib needs a llama2.c or Hugging Face Llama model; '", input, "' is a plain ",
+                model_format_name(model.format), " file");
+        const llm::LlamaModel network(std::move(*weights));
+        const llm::Tokenizer tokenizer = llm::Tokenizer::read(arguments.get("tokenizer"), network.config().vocab_size);
+        const std::vector<std::uint8_t> text = read_file(arguments.get("calib"));
+        const std::vector<int> tokens = llm::tokenize_for_evaluation(tokenizer, std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+        llm::CalibrationOptions calibration_options;
+        calibration_options.threads = options.threads;
+        calibration_options.max_windows = arguments.get_integer("calib-windows", -1);
+        calibration_options.window = std::min(calibration_options.window, network.config().seq_len);
+        hessians = llm::collect_hessians(network, tokens, calibration_options);
+        calibration = {{"text", arguments.get("calib")}, {"tokens", tokens.size()}, {"samples", hessians->sample_count()}};
+    }
+    const HessianLookup lookup = hessians ? hessian_lookup(*hessians) : HessianLookup{};
+
+    ProgressBar progress;
+    CompressedModel compressed;
+    if (arguments.has("target-bpw")) {
+        std::size_t chosen = 0;
+        if (codecs.size() > 1) {
+            // The codec whose file at alpha = 1 lands nearest the target (in log size) needs the least stretching.
+            double nearest = INFINITY;
+            for (std::size_t k = 0; k < codecs.size(); ++k) {
+                MethodOptions probe = options;
+                probe.measure = false;
+                const CompressedModel pass = DefaultCodec(probe, codecs[k]).compress_model(model, lookup, progress.callback());
+                const double distance = std::fabs(std::log(pass.report.bits_per_weight() / target));
+                if (distance < nearest) nearest = distance, chosen = k;
+            }
+        }
+        const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[chosen]);
+        RateTarget rate;
+        rate.bits_per_weight = target;
+        compressed = compress_to_target(codec, model, lookup, rate, progress.callback());
+        if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
+    } else {
+        const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[0]);
+        compressed = codec.compress_model(model, lookup, progress.callback());
+    }
+    compressed.writer.write(output);
+    progress.finish();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const ModelReport& report = compressed.report;
+
+    if (json) {
+        nlohmann::json root = report_json(report);
+        root["input"] = input;
+        root["output"] = output;
+        root["source_format"] = std::string(model_format_name(model.format));
+        root["codec"] = codec_paths.empty() ? nlohmann::json(nullptr) : nlohmann::json(codec_paths[0]);
+        root["calibration"] = calibration;
+        root["seconds"] = seconds;
+        std::printf("%s\n", root.dump(2).c_str());
+    } else {
+        std::vector<TensorRow> rows;
+        for (const TensorReport& tensor : report.tensors)
+            rows.push_back({tensor.name, shape_text(tensor.shape), std::string(dtype_name(tensor.original_dtype)), tensor.method, tensor.setting,
+                            tensor.bits_per_weight(), tensor.segments, tensor.relative_mse, tensor.proxy_loss});
+        print_table(rows);
+        std::printf("\n%s -> %s (%s, %s)\n", input.c_str(), output.c_str(), std::string(model_format_name(model.format)).c_str(), report.method.c_str());
+        std::printf("%llu bytes for %lld weights: %.4f bits per weight (whole file), relative MSE %s, %s, %.2f s\n",
+                    static_cast<unsigned long long>(report.file_bytes), static_cast<long long>(report.weight_count), report.bits_per_weight(),
+                    optional_number(report.squared_norm > 0 ? report.relative_mse() : NAN, "%.4e").c_str(), report.setting.c_str(), seconds);
+        if (std::isfinite(report.target_bits_per_weight))
+            std::printf("target %.4f bits per weight: %s after %d passes%s%s\n", report.target_bits_per_weight, report.target_met ? "met" : "MISSED",
+                        report.passes, report.note.empty() ? "" : ": ", report.note.c_str());
+    }
+    if (!report.target_met) std::fprintf(stderr, "nwc compress: warning: %s\n", report.note.c_str());
+    return exit_ok;
+}
+
 }  // namespace nwc::cli

@@ -43,6 +43,7 @@ options:
   --holdout REGEX          tensors to hold out (default: GPT-Neo layer 11 attention, 4 MT3 matrices)
   --dtype f32|f16|bf16     storage type of the codec's weights (default f16)
   --precision P            bits of the integer CDF tables, 12..16 (default 16)
+  --shared-prior           one prior for all levels (the paper's); default: one prior per level
   --straight-through       round the latents with a straight-through gradient instead of noise
   --log-every N            steps between progress lines (default: steps / 50)
   --json                   print one JSON object per progress line and a final summary
@@ -79,7 +80,7 @@ int run_train(const std::vector<std::string>& raw_arguments) {
     const Arguments args(arguments,
                          {"output", "lambda", "steps", "batch", "lr", "final-lr-fraction", "warmup", "width", "blocks", "latents", "chunk-size",
                           "seed", "threads", "shard-rows", "holdout", "dtype", "precision", "log-every"},
-                         {"json", "straight-through"});
+                         {"json", "straight-through", "shared-prior"});
     if (args.positional().empty()) throw UsageError("no training files given");
     if (!args.has("output")) throw UsageError("-o CODEC is required");
     const bool json = args.flag("json");
@@ -89,6 +90,7 @@ int run_train(const std::vector<std::string>& raw_arguments) {
     options.architecture.blocks = int(args.get_integer("blocks", 4));
     options.architecture.latents = int(args.get_integer("latents", 16));
     options.architecture.chunk_size = int(args.get_integer("chunk-size", 16));
+    options.architecture.per_level_prior = !args.flag("shared-prior");
     options.loss.lambda = args.get_number("lambda", 100.0);
     options.loss.straight_through = args.flag("straight-through");
     options.steps = args.get_integer("steps", 1000);
@@ -171,7 +173,8 @@ int run_train(const std::vector<std::string>& raw_arguments) {
     provenance["normalization"] = "per-column std, fp16 scales (nwc::Chunker)";
     provenance["architecture"] = {{"chunk_size", options.architecture.chunk_size}, {"width", options.architecture.width},
                                   {"blocks", options.architecture.blocks}, {"latents", options.architecture.latents},
-                                  {"levels", options.architecture.levels}};
+                                  {"levels", options.architecture.levels},
+                                  {"prior_groups", options.architecture.prior_groups()}};
     provenance["training"] = {{"lambda", options.loss.lambda},
                               {"level_rate_weights", options.loss.level_rate_weights},
                               {"data_variance", trainer.options().loss.data_variance},

@@ -4,8 +4,11 @@
 // - A chunk is `chunk_size` (16) consecutive normalized weights of one column (nwc::Chunker), with
 //   the importance level (0..3) of its column. Chunks are rows of an n x chunk_size matrix.
 // - encode: y = g_a(chunk, level) (n x M latents), symbol = round(y - median_c) (nearest, ties to
-//   even), n x M int32 laid out [chunk][channel]: exactly what rans::encode codes with tables()
+//   even), n x M int32 laid out [chunk][channel]. rans::encode codes them with tables(level)
 //   (symbol i uses table i % M).
+// - Per-level priors (the default, CodecArchitecture::per_level_prior): each importance level has
+//   its own medians and tables, so the symbols of chunks of different levels go into different
+//   rANS streams (one per level present). With a shared prior all levels use tables(0).
 // - decode: y_hat = symbol + median_c, chunk = g_s(y_hat, level). Only integers cross the
 //   entropy coder; the medians are floats stored in the codec file, never recomputed.
 // - CodecDecoder is the half a .nwc file embeds (decoder weights, medians, tables); Codec adds the
@@ -37,6 +40,15 @@ struct CodecArchitecture {
     int blocks = 4;       ///< residual blocks B of g_a and g_s
     int latents = 16;     ///< M: latent channels per chunk
     int levels = 4;       ///< importance levels (rows of the level embeddings)
+    /// One factorized prior (integer tables + medians) per level (true), or one shared by all
+    /// levels as in the paper (false). A shared prior must cover the latents of every level at
+    /// once and costs about 1 bit per weight at levels 2 and 3 (docs/bench/codec.md).
+    bool per_level_prior = true;
+
+    /// Number of prior groups: levels, or 1 for a shared prior.
+    int prior_groups() const noexcept { return per_level_prior ? levels : 1; }
+    /// The prior group that codes chunks of importance level `level`.
+    int prior_group(int level) const noexcept { return per_level_prior ? level : 0; }
 
     ResidualMLPShape encoder_shape() const { return {chunk_size, width, blocks, latents, levels}; }
     ResidualMLPShape decoder_shape() const { return {latents, width, blocks, chunk_size, levels}; }
@@ -61,33 +73,50 @@ inline void round_weights_to(ResidualMLP<float>& network, dtype storage) {
         }
 }
 
-/// The decoding half of a codec: g_s, the medians and the integer tables.
+/// The decoding half of a codec: g_s, the medians and the integer tables of every prior group.
 class CodecDecoder {
 public:
     /// Chunks decoded per internal block, which bounds the latent buffer.
     static constexpr std::int64_t block_chunks = 65536;
 
     CodecDecoder() = default;
-    CodecDecoder(CodecArchitecture architecture, ResidualMLP<float> network, std::vector<float> medians, CdfTableSet tables,
+    /// medians: prior_groups x latents floats (group-major); tables: one set of `latents` tables per group.
+    CodecDecoder(CodecArchitecture architecture, ResidualMLP<float> network, std::vector<float> medians, std::vector<CdfTableSet> tables,
                  dtype weight_dtype)
         : m_architecture(architecture), m_network(std::move(network)), m_medians(std::move(medians)), m_tables(std::move(tables)),
           m_weight_dtype(weight_dtype) {
         architecture.validate();
         require(m_network.shape() == architecture.decoder_shape(), errc::invalid_argument, "CodecDecoder: network shape mismatch");
-        require(m_medians.size() == std::size_t(architecture.latents) && m_tables.channel_count() == m_medians.size(),
-                errc::invalid_argument, "CodecDecoder: ", m_medians.size(), " medians and ", m_tables.channel_count(),
-                " tables for ", architecture.latents, " latents");
+        const std::size_t groups = std::size_t(architecture.prior_groups());
+        require(m_medians.size() == groups * std::size_t(architecture.latents) && m_tables.size() == groups, errc::invalid_argument,
+                "CodecDecoder: ", m_medians.size(), " medians and ", m_tables.size(), " table sets for ", groups, " prior groups of ",
+                architecture.latents, " latents");
+        for (const CdfTableSet& set : m_tables)
+            require(set.channel_count() == std::size_t(architecture.latents), errc::invalid_argument, "CodecDecoder: a table set has ",
+                    set.channel_count(), " tables for ", architecture.latents, " latents");
     }
 
     const CodecArchitecture& architecture() const noexcept { return m_architecture; }
     const ResidualMLP<float>& network() const noexcept { return m_network; }
-    std::span<const float> medians() const noexcept { return m_medians; }
-    /// The tables rans::encode / rans::decode take (one per latent channel).
-    const CdfTableSet& tables() const noexcept { return m_tables; }
+    /// The medians of the prior that codes level `level` (latents floats).
+    std::span<const float> medians(int level) const {
+        NWC_ASSERT(level >= 0 && level < m_architecture.levels);
+        return std::span<const float>(m_medians).subspan(std::size_t(m_architecture.prior_group(level) * m_architecture.latents),
+                                                          std::size_t(m_architecture.latents));
+    }
+    /// The tables rans::encode / rans::decode take for the symbols of chunks of level `level`.
+    const CdfTableSet& tables(int level) const {
+        NWC_ASSERT(level >= 0 && level < m_architecture.levels);
+        return m_tables[std::size_t(m_architecture.prior_group(level))];
+    }
+    /// All medians (prior_groups x latents) and table sets (prior_groups), for serialization.
+    std::span<const float> all_medians() const noexcept { return m_medians; }
+    std::span<const CdfTableSet> all_tables() const noexcept { return m_tables; }
     /// Storage type of the weights in codec files.
     dtype weight_dtype() const noexcept { return m_weight_dtype; }
 
-    /// chunks (n x chunk_size) = g_s(symbols + medians, levels); symbols n x latents, [chunk][channel].
+    /// chunks (n x chunk_size) = g_s(symbols + medians(level), levels); symbols n x latents, [chunk][channel].
+    /// Levels must be < architecture().levels (checked: they come from files).
     template <class Backend = backend::default_backend>
     void decode(std::span<const std::int32_t> symbols, std::span<const std::uint8_t> levels, TensorView<float> chunks,
                 int threads = 1, Backend backend_tag = {}) const {
@@ -96,13 +125,18 @@ public:
                     chunks.cols() == m_architecture.chunk_size,
                 errc::invalid_argument, "CodecDecoder::decode: ", symbols.size(), " symbols, ", count, " levels and a ",
                 chunks.rows(), " x ", chunks.cols(), " output do not match ", latents, " latents per chunk");
+        for (std::uint8_t level : levels)
+            require(level < m_architecture.levels, errc::corrupt, "CodecDecoder::decode: level ", int(level), " but the codec has ",
+                    m_architecture.levels);
         RowMajorMatrix<float> latent_block;
         for (std::int64_t begin = 0; begin < count; begin += block_chunks) {
             const std::int64_t rows = std::min(block_chunks, count - begin);
             latent_block.resize(rows, latents);
-            for (std::int64_t row = 0; row < rows; ++row)
+            for (std::int64_t row = 0; row < rows; ++row) {
+                const float* median = m_medians.data() + m_architecture.prior_group(levels[std::size_t(begin + row)]) * latents;
                 for (std::int64_t c = 0; c < latents; ++c)
-                    latent_block(row, c) = float(symbols[std::size_t((begin + row) * latents + c)]) + m_medians[std::size_t(c)];
+                    latent_block(row, c) = float(symbols[std::size_t((begin + row) * latents + c)]) + median[c];
+            }
             m_network.infer(TensorView<const float>(latent_block.data(), {rows, latents}), levels.subspan(std::size_t(begin), std::size_t(rows)),
                             TensorView<float>(chunks.data() + begin * m_architecture.chunk_size, {rows, m_architecture.chunk_size}),
                             threads, backend_tag);
@@ -113,7 +147,7 @@ private:
     CodecArchitecture m_architecture{};
     ResidualMLP<float> m_network;
     std::vector<float> m_medians;
-    CdfTableSet m_tables;
+    std::vector<CdfTableSet> m_tables;
     dtype m_weight_dtype = dtype::f32;
 };
 
@@ -130,8 +164,9 @@ public:
     const CodecArchitecture& architecture() const noexcept { return m_decoder.architecture(); }
     const ResidualMLP<float>& encoder() const noexcept { return m_encoder; }
     const CodecDecoder& decoder() const noexcept { return m_decoder; }
-    const CdfTableSet& tables() const noexcept { return m_decoder.tables(); }
-    std::span<const float> medians() const noexcept { return m_decoder.medians(); }
+    /// Tables for the symbols of level-`level` chunks (see CodecDecoder::tables).
+    const CdfTableSet& tables(int level) const { return m_decoder.tables(level); }
+    std::span<const float> medians(int level) const { return m_decoder.medians(level); }
     dtype weight_dtype() const noexcept { return m_decoder.weight_dtype(); }
     /// Training provenance: data files, lambda, steps, seed, final metrics (JSON object text).
     const std::string& provenance() const noexcept { return m_provenance; }
@@ -149,7 +184,7 @@ public:
         m_encoder.infer(chunks, levels, latents, threads, backend_tag);
     }
 
-    /// symbols (n x M, [chunk][channel]) = round(g_a(chunks, levels) - medians). Throws
+    /// symbols (n x M, [chunk][channel]) = round(g_a(chunks, levels) - medians(level)). Throws
     /// errc::invalid_argument if a latent is not finite (a NaN or infinite weight came in).
     template <class Backend = backend::default_backend>
     void encode(TensorView<const float> chunks, std::span<const std::uint8_t> levels, std::span<std::int32_t> symbols,
@@ -159,15 +194,16 @@ public:
                 symbols.size(), " symbols for ", chunks.rows(), " chunks of ", arch.latents, " latents");
         RowMajorMatrix<float> latents(chunks.rows(), arch.latents);
         analyze(chunks, levels, TensorView<float>(latents.data(), {chunks.rows(), arch.latents}), threads, backend_tag);
-        const auto medians = this->medians();
         constexpr double limit = double(std::numeric_limits<std::int32_t>::max() / 2);
-        for (Eigen::Index row = 0; row < latents.rows(); ++row)
+        for (Eigen::Index row = 0; row < latents.rows(); ++row) {
+            const auto medians = this->medians(levels[std::size_t(row)]);
             for (Eigen::Index c = 0; c < latents.cols(); ++c) {
                 const double shifted = double(latents(row, c)) - double(medians[std::size_t(c)]);
                 require(std::isfinite(shifted), errc::invalid_argument, "Codec::encode: chunk ", row,
                         " gives a non-finite latent (is a weight NaN or infinite?)");
                 symbols[std::size_t(row * latents.cols() + c)] = std::int32_t(std::nearbyint(std::clamp(shifted, -limit, limit)));
             }
+        }
     }
     std::vector<std::int32_t> encode(TensorView<const float> chunks, std::span<const std::uint8_t> levels, int threads = 1) const {
         std::vector<std::int32_t> symbols(std::size_t(chunks.rows() * architecture().latents));

@@ -60,14 +60,14 @@ RateDistortion evaluate_codec(const Codec& codec, std::span<const HeldOutMatrix>
         const std::vector<std::uint8_t> levels(static_cast<std::size_t>(count), static_cast<std::uint8_t>(level));
         const TensorView<const float> chunks(matrix.chunks.data(), {count, d});
         const std::vector<std::int32_t> symbols = codec.encode(chunks, levels, threads);
-        const std::vector<std::uint8_t> stream = rans::encode(symbols, codec.tables(), {.threads = threads});
+        const std::vector<std::uint8_t> stream = rans::encode(symbols, codec.tables(level), {.threads = threads});
         RateDistortion part;
         part.weights = double(matrix.rows) * double(matrix.cols);
         part.coded_bits = 8.0 * double(stream.size());
-        part.ideal_bits = codec.tables().ideal_bits(symbols);
+        part.ideal_bits = codec.tables(level).ideal_bits(symbols);
         std::vector<float> decoded(matrix.chunks.size());
         const auto start = std::chrono::steady_clock::now();
-        const std::vector<std::int32_t> received = rans::decode(stream, codec.tables(), backend_tag, threads);
+        const std::vector<std::int32_t> received = rans::decode(stream, codec.tables(level), backend_tag, threads);
         codec.decode(received, levels, TensorView<float>(decoded.data(), {count, d}), threads, backend_tag);
         part.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         require(received == symbols, errc::corrupt, "evaluate_codec: rANS round trip changed the symbols of '", matrix.name, "'");

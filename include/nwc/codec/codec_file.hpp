@@ -4,8 +4,8 @@
 // - Codec file: u32 "NWCC", u16 version, u16 flags, provenance JSON (u32 length + bytes), decoder
 //   half (u64 size + bytes), encoder weights (u64 size + bytes), u32 CRC-32C of everything before.
 // - Decoder half (what a .nwc file embeds, self-delimiting): u32 "NWCD", u16 version, u8 weight
-//   dtype, u8 zero, the architecture (5 x u32), g_s's weights, M float medians, the CdfTableSet
-//   (with its own checksum), u32 CRC-32C of the half.
+//   dtype, u8 zero, the architecture (6 x u32: d, W, B, M, L, prior groups G), g_s's weights,
+//   G x M float medians, G CdfTableSets (each with its own checksum), u32 CRC-32C of the half.
 // - Weights are stored parameter by parameter in ResidualMLP::parameters() order, row-major, as
 //   f32, f16 or bf16 (nwc::dtype codes 0, 1, 2). Readers reject non-finite weights and medians.
 // - Readers check every size against the bytes that remain before allocating, then the checksum,
@@ -77,10 +77,13 @@ inline ResidualMLP<float> read_network_weights(ByteReader& reader, const Residua
 inline CodecArchitecture read_architecture(ByteReader& reader) {
     const std::size_t start = reader.offset();
     CodecArchitecture architecture;
-    const std::uint32_t fields[5] = {reader.get_u32(), reader.get_u32(), reader.get_u32(), reader.get_u32(), reader.get_u32()};
+    std::uint32_t fields[6];
+    for (std::uint32_t& field : fields) field = reader.get_u32();
     for (std::uint32_t field : fields)
         require(field <= 8192, errc::limit, reader.context(), ": architecture at offset ", start, " has a size of ", field, " (limit 8192)");
-    architecture = {int(fields[0]), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4])};
+    architecture = {int(fields[0]), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4]), fields[5] != 1};
+    require(fields[5] == 1 || fields[5] == fields[4], errc::corrupt, reader.context(), ": ", fields[5], " prior groups at offset ", start + 20,
+            " (must be 1 or the level count ", fields[4], ")");
     try {
         architecture.validate();
     } catch (const error& e) {
@@ -101,10 +104,10 @@ inline void write_codec_decoder(ByteWriter& writer, const CodecDecoder& decoder)
     half.put_u8(std::uint8_t(decoder.weight_dtype()));
     half.put_u8(0);
     const CodecArchitecture& a = decoder.architecture();
-    for (int field : {a.chunk_size, a.width, a.blocks, a.latents, a.levels}) half.put_u32(std::uint32_t(field));
+    for (int field : {a.chunk_size, a.width, a.blocks, a.latents, a.levels, a.prior_groups()}) half.put_u32(std::uint32_t(field));
     detail::write_network_weights(half, decoder.network(), decoder.weight_dtype());
-    half.put_array(decoder.medians());
-    decoder.tables().write(half);
+    half.put_array(decoder.all_medians());
+    for (const CdfTableSet& tables : decoder.all_tables()) tables.write(half);
     half.put_u32(crc32c(half.bytes()));
     writer.put_bytes(half.bytes());
 }
@@ -137,8 +140,10 @@ inline CodecDecoder parse_codec_decoder(std::span<const std::uint8_t> bytes, std
     // Sizes first: everything up to the checksum must be present before anything is interpreted.
     ResidualMLP<float> network = detail::read_network_weights(reader, architecture.decoder_shape(), storage, "decoder");
     const std::size_t medians_at = reader.offset();
-    std::vector<float> medians = reader.get_array<float>(std::uint64_t(architecture.latents));
-    CdfTableSet tables = CdfTableSet::read(reader);
+    const int groups = architecture.prior_groups();
+    std::vector<float> medians = reader.get_array<float>(std::uint64_t(groups) * std::uint64_t(architecture.latents));
+    std::vector<CdfTableSet> tables;
+    for (int group = 0; group < groups; ++group) tables.push_back(CdfTableSet::read(reader));
     const std::size_t crc_at = reader.offset();
     const std::uint32_t stored = reader.get_u32();
     const std::uint32_t computed = crc32c(bytes.subspan(0, crc_at));
@@ -148,8 +153,9 @@ inline CodecDecoder parse_codec_decoder(std::span<const std::uint8_t> bytes, std
     else reader.expect_end();
     for (std::size_t c = 0; c < medians.size(); ++c)
         require(std::isfinite(medians[c]), errc::corrupt, context, ": median ", c, " at offset ", medians_at + 4 * c, " is not finite");
-    require(tables.channel_count() == std::size_t(architecture.latents), errc::corrupt, context, ": ", tables.channel_count(),
-            " CDF tables for ", architecture.latents, " latents");
+    for (std::size_t group = 0; group < tables.size(); ++group)
+        require(tables[group].channel_count() == std::size_t(architecture.latents), errc::corrupt, context, ": prior group ", group, " has ",
+                tables[group].channel_count(), " CDF tables for ", architecture.latents, " latents");
     return CodecDecoder(architecture, std::move(network), std::move(medians), std::move(tables), storage);
 }
 

@@ -2,7 +2,8 @@
 //
 // Read me first:
 // - g_a: ResidualMLP(chunk_size -> W x B -> M), g_s: ResidualMLP(M -> W x B -> chunk_size), both
-//   with their own level embedding; FactorizedPrior over the M latents.
+//   with their own level embedding; FactorizedPrior over the M latents, one per importance level
+//   (levels x M channels) unless the architecture asks for the paper's shared prior.
 // - training_loss() records, for one batch of chunks, the loss of NWC-NOTES "Training the codec":
 //     lambda * SSE(x, x_hat) / (sigma^2 * numel) + sum_i c[level_i] * bits_i / numel
 //   where numel is the number of weights of the WHOLE batch. A batch split into shards therefore
@@ -49,7 +50,7 @@ public:
     CodecModel() = default;
     explicit CodecModel(CodecArchitecture architecture)
         : m_architecture(architecture), m_encoder(architecture.encoder_shape()), m_decoder(architecture.decoder_shape()),
-          m_prior(architecture.latents) {
+          m_prior(architecture.prior_groups() * architecture.latents) {
         architecture.validate();
     }
 
@@ -87,7 +88,7 @@ public:
         const Var x = tape.constant_ref(chunks);
         const Var y = m_encoder.forward(tape, x, levels);
         const Var y_tilde = weights.straight_through ? round_ste(tape, y) : add_uniform_noise(tape, y, noise);
-        const Var bits = m_prior.bits(tape, y_tilde);
+        const Var bits = m_prior.bits(tape, y_tilde, m_architecture.per_level_prior ? levels : std::span<const std::uint8_t>());
         const Var x_hat = m_decoder.forward(tape, y_tilde, levels);
 
         CodecLossParts parts;
@@ -124,9 +125,14 @@ public:
         ResidualMLP<float> encoder = m_encoder, decoder = m_decoder;
         round_weights_to(encoder, storage);
         round_weights_to(decoder, storage);
-        PriorTables frozen = m_prior.build_tables(precision);
-        return Codec(std::move(encoder),
-                     CodecDecoder(m_architecture, std::move(decoder), std::move(frozen.medians), std::move(frozen.tables), storage),
+        std::vector<float> medians;
+        std::vector<CdfTableSet> tables;
+        for (int group = 0; group < m_architecture.prior_groups(); ++group) {
+            PriorTables frozen = m_prior.build_tables(precision, group * m_architecture.latents, m_architecture.latents);
+            medians.insert(medians.end(), frozen.medians.begin(), frozen.medians.end());
+            tables.push_back(std::move(frozen.tables));
+        }
+        return Codec(std::move(encoder), CodecDecoder(m_architecture, std::move(decoder), std::move(medians), std::move(tables), storage),
                      std::move(provenance));
     }
 

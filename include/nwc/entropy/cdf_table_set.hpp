@@ -22,28 +22,33 @@
 namespace nwc {
 
 namespace detail {
-/// The lookup tables the rANS decoders index, all channels concatenated. A decode step maps the
-/// slot (x mod 2^precision) to its bin through a slot table, then the bin to (freq, cumulative)
-/// through a small per-bin table that stays in L1. Measured on Zen 5 (docs/bench/range_coder.md),
-/// this two-level layout at 1 or 2 bytes per slot beats one packed 6-byte entry per slot as soon
-/// as the tables outgrow L2, and u8 bins roughly halve the slot table again.
+/// How the SIMD decoder finds a slot's bin, frequency and cumulative frequency (measured on Zen 5,
+/// docs/bench/range_coder.md; gathers cost ~1 cycle per element there, so fewer elements win while
+/// the tables stay in L2):
+enum class RansSlotLayout {
+    packed,     ///< one u32 per slot: bin | (slot - cumulative) << bin_bits | frequency << (bin_bits + frequency_bits)
+    byte_bins,  ///< a u8 bin per slot, then the bin's (frequency << 16 | cumulative): two gathers
+    word_bins,  ///< the same with u16 bins (tables of more than 256 bins)
+};
+
+/// The lookup tables the rANS decoders index, all channels concatenated; slot tables are indexed
+/// (channel << precision) | slot. The scalar decoder always uses slot_bins + bin_entries.
 struct RansDecodeTables {
     int precision = 0;
     std::uint32_t channel_count = 0;
-    /// Bin of each slot, index (channel << precision) | slot; two u16 of padding at the end so a
-    /// 32-bit gather of the last entry stays inside the allocation.
+    RansSlotLayout layout = RansSlotLayout::word_bins;
+    /// Bin of each slot; two u16 of padding at the end so a 32-bit gather of the last entry stays
+    /// inside the allocation.
     std::vector<std::uint16_t> slot_bins;
-    /// The same as u8 when every table has at most 256 bins (else empty); three bytes of padding.
+    /// The same as u8 (three bytes of padding), for layout byte_bins only.
     std::vector<std::uint8_t> slot_bins_u8;
-    /// Per bin of every channel, (frequency << 16) | cumulative; channel c starts at bin_bases[c].
-    std::vector<std::uint32_t> bin_entries;
-    std::vector<std::uint32_t> bin_bases;
-    /// When 2 * bits(largest frequency) + bits(largest bin) <= 32 (always at precision 12 with <= 256
-    /// bins), everything a step needs in one u32 per slot: bin | (slot - cumulative) << bin_bits |
-    /// frequency << (bin_bits + frequency_bits). Else empty. One gather per symbol instead of two.
+    /// The packed entries, for layout packed only.
     std::vector<std::uint32_t> slot_packed;
     int packed_bin_bits = 0;
     int packed_frequency_bits = 0;
+    /// Per bin of every channel, (frequency << 16) | cumulative; channel c starts at bin_bases[c].
+    std::vector<std::uint32_t> bin_entries;
+    std::vector<std::uint32_t> bin_bases;
     /// Per channel: the value of bin 0 (a value is offset + bin) and the support (= escape bin).
     std::vector<std::int32_t> offsets;
     std::vector<std::uint32_t> supports;
@@ -170,37 +175,48 @@ private:
             most_bins = std::max(most_bins, table.bin_count());
             for (std::uint32_t frequency : table.frequencies()) largest_frequency = std::max(largest_frequency, frequency);
         }
+        // Packed entries when they fit 32 bits and their table stays within half of a 1 MiB L2;
+        // else one byte per slot when possible: the smaller table beats the saved gather.
         const int bin_bits = int(std::bit_width(most_bins - 1)), frequency_bits = int(std::bit_width(largest_frequency));
-        if (2 * frequency_bits + bin_bits <= 32) {
-            m_decode.packed_bin_bits = bin_bits;
-            m_decode.packed_frequency_bits = frequency_bits;
-            m_decode.slot_packed.assign(m_tables.size() * slots, 0);
-        }
+        const bool packable = 2 * frequency_bits + bin_bits <= 32;
+        const std::size_t total_slots = m_tables.size() * slots;
+        if (packable && total_slots * 4 <= (std::size_t(512) << 10))
+            m_decode.layout = detail::RansSlotLayout::packed;
+        else if (most_bins <= 256)
+            m_decode.layout = detail::RansSlotLayout::byte_bins;
+        else
+            m_decode.layout = detail::RansSlotLayout::word_bins;
+
         m_decode.precision = table_precision;
         m_decode.channel_count = std::uint32_t(m_tables.size());
-        m_decode.slot_bins.assign(m_tables.size() * slots + 2, 0);
-        if (most_bins <= 256) m_decode.slot_bins_u8.assign(m_tables.size() * slots + 3, 0);
+        m_decode.slot_bins.assign(total_slots + 2, 0);
+        if (m_decode.layout == detail::RansSlotLayout::byte_bins) m_decode.slot_bins_u8.assign(total_slots + 3, 0);
+        if (m_decode.layout == detail::RansSlotLayout::packed) {
+            m_decode.slot_packed.assign(total_slots, 0);
+            m_decode.packed_bin_bits = bin_bits;
+            m_decode.packed_frequency_bits = frequency_bits;
+        }
         m_decode.bin_entries.clear();
         m_decode.bin_bases.resize(m_tables.size());
         m_decode.offsets.resize(m_tables.size());
         m_decode.supports.resize(m_tables.size());
         for (std::size_t channel = 0; channel < m_tables.size(); ++channel) {
             const CdfTable& table = m_tables[channel];
+            const auto frequencies = table.frequencies();
+            const auto cumulative = table.cumulative();
             m_decode.offsets[channel] = table.offset();
             m_decode.supports[channel] = table.support();
             m_decode.bin_bases[channel] = std::uint32_t(m_decode.bin_entries.size());
-            for (std::uint32_t bin = 0; bin < table.bin_count(); ++bin)
-                m_decode.bin_entries.push_back((table.frequencies()[bin] << 16) | table.cumulative()[bin]);
+            for (std::uint32_t bin = 0; bin < table.bin_count(); ++bin) m_decode.bin_entries.push_back((frequencies[bin] << 16) | cumulative[bin]);
             const auto slot_to_bin = table.slot_to_bin();
-            std::copy(slot_to_bin.begin(), slot_to_bin.end(), m_decode.slot_bins.begin() + std::ptrdiff_t(channel * slots));
-            if (!m_decode.slot_bins_u8.empty())
-                for (std::size_t slot = 0; slot < slots; ++slot) m_decode.slot_bins_u8[channel * slots + slot] = std::uint8_t(slot_to_bin[slot]);
-            if (!m_decode.slot_packed.empty())
-                for (std::uint32_t slot = 0; slot < slots; ++slot) {
-                    const std::uint32_t bin = slot_to_bin[slot];
-                    m_decode.slot_packed[channel * slots + slot] = bin | ((slot - table.cumulative()[bin]) << bin_bits) |
-                                                                   (table.frequencies()[bin] << (bin_bits + frequency_bits));
-                }
+            for (std::uint32_t slot = 0; slot < slots; ++slot) {
+                const std::uint32_t bin = slot_to_bin[slot];
+                const std::size_t index = channel * slots + slot;
+                m_decode.slot_bins[index] = std::uint16_t(bin);
+                if (!m_decode.slot_bins_u8.empty()) m_decode.slot_bins_u8[index] = std::uint8_t(bin);
+                if (!m_decode.slot_packed.empty())
+                    m_decode.slot_packed[index] = bin | ((slot - cumulative[bin]) << bin_bits) | (frequencies[bin] << (bin_bits + frequency_bits));
+            }
         }
     }
 

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -134,50 +135,65 @@ public:
     /// The tail logit t: L^-1(-t) and L^-1(t) bound all but 1e-9 of the mass.
     static double tail_logit() { return std::log(2.0 / likelihood_bound - 1.0); }
 
-    /// Training path: bits (n x channels) = -log2 likelihood(latents) for latents n x channels
-    /// (noisy or rounded). Gradients flow to the latents and to every prior parameter.
-    autograd::Var bits(autograd::Tape<Scalar>& tape, autograd::Var latents) {
-        NWC_ASSERT(tape.cols(latents) == m_channels);
+    /// Training path: bits (n x m) = -log2 likelihood(latents) for latents n x m (noisy or rounded).
+    /// Row r is coded with channels [g_r m, g_r m + m) where g_r = groups[r] (empty: all rows use
+    /// group 0), so one prior can hold a separate density per importance level. Gradients flow to
+    /// the latents and to every prior parameter.
+    autograd::Var bits(autograd::Tape<Scalar>& tape, autograd::Var latents, std::span<const std::uint8_t> groups = {}) {
+        const Eigen::Index m = tape.cols(latents), n = tape.rows(latents);
+        NWC_ASSERT(groups.empty() || Eigen::Index(groups.size()) == n);
         std::vector<autograd::Var> inputs{latents};
         for (Parameter* parameter : parameters()) inputs.push_back(tape.parameter(*parameter));
         const autograd::Var out = tape.record("prior_bits", inputs, [this](autograd::Tape<Scalar>& t, autograd::Node<Scalar>& node) {
             backward_bits(t, node);
         });
+        // indices: per row its group (for backward); row lists per group are rebuilt from them.
+        auto& node = tape.node(out);
+        node.indices.assign(std::size_t(n), 0);
+        for (std::size_t row = 0; row < groups.size(); ++row) {
+            NWC_ASSERT(Eigen::Index(groups[row] + 1) * m <= m_channels);
+            node.indices[row] = groups[row];
+        }
+        NWC_ASSERT(m <= m_channels);
         const Matrix& y = tape.value(latents);
         Matrix& result = tape.output(out);
-        result.resize(y.rows(), y.cols());
+        result.resize(n, m);
         detail::PriorActivations<Scalar> activations;
         Eigen::Array<Scalar, Eigen::Dynamic, 1> points;
-        for (int channel = 0; channel < m_channels; ++channel) {
-            detail::gather_half_steps(y, channel, points);
-            detail::prior_forward(channel_weights<Scalar>(channel), points, activations);
-            const Eigen::Index n = y.rows();
-            for (Eigen::Index row = 0; row < n; ++row) {
-                const double difference = detail::sign_trick_difference(double(activations.logits(row)),
-                                                                        double(activations.logits(n + row)));
-                result(row, channel) = Scalar(-std::log2(std::max(difference, likelihood_bound)));
+        for (const auto& [group, rows] : group_rows(node.indices))
+            for (Eigen::Index column = 0; column < m; ++column) {
+                detail::gather_half_steps(y, int(column), rows, points);
+                detail::prior_forward(channel_weights<Scalar>(int(group * m + column)), points, activations);
+                const Eigen::Index count = Eigen::Index(rows.size());
+                for (Eigen::Index i = 0; i < count; ++i) {
+                    const double difference = detail::sign_trick_difference(double(activations.logits(i)),
+                                                                            double(activations.logits(count + i)));
+                    result(rows[std::size_t(i)], column) = Scalar(-std::log2(std::max(difference, likelihood_bound)));
+                }
             }
-        }
         return out;
     }
 
-    /// Freezes the prior into integer tables (precision 12..16): per channel the float median m,
-    /// support [floor(q_lo - m), ceil(q_hi - m)] (at most max_support wide, centered on 0), the
-    /// likelihood at m + k for each integer k of it, and the remaining mass as the escape bin.
-    PriorTables build_tables(int precision = 16) const {
+    /// Freezes channels [first, first + count) (all by default) into integer tables (precision
+    /// 12..16): per channel the float median m, support [floor(q_lo - m), ceil(q_hi - m)] (at most
+    /// max_support wide, around 0), the likelihood at m + k for each integer k of it, and the
+    /// remaining mass as the escape bin.
+    PriorTables build_tables(int precision = 16, int first = 0, int count = -1) const {
+        if (count < 0) count = m_channels - first;
+        NWC_ASSERT(first >= 0 && count >= 1 && first + count <= m_channels);
         PriorTables frozen;
         std::vector<CdfTable> tables;
         const double tail = tail_logit();
-        for (int channel = 0; channel < m_channels; ++channel) {
+        for (int channel = first; channel < first + count; ++channel) {
             const float median_value = float(median(channel));
             const double m = double(median_value);
-            std::int64_t first = std::int64_t(std::floor(quantile(channel, -tail) - m));
-            std::int64_t last = std::int64_t(std::ceil(quantile(channel, tail) - m));
-            first = std::clamp<std::int64_t>(std::min<std::int64_t>(first, 0), -max_support / 2, 0);
-            last = std::clamp<std::int64_t>(std::max<std::int64_t>(last, 0), 0, max_support / 2);
+            std::int64_t low = std::int64_t(std::floor(quantile(channel, -tail) - m));
+            std::int64_t high = std::int64_t(std::ceil(quantile(channel, tail) - m));
+            low = std::clamp<std::int64_t>(std::min<std::int64_t>(low, 0), -max_support / 2, 0);
+            high = std::clamp<std::int64_t>(std::max<std::int64_t>(high, 0), 0, max_support / 2);
             std::vector<double> probabilities;
             double total = 0.0;
-            for (std::int64_t k = first; k <= last; ++k) {
+            for (std::int64_t k = low; k <= high; ++k) {
                 const double lower = logits_cumulative(channel, m + double(k) - 0.5);
                 const double upper = logits_cumulative(channel, m + double(k) + 0.5);
                 probabilities.push_back(std::max(detail::sign_trick_difference(lower, upper), 0.0));
@@ -185,7 +201,7 @@ public:
             }
             const double escape = std::max(1.0 - total, 0.0);
             frozen.medians.push_back(median_value);
-            tables.push_back(CdfTable::from_probabilities(std::int32_t(first), probabilities, escape, precision));
+            tables.push_back(CdfTable::from_probabilities(std::int32_t(low), probabilities, escape, precision));
         }
         frozen.tables = CdfTableSet(std::move(tables));
         return frozen;
@@ -208,40 +224,57 @@ private:
         return weights;
     }
 
+    /// Rows of each group, in row order (groups ascending): the work list of forward and backward.
+    static std::vector<std::pair<std::int64_t, std::vector<Eigen::Index>>> group_rows(const std::vector<std::int64_t>& row_groups) {
+        std::vector<std::pair<std::int64_t, std::vector<Eigen::Index>>> lists;
+        std::int64_t largest = 0;
+        for (std::int64_t group : row_groups) largest = std::max(largest, group);
+        for (std::int64_t group = 0; group <= largest; ++group) {
+            std::vector<Eigen::Index> rows;
+            for (std::size_t row = 0; row < row_groups.size(); ++row)
+                if (row_groups[row] == group) rows.push_back(Eigen::Index(row));
+            if (!rows.empty()) lists.emplace_back(group, std::move(rows));
+        }
+        return lists;
+    }
+
     void backward_bits(autograd::Tape<Scalar>& tape, autograd::Node<Scalar>& node) {
         const autograd::Var latents = node.inputs[0];
         const Matrix& y = tape.value(latents);
-        const Eigen::Index n = y.rows();
+        const Eigen::Index m = y.cols();
         Matrix* dy = tape.requires_grad(latents) ? &tape.grad(latents) : nullptr;
         detail::PriorActivations<Scalar> activations;
         detail::PriorChannelGradients<Scalar> gradients;
         Eigen::Array<Scalar, Eigen::Dynamic, 1> points, dlogits;
-        for (int channel = 0; channel < m_channels; ++channel) {
-            const auto weights = channel_weights<Scalar>(channel);
-            detail::gather_half_steps(y, channel, points);
-            detail::prior_forward(weights, points, activations);
-            dlogits.resize(2 * n);
-            for (Eigen::Index row = 0; row < n; ++row) {
-                const auto [d_lower, d_upper] = detail::bits_gradient(double(activations.logits(row)),
-                                                                      double(activations.logits(n + row)),
-                                                                      double(node.grad(row, channel)), likelihood_bound);
-                dlogits(row) = Scalar(d_lower);
-                dlogits(n + row) = Scalar(d_upper);
+        for (const auto& [group, rows] : group_rows(node.indices))
+            for (Eigen::Index column = 0; column < m; ++column) {
+                const int channel = int(group * m + column);
+                const auto weights = channel_weights<Scalar>(channel);
+                detail::gather_half_steps(y, int(column), rows, points);
+                detail::prior_forward(weights, points, activations);
+                const Eigen::Index count = Eigen::Index(rows.size());
+                dlogits.resize(2 * count);
+                for (Eigen::Index i = 0; i < count; ++i) {
+                    const auto [d_lower, d_upper] =
+                        detail::bits_gradient(double(activations.logits(i)), double(activations.logits(count + i)),
+                                              double(node.grad(rows[std::size_t(i)], column)), likelihood_bound);
+                    dlogits(i) = Scalar(d_lower);
+                    dlogits(count + i) = Scalar(d_upper);
+                }
+                gradients.clear();
+                detail::prior_backward(weights, activations, dlogits, gradients);
+                if (dy)
+                    for (Eigen::Index i = 0; i < count; ++i)
+                        (*dy)(rows[std::size_t(i)], column) += gradients.dpoints(i) + gradients.dpoints(count + i);
+                // Parameter inputs follow the latents in parameters() order.
+                std::size_t input = 1;
+                for (int k = 0; k < layer_count; ++k) {
+                    const auto kk = std::size_t(k);
+                    add_row(tape, node.inputs[input++], channel, gradients.matrix[kk]);
+                    add_row(tape, node.inputs[input++], channel, gradients.bias[kk]);
+                    if (k + 1 < layer_count) add_row(tape, node.inputs[input++], channel, gradients.factor[kk]);
+                }
             }
-            gradients.clear();
-            detail::prior_backward(weights, activations, dlogits, gradients);
-            if (dy)
-                for (Eigen::Index row = 0; row < n; ++row)
-                    (*dy)(row, channel) += gradients.dpoints(row) + gradients.dpoints(n + row);
-            // Parameter inputs follow the latents in parameters() order.
-            std::size_t input = 1;
-            for (int k = 0; k < layer_count; ++k) {
-                const auto kk = std::size_t(k);
-                add_row(tape, node.inputs[input++], channel, gradients.matrix[kk]);
-                add_row(tape, node.inputs[input++], channel, gradients.bias[kk]);
-                if (k + 1 < layer_count) add_row(tape, node.inputs[input++], channel, gradients.factor[kk]);
-            }
-        }
     }
 
     template <std::size_t N>

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -156,14 +157,15 @@ void prior_backward(const PriorChannelWeights<S>& weights, const PriorActivation
     gradients.dpoints = doutputs[0];
 }
 
-/// points = [y(:, c) - 1/2 ; y(:, c) + 1/2]: the lower then the upper bin edges of each row.
+/// points = [y(rows, c) - 1/2 ; y(rows, c) + 1/2]: the lower then the upper bin edges of each row.
 template <class S>
-void gather_half_steps(const RowMajorMatrix<S>& y, int channel, Eigen::Array<S, Eigen::Dynamic, 1>& points) {
-    const Eigen::Index n = y.rows();
+void gather_half_steps(const RowMajorMatrix<S>& y, int channel, const std::vector<Eigen::Index>& rows,
+                       Eigen::Array<S, Eigen::Dynamic, 1>& points) {
+    const Eigen::Index n = Eigen::Index(rows.size());
     points.resize(2 * n);
-    for (Eigen::Index row = 0; row < n; ++row) {
-        points(row) = y(row, channel) - S(0.5);
-        points(n + row) = y(row, channel) + S(0.5);
+    for (Eigen::Index i = 0; i < n; ++i) {
+        points(i) = y(rows[std::size_t(i)], channel) - S(0.5);
+        points(n + i) = y(rows[std::size_t(i)], channel) + S(0.5);
     }
 }
 

@@ -99,17 +99,10 @@ void decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, std
     const RansStreamIndex index = read_index(stream, tables);
     require(out.size() == index.symbol_count, errc::invalid_argument, "rans::decode: the stream holds ", index.symbol_count,
             " symbols, output has room for ", out.size());
-    // Work items are pairs of segments: the SIMD decoder interleaves two segments' steps.
-    const auto& decode_tables = tables.decode_tables();
-    auto segment_out = [&](std::size_t s) { return out.subspan(index.segments[s].first_symbol, index.segments[s].symbol_count); };
-    const std::size_t segment_count = index.segments.size();
-    parallel_for(std::int64_t((segment_count + 1) / 2), threads, [&](std::int64_t pair) {
-        const std::size_t first = 2 * std::size_t(pair);
-        if (first + 1 < segment_count)
-            detail::rans_decode_segment_pair(decode_tables, detail::segment_bytes(stream, index, first), segment_out(first),
-                                             detail::segment_bytes(stream, index, first + 1), segment_out(first + 1), backend);
-        else
-            detail::rans_decode_segment(decode_tables, detail::segment_bytes(stream, index, first), segment_out(first), backend);
+    parallel_for(std::int64_t(index.segments.size()), threads, [&](std::int64_t s) {
+        const RansSegment& info = index.segments[std::size_t(s)];
+        detail::rans_decode_segment(tables.decode_tables(), detail::segment_bytes(stream, index, std::size_t(s)),
+                                    out.subspan(info.first_symbol, info.symbol_count), backend);
     });
 }
 

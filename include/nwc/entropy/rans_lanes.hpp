@@ -6,7 +6,7 @@
 //   its symbol, reads the words in exactly the lane-ordered order the SIMD and warp decoders use.
 // - Encoder, per symbol, backwards: if x >= freq << (32 - precision), emit the low 16 bits and shift;
 //   then x = (x / freq) << precision | (x % freq) + cumulative. Words come out last-first, so they
-//   are reversed before being written. Every lane starts at L = 2^16, the value the decoder must end at.
+//   fill their buffer from its end. Every lane starts at L = 2^16, the value the decoder must end at.
 // - Decoder, per symbol: slot = x & (2^precision - 1); bin = slot table[slot]; (freq, cumulative) =
 //   bin table[bin]; x = freq * (x >> precision) + slot - cumulative; if x < 2^16, x = x << 16 | next word.
 // - Untrusted input cannot drive a read out of bounds: table indices are < 2^precision by
@@ -151,56 +151,58 @@ inline void rans_decode_segment(const RansDecodeTables& tables, const RansSegmen
     decoder.expect_end();
 }
 
-/// Two segments: the reference decodes them one after the other.
-inline void rans_decode_segment_pair(const RansDecodeTables& tables, const RansSegmentBytes& first, std::span<std::int32_t> first_out,
-                                     const RansSegmentBytes& second, std::span<std::int32_t> second_out, backend::scalar) {
-    rans_decode_segment(tables, first, first_out, backend::scalar{});
-    rans_decode_segment(tables, second, second_out, backend::scalar{});
-}
-
 /// Encodes one segment (symbols start at channel 0) and appends its bytes (states, words, escape
 /// bytes, zero padding to 4) to `out`; returns {word_count, escape_bytes} for the index.
 inline std::pair<std::uint32_t, std::uint32_t> rans_encode_segment(const CdfTableSet& tables, std::span<const std::int32_t> symbols,
                                                                    std::vector<std::uint8_t>& out) {
-    const std::uint32_t channels = std::uint32_t(tables.channel_count());
-    const int precision = tables.precision();
-    // Escape codes first, forwards: the decoder reads them in symbol order.
+    const RansDecodeTables& flat = tables.decode_tables();
+    const std::uint32_t channels = flat.channel_count;
+    const int precision = flat.precision;
+    // Escape codes first, forwards: the decoder reads them in symbol order. Each symbol's
+    // (frequency << 16 | cumulative) entry index is kept for the backward pass.
     EscapeBitWriter escape_writer;
-    std::vector<std::uint32_t> bins(symbols.size());
+    std::vector<std::uint32_t> entry_index(symbols.size());
+    std::uint32_t channel = 0;
     for (std::size_t i = 0; i < symbols.size(); ++i) {
-        const CdfTable& table = tables[i % channels];
-        bins[i] = table.bin_of(symbols[i]);
-        if (NWC_UNLIKELY(bins[i] == table.escape_bin())) escape_writer.write(escape_code(symbols[i], table.offset(), table.support()));
+        const std::int32_t offset = flat.offsets[channel];
+        const std::uint32_t support = flat.supports[channel];
+        const std::uint64_t bin = std::uint64_t(std::int64_t(symbols[i]) - offset);  // wraps for values below the support
+        if (NWC_LIKELY(bin < support)) {
+            entry_index[i] = flat.bin_bases[channel] + std::uint32_t(bin);
+        } else {
+            entry_index[i] = flat.bin_bases[channel] + support;
+            escape_writer.write(escape_code(symbols[i], offset, support));
+        }
+        if (++channel == channels) channel = 0;
     }
     const std::vector<std::uint8_t>& escape_bytes = escape_writer.finish();
 
+    // Backwards; words fill their buffer from the end, so they come out in decoding order.
     std::uint32_t states[rans::lane_count];
     std::fill(std::begin(states), std::end(states), rans::state_lower_bound);
-    std::vector<std::uint16_t> words;
-    words.reserve(symbols.size() / 2 + 16);
-    std::uint32_t channel = symbols.empty() ? 0 : std::uint32_t((symbols.size() - 1) % channels);
+    std::vector<std::uint16_t> words(symbols.size());
+    std::size_t first_word = words.size();
+    const std::uint32_t* entries = flat.bin_entries.data();
     for (std::size_t i = symbols.size(); i-- > 0;) {
         std::uint32_t& x = states[i % rans::lane_count];
-        const CdfTable& table = tables[channel];
-        const std::uint32_t frequency = table.frequencies()[bins[i]];
-        const std::uint32_t cumulative = table.cumulative()[bins[i]];
-        if (x >= (std::uint64_t(frequency) << (32 - precision))) {
-            words.push_back(std::uint16_t(x));
+        const std::uint32_t entry = entries[entry_index[i]];
+        const std::uint32_t frequency = entry >> 16, cumulative = entry & 0xFFFFu;
+        if (x >= frequency << (32 - precision)) {  // frequency < 2^precision: no overflow
+            words[--first_word] = std::uint16_t(x);
             x >>= 16;
         }
         x = ((x / frequency) << precision) + (x % frequency) + cumulative;
-        channel = channel == 0 ? channels - 1 : channel - 1;
     }
-    std::reverse(words.begin(), words.end());
+    const std::span<const std::uint16_t> used_words = std::span<const std::uint16_t>(words).subspan(first_word);
 
     const std::size_t start = out.size();
-    const std::uint32_t size = segment_byte_size(std::uint32_t(words.size()), std::uint32_t(escape_bytes.size()));
+    const std::uint32_t size = segment_byte_size(std::uint32_t(used_words.size()), std::uint32_t(escape_bytes.size()));
     out.resize(start + size, 0);
     std::memcpy(out.data() + start, states, sizeof states);
-    std::memcpy(out.data() + start + rans::segment_state_bytes, words.data(), 2 * words.size());
+    std::memcpy(out.data() + start + rans::segment_state_bytes, used_words.data(), used_words.size_bytes());
     if (!escape_bytes.empty())
-        std::memcpy(out.data() + start + rans::segment_state_bytes + 2 * words.size(), escape_bytes.data(), escape_bytes.size());
-    return {std::uint32_t(words.size()), std::uint32_t(escape_bytes.size())};
+        std::memcpy(out.data() + start + rans::segment_state_bytes + used_words.size_bytes(), escape_bytes.data(), escape_bytes.size());
+    return {std::uint32_t(used_words.size()), std::uint32_t(escape_bytes.size())};
 }
 
 }  // namespace nwc::detail

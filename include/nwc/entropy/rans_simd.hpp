@@ -130,27 +130,14 @@ NWC_FORCE_INLINE std::size_t renormalize(LaneRegisters<Arch>& states, const std:
     const __m512i bound = _mm512_set1_epi32(std::int32_t(rans::state_lower_bound));
     const __mmask16 need_low = _mm512_cmplt_epu32_mask(low, bound);
     const __mmask16 need_high = _mm512_cmplt_epu32_mask(high, bound);
-#if defined(__AVX512VBMI2__) && defined(__AVX512BW__)
-    // All 32 lanes at once: spread the next popcount(need) words to the needing 16-bit lanes.
-    const __mmask32 need = _mm512_kunpackw(need_high, need_low);
-#ifdef REGFORM
-    __m512i raw = _mm512_loadu_si512(words);
-    asm("" : "+v"(raw));
-    const __m512i spread = _mm512_maskz_expand_epi16(need, raw);
-#else
-    const __m512i spread = _mm512_maskz_expand_epi16(need, _mm512_loadu_si512(words));
-#endif
-    const __m512i words_low = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(spread));
-    const __m512i words_high = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(spread, 1));
-    const std::size_t taken = std::size_t(std::popcount(std::uint32_t(need)));
-#else
+    // The second half's words start after the first half's. (VBMI2's vpexpandw does all 32 lanes
+    // in one instruction but measured 20% slower on Zen 5.)
     const std::size_t taken_low = std::size_t(std::popcount(std::uint32_t(need_low)));
     const __m512i words_low =
         _mm512_maskz_expand_epi32(need_low, _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words))));
     const __m512i words_high = _mm512_maskz_expand_epi32(
         need_high, _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + 2 * taken_low))));
     const std::size_t taken = taken_low + std::size_t(std::popcount(std::uint32_t(need_high)));
-#endif
     states[0] = _mm512_mask_or_epi32(low, need_low, _mm512_slli_epi32(low, 16), words_low);
     states[1] = _mm512_mask_or_epi32(high, need_high, _mm512_slli_epi32(high, 16), words_high);
     return taken;
@@ -195,9 +182,7 @@ struct ChannelLanes {
     }
 };
 
-/// Which tables a step reads: one packed u32 per slot (one gather per symbol), or a u8 or u16 bin
-/// per slot followed by the per-bin (frequency, cumulative) entry (two gathers).
-enum class SlotLayout { packed, byte_bins, word_bins };
+using SlotLayout = RansSlotLayout;
 
 /// The table pointers of the step, copied out of RansDecodeTables into locals: the step's vector
 /// stores may alias anything, so values left in memory would be reloaded after every store.
@@ -302,88 +287,36 @@ NWC_FORCE_INLINE void decode_step(SegmentLanes<Arch>& segment, std::size_t step,
     segment.position += std::ptrdiff_t(renormalize<Arch>(segment.states, segment.words + 2 * segment.position, Arch{}));
 }
 
-/// The fast loop over one segment from `step`; returns the first step it left undone. Works on
-/// local copies so that the states stay in registers (GCC 12 spills lanes whose address escapes).
+/// Decodes one segment: the fast loop over full steps, then the reference decoder for the rest.
+/// The loop works on local copies so that the states stay in registers (GCC 12 spills lanes whose
+/// address escapes). Two segments interleaved in one loop measured no faster: the gathers' throughput,
+/// not their latency, bounds this loop on Zen 5.
 template <class Arch, bool FixedChannels, SlotLayout Layout>
-[[gnu::noinline]] std::size_t run_fast_steps(SegmentLanes<Arch>& segment_in, ChannelLanes<Arch, FixedChannels>& lanes_in, std::size_t step,
-                                             const StepTables<Layout>& tables_in, const RansDecodeTables& decode_tables,
-                                             RansLaneDecoder& reference) {
-    SegmentLanes<Arch> segment = segment_in;
-    ChannelLanes<Arch, FixedChannels> lanes = lanes_in;
-    const StepTables<Layout> tables = tables_in;
+void decode_segment(const RansDecodeTables& decode_tables, const RansSegmentBytes& segment_bytes, std::span<std::int32_t> out) {
+    RansLaneDecoder reference(decode_tables, segment_bytes);
+    const StepTables<Layout> tables(decode_tables);
+    ChannelLanes<Arch, FixedChannels> lanes(decode_tables);
+    SegmentLanes<Arch> segment(reference, segment_bytes, out);
+    std::size_t step = 0;
     for (; segment.can_step(step); ++step) {
         decode_step(segment, step, lanes, tables, reference);
         lanes.advance(decode_tables);
     }
-    segment_in = segment;
-    lanes_in = lanes;
-    return step;
+    finish_segment(reference, segment, step, out.size());
 }
 
-/// The same over two segments in lockstep, while both can step: two independent dependency chains
-/// per iteration hide the gathers' latency (one segment alone is latency bound).
-template <class Arch, bool FixedChannels, SlotLayout Layout>
-[[gnu::noinline]] std::size_t run_fast_step_pairs(SegmentLanes<Arch>& first_in, SegmentLanes<Arch>& second_in,
-                                                  ChannelLanes<Arch, FixedChannels>& lanes_in, const StepTables<Layout>& tables_in,
-                                                  const RansDecodeTables& decode_tables, RansLaneDecoder& first_reference,
-                                                  RansLaneDecoder& second_reference) {
-    SegmentLanes<Arch> first = first_in, second = second_in;
-    ChannelLanes<Arch, FixedChannels> lanes = lanes_in;
-    const StepTables<Layout> tables = tables_in;
-    std::size_t step = 0;
-    for (; first.can_step(step) && second.can_step(step); ++step) {
-        decode_step(first, step, lanes, tables, first_reference);
-        decode_step(second, step, lanes, tables, second_reference);
-        lanes.advance(decode_tables);
-    }
-    first_in = first;
-    second_in = second;
-    lanes_in = lanes;
-    return step;
-}
-
-/// Decodes `Count` (1 or 2) segments; two are interleaved step by step while both can.
-template <class Arch, bool FixedChannels, SlotLayout Layout, std::size_t Count>
-void decode_segments(const RansDecodeTables& decode_tables, const std::array<RansSegmentBytes, Count>& segments,
-                     const std::array<std::span<std::int32_t>, Count>& outs) {
-    static_assert(Count == 1 || Count == 2);
-    const StepTables<Layout> tables(decode_tables);
-    ChannelLanes<Arch, FixedChannels> lanes(decode_tables);
-    std::size_t step = 0;
-    RansLaneDecoder first_reference(decode_tables, segments[0]);
-    SegmentLanes<Arch> first(first_reference, segments[0], outs[0]);
-    if constexpr (Count == 2) {
-        RansLaneDecoder second_reference(decode_tables, segments[1]);
-        SegmentLanes<Arch> second(second_reference, segments[1], outs[1]);
-        step = run_fast_step_pairs(first, second, lanes, tables, decode_tables, first_reference, second_reference);
-        // At most one of them has fast steps left: the second continues alone with a copy of the lanes.
-        ChannelLanes<Arch, FixedChannels> second_lanes = lanes;
-        const std::size_t second_step = run_fast_steps(second, second_lanes, step, tables, decode_tables, second_reference);
-        finish_segment(second_reference, second, second_step, outs[1].size());
-    }
-    step = run_fast_steps(first, lanes, step, tables, decode_tables, first_reference);
-    finish_segment(first_reference, first, step, outs[0].size());
-}
-
-template <class Arch, std::size_t Count>
-void decode_segments_on(const RansDecodeTables& tables, const std::array<RansSegmentBytes, Count>& segments,
-                        const std::array<std::span<std::int32_t>, Count>& outs) {
-    const bool fixed = rans::lane_count % tables.channel_count == 0;
-    const SlotLayout layout = !tables.slot_packed.empty()    ? SlotLayout::packed
-                              : !tables.slot_bins_u8.empty() ? SlotLayout::byte_bins
-                                                             : SlotLayout::word_bins;
-    auto run = [&](auto fixed_tag, auto layout_tag) {
-        decode_segments<Arch, decltype(fixed_tag)::value, decltype(layout_tag)::value, Count>(tables, segments, outs);
-    };
+template <class Arch>
+void decode_segment_on(const RansDecodeTables& tables, const RansSegmentBytes& segment, std::span<std::int32_t> out) {
     using packed = std::integral_constant<SlotLayout, SlotLayout::packed>;
     using byte_bins = std::integral_constant<SlotLayout, SlotLayout::byte_bins>;
     using word_bins = std::integral_constant<SlotLayout, SlotLayout::word_bins>;
-    auto with_layout = [&](auto fixed_tag) {
-        if (layout == SlotLayout::packed) run(fixed_tag, packed{});
-        else if (layout == SlotLayout::byte_bins) run(fixed_tag, byte_bins{});
-        else run(fixed_tag, word_bins{});
+    auto with_layout = [&](auto fixed) {
+        auto run = [&](auto layout) { decode_segment<Arch, decltype(fixed)::value, decltype(layout)::value>(tables, segment, out); };
+        if (tables.layout == SlotLayout::packed) run(packed{});
+        else if (tables.layout == SlotLayout::byte_bins) run(byte_bins{});
+        else run(word_bins{});
     };
-    if (fixed) with_layout(std::true_type{});
+    if (rans::lane_count % tables.channel_count == 0) with_layout(std::true_type{});
     else with_layout(std::false_type{});
 }
 
@@ -392,13 +325,7 @@ void decode_segments_on(const RansDecodeTables& tables, const std::array<RansSeg
 /// SIMD decoder of one segment on the xsimd architecture `Arch` (tests instantiate several).
 template <class Arch>
 void rans_decode_segment_on(const RansDecodeTables& tables, const RansSegmentBytes& segment, std::span<std::int32_t> out) {
-    rans_simd::decode_segments_on<Arch, 1>(tables, {segment}, {out});
-}
-/// SIMD decoder of two segments at once on `Arch`.
-template <class Arch>
-void rans_decode_segment_pair_on(const RansDecodeTables& tables, const RansSegmentBytes& first, std::span<std::int32_t> first_out,
-                                 const RansSegmentBytes& second, std::span<std::int32_t> second_out) {
-    rans_simd::decode_segments_on<Arch, 2>(tables, {first, second}, {first_out, second_out});
+    rans_simd::decode_segment_on<Arch>(tables, segment, out);
 }
 
 /// The simd backend: the best instruction set this translation unit was compiled for.
@@ -408,15 +335,6 @@ inline void rans_decode_segment(const RansDecodeTables& tables, const RansSegmen
         rans_decode_segment(tables, segment, out, backend::scalar{});
     else
         rans_decode_segment_on<xsimd::default_arch>(tables, segment, out);
-}
-inline void rans_decode_segment_pair(const RansDecodeTables& tables, const RansSegmentBytes& first, std::span<std::int32_t> first_out,
-                                     const RansSegmentBytes& second, std::span<std::int32_t> second_out, backend::simd) {
-    if constexpr (std::is_same_v<xsimd::default_arch, xsimd::unavailable>) {
-        rans_decode_segment(tables, first, first_out, backend::scalar{});
-        rans_decode_segment(tables, second, second_out, backend::scalar{});
-    } else {
-        rans_decode_segment_pair_on<xsimd::default_arch>(tables, first, first_out, second, second_out);
-    }
 }
 
 }  // namespace nwc::detail

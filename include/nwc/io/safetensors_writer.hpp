@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <span>
@@ -110,10 +111,11 @@ private:
             fail(errc::invalid_argument, "safetensors writer: a tensor name or metadata string is not valid UTF-8 (", problem.what(), ")");
         }
         text.append((8 - text.size() % 8) % 8, ' ');
-        ByteWriter out;
-        out.put_u64(text.size());
-        out.put_bytes({reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
-        return out.take();
+        std::vector<std::uint8_t> bytes(8 + text.size());
+        const std::uint64_t length = text.size();
+        std::memcpy(bytes.data(), &length, 8);  // little-endian host (byte_io.hpp asserts it)
+        std::memcpy(bytes.data() + 8, text.data(), text.size());
+        return bytes;
     }
     template <class Sink>
     void emit(const std::vector<std::uint8_t>& header, Sink&& sink) const {

@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <span>
@@ -157,6 +158,24 @@ inline std::pair<double, double> stored_measurements(std::span<const std::uint8_
     float values[2];
     std::memcpy(values, metadata.data() + 4, sizeof values);
     return {double(values[0]), double(values[1])};
+}
+
+/// "step=0.4675": a method's knob as reports print it.
+inline std::string knob_text(const char* key, double value) {
+    char buffer[48];
+    std::snprintf(buffer, sizeof buffer, "%s=%.4g", key, value);
+    return buffer;
+}
+
+/// The knob stored in a coded tensor's metadata ("bits=4", "step=0.41", "alpha=1.3"), "" if none.
+inline std::string stored_setting(std::string_view method, std::span<const std::uint8_t> metadata) {
+    if (metadata.size() < method_prefix_bytes + 8 || metadata[0] != method_layout_version) return "";
+    if (method == "rtn" || method == "gptq") return "bits=" + std::to_string(int(metadata[method_prefix_bytes]));
+    float value;
+    std::memcpy(&value, metadata.data() + method_prefix_bytes + 4, 4);
+    if (method == "ecsq") return knob_text("step", value);
+    if (method == "nwc") return knob_text("alpha", value);
+    return "";
 }
 
 /// Segments of `count` units cut `span` at a time.

@@ -41,7 +41,7 @@ struct EcsqMethod {
         std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(rows, rows_per_segment)); }
     };
 
-    static std::string setting_of(float step) { return "step=" + std::to_string(step); }
+    static std::string setting_of(float step) { return detail::knob_text("step", step); }
 
     /// Codes W (m x n) with step options.step on the normalized weights.
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options) {

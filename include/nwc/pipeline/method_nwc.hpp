@@ -96,7 +96,7 @@ struct NwcMethod {
         std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(cols, columns_per_segment)); }
     };
 
-    static std::string setting_of(float alpha) { return "alpha=" + std::to_string(alpha); }
+    static std::string setting_of(float alpha) { return detail::knob_text("alpha", alpha); }
 
     /// Codes W (m x n) with `codec` at options.alpha.
     template <class Backend>

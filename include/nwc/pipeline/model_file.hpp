@@ -75,7 +75,7 @@ struct ModelFile {
     /// safetensors and hf_llama: {"safetensors_metadata": {...}}. Always {"source_format": name}.
     nlohmann::json source = nlohmann::json::object();
     /// llama2.c RoPE table entries that differ from llama2c_rope_tables(): pairs (flat index into
-    /// real then imag, float bits), as an I32 [k, 2] tensor; empty shape for none.
+    /// real then imag, float bits), as an I32 [k, 2] tensor; no values for none.
     Tensor<std::int32_t> rope_corrections;
 
     /// Elements of every tensor: the denominator of bits per weight.
@@ -318,7 +318,7 @@ inline void write_model_file(const ModelFile& model, const std::filesystem::path
         out.weights = detail::llama2c_weights_of(model, context);
         std::tie(out.rope_real, out.rope_imag) = llm::llama2c_rope_tables(out.weights.config);
         const std::int64_t real_count = out.rope_real.numel(), all = real_count + out.rope_imag.numel();
-        for (std::int64_t k = 0; k < model.rope_corrections.rows() && model.rope_corrections.numel() > 0; ++k) {
+        for (std::int64_t k = 0; k < (model.rope_corrections.values().empty() ? 0 : model.rope_corrections.rows()); ++k) {
             const std::int64_t index = model.rope_corrections(k, 0);
             require(index >= 0 && index < all, errc::corrupt, context, ": RoPE correction ", k, " names entry ", index, " of ", all);
             const float value = float_from_bits(std::uint32_t(model.rope_corrections(k, 1)));

@@ -173,7 +173,7 @@ public:
             return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
         });
         for (auto& tensor : tensors) result.writer.add_tensor(std::move(tensor));
-        if (model.rope_corrections.numel() > 0) {
+        if (!model.rope_corrections.values().empty()) {
             const auto* bytes = reinterpret_cast<const std::uint8_t*>(model.rope_corrections.data());
             result.writer.add_tensor(make_raw_tensor(detail::rope_corrections_name, dtype::i32, model.rope_corrections.shape(),
                                                      {bytes, std::size_t(model.rope_corrections.numel()) * 4}));
@@ -323,7 +323,7 @@ private:
                                {"source", model.source},
                                {"method", std::string(method_name(m_options.method))},
                                {"tool", std::string("nwc ") + version_string}};
-        if (model.rope_corrections.numel() > 0) root["llama2c_rope_corrections"] = detail::rope_corrections_name;
+        if (!model.rope_corrections.values().empty()) root["llama2c_rope_corrections"] = detail::rope_corrections_name;
         return root.dump();
     }
 

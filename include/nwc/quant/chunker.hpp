@@ -164,8 +164,19 @@ public:
     }
 
     /// Importance level (0..3) of every column from the Hessian diagonal H_jj (see header comment).
+    /// Throws invalid_argument on a non-finite H_jj.
+    std::vector<std::uint8_t> importance_levels(std::span<const float> hessian_diagonal) const { return levels_from(hessian_diagonal); }
+    std::vector<std::uint8_t> importance_levels(std::span<const double> hessian_diagonal) const { return levels_from(hessian_diagonal); }
+
+    /// ceil(fraction * n), robust to the representation error of fractions such as 0.001.
+    static std::size_t top_count(double fraction, std::size_t n) noexcept {
+        const double exact = fraction * double(n);
+        return std::min(n, std::size_t(std::max(0.0, std::ceil(exact - 1e-9 * std::max(1.0, exact)))));
+    }
+
+private:
     template <std::floating_point T>
-    std::vector<std::uint8_t> importance_levels(std::span<const T> hessian_diagonal) const {
+    std::vector<std::uint8_t> levels_from(std::span<const T> hessian_diagonal) const {
         const std::size_t n = hessian_diagonal.size();
         for (std::size_t j = 0; j < n; ++j)
             require(std::isfinite(hessian_diagonal[j]), errc::invalid_argument, "Chunker::importance_levels: H[", j, ", ", j, "] is not finite");
@@ -181,13 +192,6 @@ public:
         return levels;
     }
 
-    /// ceil(fraction * n), robust to the representation error of fractions such as 0.001.
-    static std::size_t top_count(double fraction, std::size_t n) noexcept {
-        const double exact = fraction * double(n);
-        return std::min(n, std::size_t(std::max(0.0, std::ceil(exact - 1e-9 * std::max(1.0, exact)))));
-    }
-
-private:
     static half scale_from_std(double standard_deviation) {
         half scale = to_half(float(standard_deviation));
         if ((scale.bits & 0x7FFFu) == 0) return to_half(1.0f);   // zero, constant or tiny column

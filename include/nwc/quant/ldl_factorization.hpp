@@ -87,9 +87,17 @@ struct LDLFeedback {
     Eigen::VectorXd pivots;
 
     bool has_feedback() const noexcept { return coefficients.size() != 0; }
+
+    /// No feedback at all, status ok: LDLQCompensator then codes plainly, while still reporting
+    /// the proxy loss under a given Hessian (how plain RTN is compared with GPTQ).
+    static LDLFeedback none() {
+        LDLFeedback feedback;
+        feedback.status = LDLQStatus::ok;
+        return feedback;
+    }
 };
 
-/// Damps, normalizes and factorizes H (n x n, symmetric; only its lower triangle is read) into the
+/// Damps, normalizes and factorizes H (n x n, symmetric: only one triangle is read) into the
 /// LDLQ feedback for `options.feedback` and `options.block_size`. Never throws for a numerically
 /// bad H: the status reports it. Throws invalid_argument if H is not square.
 template <class Derived>
@@ -104,20 +112,20 @@ LDLFeedback ldl_feedback(const Eigen::MatrixBase<Derived>& hessian, const LDLQOp
         result.status = LDLQStatus::ok;
         return result;
     }
-    Eigen::MatrixXd normalized = hessian.template cast<double>();
-    if (!normalized.allFinite()) return result;
-    const double mean_diagonal = normalized.diagonal().mean();
+    if (!hessian.allFinite()) return result;
+    const double mean_diagonal = hessian.diagonal().template cast<double>().mean();
     if (!(mean_diagonal > 0.0) || !std::isfinite(mean_diagonal)) return result;
-    normalized /= mean_diagonal;
 
+    // Large buffers are few on purpose: first-touch page faults of fresh n x n buffers cost as
+    // much as the Cholesky itself at n = 4096 on some systems.
     Eigen::MatrixXd factor(n, n);
     for (int attempt = 0; attempt <= options.max_damping_retries; ++attempt) {
         const double damping = attempt == 0 ? options.damping : std::max(options.damping, 1e-4) * std::pow(options.damping_growth, attempt);
-        factor = normalized.reverse();  // P H P
+        factor = hessian.reverse().template cast<double>() / mean_diagonal;  // P H P, normalized
         factor.diagonal().array() += damping;
         Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> cholesky(factor);  // in place: C in the lower triangle
         if (cholesky.info() != Eigen::Success) continue;
-        // R(i, j) = C(n-1-i, n-1-j) for i <= j; U = R diag(R)^-1.
+        // R(i, j) = C(n-1-i, n-1-j) for i <= j is upper triangular with H = R R^T; U = R diag(R)^-1.
         auto upper = [&](Eigen::Index i, Eigen::Index j) { return factor(n - 1 - i, n - 1 - j); };
         Eigen::VectorXd pivots(n);
         bool finite = true;
@@ -126,15 +134,19 @@ LDLFeedback ldl_feedback(const Eigen::MatrixBase<Derived>& hessian, const LDLQOp
             finite = finite && std::isfinite(pivots(j)) && pivots(j) > 0.0;
         }
         if (!finite) continue;
-        // Reuse `normalized` for U (it is no longer needed once an attempt succeeds).
-        Eigen::MatrixXd& unit_upper = normalized;
-        unit_upper.setZero();
-        for (Eigen::Index j = 0; j < n; ++j) {
-            const double diagonal = upper(j, j);
-            for (Eigen::Index i = 0; i < j; ++i) unit_upper(i, j) = upper(i, j) / diagonal;
-            unit_upper(j, j) = 1.0;
-        }
-        if (options.feedback == FeedbackMode::per_block) {
+        if (options.feedback == FeedbackMode::per_column) {
+            result.coefficients.setZero(n, n);
+            for (Eigen::Index j = 0; j < n; ++j) {
+                const double diagonal = upper(j, j);
+                for (Eigen::Index i = 0; i < j; ++i) result.coefficients(i, j) = float(upper(i, j) / diagonal);
+            }
+        } else {
+            Eigen::MatrixXd unit_upper = Eigen::MatrixXd::Zero(n, n);
+            for (Eigen::Index j = 0; j < n; ++j) {
+                const double diagonal = upper(j, j);
+                for (Eigen::Index i = 0; i < j; ++i) unit_upper(i, j) = upper(i, j) / diagonal;
+                unit_upper(j, j) = 1.0;
+            }
             // U_b = U blockdiag(U_kk)^-1: only the rows above each diagonal block change.
             for (Eigen::Index start = options.block_size; start < n; start += options.block_size) {
                 const Eigen::Index width = std::min<Eigen::Index>(options.block_size, n - start);
@@ -144,14 +156,13 @@ LDLFeedback ldl_feedback(const Eigen::MatrixBase<Derived>& hessian, const LDLQOp
             }
             for (Eigen::Index start = 0; start < n; start += options.block_size) {
                 const Eigen::Index width = std::min<Eigen::Index>(options.block_size, n - start);
-                unit_upper.block(start, start, width, width).setIdentity();
+                unit_upper.block(start, start, width, width).setZero();  // A = U_b - I: nothing inside a block
             }
+            result.coefficients = unit_upper.cast<float>();
         }
-        unit_upper.diagonal().setZero();  // A = U - I
-        result.coefficients = unit_upper.cast<float>();
-        if (!result.coefficients.allFinite()) {
+        if (!result.coefficients.allFinite()) {  // finite in double, beyond float: try more damping
             result.coefficients.resize(0, 0);
-            return result;  // `normalized` is gone: no further attempt possible
+            continue;
         }
         result.pivots = std::move(pivots);
         result.status = attempt == 0 ? LDLQStatus::ok : LDLQStatus::damping_increased;

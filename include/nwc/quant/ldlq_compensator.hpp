@@ -87,7 +87,8 @@ public:
         require(!feedback.has_feedback() || (feedback.coefficients.rows() == weights.cols() && feedback.mode == m_options.feedback &&
                                              feedback.block_size == m_options.block_size),
                 errc::invalid_argument, "LDLQ: the factorization was made for another size, feedback mode or block size");
-        const Eigen::MatrixXf hessian_float = hessian.template cast<float>();
+        // The undamped H is only needed for the proxy loss.
+        const Eigen::MatrixXf hessian_float = m_options.compute_proxy_loss ? Eigen::MatrixXf(hessian.template cast<float>()) : Eigen::MatrixXf();
         const bool any_feedback = feedback.has_feedback() && !feedback.coefficients.isZero(0.0f);
         LDLQResult result = run(weights, any_feedback ? &feedback.coefficients : nullptr, &hessian_float, quantizer, levels);
         result.report.status = feedback.status;

@@ -23,7 +23,8 @@ int main() {
     }
     // A truncated record must throw nwc::error with id errc::truncated, never read past the end.
     try {
-        nwc::ByteReader short_reader(std::span(record).first(6), "truncated record");
+        const std::span<const std::uint8_t> first_six_bytes = std::span(record).first(6);
+        nwc::ByteReader short_reader(first_six_bytes, "truncated record");
         (void)short_reader.get_u32();
         (void)short_reader.get_string();
         std::printf("reading a truncated record did not throw\n");
