@@ -125,6 +125,19 @@ void BM_stream_crc32c(benchmark::State& state) {
     report(state, work);
 }
 
+/// Size cost of the segment size: every segment flushes 32 states (128 bytes, ~100 of them
+/// overhead). Reports overhead_pct for one encode; 2^24 puts all 16M symbols in one segment.
+void BM_segment_overhead(benchmark::State& state) {
+    const Workload& work = workload(int(state.range(0)));
+    nwc::RangeCoderOptions options;
+    options.segment_size = std::uint32_t(state.range(1));
+    std::size_t bytes = 0;
+    for (auto _ : state) bytes = nwc::rans::encode(work.symbols, work.tables, options).size();
+    state.counters["bits_per_symbol"] = double(bytes) * 8.0 / double(work.symbols.size());
+    state.counters["overhead_pct"] = 100.0 * (double(bytes) * 8.0 / work.ideal_bits - 1.0);
+    state.counters["segments"] = double((work.symbols.size() + options.segment_size - 1) / options.segment_size);
+}
+
 void precisions(benchmark::internal::Benchmark* bench) {
     bench->ArgName("precision")->Arg(12)->Arg(14)->Arg(16)->Unit(benchmark::kMillisecond);
 }
@@ -141,5 +154,10 @@ BENCHMARK(BM_decode_simd_threads)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_stream_crc32c)->Apply(precisions);
+BENCHMARK(BM_segment_overhead)
+    ->ArgNames({"precision", "segment_size"})
+    ->ArgsProduct({{12, 14, 16}, {8192, 32768, 65536, 262144, 1 << 24}})
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

@@ -5,7 +5,8 @@
 #   2. build/       Release, everything: tests, benchmarks, examples, tools, CUDA programs when nvcc
 #                   is found; warnings are errors (NWC_WERROR); runs all of ctest
 #   3. build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer (NWC_SANITIZE), tests only (no
-#                   benchmarks, examples or CUDA); runs ctest except the tests labelled no_asan
+#                   benchmarks, examples, tool or CUDA: nothing ctest runs there needs them);
+#                   runs ctest except the tests labelled no_asan
 #   4. prints a summary; exits 0 only if every step passed
 #
 # A test file opts out of the sanitizer run with a line "// nwc-ctest-labels: no_asan" (see
@@ -63,7 +64,7 @@ configure_asan() {
     # false positives in code instrumented by the sanitizers (the Release tree enforces -Werror).
     cmake -S "$nwc_root" -B "$asan_build_dir" "${arguments[@]}" -DNWC_SANITIZE=ON \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-        -DNWC_BUILD_TESTS=ON -DNWC_BUILD_BENCH=OFF -DNWC_BUILD_EXAMPLES=OFF -DNWC_BUILD_TOOLS=ON \
+        -DNWC_BUILD_TESTS=ON -DNWC_BUILD_BENCH=OFF -DNWC_BUILD_EXAMPLES=OFF -DNWC_BUILD_TOOLS=OFF \
         -DNWC_INSTALL=OFF -DNWC_WERROR=OFF
 }
 

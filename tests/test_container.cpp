@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "nwc/core/random.hpp"
+#include "nwc/core/thread_pool.hpp"
 #include "nwc/io/container.hpp"
 
 using namespace nwc;
@@ -157,6 +158,15 @@ TEST_CASE("container: many tensors round trip, and serialization is byte-identic
     }
     CHECK_NOTHROW(reader.verify());
     CHECK(!reader.find("absent"));
+    // Concurrent first reads from several threads (each CRC is checked once, under an atomic flag).
+    const ContainerReader fresh = ContainerReader::from_bytes(bytes);
+    std::vector<std::uint32_t> crcs(fresh.tensor_count());
+    parallel_for(std::int64_t(crcs.size()) * 4, 4, [&](std::int64_t item) {
+        const std::size_t index = std::size_t(item) % crcs.size();
+        const std::uint32_t crc = crc32c(fresh.payload(index));
+        if (item < std::int64_t(crcs.size())) crcs[index] = crc;
+    });
+    for (std::size_t index = 0; index < crcs.size(); ++index) CHECK(crcs[index] == crc32c(added[index].payload));
     CHECK(error_of([&] { (void)reader.index_of("absent"); }) == errc::invalid_argument);
     CHECK(error_of([&] { (void)reader.entry(added.size()); }) == errc::invalid_argument);
     CHECK(error_of([&] { (void)reader.segment(0, 99); }) == errc::invalid_argument);
@@ -167,6 +177,11 @@ TEST_CASE("container: many tensors round trip, and serialization is byte-identic
     const ContainerReader from_file = ContainerReader::open(temp.path / "model.nwc");
     CHECK(from_file.tensor_count() == added.size());
     CHECK_NOTHROW(from_file.verify());
+
+    // A reader built from a temporary owns it.
+    const ContainerReader owning = ContainerReader::from_bytes(writer.serialize());
+    CHECK_NOTHROW(owning.verify());
+    CHECK(owning.file_metadata() == reader.file_metadata());
 
     // The empty container is valid too.
     const std::vector<std::uint8_t> empty = ContainerWriter().serialize();

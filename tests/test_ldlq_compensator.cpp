@@ -55,7 +55,8 @@ Tensor<float> mt3_matrix(const std::string& name) {
 double relative_proxy(const Tensor<float>& weights, const Tensor<float>& reconstructed, const Eigen::MatrixXf& hessian) {
     const Eigen::MatrixXd w = weights.matrix().cast<double>(), what = reconstructed.matrix().cast<double>();
     const Eigen::MatrixXd h = hessian.cast<double>(), error = w - what;
-    return (error * h * error.transpose()).trace() / (w * h * w.transpose()).trace();
+    // tr(E H E^T) = sum((E H) .* E): m n^2 flops instead of m^2 n more for the full product.
+    return (error * h).cwiseProduct(error).sum() / (w * h).cwiseProduct(w).sum();
 }
 
 // GPTQ (Frantar et al. 2022) in its reference form, in double: upper Cholesky factor G of the

@@ -1,5 +1,6 @@
 // llama2.c tokenizer: exact ids, agreement with a direct port of run.c's O(n^2) encode, decoding,
 // the protocol's token count on the evaluation text, and hostile tokenizer files.
+// nwc-ctest-labels: data
 #include <catch2/catch.hpp>
 
 #include <cstring>

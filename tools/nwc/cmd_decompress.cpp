@@ -49,7 +49,7 @@ int run_decompress(const std::vector<std::string>& raw_arguments) {
     const auto start = std::chrono::steady_clock::now();
     const ContainerReader reader = ContainerReader::open(input);
     ProgressBar progress;
-    const ModelFile model = DefaultCodec(MethodOptions{.method = CompressionMethod::rtn}).decompress_model(reader, threads, progress.callback());
+    const ModelFile model = DefaultCodec::decompress_model(reader, threads, progress.callback());
     const double decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     write_model_file(model, output);
     progress.finish();

@@ -93,9 +93,7 @@ public:
             fail(errc::truncated, m_context, ": ", count, " elements of ", sizeof(T), " bytes announced at offset ", m_offset, " but only ",
                  remaining(), " bytes remain");
         std::vector<T> values(static_cast<std::size_t>(count));
-        // memmove, not memcpy: with a constant huge `count` inlined (a test of hostile input), GCC 12
-        // reports a bogus -Wrestrict overlap on the path the check above has already cut off.
-        std::memmove(values.data(), m_bytes.data() + m_offset, values.size() * sizeof(T));
+        std::memcpy(values.data(), m_bytes.data() + m_offset, values.size() * sizeof(T));
         m_offset += values.size() * sizeof(T);
         return values;
     }

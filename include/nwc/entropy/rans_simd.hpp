@@ -3,16 +3,18 @@
 // Read me first:
 // - One step decodes symbols 32 t .. 32 t + 31 of a segment: lane l holds state l, in
 //   32 / batch::size registers (2 zmm on AVX-512, 4 ymm on AVX2, 8 xmm on SSE/NEON).
-// - The state update needs one table entry per lane (freq << 16 | slot - cumulative), fetched with
-//   a gather; the symbol's bin comes from a second gather that is off the dependency chain.
+// - Table lookups are gathers, and gathers bound this loop on Zen 5 (~1 element per cycle), so
+//   the tables' layout (detail::RansSlotLayout, chosen when a CdfTableSet is built) minimizes
+//   gathered elements while staying in L2: one packed u32 per slot when it fits (one gather per
+//   symbol), else a u8/u16 bin per slot plus the bin's (frequency, cumulative) entry (two).
 // - Renormalization is lane-ordered: the lanes with x < 2^16 take the next words in lane order.
-//   On AVX-512 that is one 64-byte load, one masked expand (vpexpandw with VBMI2, else vpexpandd
-//   per 16 lanes) and a masked shift-or: no branch. Elsewhere a portable per-lane loop does it.
+//   On AVX-512 that is a masked expand (vpexpandd) of 16 zero-extended words per register and a
+//   masked shift-or: no branch. Other instruction sets use a portable per-lane loop.
 // - xsimd 8.1's own gathers fall back to element inserts (its AVX2/AVX-512 overloads carry an
 //   ill-formed enable_if), so the gathers here are intrinsics on x86 with an xsimd fallback.
 // - The fast loop needs 64 readable bytes after the next word; the last steps of the buffer, the
 //   partial last step and escapes go to the scalar reference (RansLaneDecoder), which shares the
-//   states, so both decoders produce identical output from the same bytes, or the same error kind.
+//   states, so both decoders produce identical output from the same bytes, or both throw.
 #pragma once
 
 #include <array>

@@ -47,6 +47,12 @@ public:
     static ContainerReader from_bytes(std::span<const std::uint8_t> bytes, const std::string& context = "container (memory)") {
         return ContainerReader(nullptr, bytes, context);
     }
+    /// Same, taking ownership (so `from_bytes(writer.serialize())` cannot dangle).
+    static ContainerReader from_bytes(std::vector<std::uint8_t>&& bytes, const std::string& context = "container (memory)") {
+        auto owned = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
+        const std::span<const std::uint8_t> view(*owned);
+        return ContainerReader(std::move(owned), view, context);
+    }
 
     std::size_t tensor_count() const noexcept { return m_entries.size(); }
     /// Directory entry `index` (errc::invalid_argument if out of range).
@@ -270,7 +276,7 @@ private:
         return record;
     }
 
-    std::shared_ptr<const void> m_owner;  // the mapping, when open() made it
+    std::shared_ptr<const void> m_owner;  // the mapping or the vector, when the reader owns its bytes
     std::span<const std::uint8_t> m_bytes;
     std::string m_context;
     std::string m_file_metadata;

@@ -7,9 +7,10 @@
 // Read me first, the file is hostile (people decompress files from the internet):
 //  - N is checked against a 100 MB limit (the reference implementation's) and against the file
 //    size before the JSON is touched; the JSON is parsed in place, never copied.
-//  - nlohmann's parser is iterative, but a callback still rejects nesting deeper than the format
-//    needs (root -> tensor -> shape) and duplicate keys, which JSON parsers otherwise resolve
-//    silently (last one wins), letting two tools see two different files.
+//  - nlohmann's parser is iterative, but a callback still rejects, during the parse, nesting deeper
+//    than the format needs (root -> tensor -> shape), arrays longer than any shape, and duplicate
+//    keys, which JSON parsers otherwise resolve silently (last one wins), letting two tools see two
+//    different files. Parsing a header of N bytes thus takes a bounded multiple of N in memory.
 //  - Every number is checked: dimensions are unsigned integers (never floats), the element count
 //    times the element size is computed with overflow checks, `end - begin` must equal it, and
 //    the ranges, sorted, must tile the buffer exactly: no overlap, no hole, no trailing byte. This is
@@ -63,18 +64,33 @@ struct SafetensorsHeader {
     std::map<std::string, std::string> metadata;
 };
 
-// Rejects what the DOM would hide: nesting deeper than the format needs and duplicate keys.
+// Rejects, while parsing, what the DOM would hide or what would only cost memory: nesting deeper
+// than the format needs (root -> entry -> shape), duplicate keys (JSON parsers keep the last one
+// silently, so two tools would see two files), entries that are not objects, arrays longer than
+// any shape, entries with dozens of fields. What remains costs a bounded multiple of the header.
 class SafetensorsJsonGuard {
 public:
+    static constexpr std::size_t max_array_length = 64;
+    static constexpr std::size_t max_entry_fields = 64;
+
     explicit SafetensorsJsonGuard(std::string_view context) : m_context(context) {}
     bool operator()(int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
         using event_t = nlohmann::json::parse_event_t;
-        if ((event == event_t::object_start || event == event_t::array_start) && depth >= 3)
-            fail(errc::corrupt, m_context, ": header JSON nests deeper than a safetensors header can");
+        const bool opens = event == event_t::object_start || event == event_t::array_start;
+        if (opens && (depth >= 3 || (depth == 2 && event == event_t::object_start)))
+            fail(errc::corrupt, m_context, ": header JSON nests deeper than a safetensors header can (inside '", printable(m_outer_key), "')");
+        if (event == event_t::array_start && depth == 1)
+            fail(errc::corrupt, m_context, ": tensor '", printable(m_outer_key), "': expected an object, found an array");
         if (event == event_t::object_start && depth == 1) m_inner_keys.clear();
+        if (event == event_t::array_start && depth == 2) m_array_length = 0;
+        if (event == event_t::value && depth == 3 && ++m_array_length > max_array_length)
+            fail(errc::corrupt, m_context, ": tensor '", printable(m_outer_key), "': array of more than ", max_array_length, " elements");
         if (event == event_t::key && depth <= 2) {
-            auto& keys = depth == 1 ? m_outer_keys : m_inner_keys;
             const std::string& key = parsed.get_ref<const std::string&>();
+            if (depth == 1) m_outer_key = key;
+            if (depth == 2 && m_outer_key != "__metadata__" && m_inner_keys.size() >= max_entry_fields)
+                fail(errc::corrupt, m_context, ": tensor '", printable(m_outer_key), "' has more than ", max_entry_fields, " fields");
+            auto& keys = depth == 1 ? m_outer_keys : m_inner_keys;
             if (!keys.insert(key).second) fail(errc::corrupt, m_context, ": header JSON has the key '", printable(key), "' twice");
         }
         return true;
@@ -82,8 +98,10 @@ public:
 
 private:
     std::string m_context;
+    std::string m_outer_key;
     std::set<std::string> m_outer_keys;
     std::set<std::string> m_inner_keys;
+    std::size_t m_array_length = 0;
 };
 
 inline std::string json_excerpt(const nlohmann::json& value) { return printable(value.dump(), 80); }

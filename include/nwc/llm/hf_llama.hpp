@@ -193,7 +193,7 @@ inline LlamaWeights read_hf_llama(const std::filesystem::path& path) {
     const std::filesystem::path directory = is_directory ? path : path.parent_path();
     const std::filesystem::path config_path = (directory.empty() ? std::filesystem::path(".") : directory) / "config.json";
     require(std::filesystem::exists(config_path), errc::io, "'", config_path.string(), "' not found (an HF model needs its config.json)");
-    const LlamaConfig config = parse_hf_config(detail::read_json_file(config_path), "'" + config_path.string() + "'");
+    const LlamaConfig config = parse_hf_config(detail::read_json_file(config_path), nwc::detail::concat("'", config_path.string(), "'"));
 
     std::vector<std::filesystem::path> shard_paths;
     if (!is_directory) {
@@ -222,7 +222,7 @@ inline LlamaWeights read_hf_llama(const std::filesystem::path& path) {
     for (const auto& shard_path : shard_paths) {
         const SafetensorsFile shard = SafetensorsFile::open(shard_path);
         for (const auto& info : shard.tensors()) {
-            const std::string context = "'" + shard_path.string() + "': tensor '" + info.name + "'";
+            const std::string context = nwc::detail::concat("'", shard_path.string(), "': tensor '", info.name, "'");
             if (info.name.ends_with("rotary_emb.inv_freq") || (config.shared_classifier && info.name == "lm_head.weight")) continue;
             require(weights.contains(info.name), errc::unsupported, context, " is not part of a Llama model");
             require(loaded.insert(info.name).second, errc::corrupt, context, " appears in two shards");

@@ -135,7 +135,7 @@ inline Llama2cModel parse_llama2c(std::span<const std::uint8_t> bytes, std::stri
 /// Reads a llama2.c model file (see parse_llama2c).
 inline Llama2cModel read_llama2c(const std::filesystem::path& path) {
     MappedFile file(path);
-    return parse_llama2c(file.bytes(), "llama2.c model '" + path.string() + "'");
+    return parse_llama2c(file.bytes(), nwc::detail::concat("llama2.c model '", path.string(), "'"));
 }
 
 /// Streams the file's bytes to `sink(std::span<const std::uint8_t>)`, section by section.

@@ -93,7 +93,7 @@ public:
     /// Reads a tokenizer.bin file (see parse).
     static Tokenizer read(const std::filesystem::path& path, std::int64_t vocab_size) {
         MappedFile file(path);
-        return parse(file.bytes(), vocab_size, "tokenizer '" + path.string() + "'");
+        return parse(file.bytes(), vocab_size, nwc::detail::concat("tokenizer '", path.string(), "'"));
     }
 
     /// Serializes to the tokenizer.bin layout (for tests and conversions).

@@ -11,11 +11,13 @@
 // and returns the decoder's reconstruction; the Hessian is moved into the normalized domain
 // (H' = S H S for per-column scales S, so tr(dW H dW^T) is unchanged).
 //
-// Metadata: MethodPrefix (span = columns per segment), u8 axis, u8 zero, u16 zero, f32 alpha,
+// Metadata: MethodPrefix (span = columns per span), u8 axis, u8 zero, u16 zero, f32 alpha,
 // u32 chunk size d, u32 latents M, the scales (write_scales), the levels (write_levels, one per
-// column). Payload segment k = one rANS stream (tables: the codec's, M channels) of the symbols
-// of the chunks of columns [k span, min((k + 1) span, n)), in Chunker order (column by column,
-// ceil(m / d) chunks each, M symbols per chunk). Weight (r, c) = (chunk value / alpha) * scale.
+// column). Segments: for each span of columns [k span, min((k + 1) span, n)), for each prior group
+// g of the codec (one per level, or one shared) that a column of the span uses, in increasing g:
+// one rANS stream (the codec's tables of group g, M channels) of the symbols of the chunks of
+// those columns, in column order (ceil(m / d) chunks per column, M symbols per chunk). The segment
+// list follows from the levels alone. Weight (r, c) = (chunk value / alpha) * scale.
 #pragma once
 
 #include <algorithm>
@@ -92,9 +94,28 @@ struct NwcMethod {
         std::int64_t columns_per_segment = 1;
         std::vector<half> scales;
         std::vector<std::uint8_t> levels;  ///< per column
+        /// Segment k: the columns of span `span` whose level uses prior group `group`.
+        struct Segment {
+            std::int64_t span = 0;
+            int group = 0;
+        };
+        std::vector<Segment> segments;
 
-        std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(cols, columns_per_segment)); }
+        std::size_t segment_count() const noexcept { return segments.size(); }
     };
+
+    /// The segments of a tensor: (span, prior group) pairs in payload order.
+    static std::vector<Layout::Segment> segments_of(std::span<const std::uint8_t> levels, std::int64_t span, const CodecArchitecture& arch) {
+        std::vector<Layout::Segment> segments;
+        const std::int64_t cols = std::int64_t(levels.size());
+        for (std::int64_t first = 0, k = 0; first < cols; first += span, ++k) {
+            std::vector<bool> present(std::size_t(arch.prior_groups()), false);
+            for (std::int64_t c = first; c < std::min(cols, first + span); ++c) present[std::size_t(arch.prior_group(levels[std::size_t(c)]))] = true;
+            for (int group = 0; group < arch.prior_groups(); ++group)
+                if (present[std::size_t(group)]) segments.push_back({k, group});
+        }
+        return segments;
+    }
 
     static std::string setting_of(float alpha) { return detail::knob_text("alpha", alpha); }
 
@@ -171,12 +192,16 @@ struct NwcMethod {
         write_scales(metadata, scales);
         write_levels(metadata, levels);
         tensor.metadata = metadata.take();
-        for (std::int64_t first = 0; first < cols; first += span) {
-            const std::int64_t count = std::min(span, cols - first) * per_column * latents;
+        const std::int64_t column_symbols = per_column * latents;
+        std::vector<std::int32_t> gathered;
+        for (const Layout::Segment& segment : segments_of(levels, span, arch)) {
+            gathered.clear();
+            for (std::int64_t c = segment.span * span; c < std::min(cols, (segment.span + 1) * span); ++c)
+                if (arch.prior_group(levels[std::size_t(c)]) == segment.group)
+                    gathered.insert(gathered.end(), symbols.begin() + c * column_symbols, symbols.begin() + (c + 1) * column_symbols);
             RangeCoderOptions coder;
-            coder.segment_size = std::uint32_t(count);
-            tensor.add_segment(rans::encode(std::span<const std::int32_t>(symbols).subspan(std::size_t(first * per_column * latents), std::size_t(count)),
-                                            codec.tables(), coder));
+            coder.segment_size = std::uint32_t(gathered.size());
+            tensor.add_segment(rans::encode(gathered, codec.decoder().all_tables()[std::size_t(segment.group)], coder));
         }
         return result;
     }
@@ -207,8 +232,9 @@ struct NwcMethod {
         in.expect_end();
         layout.chunks_per_column = (layout.rows + layout.chunk_size - 1) / layout.chunk_size;
         layout.columns_per_segment = std::min<std::int64_t>(prefix.span, layout.cols);
+        layout.segments = segments_of(layout.levels, layout.columns_per_segment, arch);
         require(entry.segment_count() == layout.segment_count(), errc::corrupt, context, ": ", entry.segment_count(), " segments, ", layout.cols,
-                " columns in spans of ", layout.columns_per_segment, " need ", layout.segment_count());
+                " columns in spans of ", layout.columns_per_segment, " with their levels need ", layout.segment_count());
         return layout;
     }
 
@@ -216,28 +242,36 @@ struct NwcMethod {
     template <class Backend>
     static void decode_segment(const Layout& layout, const NeuralDecoderType& decoder, std::size_t segment, std::span<const std::uint8_t> bytes,
                                TensorView<float> output, const std::string& context, Backend backend) {
-        const std::int64_t first = std::int64_t(segment) * layout.columns_per_segment;
-        const std::int64_t columns = std::min(layout.columns_per_segment, layout.cols - first);
-        const std::int64_t chunk_count = columns * layout.chunks_per_column, d = layout.chunk_size;
-        const RansStreamIndex index = rans::read_index(bytes, decoder.tables());
+        const Layout::Segment& where = layout.segments[segment];
+        const CodecArchitecture& arch = decoder.architecture();
+        std::vector<std::int64_t> columns;
+        std::vector<std::uint8_t> levels;
+        const std::int64_t first = where.span * layout.columns_per_segment, d = layout.chunk_size;
+        for (std::int64_t c = first; c < std::min(layout.cols, first + layout.columns_per_segment); ++c)
+            if (arch.prior_group(layout.levels[std::size_t(c)]) == where.group) {
+                columns.push_back(c);
+                levels.insert(levels.end(), std::size_t(layout.chunks_per_column), layout.levels[std::size_t(c)]);
+            }
+        const std::int64_t chunk_count = std::int64_t(levels.size());
+        const CdfTableSet& tables = decoder.all_tables()[std::size_t(where.group)];
+        const RansStreamIndex index = rans::read_index(bytes, tables);
         require(index.symbol_count == std::uint64_t(chunk_count * layout.latents), errc::corrupt, context, " segment ", segment, ": ", index.symbol_count,
                 " symbols for ", chunk_count, " chunks of ", layout.latents, " latents");
         std::vector<std::int32_t> symbols(std::size_t(chunk_count * layout.latents));
         for (std::size_t s = 0; s < index.segments.size(); ++s) {
             const RansSegment& info = index.segments[s];
-            rans::decode_segment(bytes, index, decoder.tables(), s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);
+            rans::decode_segment(bytes, index, tables, s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);
         }
-        std::vector<std::uint8_t> levels(static_cast<std::size_t>(chunk_count));
-        for (std::int64_t c = 0; c < columns; ++c)
-            std::fill_n(levels.begin() + c * layout.chunks_per_column, layout.chunks_per_column, layout.levels[std::size_t(first + c)]);
         std::vector<float> chunks(std::size_t(chunk_count * d));
         decoder.decode(symbols, levels, TensorView<float>(chunks.data(), Shape{chunk_count, d}), 1, backend);
         const bool by_column = layout.axis == NormalizationAxis::per_column;
-        for (std::int64_t c = 0; c < columns; ++c)
+        for (std::size_t k = 0; k < columns.size(); ++k) {
+            const std::int64_t c = columns[k];
             for (std::int64_t r = 0; r < layout.rows; ++r) {
-                const float scale = to_float(layout.scales[std::size_t(by_column ? first + c : r)]);
-                output(r, first + c) = (chunks[std::size_t(c * layout.chunks_per_column * d + r)] / layout.alpha) * scale;
+                const float scale = to_float(layout.scales[std::size_t(by_column ? c : r)]);
+                output(r, c) = (chunks[std::size_t(std::int64_t(k) * layout.chunks_per_column * d + r)] / layout.alpha) * scale;
             }
+        }
     }
 };
 

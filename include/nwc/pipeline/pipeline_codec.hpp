@@ -134,8 +134,9 @@ public:
         return compress_with(std::move(name), weights, hessian, original_dtype, m_options, report);
     }
 
-    /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included).
-    Tensor<float> decompress(const ContainerReader& reader, std::size_t index, int threads = 1) const {
+    /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included). Decoding
+    /// needs nothing but the container (the nwc decoder half is in it).
+    static Tensor<float> decompress(const ContainerReader& reader, std::size_t index, int threads = 1) {
         std::vector<Plan> plans;
         plans.push_back(make_plan(reader, index, nullptr));
         Tensor<float> output(reader.entry(index).shape);
@@ -192,7 +193,7 @@ public:
     }
 
     /// Decodes a whole container back into a ModelFile (the source's format, names, dtypes, order).
-    ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const ProgressCallback& progress = {}) const {
+    static ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const ProgressCallback& progress = {}) {
         ModelFile model;
         nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
         require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
@@ -390,7 +391,12 @@ private:
                         weights = std::min(layout.rows_per_segment, layout.rows - std::int64_t(segment) * layout.rows_per_segment) * layout.cols;
                     } else {
                         NwcMethod::decode_segment(layout, *plan.decoder, segment, bytes, output->view(), plan.context, Backend{});
-                        weights = std::min(layout.columns_per_segment, layout.cols - std::int64_t(segment) * layout.columns_per_segment) * layout.rows;
+                        const auto& where = layout.segments[segment];
+                        std::int64_t columns = 0;
+                        const std::int64_t first = where.span * layout.columns_per_segment;
+                        for (std::int64_t c = first; c < std::min(layout.cols, first + layout.columns_per_segment); ++c)
+                            columns += plan.decoder->architecture().prior_group(layout.levels[std::size_t(c)]) == where.group ? 1 : 0;
+                        weights = columns * layout.rows;
                     }
                 },
                 plan.layout);

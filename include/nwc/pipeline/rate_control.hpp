@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -32,7 +33,8 @@ struct RateTarget {
     double bits_per_weight = 4.0;  ///< B: 8 x file bytes / input weights
     double tolerance = 0.01;       ///< relative: |achieved / B - 1| must stay below it
     int max_passes = 14;           ///< full compressions for ecsq / nwc
-    double knob_min = 1.0 / 256.0, knob_max = 256.0;  ///< range of Δ or alpha searched
+    /// Range of Δ (ecsq) or alpha (nwc) searched; NaN: [2^-12, 16] for Δ, [1/16, 16] for alpha.
+    double knob_min = std::numeric_limits<double>::quiet_NaN(), knob_max = std::numeric_limits<double>::quiet_NaN();
 };
 
 namespace detail {
@@ -118,7 +120,8 @@ CompressedModel compress_to_target(const Codec& codec, const ModelFile& model, c
         result = detail::compress_to_bits_target(codec, model, hessians, target, progress);
     } else {
         const bool grows = base.method == CompressionMethod::nwc;  // alpha: more bits as it grows
-        const double lowest = std::log2(target.knob_min), highest = std::log2(target.knob_max);
+        const double lowest = std::isnan(target.knob_min) ? (grows ? -4.0 : -12.0) : std::log2(target.knob_min);
+        const double highest = std::isnan(target.knob_max) ? 4.0 : std::log2(target.knob_max);
         int passes = 0;
         double best_u = 0.0, best_miss = INFINITY;
         const auto evaluate = [&](double u) {

@@ -1,0 +1,343 @@
+// The compression pipeline: model files in and out, the four methods, whole-model compression and
+// decompression, determinism across runs and thread counts, rate control, corrupt input.
+// nwc-ctest-labels: data
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/codec/trainer.hpp"
+#include "nwc/llm/calibration.hpp"
+#include "nwc/llm/tokenizer.hpp"
+#include "nwc/pipeline/pipeline.hpp"
+
+using namespace nwc;
+
+namespace {
+
+std::filesystem::path data(const std::string& name) { return std::filesystem::path(NWC_DATA_DIR) / name; }
+
+struct TempDir {
+    std::filesystem::path path = std::filesystem::temp_directory_path() / ("nwc_pipeline_test_" + std::to_string(::getpid()));
+    TempDir() { std::filesystem::create_directories(path); }
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+};
+const TempDir& temp() {
+    static TempDir directory;
+    return directory;
+}
+
+/// A small codec trained for a few hundred steps on GPT-Neo chunks (never on stories260K).
+std::shared_ptr<const Codec> tiny_codec() {
+    static const std::shared_ptr<const Codec> codec = [] {
+        const SafetensorsFile file = SafetensorsFile::open(data("gptneo125m_attn.safetensors"));
+        const Chunker chunker;
+        std::vector<float> chunks;
+        for (std::size_t k = 0; k < 2; ++k) {
+            const ChunkedWeights split = chunker.split(file.read_float32(file.tensors()[k].name).view());
+            chunks.insert(chunks.end(), split.chunks.begin(), split.chunks.end());
+        }
+        const TrainingCorpus corpus = TrainingCorpus::from_chunks(std::move(chunks), 16);
+        TrainingOptions options;
+        options.architecture = CodecArchitecture{16, 32, 1, 16, 4};
+        options.steps = 400;
+        options.batch = 256;
+        options.learning_rate = 3e-3;
+        options.loss.lambda = 300;
+        options.threads = 2;
+        CodecTrainer trainer(options, corpus);
+        for (int step = 0; step < options.steps; ++step) trainer.step();
+        return std::make_shared<const Codec>(trainer.freeze());
+    }();
+    return codec;
+}
+
+const ModelFile& stories() {
+    static const ModelFile model = load_model_file(data("stories260K.bin"));
+    return model;
+}
+
+/// Calibration Hessians of stories260K from 8 windows of the calibration text.
+const llm::LinearHessians& stories_hessians() {
+    static const llm::LinearHessians hessians = [] {
+        const llm::LlamaModel network(*llama_weights_of(stories()));
+        const llm::Tokenizer tokenizer = llm::Tokenizer::read(data("tok512.bin"), 512);
+        const std::vector<std::uint8_t> text = read_file(data("tinystories_calib.txt"));
+        const std::vector<int> tokens = llm::tokenize_for_evaluation(tokenizer, std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+        llm::CalibrationOptions options;
+        options.max_windows = 8;
+        options.threads = 2;
+        return llm::collect_hessians(network, tokens, options);
+    }();
+    return hessians;
+}
+
+/// The first `count` tensors of a file, as a ModelFile (keeps tests fast).
+ModelFile first_tensors(const ModelFile& model, std::size_t count) {
+    ModelFile subset;
+    subset.format = model.format;
+    subset.source = model.source;
+    for (std::size_t k = 0; k < count && k < model.tensors.size(); ++k) subset.tensors.push_back(model.tensors[k]);
+    return subset;
+}
+
+MethodOptions options_for(CompressionMethod method, int threads = 2) {
+    MethodOptions options;
+    options.method = method;
+    options.threads = threads;
+    return options;
+}
+
+double total_proxy(const ModelReport& report) {
+    double sum = 0.0;
+    for (const TensorReport& tensor : report.tensors)
+        if (std::isfinite(tensor.proxy_loss)) sum += tensor.proxy_loss;
+    return sum;
+}
+
+void check_same_tensors(const ModelFile& a, const ModelFile& b) {
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    for (std::size_t k = 0; k < a.tensors.size(); ++k) {
+        CHECK(a.tensors[k].name == b.tensors[k].name);
+        CHECK(a.tensors[k].shape == b.tensors[k].shape);
+        CHECK(a.tensors[k].original_dtype == b.tensors[k].original_dtype);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("codes pack and unpack at every width", "[pipeline]") {
+    Random random(3);
+    for (int bits = 2; bits <= 8; ++bits) {
+        std::vector<std::uint8_t> codes(1001);
+        for (auto& code : codes) code = std::uint8_t(random.below(1u << bits));
+        const auto packed = detail::pack_codes(codes, bits);
+        CHECK(packed.size() == (codes.size() * std::size_t(bits) + 7) / 8);
+        std::vector<std::uint8_t> back(codes.size());
+        detail::unpack_codes(packed, bits, back, "test");
+        CHECK(back == codes);
+    }
+    std::vector<std::uint8_t> packed = detail::pack_codes(std::vector<std::uint8_t>{1, 2, 3}, 3);
+    packed.back() |= 0x80;  // a padding bit
+    std::vector<std::uint8_t> back(3);
+    CHECK_THROWS_AS(detail::unpack_codes(packed, 3, back, "test"), error);
+}
+
+TEST_CASE("model files are detected by content", "[pipeline]") {
+    CHECK(detect_model_format(data("mt3.safetensors")) == ModelFormat::safetensors);
+    CHECK(detect_model_format(data("stories260K.bin")) == ModelFormat::llama2c);
+    CHECK_THROWS_AS(detect_model_format(data("tok512.bin")), error);
+    const ModelFile& model = stories();
+    CHECK(model.weight_count() == 260032);
+    CHECK(model.tensors.front().name == "model.embed_tokens.weight");
+    // An HF directory written from the same weights reads back as hf_llama with the same values.
+    const auto directory = temp().path / "hf";
+    llm::write_hf_llama(directory, *llama_weights_of(model));
+    CHECK(detect_model_format(directory) == ModelFormat::hf_llama);
+    const ModelFile hf = load_model_file(directory);
+    CHECK(hf.format == ModelFormat::hf_llama);
+    const llm::LlamaWeights a = *llama_weights_of(model), b = *llama_weights_of(hf);
+    CHECK(a.tensor("model.layers.2.self_attn.q_proj.weight").values() == b.tensor("model.layers.2.self_attn.q_proj.weight").values());
+    // HF -> .nwc -> .bin gives a llama2.c model of the same config.
+    const CompressedModel compressed = DefaultCodec(options_for(CompressionMethod::rtn)).compress_model(hf);
+    const auto bytes = compressed.writer.serialize();
+    const ModelFile back = DefaultCodec::decompress_model(ContainerReader::from_bytes(bytes), 2);
+    write_model_file(back, temp().path / "from_hf.bin");
+    CHECK(llm::read_llama2c(temp().path / "from_hf.bin").weights.config == a.config);
+}
+
+TEST_CASE("llama2.c round trip is exact without compression loss in raw tensors and RoPE tables", "[pipeline]") {
+    // The raw path (1-D norms) and the RoPE corrections must reproduce the source bytes exactly.
+    const ModelFile& model = stories();
+    const auto path = temp().path / "stories_copy.bin";
+    write_model_file(model, path);
+    CHECK(read_file(path) == read_file(data("stories260K.bin")));
+    CHECK(!model.rope_corrections.values().empty());
+}
+
+TEST_CASE("whole real safetensors files round trip with rtn", "[pipeline]") {
+    for (const char* name : {"mt3.safetensors", "gptneo125m_attn.safetensors"}) {
+        INFO(name);
+        const ModelFile model = load_model_file(data(name));
+        const CompressedModel compressed = DefaultCodec(options_for(CompressionMethod::rtn)).compress_model(model);
+        const auto nwc_path = temp().path / "whole.nwc";
+        compressed.writer.write(nwc_path);
+        const std::uint64_t file_bytes = std::filesystem::file_size(nwc_path);
+        CHECK(compressed.report.file_bytes == file_bytes);
+        CHECK(compressed.report.bits_per_weight() == 8.0 * double(file_bytes) / double(model.weight_count()));
+        CHECK(compressed.report.bits_per_weight() > 4.5);
+        CHECK(compressed.report.bits_per_weight() < 4.6);
+        CHECK(compressed.report.relative_mse() < 0.02);
+        const ContainerReader reader = ContainerReader::open(nwc_path);
+        const ModelFile back = DefaultCodec::decompress_model(reader, 2);
+        check_same_tensors(model, back);
+        const auto out = temp().path / "whole.safetensors";
+        write_model_file(back, out);
+        const ModelFile reread = load_model_file(out);
+        check_same_tensors(model, reread);
+        // The decoder's reconstruction is what the report measured, up to the dtype's rounding.
+        double error = 0.0, norm = 0.0;
+        for (std::size_t k = 0; k < model.tensors.size(); ++k)
+            for (std::int64_t i = 0; i < model.tensors[k].values.numel(); ++i) {
+                const double d = double(model.tensors[k].values[i]) - back.tensors[k].values[i];
+                error += d * d;
+                norm += double(model.tensors[k].values[i]) * model.tensors[k].values[i];
+            }
+        CHECK(error / norm == Approx(compressed.report.relative_mse()).epsilon(1e-6));
+        // One tensor alone decodes to the same values.
+        const Tensor<float> single = DefaultCodec::decompress(reader, 3);
+        CHECK(single.values() == back.tensors[3].values.values());
+    }
+}
+
+TEST_CASE("every method gives the same bytes on repeated runs and for 1 or 2 threads", "[pipeline]") {
+    const ModelFile subset = first_tensors(load_model_file(data("mt3.safetensors")), 6);
+    const HessianLookup none;
+    for (CompressionMethod method : {CompressionMethod::rtn, CompressionMethod::gptq, CompressionMethod::ecsq, CompressionMethod::nwc}) {
+        INFO(method_name(method));
+        const auto run = [&](int threads) {
+            return DefaultCodec(options_for(method, threads), tiny_codec()).compress_model(subset, none).writer.serialize();
+        };
+        const auto one = run(1);
+        CHECK(run(1) == one);
+        CHECK(run(2) == one);
+        const ModelFile a = DefaultCodec::decompress_model(ContainerReader::from_bytes(one), 1);
+        const ModelFile b = DefaultCodec::decompress_model(ContainerReader::from_bytes(one), 2);
+        for (std::size_t k = 0; k < a.tensors.size(); ++k) CHECK(a.tensors[k].values.values() == b.tensors[k].values.values());
+    }
+    // With Hessians (LDLQ, levels) too.
+    const auto lookup = hessian_lookup(stories_hessians());
+    for (CompressionMethod method : {CompressionMethod::gptq, CompressionMethod::ecsq, CompressionMethod::nwc}) {
+        INFO(method_name(method));
+        const auto one = DefaultCodec(options_for(method, 1), tiny_codec()).compress_model(stories(), lookup).writer.serialize();
+        CHECK(DefaultCodec(options_for(method, 2), tiny_codec()).compress_model(stories(), lookup).writer.serialize() == one);
+    }
+}
+
+TEST_CASE("error feedback lowers the proxy loss on real matrices with real Hessians", "[pipeline]") {
+    const auto lookup = hessian_lookup(stories_hessians());
+    const auto report = [&](CompressionMethod method, bool ldlq) {
+        MethodOptions options = options_for(method);
+        options.ldlq = ldlq;
+        options.bits = 3;
+        return DefaultCodec(options, tiny_codec()).compress_model(stories(), lookup).report;
+    };
+    const ModelReport rtn = report(CompressionMethod::rtn, true), gptq = report(CompressionMethod::gptq, true);
+    CHECK(total_proxy(gptq) < total_proxy(rtn));
+    for (std::size_t k = 0; k < gptq.tensors.size(); ++k) {
+        if (gptq.tensors[k].method == "raw") continue;
+        INFO(gptq.tensors[k].name);
+        CHECK(gptq.tensors[k].used_feedback);
+        CHECK(std::isfinite(gptq.tensors[k].proxy_loss));
+    }
+    const ModelReport ecsq_plain = report(CompressionMethod::ecsq, false), ecsq = report(CompressionMethod::ecsq, true);
+    CHECK(total_proxy(ecsq) < total_proxy(ecsq_plain));
+    const ModelReport nwc_plain = report(CompressionMethod::nwc, false), nwc_ldlq = report(CompressionMethod::nwc, true);
+    CHECK(total_proxy(nwc_ldlq) < total_proxy(nwc_plain));
+    // Without LDLQ the levels still come from the Hessian; the file records both facts.
+    CHECK(nwc_plain.tensors[1].used_hessian);
+    CHECK(!nwc_plain.tensors[1].used_feedback);
+    CHECK(nwc_ldlq.tensors[1].used_feedback);
+}
+
+TEST_CASE("stories260K at about 4 bits per weight with every method decompresses to a llama2.c model", "[pipeline]") {
+    const auto lookup = hessian_lookup(stories_hessians());
+    for (CompressionMethod method : {CompressionMethod::rtn, CompressionMethod::gptq, CompressionMethod::ecsq, CompressionMethod::nwc}) {
+        INFO(method_name(method));
+        const CompressedModel compressed = compress_to_target(DefaultCodec(options_for(method), tiny_codec()), stories(), lookup, RateTarget{4.0});
+        const auto path = temp().path / (std::string(method_name(method)) + ".nwc");
+        compressed.writer.write(path);
+        const double bpw = 8.0 * double(std::filesystem::file_size(path)) / double(stories().weight_count());
+        CHECK(compressed.report.bits_per_weight() == bpw);
+        CHECK(std::fabs(bpw / 4.0 - 1.0) <= 0.01);
+        CHECK(compressed.report.target_met);
+        const ModelFile back = DefaultCodec::decompress_model(ContainerReader::open(path), 2);
+        const auto bin = temp().path / (std::string(method_name(method)) + ".bin");
+        write_model_file(back, bin);
+        const llm::Llama2cModel loaded = llm::read_llama2c(bin);
+        const llm::Llama2cModel original = llm::read_llama2c(data("stories260K.bin"));
+        CHECK(loaded.weights.config == original.weights.config);
+        CHECK(loaded.rope_real.values() == original.rope_real.values());
+        CHECK(loaded.rope_imag.values() == original.rope_imag.values());
+        CHECK(loaded.weights.final_norm.values() == original.weights.final_norm.values());  // raw tensors are exact
+    }
+}
+
+TEST_CASE("ecsq rate control lands within 1% on a real safetensors file", "[pipeline]") {
+    const ModelFile subset = first_tensors(load_model_file(data("mt3.safetensors")), 12);
+    for (double target : {3.0, 5.0}) {
+        const CompressedModel compressed = compress_to_target(DefaultCodec(options_for(CompressionMethod::ecsq)), subset, {}, RateTarget{target});
+        INFO(target << " -> " << compressed.report.bits_per_weight());
+        CHECK(std::fabs(compressed.report.bits_per_weight() / target - 1.0) <= 0.01);
+        CHECK(compressed.report.target_met);
+    }
+    // An unreachable target is reported, not hidden.
+    const CompressedModel low = compress_to_target(DefaultCodec(options_for(CompressionMethod::rtn)), subset, {}, RateTarget{1.0});
+    CHECK(!low.report.target_met);
+    CHECK(!low.report.note.empty());
+}
+
+TEST_CASE("corrupt or hostile method data gives nwc::error", "[pipeline]") {
+    const ModelFile subset = first_tensors(load_model_file(data("mt3.safetensors")), 2);
+    for (CompressionMethod method : {CompressionMethod::rtn, CompressionMethod::ecsq, CompressionMethod::nwc}) {
+        INFO(method_name(method));
+        const CompressedModel compressed = DefaultCodec(options_for(method), tiny_codec()).compress_model(subset);
+        const auto bytes = compressed.writer.serialize();
+        const ContainerReader reader = ContainerReader::from_bytes(bytes);
+        // Rebuild the container with one metadata byte or one payload byte changed (CRCs recomputed),
+        // so the method's own checks must catch it.
+        for (int trial = 0; trial < 40; ++trial) {
+            ContainerWriter writer;
+            writer.set_file_metadata(std::string(reader.file_metadata()));
+            for (std::size_t k = 0; k < reader.codec_count(); ++k) {
+                const auto blob = reader.codec(k);
+                writer.add_codec({blob.begin(), blob.end()});
+            }
+            Random random(std::uint64_t(trial) + 100);
+            for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+                const ContainerEntry& entry = reader.entry(index);
+                ContainerTensor tensor{entry.name, entry.original_dtype, entry.shape, entry.method, entry.codec_index, {}, {}, {}};
+                const auto metadata = reader.metadata(index);
+                const auto payload = reader.payload(index);
+                tensor.metadata.assign(metadata.begin(), metadata.end());
+                tensor.payload.assign(payload.begin(), payload.end());
+                for (std::size_t s = 0; s < entry.segment_count(); ++s) tensor.segment_sizes.push_back(entry.segment_bounds[s + 1] - entry.segment_bounds[s]);
+                if (index == 0) {
+                    auto& target = (trial % 2 == 0 && !tensor.metadata.empty()) ? tensor.metadata : tensor.payload;
+                    target[random.below(target.size())] ^= std::uint8_t(1u << random.below(8));
+                }
+                writer.add_tensor(std::move(tensor));
+            }
+            const auto mutated = writer.serialize();
+            try {
+                DefaultCodec::decompress_model(ContainerReader::from_bytes(mutated), 1);
+            } catch (const error&) {
+                // expected for most mutations; the others decode to other values, never crash
+            }
+        }
+        // Metadata cut short is truncated or corrupt.
+        CHECK_THROWS_AS(RtnMethod::parse(reader.entry(0), reader.metadata(0).first(10), "cut"), error);
+    }
+}
+
+TEST_CASE("outputs are written atomically", "[pipeline]") {
+    const ModelFile subset = first_tensors(load_model_file(data("mt3.safetensors")), 3);
+    const CompressedModel compressed = DefaultCodec(options_for(CompressionMethod::rtn)).compress_model(subset);
+    const auto path = temp().path / "atomic.nwc";
+    write_file_atomic(path, std::vector<std::uint8_t>{'o', 'l', 'd'});
+    CHECK_THROWS_AS(compressed.writer.write(path, 1000), error);  // a full disk after 1000 bytes
+    CHECK(read_file(path) == std::vector<std::uint8_t>{'o', 'l', 'd'});
+    CHECK_THROWS_AS(write_model_file(subset, path.string() + ".safetensors", 1000), error);
+    CHECK(!std::filesystem::exists(path.string() + ".safetensors"));
+    CHECK_THROWS_AS(write_model_file(subset, temp().path / "out.bin"), error);  // a plain safetensors model is no llama2.c model
+    CHECK_THROWS_AS(write_model_file(subset, temp().path / "out.txt"), error);
+}
