@@ -15,9 +15,6 @@
 #include "nwc/quant/ldlq_compensator.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
 
-// GCC 12 reports false -Wmaybe-uninitialized warnings inside Eigen's AVX-512 kernels.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 namespace {
 struct Problem {
     nwc::Tensor<float> weights;

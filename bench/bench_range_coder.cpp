@@ -11,6 +11,10 @@
 #include <map>
 #include <memory>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "nwc/core/checksum.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/entropy/range_coder.hpp"
@@ -137,6 +141,26 @@ void BM_segment_overhead(benchmark::State& state) {
     state.counters["overhead_pct"] = 100.0 * (double(bytes) * 8.0 / work.ideal_bits - 1.0);
     state.counters["segments"] = double((work.symbols.size() + options.segment_size - 1) / options.segment_size);
 }
+
+#if defined(__AVX512F__)
+/// Reference for the SIMD decoder's bound: AVX-512 gathers of 16 u32 from a 16 KiB table, in
+/// `chains` independent dependency chains (1 = latency, 4 = throughput). items = gathered elements.
+void BM_avx512_gather(benchmark::State& state) {
+    std::vector<std::uint32_t> table(4096);
+    for (std::uint32_t i = 0; i < table.size(); ++i) table[i] = (i * 2654435761u) & 4095u;
+    const __m512i mask = _mm512_set1_epi32(4095);
+    const int chains = int(state.range(0));
+    constexpr int steps = 1 << 16;
+    for (auto _ : state) {
+        __m512i lanes[4] = {_mm512_set1_epi32(1), _mm512_set1_epi32(2), _mm512_set1_epi32(3), _mm512_set1_epi32(4)};
+        for (int step = 0; step < steps; ++step)
+            for (int c = 0; c < chains; ++c) lanes[c] = _mm512_i32gather_epi32(_mm512_and_si512(lanes[c], mask), table.data(), 4);
+        for (int c = 0; c < chains; ++c) benchmark::DoNotOptimize(lanes[c]);
+    }
+    state.SetItemsProcessed(std::int64_t(state.iterations()) * steps * chains * 16);
+}
+BENCHMARK(BM_avx512_gather)->ArgName("chains")->Arg(1)->Arg(4);
+#endif
 
 void precisions(benchmark::internal::Benchmark* bench) {
     bench->ArgName("precision")->Arg(12)->Arg(14)->Arg(16)->Unit(benchmark::kMillisecond);

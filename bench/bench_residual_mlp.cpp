@@ -38,7 +38,7 @@ void decoder_inference(benchmark::State& state) {
 
 // Reference: one SGEMM of the block shape (rows x W times W x W), as Eigen runs it in the decoder.
 void eigen_sgemm(benchmark::State& state) {
-    const Eigen::Index width = state.range(0), tile = nwc::ResidualMLP<float>::tile_rows;
+    const Eigen::Index width = state.range(0), tile = nwc::ResidualMLP<float>::tile_rows_for(int(width));
     nwc::RowMajorMatrix<float> a = nwc::RowMajorMatrix<float>::Random(tile, width);
     nwc::RowMajorMatrix<float> b = nwc::RowMajorMatrix<float>::Random(width, width);
     nwc::RowMajorMatrix<float> c(tile, width);

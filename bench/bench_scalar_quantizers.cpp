@@ -10,9 +10,6 @@
 #include "nwc/core/random.hpp"
 #include "nwc/quant/scalar_quantizers.hpp"
 
-// GCC 12 reports false -Wmaybe-uninitialized warnings inside Eigen's AVX-512 kernels.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 namespace {
 const nwc::Tensor<float>& matrix(std::int64_t size) {
     static std::map<std::int64_t, std::unique_ptr<nwc::Tensor<float>>> cache;

@@ -3,7 +3,7 @@
 //
 //   nwc_example_finetune_stories MODEL TOKENIZER CALIBRATION.txt EVALUATION.txt [key=value ...]
 //
-// keys: bits (3), group (32), epochs (4), lr (1e-3), windows (32), validation (4), window (256),
+// keys: bits (3), group (32), epochs (4), lr (3e-3), windows (32), validation (4), window (256),
 //       step (4: windows per Adam step), threads (1), seed, target (block|model), grouped (1),
 //       eval_windows (-1: all), verbose (0: 1 prints every step), runs (both|finetune|plain)
 #include <chrono>
@@ -65,7 +65,7 @@ int main(int argc, char** argv) try {
     options.group_shared_inputs = get("grouped", "1") == "1";
     options.target = get("target", "block") == "model" ? FinetuneTarget::original_model : FinetuneTarget::original_block;
     options.finetune_options.epochs = std::stoi(get("epochs", "4"));
-    options.finetune_options.learning_rate = std::stod(get("lr", "1e-3"));
+    options.finetune_options.learning_rate = std::stod(get("lr", "3e-3"));
     options.finetune_options.windows_per_step = std::stoi(get("step", "4"));
     options.finetune_options.seed = std::stoull(get("seed", "7235427"));
     const bool verbose = get("verbose", "0") == "1";

@@ -124,6 +124,10 @@ TEST_CASE("codec file: round trip through bytes and through a file", "[codec_mod
         const auto original_decoder = codec.decoder().network().parameters(), loaded_decoder = parsed.decoder().network().parameters();
         for (std::size_t p = 0; p < original_decoder.size(); ++p) CHECK(original_decoder[p]->value == loaded_decoder[p]->value);
         CHECK(serialize_codec(parsed) == bytes);
+        // The stored prior parameters rebuild the very same tables (and other ones on request).
+        const CodecModel rebuilt = CodecModel::from_codec(parsed);
+        CHECK(serialize_codec(rebuilt.freeze(storage, 14, parsed.provenance())) == bytes);
+        CHECK(rebuilt.freeze(storage, 16).tables(0).precision() == 16);
 
         // The decoder half alone, and in place inside a larger buffer.
         const std::vector<std::uint8_t> half = serialize_codec_decoder(codec.decoder());

@@ -7,11 +7,8 @@
 // activations: X = Z A diag(s), Z standard normal (N = 4n samples), A a dense random mixing matrix
 // (correlated features, ill-conditioned H as in real layers) and s heavy-tailed (log-normal, sigma 1)
 // per-feature scales (a few loud features, as LLM activations have).
+// nwc-ctest-labels: data
 #include <catch2/catch.hpp>
-
-// GCC 12 reports false -Wmaybe-uninitialized warnings inside Eigen's AVX-512 kernels (avx512fintrin.h)
-// when they are inlined into this file's Eigen expressions.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <cmath>
 #include <filesystem>

@@ -329,6 +329,17 @@ TEST_CASE("range_coder: misuse and foreign streams give the right error ids", "[
     CHECK(error_id([&] { rans::decode(patched(4, 2), tables, backend::scalar{}); }) == errc::unsupported);
     CHECK(error_id([&] { rans::decode(patched(6, 16), tables, backend::scalar{}); }) == errc::unsupported);
     CHECK(error_id([&] { rans::decode(patched(16, 0xFF), tables, backend::scalar{}); }) == errc::corrupt);  // symbol count
+    // A symbol count of 2^64 - 1 with segment size 4 and no segments must not wrap into "valid".
+    {
+        std::vector<std::uint8_t> empty = rans::encode({}, tables);
+        const std::uint64_t huge = ~std::uint64_t(0);
+        const std::uint32_t segment_size = 4;  // a multiple of the 4 channels
+        std::memcpy(empty.data() + 16, &huge, 8);
+        std::memcpy(empty.data() + 24, &segment_size, 4);
+        const std::uint32_t crc = detail::rans_stream_checksum(empty);
+        std::memcpy(empty.data() + rans::checksum_offset, &crc, 4);
+        CHECK(error_id([&] { rans::decode(empty, tables, backend::simd{}); }) == errc::corrupt);
+    }
     std::vector<std::uint8_t> longer = stream;
     longer.push_back(0);
     CHECK(error_id([&] { rans::decode(longer, tables, backend::scalar{}); }) == errc::corrupt);

@@ -107,7 +107,7 @@ TEMPLATE_TEST_CASE("ResidualMLP: inference path equals the training path", "[res
         ResidualMLP<float> model(shape);
         model.initialize(random);
         perturb(model, random);
-        const std::int64_t rows = 300;  // two full tiles and a partial one
+        const std::int64_t rows = 2100;  // several full tiles and a partial one for every width
         const auto input = random_matrix<float>(rows, shape.input, random);
         const auto levels = random_levels(rows, shape.levels, random);
 

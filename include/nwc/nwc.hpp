@@ -1,4 +1,5 @@
-// nwc: neural weight compression for language models. The umbrella header: includes everything.
+// nwc: neural weight compression for language models. The umbrella header: includes everything
+// except the CUDA backend (include/nwc/cuda/*.cuh, for nvcc translation units).
 #pragma once
 
 #include "nwc/version.hpp"
@@ -14,3 +15,71 @@
 #include "nwc/core/random.hpp"
 #include "nwc/core/tensor.hpp"
 #include "nwc/core/thread_pool.hpp"
+
+#include "nwc/autograd/autograd.hpp"
+#include "nwc/autograd/ops_attention.hpp"
+#include "nwc/autograd/ops_elementwise.hpp"
+#include "nwc/autograd/ops_linear.hpp"
+#include "nwc/autograd/ops_norm.hpp"
+#include "nwc/autograd/ops_shape.hpp"
+#include "nwc/autograd/optimizer.hpp"
+#include "nwc/autograd/tape.hpp"
+
+#include "nwc/entropy/cdf_table.hpp"
+#include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/factorized_prior.hpp"
+#include "nwc/entropy/prior_kernels.hpp"
+#include "nwc/entropy/range_coder.hpp"
+#include "nwc/entropy/rans_format.hpp"
+#include "nwc/entropy/rans_lanes.hpp"
+#include "nwc/entropy/rans_simd.hpp"
+
+#include "nwc/nn/residual_block.hpp"
+#include "nwc/nn/residual_mlp.hpp"
+
+#include "nwc/quant/chunker.hpp"
+#include "nwc/quant/entropy_coded_scalar.hpp"
+#include "nwc/quant/ldl_factorization.hpp"
+#include "nwc/quant/ldlq_compensator.hpp"
+#include "nwc/quant/quantizer_concept.hpp"
+#include "nwc/quant/round_to_nearest.hpp"
+#include "nwc/quant/scalar_quantizers.hpp"
+
+#include "nwc/io/container.hpp"
+#include "nwc/io/container_format.hpp"
+#include "nwc/io/container_reader.hpp"
+#include "nwc/io/container_writer.hpp"
+#include "nwc/io/safetensors.hpp"
+#include "nwc/io/safetensors_reader.hpp"
+#include "nwc/io/safetensors_writer.hpp"
+#include "nwc/io/tensor_bytes.hpp"
+
+#include "nwc/llm/block_finetune.hpp"
+#include "nwc/llm/block_tape.hpp"
+#include "nwc/llm/calibration.hpp"
+#include "nwc/llm/hf_llama.hpp"
+#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/llm/llama_model.hpp"
+#include "nwc/llm/llama_weights.hpp"
+#include "nwc/llm/model_file.hpp"
+#include "nwc/llm/perplexity.hpp"
+#include "nwc/llm/reference_quantizers.hpp"
+#include "nwc/llm/sequential_compression.hpp"
+#include "nwc/llm/tokenizer.hpp"
+
+#include "nwc/codec/codec.hpp"
+#include "nwc/codec/codec_evaluation.hpp"
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/codec/codec_model.hpp"
+#include "nwc/codec/sha256.hpp"
+#include "nwc/codec/trainer.hpp"
+#include "nwc/codec/training_corpus.hpp"
+
+#include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_ecsq.hpp"
+#include "nwc/pipeline/method_nwc.hpp"
+#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/pipeline/model_file.hpp"
+#include "nwc/pipeline/pipeline.hpp"
+#include "nwc/pipeline/pipeline_codec.hpp"
+#include "nwc/pipeline/rate_control.hpp"

@@ -81,6 +81,7 @@ nlohmann::json report_json(const ModelReport& report) {
             {"target_bits_per_weight", number_or_null(report.target_bits_per_weight)},
             {"target_met", report.target_met},
             {"passes", report.passes},
+            {"final_pass_seconds", report.seconds},
             {"note", report.note},
             {"tensors", std::move(tensors)}};
 }
@@ -96,7 +97,7 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
         std::fputs(compress_help, stdout);
         return exit_ok;
     }
-    if (arguments.positional().size() != 1) throw UsageError("expected one input model, got " + std::to_string(arguments.positional().size()));
+    if (arguments.positional().size() != 1) throw UsageError(std::string("expected one input model, got ") + std::to_string(arguments.positional().size()));
     if (!arguments.has("output")) throw UsageError("missing -o OUT.nwc");
     const std::string input = arguments.positional()[0], output = arguments.get("output");
     const bool json = arguments.flag("json");

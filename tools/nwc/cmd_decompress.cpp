@@ -38,7 +38,7 @@ int run_decompress(const std::vector<std::string>& raw_arguments) {
         std::fputs(decompress_help, stdout);
         return exit_ok;
     }
-    if (arguments.positional().size() != 1) throw UsageError("expected one input .nwc file, got " + std::to_string(arguments.positional().size()));
+    if (arguments.positional().size() != 1) throw UsageError(std::string("expected one input .nwc file, got ") + std::to_string(arguments.positional().size()));
     if (!arguments.has("output")) throw UsageError("missing -o OUT.safetensors or -o OUT.bin");
     const std::string input = arguments.positional()[0], output = arguments.get("output");
     const std::string extension = std::filesystem::path(output).extension().string();

@@ -1,6 +1,8 @@
 // nwc eval: perplexity of a plain model (llama2.c .bin, or HF safetensors + config.json) on a text
 // file, under the project's fixed protocol (include/nwc/llm/perplexity.hpp).
 #include <chrono>
+#include <filesystem>
+#include <optional>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "nwc/core/file_io.hpp"
 #include "nwc/llm/model_file.hpp"
 #include "nwc/llm/perplexity.hpp"
+#include "nwc/pipeline/pipeline.hpp"
 
 namespace nwc::cli {
 namespace {
@@ -23,7 +26,7 @@ one BOS at the start), cut into windows of 512 tokens (the partial last window i
 window is run on its own and predicts its tokens 2..512. Reports the mean negative log-likelihood
 in nats per predicted token and the perplexity exp(NLL).
 
-MODEL is a llama2.c file (.bin), a Hugging Face model directory (config.json + model.safetensors
+MODEL is a compressed .nwc file (decoded on the fly), a llama2.c file (.bin), a Hugging Face model directory (config.json + model.safetensors
 or a sharded model.safetensors.index.json) or a .safetensors file with config.json beside it.
 
 options:
@@ -58,8 +61,19 @@ int run_eval(const std::vector<std::string>& arguments) {
 
     const auto start = std::chrono::steady_clock::now();
     const std::string model_path = args.positional().front();
-    const llm::LlamaFileFormat format = llm::detect_llama_format(model_path);
-    const llm::LlamaModel model(llm::read_llama_weights(model_path));
+    // A .nwc file is decoded in memory first, with the decoder embedded in it: `nwc eval x.nwc`
+    // equals `nwc eval` of its decompressed output (tests/test_pipeline.cpp checks it).
+    const bool compressed = std::filesystem::path(model_path).extension() == ".nwc";
+    const auto load = [&]() -> llm::LlamaWeights {
+        if (!compressed) return llm::read_llama_weights(model_path);
+        const ContainerReader reader = ContainerReader::open(model_path);
+        const ModelFile decoded = DefaultCodec::decompress_model(reader, options.threads);
+        std::optional<llm::LlamaWeights> weights = llama_weights_of(decoded, model_path);
+        require(weights.has_value(), errc::unsupported, "'", model_path, "' does not hold a Llama model");
+        return std::move(*weights);
+    };
+    const char* format_text = compressed ? "nwc" : llm::format_name(llm::detect_llama_format(model_path));
+    const llm::LlamaModel model(load());
     const llm::Tokenizer tokenizer = llm::Tokenizer::read(args.get("tokenizer"), model.config().vocab_size);
     const std::vector<std::uint8_t> text = read_file(args.get("text"));
     const std::vector<int> tokens = llm::tokenize_for_evaluation(tokenizer, {reinterpret_cast<const char*>(text.data()), text.size()});
@@ -72,7 +86,7 @@ int run_eval(const std::vector<std::string>& arguments) {
     const llm::LlamaConfig& c = model.config();
     if (args.flag("json")) {
         const nlohmann::json report = {{"model", model_path},
-                                       {"format", llm::format_name(format)},
+                                       {"format", format_text},
                                        {"text", args.get("text")},
                                        {"tokens", result.token_count},
                                        {"window", options.window},
@@ -85,7 +99,7 @@ int run_eval(const std::vector<std::string>& arguments) {
                                        {"eval_seconds", eval_seconds}};
         std::printf("%s\n", report.dump().c_str());
     } else {
-        std::printf("model        %s (%s: %d layers, dim %d, %d heads / %d kv, vocab %d)\n", model_path.c_str(), llm::format_name(format), c.n_layers,
+        std::printf("model        %s (%s: %d layers, dim %d, %d heads / %d kv, vocab %d)\n", model_path.c_str(), format_text, c.n_layers,
                     c.dim, c.n_heads, c.n_kv_heads, c.vocab_size);
         std::printf("tokens       %lld\n", static_cast<long long>(result.token_count));
         std::printf("windows      %lld of %d tokens\n", static_cast<long long>(result.window_count), options.window);

@@ -36,7 +36,7 @@ int run_inspect(const std::vector<std::string>& raw_arguments) {
         std::fputs(inspect_help, stdout);
         return exit_ok;
     }
-    if (arguments.positional().size() != 1) throw UsageError("expected one input .nwc file, got " + std::to_string(arguments.positional().size()));
+    if (arguments.positional().size() != 1) throw UsageError(std::string("expected one input .nwc file, got ") + std::to_string(arguments.positional().size()));
     const std::string input = arguments.positional()[0];
     const ContainerReader reader = ContainerReader::open(input);
     if (arguments.flag("verify")) reader.verify();

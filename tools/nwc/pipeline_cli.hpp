@@ -40,7 +40,10 @@ inline nlohmann::json shape_json(const Shape& shape) {
 
 inline std::string shape_text(const Shape& shape) {
     std::string text;
-    for (int axis = 0; axis < shape.rank(); ++axis) text += (axis ? "x" : "") + std::to_string(shape[axis]);
+    for (int axis = 0; axis < shape.rank(); ++axis) {
+        if (axis) text += "x";
+        text += std::to_string(shape[axis]);
+    }
     return text.empty() ? "scalar" : text;
 }
 

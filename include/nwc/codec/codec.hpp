@@ -171,6 +171,16 @@ public:
     /// Training provenance: data files, lambda, steps, seed, final metrics (JSON object text).
     const std::string& provenance() const noexcept { return m_provenance; }
     void set_provenance(std::string provenance) { m_provenance = std::move(provenance); }
+    /// The trained prior's parameters (FactorizedPrior::parameters() order, each tensor row-major;
+    /// prior_groups x latents x 58 floats), or empty. Not needed to code: they let the integer
+    /// tables be rebuilt (another precision or tail mass) without retraining.
+    std::span<const float> prior_parameters() const noexcept { return m_prior_parameters; }
+    void set_prior_parameters(std::vector<float> values) {
+        require(values.empty() || values.size() == std::size_t(architecture().prior_groups() * architecture().latents * 58),
+                errc::invalid_argument, "Codec: ", values.size(), " prior parameters for ", architecture().prior_groups(), " x ",
+                architecture().latents, " channels of 58");
+        m_prior_parameters = std::move(values);
+    }
 
     /// latents (n x M) = g_a(chunks (n x chunk_size), levels), before rounding.
     template <class Backend = backend::default_backend>
@@ -222,6 +232,7 @@ private:
     ResidualMLP<float> m_encoder;
     CodecDecoder m_decoder;
     std::string m_provenance = "{}";
+    std::vector<float> m_prior_parameters;
 };
 
 }  // namespace nwc

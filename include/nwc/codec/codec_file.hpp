@@ -2,7 +2,8 @@
 //
 // Read me first:
 // - Codec file: u32 "NWCC", u16 version, u16 flags, provenance JSON (u32 length + bytes), decoder
-//   half (u64 size + bytes), encoder weights (u64 size + bytes), u32 CRC-32C of everything before.
+//   half (u64 size + bytes), encoder weights (u64 size + bytes), the trained prior's parameters
+//   (u64 size + f32 values, may be empty), u32 CRC-32C of everything before.
 // - Decoder half (what a .nwc file embeds, self-delimiting): u32 "NWCD", u16 version, u8 weight
 //   dtype, u8 zero, the architecture (6 x u32: d, W, B, M, L, prior groups G), g_s's weights,
 //   G x M float medians, G CdfTableSets (each with its own checksum), u32 CRC-32C of the half.
@@ -173,6 +174,8 @@ inline std::vector<std::uint8_t> serialize_codec(const Codec& codec) {
     detail::write_network_weights(encoder, codec.encoder(), codec.weight_dtype());
     writer.put_u64(encoder.size());
     writer.put_bytes(encoder.bytes());
+    writer.put_u64(codec.prior_parameters().size() * sizeof(float));
+    writer.put_array(codec.prior_parameters());
     writer.put_u32(crc32c(writer.bytes()));
     return writer.take();
 }
@@ -198,6 +201,11 @@ inline Codec parse_codec(std::span<const std::uint8_t> bytes, std::string_view c
     require(encoder_size <= reader.remaining(), errc::truncated, context, ": encoder of ", encoder_size, " bytes at offset ", encoder_at,
             " but only ", reader.remaining(), " bytes remain");
     const auto encoder_bytes = reader.get_bytes(std::size_t(encoder_size));
+    const std::size_t prior_at = reader.offset();
+    const std::uint64_t prior_size = reader.get_u64();
+    require(prior_size <= reader.remaining() && prior_size % 4 == 0, errc::truncated, context, ": prior parameters of ", prior_size,
+            " bytes at offset ", prior_at, " but only ", reader.remaining(), " bytes remain");
+    std::vector<float> prior_parameters = reader.get_array<float>(prior_size / 4);
     const std::size_t crc_at = reader.offset();
     const std::uint32_t stored = reader.get_u32();
     reader.expect_end();
@@ -211,7 +219,15 @@ inline Codec parse_codec(std::span<const std::uint8_t> bytes, std::string_view c
             " bytes, the architecture needs ", expected);
     ByteReader encoder_reader(encoder_bytes, std::string(context) + " (encoder)");
     ResidualMLP<float> encoder = detail::read_network_weights(encoder_reader, encoder_shape, decoder.weight_dtype(), "encoder");
-    return Codec(std::move(encoder), std::move(decoder), std::move(provenance));
+    const std::size_t expected_prior = std::size_t(decoder.architecture().prior_groups() * decoder.architecture().latents * 58);
+    require(prior_parameters.empty() || prior_parameters.size() == expected_prior, errc::corrupt, context, ": ", prior_parameters.size(),
+            " prior parameters at offset ", prior_at + 8, ", the architecture needs 0 or ", expected_prior);
+    for (std::size_t i = 0; i < prior_parameters.size(); ++i)
+        require(std::isfinite(prior_parameters[i]), errc::corrupt, context, ": prior parameter ", i, " at offset ", prior_at + 8 + 4 * i,
+                " is not finite");
+    Codec codec(std::move(encoder), std::move(decoder), std::move(provenance));
+    codec.set_prior_parameters(std::move(prior_parameters));
+    return codec;
 }
 
 /// Writes a codec file atomically.

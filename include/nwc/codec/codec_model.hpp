@@ -12,6 +12,7 @@
 //   what comes out is all a codec file holds.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <span>
@@ -121,19 +122,45 @@ public:
     }
 
     /// The frozen codec: tables from the prior (`precision` bits), weights rounded to `storage`.
-    Codec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}") const {
+    /// `tail_mass`: probability each channel's table leaves to its escape bin (FactorizedPrior::build_tables).
+    Codec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}", double tail_mass = 1e-9) const {
         ResidualMLP<float> encoder = m_encoder, decoder = m_decoder;
         round_weights_to(encoder, storage);
         round_weights_to(decoder, storage);
         std::vector<float> medians;
         std::vector<CdfTableSet> tables;
         for (int group = 0; group < m_architecture.prior_groups(); ++group) {
-            PriorTables frozen = m_prior.build_tables(precision, group * m_architecture.latents, m_architecture.latents);
+            PriorTables frozen = m_prior.build_tables(precision, group * m_architecture.latents, m_architecture.latents, tail_mass);
             medians.insert(medians.end(), frozen.medians.begin(), frozen.medians.end());
             tables.push_back(std::move(frozen.tables));
         }
-        return Codec(std::move(encoder), CodecDecoder(m_architecture, std::move(decoder), std::move(medians), std::move(tables), storage),
-                     std::move(provenance));
+        Codec codec(std::move(encoder), CodecDecoder(m_architecture, std::move(decoder), std::move(medians), std::move(tables), storage),
+                    std::move(provenance));
+        std::vector<float> prior_values;
+        for (const auto* parameter : m_prior.parameters())
+            prior_values.insert(prior_values.end(), parameter->value.data(), parameter->value.data() + parameter->value.size());
+        codec.set_prior_parameters(std::move(prior_values));
+        return codec;
+    }
+
+    /// The model of a codec that kept its prior parameters (Codec::prior_parameters()), e.g. to
+    /// rebuild its tables with another precision or tail mass, or to train it further. Weights are
+    /// the codec's (already rounded to its storage dtype). Throws errc::invalid_argument if the
+    /// codec has no prior parameters.
+    static CodecModel from_codec(const Codec& codec) {
+        require(!codec.prior_parameters().empty(), errc::invalid_argument, "CodecModel::from_codec: the codec file has no prior parameters");
+        CodecModel model(codec.architecture());
+        model.m_encoder = codec.encoder();
+        model.m_decoder = codec.decoder().network();
+        const auto values = codec.prior_parameters();
+        std::size_t at = 0;
+        for (auto* parameter : model.m_prior.parameters()) {
+            NWC_ASSERT(at + std::size_t(parameter->value.size()) <= values.size());
+            std::copy_n(values.data() + at, parameter->value.size(), parameter->value.data());
+            at += std::size_t(parameter->value.size());
+        }
+        for (auto* parameter : model.parameters()) parameter->zero_grad();
+        return model;
     }
 
 private:

@@ -31,8 +31,8 @@ enum class RansSlotLayout {
     word_bins,  ///< the same with u16 bins (tables of more than 256 bins)
 };
 
-/// The lookup tables the rANS decoders index, all channels concatenated; slot tables are indexed
-/// (channel << precision) | slot. The scalar decoder always uses slot_bins + bin_entries.
+/// The lookup tables the rANS coders index, all channels concatenated; slot tables are indexed
+/// (channel << precision) | slot. The encoder and the scalar decoder use slot_bins + bin_entries.
 struct RansDecodeTables {
     int precision = 0;
     std::uint32_t channel_count = 0;

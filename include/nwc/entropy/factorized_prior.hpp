@@ -132,8 +132,8 @@ public:
         return 0.5 * (low + high);
     }
     double median(int channel) const { return quantile(channel, 0.0); }
-    /// The tail logit t: L^-1(-t) and L^-1(t) bound all but 1e-9 of the mass.
-    static double tail_logit() { return std::log(2.0 / likelihood_bound - 1.0); }
+    /// The tail logit t: L^-1(-t) and L^-1(t) bound all but `tail_mass` of the mass (1e-9 by default).
+    static double tail_logit(double tail_mass = likelihood_bound) { return std::log(2.0 / tail_mass - 1.0); }
 
     /// Training path: bits (n x m) = -log2 likelihood(latents) for latents n x m (noisy or rounded).
     /// Row r is coded with channels [g_r m, g_r m + m) where g_r = groups[r] (empty: all rows use
@@ -178,12 +178,15 @@ public:
     /// 12..16): per channel the float median m, support [floor(q_lo - m), ceil(q_hi - m)] (at most
     /// max_support wide, around 0), the likelihood at m + k for each integer k of it, and the
     /// remaining mass as the escape bin.
-    PriorTables build_tables(int precision = 16, int first = 0, int count = -1) const {
+    /// `tail_mass` is the probability left outside the support (split between the two tails; the
+    /// notes' 1e-9 by default): a larger one gives narrower tables, whose outer values are escaped.
+    PriorTables build_tables(int precision = 16, int first = 0, int count = -1, double tail_mass = likelihood_bound) const {
         if (count < 0) count = m_channels - first;
         NWC_ASSERT(first >= 0 && count >= 1 && first + count <= m_channels);
+        require(tail_mass > 0.0 && tail_mass < 0.5, errc::invalid_argument, "FactorizedPrior: tail mass ", tail_mass, " outside (0, 0.5)");
         PriorTables frozen;
         std::vector<CdfTable> tables;
-        const double tail = tail_logit();
+        const double tail = tail_logit(tail_mass);
         for (int channel = first; channel < first + count; ++channel) {
             const float median_value = float(median(channel));
             const double m = double(median_value);

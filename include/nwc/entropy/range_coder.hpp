@@ -12,7 +12,9 @@
 // Both decoders produce identical output, for any thread count. Format: docs/format/rans.md.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -48,30 +50,37 @@ inline std::vector<std::uint8_t> encode(std::span<const std::int32_t> symbols, c
     parallel_for(std::int64_t(segment_count), options.threads, [&](std::int64_t s) {
         const std::size_t first = std::size_t(s) * segment_size;
         const std::size_t count = std::min<std::size_t>(segment_size, symbols.size() - first);
-        segment_sizes[std::size_t(s)] = detail::rans_encode_segment(tables, symbols.subspan(first, count), segment_bytes[std::size_t(s)]);
+        segment_sizes[std::size_t(s)] =
+            detail::rans_encode_segment(tables.decode_tables(), symbols.subspan(first, count), segment_bytes[std::size_t(s)]);
     });
 
-    ByteWriter writer;
-    writer.put_u32(magic);
-    writer.put_u16(version);
-    writer.put_u8(std::uint8_t(lane_count));
-    writer.put_u8(std::uint8_t(tables.precision()));
-    writer.put_u32(channels);
-    writer.put_u32(tables.checksum());
-    writer.put_u64(symbols.size());
-    writer.put_u32(segment_size);
-    writer.put_u32(std::uint32_t(segment_count));
-    writer.put_u32(0);  // CRC-32C, patched below
+    ByteWriter header;
+    header.put_u32(magic);
+    header.put_u16(version);
+    header.put_u8(std::uint8_t(lane_count));
+    header.put_u8(std::uint8_t(tables.precision()));
+    header.put_u32(channels);
+    header.put_u32(tables.checksum());
+    header.put_u64(symbols.size());
+    header.put_u32(segment_size);
+    header.put_u32(std::uint32_t(segment_count));
+    header.put_u32(0);  // CRC-32C, patched below
     for (const auto& [word_count, escape_bytes] : segment_sizes) {
-        writer.put_u32(word_count);
-        writer.put_u32(escape_bytes);
+        header.put_u32(word_count);
+        header.put_u32(escape_bytes);
     }
+    std::size_t total = header.size();
+    for (const auto& bytes : segment_bytes) total += bytes.size();
+    std::vector<std::uint8_t> stream;
+    stream.reserve(total);
+    stream.insert(stream.end(), header.bytes().begin(), header.bytes().end());
     for (auto& bytes : segment_bytes) {
-        writer.put_bytes(bytes);
+        stream.insert(stream.end(), bytes.begin(), bytes.end());
         std::vector<std::uint8_t>().swap(bytes);
     }
-    writer.patch_u32(checksum_offset, detail::rans_stream_checksum(writer.bytes()));
-    return writer.take();
+    const std::uint32_t crc = detail::rans_stream_checksum(stream);
+    std::memcpy(stream.data() + checksum_offset, &crc, sizeof crc);
+    return stream;
 }
 
 /// Decodes segment `segment` of a stream whose index read_index() returned, into `out` (exactly

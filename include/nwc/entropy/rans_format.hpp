@@ -17,6 +17,7 @@
 #include <bit>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "nwc/core/byte_io.hpp"
@@ -104,41 +105,43 @@ private:
 /// Reads escape codes back; every failure throws nwc::error(corrupt) naming the segment.
 class EscapeBitReader {
 public:
-    EscapeBitReader(std::span<const std::uint8_t> bytes, std::size_t segment) : m_bytes(bytes), m_segment(segment) {}
+    EscapeBitReader(std::span<const std::uint8_t> bytes, std::size_t segment, std::uint64_t byte_offset)
+        : m_bytes(bytes), m_segment(segment), m_byte_offset(byte_offset) {}
 
     /// The value outside [offset, offset + support) coded by the next escape code.
     std::int32_t read_value(std::int32_t offset, std::uint32_t support) {
         int zeros = 0;
         while (get_bit() == 0)
-            if (++zeros > 33) fail(errc::corrupt, "rANS stream: segment ", m_segment, ": escape code longer than 67 bits");
+            if (++zeros > 33) fail(errc::corrupt, where(), "escape code longer than 67 bits");
         std::uint64_t value = 1;
         for (int bit = 0; bit < zeros; ++bit) value = (value << 1) | get_bit();
         const std::uint64_t code = value - 1;
         const std::int64_t distance = std::int64_t(code >> 1);
         const std::int64_t decoded = (code & 1u) ? std::int64_t(offset) + support + distance : std::int64_t(offset) - 1 - distance;
-        require(decoded >= INT32_MIN && decoded <= INT32_MAX, errc::corrupt, "rANS stream: segment ", m_segment, ": escaped value ", decoded,
-                " is not an int32");
+        require(decoded >= INT32_MIN && decoded <= INT32_MAX, errc::corrupt, where(), "escaped value ", decoded, " is not an int32");
         return std::int32_t(decoded);
     }
     /// Throws unless every byte was used and the padding bits of the last one are zero.
     void expect_end() const {
         const std::size_t used_bytes = (m_bit_position + 7) / 8;
-        require(used_bytes == m_bytes.size(), errc::corrupt, "rANS stream: segment ", m_segment, ": escape stream uses ", used_bytes,
-                " bytes but the index announces ", m_bytes.size());
+        require(used_bytes == m_bytes.size(), errc::corrupt, where(), "it uses ", used_bytes, " bytes but the index announces ", m_bytes.size());
         if (m_bit_position % 8 != 0)
-            require((m_bytes.back() & (0xFFu >> (m_bit_position % 8))) == 0, errc::corrupt, "rANS stream: segment ", m_segment,
-                    ": nonzero padding bits in the escape stream");
+            require((m_bytes.back() & (0xFFu >> (m_bit_position % 8))) == 0, errc::corrupt, where(), "nonzero padding bits");
     }
 
 private:
     std::uint32_t get_bit() {
-        if (m_bit_position >= m_bytes.size() * 8) fail(errc::corrupt, "rANS stream: segment ", m_segment, ": escape stream exhausted");
+        if (m_bit_position >= m_bytes.size() * 8) fail(errc::corrupt, where(), "exhausted after ", m_bytes.size(), " bytes");
         const std::uint32_t bit = (m_bytes[m_bit_position / 8] >> (7 - m_bit_position % 8)) & 1u;
         ++m_bit_position;
         return bit;
     }
+    std::string where() const {
+        return detail::concat("rANS stream: escape stream of segment ", m_segment, " at byte ", m_byte_offset, ": ");
+    }
     std::span<const std::uint8_t> m_bytes;
     std::size_t m_segment;
+    std::uint64_t m_byte_offset;
     std::size_t m_bit_position = 0;
 };
 
@@ -188,7 +191,8 @@ inline RansStreamIndex read_index(std::span<const std::uint8_t> stream, const Cd
     require(index.segment_size >= 1 && index.segment_size <= max_segment_size && index.segment_size % index.channel_count == 0,
             errc::corrupt, "rANS stream: segment size ", index.segment_size, " is not a multiple of ", index.channel_count, " in [1, ",
             max_segment_size, "]");
-    const std::uint64_t expected_segments = (index.symbol_count + index.segment_size - 1) / index.segment_size;
+    // Written so that a hostile symbol count near 2^64 cannot wrap around.
+    const std::uint64_t expected_segments = index.symbol_count / index.segment_size + (index.symbol_count % index.segment_size != 0);
     require(expected_segments == segment_count, errc::corrupt, "rANS stream: ", segment_count, " segments announced, ", index.symbol_count,
             " symbols in segments of ", index.segment_size, " need ", expected_segments);
     require(segment_count <= reader.remaining() / (index_entry_bytes + segment_state_bytes), errc::truncated, "rANS stream: ",

@@ -5,7 +5,7 @@
 //   i % channel_count. Decoding symbol by symbol in index order, renormalizing each lane right after
 //   its symbol, reads the words in exactly the lane-ordered order the SIMD and warp decoders use.
 // - Encoder, per symbol, backwards: if x >= freq << (32 - precision), emit the low 16 bits and shift;
-//   then x = (x / freq) << precision | (x % freq) + cumulative. Words come out last-first, so they
+//   then x = ((x / freq) << precision) + (x % freq) + cumulative. Words come out last-first, so they
 //   fill their buffer from its end. Every lane starts at L = 2^16, the value the decoder must end at.
 // - Decoder, per symbol: slot = x & (2^precision - 1); bin = slot table[slot]; (freq, cumulative) =
 //   bin table[bin]; x = freq * (x >> precision) + slot - cumulative; if x < 2^16, x = x << 16 | next word.
@@ -29,6 +29,7 @@ namespace nwc::detail {
 /// Where one segment's parts lie in a stream.
 struct RansSegmentBytes {
     std::size_t index = 0;                      ///< segment number, for messages
+    std::uint64_t byte_offset = 0;              ///< where the segment starts in the stream, for messages
     const std::uint8_t* states = nullptr;       ///< 32 u32 initial states
     const std::uint8_t* words = nullptr;        ///< word_count u16 words
     std::uint32_t word_count = 0;
@@ -40,6 +41,7 @@ inline RansSegmentBytes segment_bytes(std::span<const std::uint8_t> stream, cons
     const RansSegment& info = index.segments[segment];
     RansSegmentBytes bytes;
     bytes.index = segment;
+    bytes.byte_offset = info.byte_offset;
     bytes.states = stream.data() + info.byte_offset;
     bytes.words = bytes.states + rans::segment_state_bytes;
     bytes.word_count = info.word_count;
@@ -59,11 +61,13 @@ NWC_FORCE_INLINE std::uint32_t load_u16(const std::uint8_t* at) noexcept {
 class RansLaneDecoder {
 public:
     RansLaneDecoder(const RansDecodeTables& tables, const RansSegmentBytes& segment)
-        : m_tables(tables), m_segment(segment), m_escapes(segment.escapes, segment.index) {
+        : m_tables(tables),
+          m_segment(segment),
+          m_escapes(segment.escapes, segment.index, segment.byte_offset + rans::segment_state_bytes + 2 * std::uint64_t(segment.word_count)) {
         for (std::uint32_t lane = 0; lane < rans::lane_count; ++lane) {
             std::memcpy(&m_states[lane], segment.states + 4 * lane, 4);
-            require(m_states[lane] >= rans::state_lower_bound, errc::corrupt, "rANS stream: segment ", segment.index, ": initial state of lane ",
-                    lane, " is ", m_states[lane], " < 2^16");
+            require(m_states[lane] >= rans::state_lower_bound, errc::corrupt, "rANS stream: segment ", segment.index, " at byte ", segment.byte_offset,
+                    ": initial state of lane ", lane, " is ", m_states[lane], " < 2^16");
         }
         static const std::uint8_t zero_word[2] = {0, 0};
         m_words = segment.word_count ? segment.words : zero_word;
@@ -72,7 +76,7 @@ public:
 
     /// Decodes segment symbols [first, end) into out[first..end).
     void decode(std::size_t first, std::size_t end, std::int32_t* out) {
-        // Everything in locals: `out` may alias nothing here, but the compiler cannot know that.
+        // Everything in locals: as far as the compiler knows, stores through `out` may alias the members.
         const std::uint32_t channels = m_tables.channel_count;
         const int precision = m_tables.precision;
         const std::uint32_t slot_mask = (1u << precision) - 1;
@@ -114,17 +118,17 @@ public:
 
     /// Throws unless the segment ended exactly: all words and escape bytes used, every state back at 2^16.
     void expect_end() const {
-        require(m_position == m_segment.word_count, errc::corrupt, "rANS stream: segment ", m_segment.index, ": decoding used ", m_position,
-                " words but the index announces ", m_segment.word_count);
+        require(m_position == m_segment.word_count, errc::corrupt, "rANS stream: segment ", m_segment.index, " at byte ", m_segment.byte_offset,
+                ": decoding used ", m_position, " words but the index announces ", m_segment.word_count);
         for (std::uint32_t lane = 0; lane < rans::lane_count; ++lane)
-            require(m_states[lane] == rans::state_lower_bound, errc::corrupt, "rANS stream: segment ", m_segment.index, ": lane ", lane,
-                    " ends in state ", m_states[lane], ", expected 2^16");
+            require(m_states[lane] == rans::state_lower_bound, errc::corrupt, "rANS stream: segment ", m_segment.index, " at byte ",
+                    m_segment.byte_offset, ": lane ", lane, " ends in state ", m_states[lane], ", expected 2^16");
         m_escapes.expect_end();
     }
 
     [[noreturn]] void fail_overrun() const {
-        fail(errc::corrupt, "rANS stream: segment ", m_segment.index, ": decoding needs more than the ", m_segment.word_count,
-             " words the index announces");
+        fail(errc::corrupt, "rANS stream: segment ", m_segment.index, " at byte ", m_segment.byte_offset, ": decoding needs more than the ",
+             m_segment.word_count, " words the index announces");
     }
 
     std::uint32_t* states() noexcept { return m_states; }
@@ -153,56 +157,64 @@ inline void rans_decode_segment(const RansDecodeTables& tables, const RansSegmen
 
 /// Encodes one segment (symbols start at channel 0) and appends its bytes (states, words, escape
 /// bytes, zero padding to 4) to `out`; returns {word_count, escape_bytes} for the index.
-inline std::pair<std::uint32_t, std::uint32_t> rans_encode_segment(const CdfTableSet& tables, std::span<const std::int32_t> symbols,
+inline std::pair<std::uint32_t, std::uint32_t> rans_encode_segment(const RansDecodeTables& tables, std::span<const std::int32_t> symbols,
                                                                    std::vector<std::uint8_t>& out) {
-    const RansDecodeTables& flat = tables.decode_tables();
-    const std::uint32_t channels = flat.channel_count;
-    const int precision = flat.precision;
-    // Escape codes first, forwards: the decoder reads them in symbol order. Each symbol's
-    // (frequency << 16 | cumulative) entry index is kept for the backward pass.
+    const std::uint32_t channels = tables.channel_count;
+    const int precision = tables.precision;
+    const std::int32_t* offsets = tables.offsets.data();
+    const std::uint32_t* supports = tables.supports.data();
+    const std::uint32_t* bin_bases = tables.bin_bases.data();
+    const std::uint32_t* entries = tables.bin_entries.data();
+    // The bin of a value; below the support the 64-bit difference wraps to a huge number.
+    auto bin_of = [&](std::int32_t value, std::uint32_t channel) {
+        const std::uint64_t bin = std::uint64_t(std::int64_t(value) - offsets[channel]);
+        return bin < supports[channel] ? std::uint32_t(bin) : supports[channel];
+    };
+
+    // Escape codes first, forwards: the decoder reads them in symbol order.
     EscapeBitWriter escape_writer;
-    std::vector<std::uint32_t> entry_index(symbols.size());
-    std::uint32_t channel = 0;
     for (std::size_t i = 0; i < symbols.size(); ++i) {
-        const std::int32_t offset = flat.offsets[channel];
-        const std::uint32_t support = flat.supports[channel];
-        const std::uint64_t bin = std::uint64_t(std::int64_t(symbols[i]) - offset);  // wraps for values below the support
-        if (NWC_LIKELY(bin < support)) {
-            entry_index[i] = flat.bin_bases[channel] + std::uint32_t(bin);
-        } else {
-            entry_index[i] = flat.bin_bases[channel] + support;
-            escape_writer.write(escape_code(symbols[i], offset, support));
-        }
-        if (++channel == channels) channel = 0;
+        const auto channel = std::uint32_t(i % channels);
+        if (NWC_UNLIKELY(bin_of(symbols[i], channel) == supports[channel]))
+            escape_writer.write(escape_code(symbols[i], offsets[channel], supports[channel]));
     }
     const std::vector<std::uint8_t>& escape_bytes = escape_writer.finish();
 
-    // Backwards; words fill their buffer from the end, so they come out in decoding order.
+    // Backwards; words fill a buffer from its end, so they come out in decoding order. Segments up
+    // to 2^20 symbols reuse a per-thread buffer: a fresh one per segment cost more in page faults
+    // than the coding itself.
+    thread_local std::vector<std::uint16_t> reused;
+    std::vector<std::uint16_t> large;
+    std::vector<std::uint16_t>& scratch = symbols.size() <= (std::size_t(1) << 20) ? reused : large;
+    if (scratch.size() < symbols.size()) scratch.resize(symbols.size());
+    std::uint16_t* const words_end = scratch.data() + symbols.size();
+    std::uint16_t* first_word = words_end;
     std::uint32_t states[rans::lane_count];
     std::fill(std::begin(states), std::end(states), rans::state_lower_bound);
-    std::vector<std::uint16_t> words(symbols.size());
-    std::size_t first_word = words.size();
-    const std::uint32_t* entries = flat.bin_entries.data();
+    std::uint32_t channel = symbols.empty() ? 0 : std::uint32_t((symbols.size() - 1) % channels);
     for (std::size_t i = symbols.size(); i-- > 0;) {
         std::uint32_t& x = states[i % rans::lane_count];
-        const std::uint32_t entry = entries[entry_index[i]];
+        const std::uint32_t entry = entries[bin_bases[channel] + bin_of(symbols[i], channel)];
         const std::uint32_t frequency = entry >> 16, cumulative = entry & 0xFFFFu;
         if (x >= frequency << (32 - precision)) {  // frequency < 2^precision: no overflow
-            words[--first_word] = std::uint16_t(x);
+            *--first_word = std::uint16_t(x);
             x >>= 16;
         }
         x = ((x / frequency) << precision) + (x % frequency) + cumulative;
+        channel = channel == 0 ? channels - 1 : channel - 1;
     }
-    const std::span<const std::uint16_t> used_words = std::span<const std::uint16_t>(words).subspan(first_word);
+    const std::size_t word_count = std::size_t(words_end - first_word);
 
     const std::size_t start = out.size();
-    const std::uint32_t size = segment_byte_size(std::uint32_t(used_words.size()), std::uint32_t(escape_bytes.size()));
-    out.resize(start + size, 0);
-    std::memcpy(out.data() + start, states, sizeof states);
-    std::memcpy(out.data() + start + rans::segment_state_bytes, used_words.data(), used_words.size_bytes());
-    if (!escape_bytes.empty())
-        std::memcpy(out.data() + start + rans::segment_state_bytes + used_words.size_bytes(), escape_bytes.data(), escape_bytes.size());
-    return {std::uint32_t(used_words.size()), std::uint32_t(escape_bytes.size())};
+    const std::uint32_t size = segment_byte_size(std::uint32_t(word_count), std::uint32_t(escape_bytes.size()));
+    out.resize(start + size);
+    std::uint8_t* at = out.data() + start;
+    std::memcpy(at, states, sizeof states);
+    std::memcpy(at + rans::segment_state_bytes, first_word, 2 * word_count);
+    if (!escape_bytes.empty()) std::memcpy(at + rans::segment_state_bytes + 2 * word_count, escape_bytes.data(), escape_bytes.size());
+    const std::size_t used = rans::segment_state_bytes + 2 * word_count + escape_bytes.size();
+    std::fill(at + used, at + size, std::uint8_t(0));
+    return {std::uint32_t(word_count), std::uint32_t(escape_bytes.size())};
 }
 
 }  // namespace nwc::detail

@@ -39,7 +39,7 @@ struct BlockWindows {
 
 struct BlockFinetuneOptions {
     int epochs = 4;                  ///< most passes over the training windows
-    double learning_rate = 1e-3;     ///< Adam (reference: 3e-6 at 7B scale; measured for stories260K: docs/bench/finetune.md)
+    double learning_rate = 3e-3;     ///< Adam (reference: 3e-6 at 7B scale; 3e-3 measured best for stories260K: docs/bench/finetune.md)
     int windows_per_step = 4;        ///< windows averaged into one Adam step
     int patience = 1;                ///< epochs without a validation improvement before stopping
     double max_gradient_norm = 0.0;  ///< clip the step's gradient norm to this (0: no clipping)

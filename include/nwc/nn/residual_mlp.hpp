@@ -79,8 +79,9 @@ class ResidualMLP {
 public:
     using Parameter = autograd::Parameter<Scalar>;
     using Matrix = RowMajorMatrix<Scalar>;
-    /// Rows per inference tile: H and T of a 512-wide tile (2 x 256 KiB) stay in L2.
-    static constexpr std::int64_t tile_rows = 128;
+    /// Rows per inference tile: about 64K hidden values, so H and T (2 x 256 KiB) stay in L2 while
+    /// narrow networks still get GEMMs tall enough to amortize Eigen's packing.
+    static std::int64_t tile_rows_for(int width) noexcept { return std::clamp<std::int64_t>(65536 / std::max(width, 1), 64, 1024); }
 
     ResidualMLP() = default;
     /// All parameters zero; call initialize() or load values.
@@ -151,6 +152,7 @@ public:
         for (std::uint8_t level : levels)
             require(level < m_shape.levels, errc::corrupt, "ResidualMLP: level ", int(level), " but the codec has ",
                     m_shape.levels, " levels");
+        const std::int64_t tile_rows = tile_rows_for(m_shape.width);
         const std::int64_t tiles = (rows + tile_rows - 1) / tile_rows;
         const int workers = int(std::min<std::int64_t>(resolve_thread_count(threads), std::max<std::int64_t>(tiles, 1)));
         parallel_for(workers, workers, [&](std::int64_t worker) {

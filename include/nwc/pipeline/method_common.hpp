@@ -59,6 +59,10 @@ inline CompressionMethod method_from_name(std::string_view name) {
 
 /// Options of the per-tensor methods; each method reads the fields it needs.
 struct MethodOptions {
+    /// Largest segment: a rANS stream is at least 172 bytes, so no file this pipeline writes has
+    /// more than 2^20 / 172 < detail::max_weights_per_payload_byte weights per payload byte.
+    static constexpr std::int64_t max_weights_per_segment = std::int64_t(1) << 20;
+
     CompressionMethod method = CompressionMethod::nwc;
     int bits = 4;            ///< rtn, gptq: bits per code (2..8); 4 is Q4_0's 4.5 bits per weight
     int group_size = 32;     ///< rtn, gptq: weights of a row sharing one fp16 scale
@@ -67,7 +71,10 @@ struct MethodOptions {
     bool ldlq = true;        ///< use the Hessian's feedback (LDLQ / GPTQ) when a Hessian is given
     NormalizationAxis axis = NormalizationAxis::per_column;  ///< ecsq, nwc
     double damping = 0.01;   ///< LDLQ damping relative to mean(diag H)
-    int ldlq_block_size = 128;
+    int ldlq_block_size = 128;  ///< rtn, gptq, ecsq: columns per LDLQ block (exact feedback inside a block too)
+    /// nwc: columns the codec codes together under block LDLQ; feedback flows between blocks only,
+    /// so small blocks follow exact LDLQ more closely (at the cost of smaller encoder batches).
+    int nwc_block_columns = 16;
     std::int64_t weights_per_segment = std::int64_t(1) << 17;  ///< target size of a segment
     int threads = 1;         ///< threads inside one tensor (results never depend on it)
     bool measure = true;     ///< compute relative MSE / proxy loss (nwc: costs one decoder pass)
@@ -79,8 +86,9 @@ struct MethodOptions {
         require(std::isfinite(step) && step > 0.0f, errc::invalid_argument, "ECSQ step ", step, " must be finite and positive");
         require(std::isfinite(alpha) && alpha > 0.0f, errc::invalid_argument, "nwc alpha ", alpha, " must be finite and positive");
         require(damping >= 0.0 && std::isfinite(damping), errc::invalid_argument, "LDLQ damping ", damping, " must be >= 0");
-        require(ldlq_block_size >= 1 && weights_per_segment >= 1 && threads >= 0, errc::invalid_argument,
-                "LDLQ block size, segment size and threads must be positive");
+        require(ldlq_block_size >= 1 && nwc_block_columns >= 1 && threads >= 0, errc::invalid_argument, "LDLQ block sizes must be positive");
+        require(weights_per_segment >= 1 && weights_per_segment <= max_weights_per_segment, errc::invalid_argument, "segments of ",
+                weights_per_segment, " weights (1..", max_weights_per_segment, ")");
     }
 };
 
@@ -109,6 +117,9 @@ struct TensorReport {
 namespace detail {
 
 inline constexpr std::uint8_t method_layout_version = 1;
+/// Decoders refuse (errc::limit) a coded tensor with more weights per payload byte than this
+/// before allocating its output: a small hostile file cannot ask for a huge allocation.
+inline constexpr std::int64_t max_weights_per_payload_byte = 8192;
 inline constexpr std::size_t method_prefix_bytes = 16;
 inline constexpr std::uint8_t flag_feedback = 1;        ///< LDLQ / GPTQ feedback applied
 inline constexpr std::uint8_t flag_hessian_levels = 2;  ///< nwc: importance levels from diag(H)
@@ -170,7 +181,7 @@ inline std::string knob_text(const char* key, double value) {
 /// The knob stored in a coded tensor's metadata ("bits=4", "step=0.41", "alpha=1.3"), "" if none.
 inline std::string stored_setting(std::string_view method, std::span<const std::uint8_t> metadata) {
     if (metadata.size() < method_prefix_bytes + 8 || metadata[0] != method_layout_version) return "";
-    if (method == "rtn" || method == "gptq") return "bits=" + std::to_string(int(metadata[method_prefix_bytes]));
+    if (method == "rtn" || method == "gptq") return std::string("bits=") + std::to_string(int(metadata[method_prefix_bytes]));
     float value;
     std::memcpy(&value, metadata.data() + method_prefix_bytes + 4, 4);
     if (method == "ecsq") return knob_text("step", value);

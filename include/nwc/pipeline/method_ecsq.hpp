@@ -39,6 +39,9 @@ struct EcsqMethod {
         CdfTableSet tables;
 
         std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(rows, rows_per_segment)); }
+        std::int64_t segment_weights(std::size_t segment) const noexcept {
+            return std::min(rows_per_segment, rows - std::int64_t(segment) * rows_per_segment) * cols;
+        }
     };
 
     static std::string setting_of(float step) { return detail::knob_text("step", step); }

@@ -7,8 +7,9 @@
 // spreads the latents over more integers (more bits, less error), alpha < 1 fewer; alpha = 1 is the
 // codec as trained. Rate control bisects one alpha for the whole file.
 //
-// Optional LDLQ in per_block mode: NeuralBlockQuantizer codes a block of columns' chunks at once
-// and returns the decoder's reconstruction; the Hessian is moved into the normalized domain
+// Optional LDLQ in per_block mode: NeuralBlockQuantizer codes the chunks of a block of
+// MethodOptions::nwc_block_columns (16) columns at once and returns the decoder's reconstruction
+// (a chunk lies in one column, so any block width works); the Hessian is moved into the normalized domain
 // (H' = S H S for per-column scales S, so tr(dW H dW^T) is unchanged).
 //
 // Metadata: MethodPrefix (span = columns per span), u8 axis, u8 zero, u16 zero, f32 alpha,
@@ -102,6 +103,13 @@ struct NwcMethod {
         std::vector<Segment> segments;
 
         std::size_t segment_count() const noexcept { return segments.size(); }
+        std::int64_t segment_weights(std::size_t segment, const CodecArchitecture& arch) const noexcept {
+            const std::int64_t first = segments[segment].span * columns_per_segment;
+            std::int64_t columns = 0;
+            for (std::int64_t c = first; c < std::min(cols, first + columns_per_segment); ++c)
+                columns += arch.prior_group(levels[std::size_t(c)]) == segments[segment].group ? 1 : 0;
+            return columns * rows;
+        }
     };
 
     /// The segments of a tensor: (span, prior group) pairs in payload order.
@@ -148,7 +156,7 @@ struct NwcMethod {
                     for (std::int64_t j = 0; j < cols; ++j) moved(i, j) *= double(to_float(scales[std::size_t(i)])) * double(to_float(scales[std::size_t(j)]));
             LDLQOptions ldlq;
             ldlq.damping = options.damping;
-            ldlq.block_size = options.ldlq_block_size;
+            ldlq.block_size = options.nwc_block_columns;
             ldlq.feedback = FeedbackMode::per_block;
             ldlq.threads = std::max(1, options.threads);
             ldlq.compute_proxy_loss = false;

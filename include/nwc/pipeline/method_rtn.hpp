@@ -45,6 +45,9 @@ struct RtnMethod {
         std::int64_t groups_per_row = 1;
 
         std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(rows, rows_per_segment)); }
+        std::int64_t segment_weights(std::size_t segment) const noexcept {
+            return std::min(rows_per_segment, rows - std::int64_t(segment) * rows_per_segment) * cols;
+        }
         std::uint64_t segment_bytes(std::int64_t segment_rows) const noexcept {
             return std::uint64_t(segment_rows) * std::uint64_t(groups_per_row) * 2 + (std::uint64_t(segment_rows * cols) * std::uint64_t(bits) + 7) / 8;
         }
@@ -83,7 +86,7 @@ struct RtnMethod {
             result.reconstruction = quantizer.quantize(weights);
         }
         result.used_hessian = feedback;
-        result.setting = "bits=" + std::to_string(options.bits);
+        result.setting = std::string("bits=") + std::to_string(options.bits);
 
         Layout layout{rows, cols, options.bits, options.group_size, std::min(rows, rows_per_segment(cols, options.weights_per_segment)),
                       quantizer.groups_per_row()};
@@ -139,7 +142,7 @@ struct RtnMethod {
                                const std::string& context) {
         const std::int64_t first = std::int64_t(segment) * layout.rows_per_segment;
         const std::int64_t count = std::min(layout.rows_per_segment, layout.rows - first);
-        const std::string where = context + " segment " + std::to_string(segment);
+        const std::string where = context + std::string(" segment ") + std::to_string(segment);
         require(bytes.size() == layout.segment_bytes(count), errc::corrupt, where, ": ", bytes.size(), " bytes, ", count, " rows need ",
                 layout.segment_bytes(count));
         const std::size_t scale_bytes = std::size_t(count * layout.groups_per_row) * 2;

@@ -36,6 +36,7 @@
 #include "nwc/pipeline/method_nwc.hpp"
 #include "nwc/pipeline/method_rtn.hpp"
 #include "nwc/pipeline/model_file.hpp"
+#include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/version.hpp"
 
 namespace nwc {
@@ -50,14 +51,6 @@ struct DefaultTensorSelection {
 
 /// The Hessian H = X^T X / N of the input of weight `name`, or null (see llm::LinearHessians).
 using HessianLookup = std::function<const Tensor<double>*(std::string_view name)>;
-
-/// Where a long operation stands (called from worker threads, one call at a time).
-struct PipelineProgress {
-    std::string_view phase;  ///< "compress", "decompress", "rate pass 3"
-    std::size_t tensors_done = 0, tensors_total = 0;
-    std::int64_t weights_done = 0, weights_total = 0;
-};
-using ProgressCallback = std::function<void(const PipelineProgress&)>;
 
 /// What compressing a model did.
 struct ModelReport {
@@ -88,20 +81,6 @@ struct CompressedModel {
 namespace detail {
 inline constexpr const char* rope_corrections_name = "__nwc__.llama2c.rope_corrections";
 
-template <class Work>
-void run_with_progress(std::int64_t count, int threads, const ProgressCallback& progress, std::string_view phase, std::size_t tensors_total,
-                       std::int64_t weights_total, Work&& work) {
-    std::mutex mutex;
-    PipelineProgress state{phase, 0, tensors_total, 0, weights_total};
-    parallel_for(count, threads, [&](std::int64_t item) {
-        const auto [tensors, weights] = work(item);
-        if (!progress) return;
-        std::lock_guard lock(mutex);
-        state.tensors_done += tensors;
-        state.weights_done += weights;
-        progress(state);
-    });
-}
 }  // namespace detail
 
 /// The composed codec: per-tensor methods, container assembly and whole-model threading.
@@ -137,10 +116,10 @@ public:
     /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included). Decoding
     /// needs nothing but the container (the nwc decoder half is in it).
     static Tensor<float> decompress(const ContainerReader& reader, std::size_t index, int threads = 1) {
-        std::vector<Plan> plans;
-        plans.push_back(make_plan(reader, index, nullptr));
+        std::vector<detail::DecodePlan> plans;
+        plans.push_back(detail::make_decode_plan(reader, index, nullptr));
         Tensor<float> output(reader.entry(index).shape);
-        decode_items(reader, plans, {&output}, threads, {}, 1);
+        detail::decode_plans<Backend>(reader, plans, {&output}, threads, {}, 1);
         return output;
     }
 
@@ -204,7 +183,7 @@ public:
         else if (format == "hf_llama") model.format = ModelFormat::hf_llama;
         else require(format == "safetensors", errc::unsupported, reader.context(), ": source format '", format, "'");
         std::map<std::int32_t, std::shared_ptr<const NeuralDecoderType>> decoders;
-        std::vector<Plan> plans;
+        std::vector<detail::DecodePlan> plans;
         std::vector<std::size_t> model_index;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             const ContainerEntry& entry = reader.entry(index);
@@ -218,8 +197,8 @@ public:
             }
             if (entry.codec_index >= 0 && !decoders.contains(entry.codec_index))
                 decoders[entry.codec_index] = std::make_shared<const NeuralDecoderType>(
-                    parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)), reader.context() + ": codec " + std::to_string(entry.codec_index)));
-            plans.push_back(make_plan(reader, index, entry.codec_index >= 0 ? decoders[entry.codec_index] : nullptr));
+                    parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)), reader.context() + std::string(": codec ") + std::to_string(entry.codec_index)));
+            plans.push_back(detail::make_decode_plan(reader, index, entry.codec_index >= 0 ? decoders[entry.codec_index] : nullptr));
             model.tensors.push_back({entry.name, entry.original_dtype, entry.shape, {}, {}});
             model_index.push_back(index);
         }
@@ -235,26 +214,16 @@ public:
                 outputs.push_back(nullptr);
             }
         }
-        decode_items(reader, plans, outputs, resolve_thread_count(threads), progress, model.tensors.size());
+        detail::decode_plans<Backend>(reader, plans, outputs, resolve_thread_count(threads), progress, model.tensors.size());
         return model;
     }
 
 private:
-    struct RawPlan {};
-    struct Plan {
-        std::size_t index = 0;
-        std::string context;
-        std::variant<RawPlan, RtnMethod::Layout, EcsqMethod::Layout, NwcMethod::Layout> layout;
-        std::shared_ptr<const NeuralDecoderType> decoder;
-        std::size_t segments = 1;
-        std::int64_t weights = 0;
-    };
-
     std::string global_setting() const {
         switch (m_options.method) {
             case CompressionMethod::nwc: return NwcMethod::setting_of(m_options.alpha);
             case CompressionMethod::ecsq: return EcsqMethod::setting_of(m_options.step);
-            default: return "bits=" + std::to_string(m_options.bits);
+            default: return std::string("bits=") + std::to_string(m_options.bits);
         }
     }
 
@@ -326,82 +295,6 @@ private:
                                {"tool", std::string("nwc ") + version_string}};
         if (!model.rope_corrections.values().empty()) root["llama2c_rope_corrections"] = detail::rope_corrections_name;
         return root.dump();
-    }
-
-    static Plan make_plan(const ContainerReader& reader, std::size_t index, std::shared_ptr<const NeuralDecoderType> decoder) {
-        const ContainerEntry& entry = reader.entry(index);
-        Plan plan;
-        plan.index = index;
-        plan.context = reader.context() + ": tensor '" + entry.name + "' (" + entry.method + ")";
-        plan.weights = entry.shape.numel();
-        if (entry.method == "raw") {
-            plan.layout = RawPlan{};
-            return plan;
-        }
-        const auto metadata = reader.metadata(index);
-        if (entry.method == "rtn" || entry.method == "gptq") {
-            require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
-            plan.layout = RtnMethod::parse(entry, metadata, plan.context);
-            plan.segments = std::get<RtnMethod::Layout>(plan.layout).segment_count();
-        } else if (entry.method == "ecsq") {
-            require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
-            plan.layout = EcsqMethod::parse(entry, metadata, plan.context);
-            plan.segments = std::get<EcsqMethod::Layout>(plan.layout).segment_count();
-        } else if (entry.method == "nwc") {
-            require(entry.codec_index >= 0, errc::corrupt, plan.context, ": an nwc tensor needs a codec");
-            if (!decoder)
-                decoder = std::make_shared<const NeuralDecoderType>(parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)),
-                                                                                        reader.context() + ": codec " + std::to_string(entry.codec_index)));
-            plan.layout = NwcMethod::parse(entry, metadata, *decoder, plan.context);
-            plan.segments = std::get<NwcMethod::Layout>(plan.layout).segment_count();
-            plan.decoder = std::move(decoder);
-        } else {
-            fail(errc::unsupported, plan.context, ": unknown method '", entry.method, "'");
-        }
-        return plan;
-    }
-
-    static void decode_items(const ContainerReader& reader, const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
-                             const ProgressCallback& progress, std::size_t tensors_total) {
-        std::vector<std::pair<std::size_t, std::size_t>> items;  // (plan, segment)
-        std::int64_t weights_total = 0;
-        for (std::size_t p = 0; p < plans.size(); ++p) {
-            weights_total += plans[p].weights;
-            for (std::size_t s = 0; s < plans[p].segments; ++s) items.emplace_back(p, s);
-        }
-        detail::run_with_progress(std::int64_t(items.size()), threads, progress, "decompress", tensors_total, weights_total, [&](std::int64_t item) {
-            const auto [p, segment] = items[std::size_t(item)];
-            const Plan& plan = plans[p];
-            const std::size_t done = segment + 1 == plan.segments ? 1 : 0;
-            Tensor<float>* output = outputs[p];
-            if (output == nullptr) return std::pair<std::size_t, std::int64_t>{done, plan.weights};
-            const ContainerEntry& entry = reader.entry(plan.index);
-            const auto bytes = std::holds_alternative<RawPlan>(plan.layout) ? reader.payload(plan.index) : reader.segment(plan.index, segment);
-            std::int64_t weights = plan.weights;
-            std::visit(
-                [&](const auto& layout) {
-                    using Layout = std::decay_t<decltype(layout)>;
-                    if constexpr (std::is_same_v<Layout, RawPlan>) {
-                        *output = decode_float32(entry.original_dtype, entry.shape, bytes, plan.context);
-                    } else if constexpr (std::is_same_v<Layout, RtnMethod::Layout>) {
-                        RtnMethod::decode_segment(layout, segment, bytes, output->view(), plan.context);
-                        weights = std::min(layout.rows_per_segment, layout.rows - std::int64_t(segment) * layout.rows_per_segment) * layout.cols;
-                    } else if constexpr (std::is_same_v<Layout, EcsqMethod::Layout>) {
-                        EcsqMethod::decode_segment(layout, segment, bytes, output->view(), plan.context, Backend{});
-                        weights = std::min(layout.rows_per_segment, layout.rows - std::int64_t(segment) * layout.rows_per_segment) * layout.cols;
-                    } else {
-                        NwcMethod::decode_segment(layout, *plan.decoder, segment, bytes, output->view(), plan.context, Backend{});
-                        const auto& where = layout.segments[segment];
-                        std::int64_t columns = 0;
-                        const std::int64_t first = where.span * layout.columns_per_segment;
-                        for (std::int64_t c = first; c < std::min(layout.cols, first + layout.columns_per_segment); ++c)
-                            columns += plan.decoder->architecture().prior_group(layout.levels[std::size_t(c)]) == where.group ? 1 : 0;
-                        weights = columns * layout.rows;
-                    }
-                },
-                plan.layout);
-            return std::pair<std::size_t, std::int64_t>{done, weights};
-        });
     }
 
     MethodOptions m_options;

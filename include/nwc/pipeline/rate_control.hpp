@@ -33,7 +33,8 @@ struct RateTarget {
     double bits_per_weight = 4.0;  ///< B: 8 x file bytes / input weights
     double tolerance = 0.01;       ///< relative: |achieved / B - 1| must stay below it
     int max_passes = 14;           ///< full compressions for ecsq / nwc
-    /// Range of Δ (ecsq) or alpha (nwc) searched; NaN: [2^-12, 16] for Δ, [1/16, 16] for alpha.
+    /// Range of Δ (ecsq) or alpha (nwc) searched; NaN: [2^-12, 16] for Δ, [1/4, 16] for alpha (far
+    /// below 1 the codec's distortion explodes long before its rate falls: pick another codec).
     double knob_min = std::numeric_limits<double>::quiet_NaN(), knob_max = std::numeric_limits<double>::quiet_NaN();
 };
 
@@ -96,7 +97,7 @@ CompressedModel compress_to_bits_target(const Codec& codec, const ModelFile& mod
     CompressedModel result = codec.compress_model(model, hessians, progress, bits);
     int high = low;
     for (std::size_t i : coded) high = std::max(high, bits[i]);
-    result.report.setting = low == high ? "bits=" + std::to_string(low) : "bits=" + std::to_string(low) + ".." + std::to_string(high);
+    result.report.setting = low == high ? detail::concat("bits=", low) : detail::concat("bits=", low, "..", high);
     result.report.passes = 2;
     return result;
 }
@@ -120,7 +121,7 @@ CompressedModel compress_to_target(const Codec& codec, const ModelFile& model, c
         result = detail::compress_to_bits_target(codec, model, hessians, target, progress);
     } else {
         const bool grows = base.method == CompressionMethod::nwc;  // alpha: more bits as it grows
-        const double lowest = std::isnan(target.knob_min) ? (grows ? -4.0 : -12.0) : std::log2(target.knob_min);
+        const double lowest = std::isnan(target.knob_min) ? (grows ? -2.0 : -12.0) : std::log2(target.knob_min);
         const double highest = std::isnan(target.knob_max) ? 4.0 : std::log2(target.knob_max);
         int passes = 0;
         double best_u = 0.0, best_miss = INFINITY;
@@ -168,9 +169,9 @@ CompressedModel compress_to_target(const Codec& codec, const ModelFile& model, c
     report.target_met = std::fabs(miss) <= target.tolerance;
     if (!report.target_met) {
         const bool integer_bits = base.method == CompressionMethod::rtn || base.method == CompressionMethod::gptq;
-        report.note = "achieved " + std::to_string(report.bits_per_weight()) + " bits per weight, " + std::to_string(100.0 * miss) + "% from the target" +
-                      (integer_bits ? ": integer bits per tensor (2..8) cannot land within " + std::to_string(100.0 * target.tolerance) + "%"
-                                    : ": the knob's range (or the fixed overhead of headers, scales, the codec and raw tensors) cannot reach it");
+        report.note = detail::concat("achieved ", report.bits_per_weight(), " bits per weight, ", 100.0 * miss, "% from the target",
+                                     integer_bits ? ": integer bits per tensor (2..8) cannot land within the tolerance"
+                                                  : ": the knob's range (or the fixed overhead of headers, scales, the codec and raw tensors) cannot reach it");
     }
     return result;
 }

@@ -153,13 +153,7 @@ public:
     // --- direct use ---
     /// Plain rounding of a whole matrix (no error feedback); returns the reconstruction.
     Tensor<float> quantize(TensorView<const float> weights) {
-        reset(weights.rows(), weights.cols());
-        const Eigen::MatrixXf columns = weights.matrix();
-        Eigen::MatrixXf reconstruction(columns.rows(), columns.cols());
-        quantize_block(BlockPosition{}, columns, reconstruction);
-        Tensor<float> result(weights.shape());
-        result.matrix() = reconstruction;
-        return result;
+        return detail::quantize_plain(*this, weights);
     }
 
     /// The decoder's reconstruction from the symbols, step and scales; bit-identical to quantize's.

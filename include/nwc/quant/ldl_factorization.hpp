@@ -27,11 +27,6 @@
 // feedback is empty: LDLQ then codes without feedback (plain quantization), never producing NaNs.
 #pragma once
 
-// GCC 12 reports false -Wmaybe-uninitialized warnings inside Eigen's AVX-512 kernels (avx512fintrin.h)
-// when they are inlined here; the pragma is scoped to this header.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -175,5 +170,3 @@ LDLFeedback ldl_feedback(const Eigen::MatrixBase<Derived>& hessian, const LDLQOp
 }
 
 }  // namespace nwc
-
-#pragma GCC diagnostic pop

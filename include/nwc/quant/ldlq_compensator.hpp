@@ -16,11 +16,6 @@
 //   (LDLQStatus::factorization_failed) and W is then coded without feedback.
 #pragma once
 
-// GCC 12 reports false -Wmaybe-uninitialized warnings inside Eigen's AVX-512 kernels (avx512fintrin.h)
-// when they are inlined here; the pragma is scoped to this header.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -207,5 +202,3 @@ private:
 };
 
 }  // namespace nwc
-
-#pragma GCC diagnostic pop

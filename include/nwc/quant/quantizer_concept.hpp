@@ -6,6 +6,9 @@
 //   the ERROR-COMPENSATED values of the columns it is about to code; the quantizer returns their
 //   reconstruction and records whatever it stores (codes, scales, latents) at the positions given.
 //   The compensator never looks at that state; it only needs the reconstruction.
+// - Values are in W's own units. A policy that codes NORMALIZED weights divides by the Chunker's
+//   fp16 scales itself and multiplies its reconstruction back (EntropyCodedScalar does; so must
+//   the neural codec), so LDLQ's loss stays the one of W under H.
 // - Values arrive as COLUMN-MAJOR blocks (rows x columns, column stride >= rows): a column is
 //   contiguous, and when d divides the row count a block is exactly a run of chunks in the
 //   Chunker's [chunk][d] layout (column-major over chunks), so a neural codec can encode it as is.
@@ -35,6 +38,8 @@
 #include <span>
 
 #include <Eigen/Core>
+
+#include "nwc/core/tensor.hpp"
 
 namespace nwc {
 
@@ -106,6 +111,27 @@ void quantize_block_by_columns(Q& quantizer, const BlockPosition& position, Cons
                                       std::span<const float>(block.col(c).data(), std::size_t(block.rows())),
                                       std::span<float>(reconstructed.col(c).data(), std::size_t(block.rows())));
     }
+}
+
+/// Plain quantization of a whole matrix (no feedback), in row blocks of `row_block` rows (rounded
+/// up to row_group()) so that the column-major working copy and the quantizer's row-major state
+/// of one block stay in cache. Returns the reconstruction, row-major.
+template <class Q>
+Tensor<float> quantize_plain(Q& quantizer, TensorView<const float> weights, std::span<const std::uint8_t> levels = {},
+                             std::int64_t row_block = 64) {
+    const std::int64_t rows = weights.rows(), cols = weights.cols(), row_group = std::max(1, int(quantizer.row_group()));
+    row_block = (row_block + row_group - 1) / row_group * row_group;
+    quantizer.reset(rows, cols);
+    Tensor<float> result(weights.shape());
+    Eigen::MatrixXf block, reconstructed;
+    for (std::int64_t first = 0; first < rows; first += row_block) {
+        const std::int64_t count = std::min(row_block, rows - first);
+        block = weights.matrix().middleRows(first, count);
+        reconstructed.resize(count, cols);
+        quantizer.quantize_block(BlockPosition{first, 0, levels}, block, reconstructed);
+        result.matrix().middleRows(first, count) = reconstructed;
+    }
+    return result;
 }
 }  // namespace detail
 

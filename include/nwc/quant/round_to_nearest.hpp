@@ -116,6 +116,7 @@ public:
         m_codes.assign(std::size_t(rows * cols), std::uint8_t(1 << (bits() - 1)));
         m_scales.assign(std::size_t(rows * m_groups_per_row), half{});
         m_active_inverse.assign(std::size_t(rows), 0.0f);
+        m_active_scale.assign(std::size_t(rows), 0.0f);
     }
 
     void begin_group(const BlockPosition& position, ConstColumnBlock group) {
@@ -128,17 +129,19 @@ public:
             const std::int64_t row = position.first_row + i;
             m_scales[std::size_t(row * m_groups_per_row + group_index)] = found.scale;
             m_active_inverse[std::size_t(row)] = found.inverse;
+            m_active_scale[std::size_t(row)] = to_float(found.scale);
         }
     }
 
     void quantize_column(const BlockPosition& position, std::span<const float> column, std::span<float> reconstructed) {
         NWC_ASSERT(column.size() == reconstructed.size() && position.first_row + std::int64_t(column.size()) <= m_rows);
-        const std::int64_t c = position.first_column, group_index = c / group_size();
+        const std::int64_t c = position.first_column;
+        const int offset = 1 << (bits() - 1);
         for (std::size_t i = 0; i < column.size(); ++i) {
             const std::int64_t row = position.first_row + std::int64_t(i);
             const int code = detail::rtn_code(column[i], m_active_inverse[std::size_t(row)], bits(), m_options.scheme);
             m_codes[std::size_t(row * m_cols + c)] = std::uint8_t(code);
-            reconstructed[i] = detail::rtn_value(code, m_scales[std::size_t(row * m_groups_per_row + group_index)], bits());
+            reconstructed[i] = float(code - offset) * m_active_scale[std::size_t(row)];  // = rtn_value(code, scale, bits)
         }
     }
 
@@ -149,21 +152,20 @@ public:
     // --- direct use ---
     /// Plain round to nearest of a whole matrix (no error feedback); returns the reconstruction.
     Tensor<float> quantize(TensorView<const float> weights) {
-        reset(weights.rows(), weights.cols());
-        const Eigen::MatrixXf columns = weights.matrix();  // column-major copy
-        Eigen::MatrixXf reconstruction(columns.rows(), columns.cols());
-        quantize_block(BlockPosition{}, columns, reconstruction);
-        Tensor<float> result(weights.shape());
-        result.matrix() = reconstruction;
-        return result;
+        return detail::quantize_plain(*this, weights);
     }
 
     /// The decoder's reconstruction from codes and scales alone; bit-identical to what
     /// quantize / quantize_column returned.
     Tensor<float> dequantize() const {
         Tensor<float> result(Shape{m_rows, m_cols});
+        const int offset = 1 << (bits() - 1);
         for (std::int64_t r = 0; r < m_rows; ++r)
-            for (std::int64_t c = 0; c < m_cols; ++c) result(r, c) = detail::rtn_value(code(r, c), scale(r, c / group_size()), bits());
+            for (std::int64_t g = 0; g < m_groups_per_row; ++g) {
+                const float group_scale = to_float(scale(r, g));  // the same product as rtn_value, hoisted
+                for (std::int64_t c = g * group_size(); c < std::min<std::int64_t>((g + 1) * group_size(), m_cols); ++c)
+                    result(r, c) = float(code(r, c) - offset) * group_scale;
+            }
         return result;
     }
 
@@ -183,6 +185,7 @@ private:
     std::vector<std::uint8_t> m_codes;
     std::vector<half> m_scales;
     std::vector<float> m_active_inverse;  // per row: the unrounded 1/d of the group being coded
+    std::vector<float> m_active_scale;    // per row: float(fp16(d)) of the group being coded
 };
 
 static_assert(ColumnQuantizer<RoundToNearest>);

@@ -1,0 +1,141 @@
+// Decoding the tensors of a .nwc container: one validated plan per tensor (its method's layout,
+// the codec it needs), then every (tensor, segment) pair as an independent work item, so a file
+// decodes on any number of threads into the same values. Used by PipelineCodec::decompress*.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/core/thread_pool.hpp"
+#include "nwc/io/container.hpp"
+#include "nwc/pipeline/method_ecsq.hpp"
+#include "nwc/pipeline/method_nwc.hpp"
+#include "nwc/pipeline/method_rtn.hpp"
+
+namespace nwc {
+
+/// Where a long operation stands (called from worker threads, one call at a time).
+struct PipelineProgress {
+    std::string_view phase;  ///< "compress", "decompress", "rate pass 3"
+    std::size_t tensors_done = 0, tensors_total = 0;
+    std::int64_t weights_done = 0, weights_total = 0;
+};
+using ProgressCallback = std::function<void(const PipelineProgress&)>;
+
+namespace detail {
+
+/// Runs work(item) -> (tensors done, weights done) for every item and reports progress in between.
+template <class Work>
+void run_with_progress(std::int64_t count, int threads, const ProgressCallback& progress, std::string_view phase, std::size_t tensors_total,
+                       std::int64_t weights_total, Work&& work) {
+    std::mutex mutex;
+    PipelineProgress state{phase, 0, tensors_total, 0, weights_total};
+    parallel_for(count, threads, [&](std::int64_t item) {
+        const auto [tensors, weights] = work(item);
+        if (!progress) return;
+        std::lock_guard lock(mutex);
+        state.tensors_done += tensors;
+        state.weights_done += weights;
+        progress(state);
+    });
+}
+
+struct RawPlan {};
+
+/// Everything needed to decode one tensor, validated before any output is allocated.
+struct DecodePlan {
+    std::size_t index = 0;
+    std::string context;
+    std::variant<RawPlan, RtnMethod::Layout, EcsqMethod::Layout, NwcMethod::Layout> layout;
+    std::shared_ptr<const NeuralDecoderType> decoder;
+    std::size_t segments = 1;
+    std::int64_t weights = 0;
+};
+
+/// Validates tensor `index`'s metadata and prepares its decoding (`decoder`: the parsed codec it
+/// refers to, or null to parse it here).
+inline DecodePlan make_decode_plan(const ContainerReader& reader, std::size_t index, std::shared_ptr<const NeuralDecoderType> decoder) {
+    const ContainerEntry& entry = reader.entry(index);
+    DecodePlan plan;
+    plan.index = index;
+    plan.context = reader.context() + ": tensor '" + entry.name + "' (" + entry.method + ")";
+    plan.weights = entry.shape.numel();
+    if (entry.method == "raw") {
+        plan.layout = RawPlan{};
+        return plan;
+    }
+    require(plan.weights <= std::int64_t(entry.payload_size) * max_weights_per_payload_byte, errc::limit, plan.context, ": ", plan.weights,
+            " weights in ", entry.payload_size, " payload bytes (more than ", max_weights_per_payload_byte, " per byte)");
+    const auto metadata = reader.metadata(index);
+    if (entry.method == "rtn" || entry.method == "gptq") {
+        require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
+        plan.layout = RtnMethod::parse(entry, metadata, plan.context);
+        plan.segments = std::get<RtnMethod::Layout>(plan.layout).segment_count();
+    } else if (entry.method == "ecsq") {
+        require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
+        plan.layout = EcsqMethod::parse(entry, metadata, plan.context);
+        plan.segments = std::get<EcsqMethod::Layout>(plan.layout).segment_count();
+    } else if (entry.method == "nwc") {
+        require(entry.codec_index >= 0, errc::corrupt, plan.context, ": an nwc tensor needs a codec");
+        if (!decoder)
+            decoder = std::make_shared<const NeuralDecoderType>(parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)),
+                                                                                    reader.context() + std::string(": codec ") + std::to_string(entry.codec_index)));
+        plan.layout = NwcMethod::parse(entry, metadata, *decoder, plan.context);
+        plan.segments = std::get<NwcMethod::Layout>(plan.layout).segment_count();
+        plan.decoder = std::move(decoder);
+    } else {
+        fail(errc::unsupported, plan.context, ": unknown method '", entry.method, "'");
+    }
+    return plan;
+}
+
+/// Decodes every (plan, segment) pair as one work item into `outputs` (null: skip the tensor).
+template <class Backend>
+void decode_plans(const ContainerReader& reader, const std::vector<DecodePlan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
+                  const ProgressCallback& progress, std::size_t tensors_total) {
+    std::vector<std::pair<std::size_t, std::size_t>> items;  // (plan, segment)
+    std::int64_t weights_total = 0;
+    for (std::size_t p = 0; p < plans.size(); ++p) {
+        weights_total += plans[p].weights;
+        for (std::size_t s = 0; s < plans[p].segments; ++s) items.emplace_back(p, s);
+    }
+    run_with_progress(std::int64_t(items.size()), threads, progress, "decompress", tensors_total, weights_total, [&](std::int64_t item) {
+        const auto [p, segment] = items[std::size_t(item)];
+        const DecodePlan& plan = plans[p];
+        const std::size_t done = segment + 1 == plan.segments ? 1 : 0;
+        Tensor<float>* output = outputs[p];
+        if (output == nullptr) return std::pair<std::size_t, std::int64_t>{done, plan.weights};
+        const ContainerEntry& entry = reader.entry(plan.index);
+        const auto bytes = std::holds_alternative<RawPlan>(plan.layout) ? reader.payload(plan.index) : reader.segment(plan.index, segment);
+        std::int64_t weights = plan.weights;
+        std::visit(
+            [&](const auto& layout) {
+                using Layout = std::decay_t<decltype(layout)>;
+                if constexpr (std::is_same_v<Layout, RawPlan>) {
+                    *output = decode_float32(entry.original_dtype, entry.shape, bytes, plan.context);
+                } else if constexpr (std::is_same_v<Layout, RtnMethod::Layout>) {
+                    RtnMethod::decode_segment(layout, segment, bytes, output->view(), plan.context);
+                    weights = layout.segment_weights(segment);
+                } else if constexpr (std::is_same_v<Layout, EcsqMethod::Layout>) {
+                    EcsqMethod::decode_segment(layout, segment, bytes, output->view(), plan.context, Backend{});
+                    weights = layout.segment_weights(segment);
+                } else {
+                    NwcMethod::decode_segment(layout, *plan.decoder, segment, bytes, output->view(), plan.context, Backend{});
+                    weights = layout.segment_weights(segment, plan.decoder->architecture());
+                }
+            },
+            plan.layout);
+        return std::pair<std::size_t, std::int64_t>{done, weights};
+    });
+}
+
+}  // namespace detail
+}  // namespace nwc
