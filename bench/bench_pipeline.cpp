@@ -33,13 +33,13 @@ const ModelFile& subset() {
     return model;
 }
 
-std::shared_ptr<const Codec> bench_codec() {
-    static const std::shared_ptr<const Codec> codec = [] {
+std::shared_ptr<const NeuralCodec> bench_codec() {
+    static const std::shared_ptr<const NeuralCodec> codec = [] {
         if (const char* path = std::getenv("NWC_BENCH_CODEC"); path != nullptr && *path != '\0')
-            return std::make_shared<const Codec>(read_codec_file(path));
+            return std::make_shared<const NeuralCodec>(read_codec_file(path));
         CodecModel model(CodecArchitecture{16, 512, 4, 16, 4});
         model.initialize(Random(1));
-        return std::make_shared<const Codec>(model.freeze());
+        return std::make_shared<const NeuralCodec>(model.freeze());
     }();
     return codec;
 }

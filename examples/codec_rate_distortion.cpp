@@ -85,9 +85,9 @@ int main(int argc, char** argv) {
         }
         std::printf("\n| codec | decoder half (bytes) | level | bits/weight (coded) | MSE | SNR dB | ECSQ bits at same MSE | codec - ECSQ | "
                     "codec - bound | decode Mweights/s |\n|---|---|---|---|---|---|---|---|---|---|\n");
-        std::vector<std::pair<std::string, nwc::Codec>> variants;
+        std::vector<std::pair<std::string, nwc::NeuralCodec>> variants;
         for (const std::string& path : codecs) {
-            nwc::Codec codec = nwc::read_codec_file(path);
+            nwc::NeuralCodec codec = nwc::read_codec_file(path);
             const std::string name = std::filesystem::path(path).filename().string();
             if (dtype_study) {
                 for (nwc::dtype storage : {nwc::dtype::f16, nwc::dtype::bf16}) {
@@ -96,9 +96,9 @@ int main(int argc, char** argv) {
                     nwc::round_weights_to(decoder, storage);
                     const auto medians = codec.decoder().all_medians();
                     const auto tables = codec.decoder().all_tables();
-                    nwc::CodecDecoder half(codec.architecture(), std::move(decoder), std::vector<float>(medians.begin(), medians.end()),
+                    nwc::NeuralDecoder half(codec.architecture(), std::move(decoder), std::vector<float>(medians.begin(), medians.end()),
                                            std::vector<nwc::CdfTableSet>(tables.begin(), tables.end()), storage);
-                    variants.emplace_back(name + " as " + std::string(nwc::dtype_name(storage)), nwc::Codec(std::move(encoder), std::move(half)));
+                    variants.emplace_back(name + " as " + std::string(nwc::dtype_name(storage)), nwc::NeuralCodec(std::move(encoder), std::move(half)));
                 }
             }
             variants.emplace_back(name, std::move(codec));

@@ -78,7 +78,7 @@ TEST_CASE("CodecTrainer: a tiny training run lowers the loss", "[codec_model]") 
     CHECK(last < 0.7 * first);
 
     // The frozen codec codes and decodes: symbols are integers around the medians, decode is finite.
-    const Codec codec = trainer.freeze(dtype::f32);
+    const NeuralCodec codec = trainer.freeze(dtype::f32);
     const auto& matrix = corpus.held_out().front();
     const std::vector<std::uint8_t> levels(std::size_t(matrix.chunk_count()), 0);
     const TensorView<const float> chunks(matrix.chunks.data(), {matrix.chunk_count(), 16});
@@ -108,9 +108,9 @@ TEST_CASE("codec file: round trip through bytes and through a file", "[codec_mod
     for (dtype storage : {dtype::f32, dtype::f16, dtype::bf16}) {
         CodecTrainer trainer(tiny_options(1), corpus);
         for (int step = 0; step < 5; ++step) trainer.step();
-        const Codec codec = trainer.freeze(storage, 14, R"({"name":"round trip"})");
+        const NeuralCodec codec = trainer.freeze(storage, 14, R"({"name":"round trip"})");
         const std::vector<std::uint8_t> bytes = serialize_codec(codec);
-        const Codec parsed = parse_codec(bytes);
+        const NeuralCodec parsed = parse_codec(bytes);
         CHECK(parsed.architecture() == codec.architecture());
         CHECK(parsed.weight_dtype() == storage);
         CHECK(parsed.provenance() == codec.provenance());
@@ -133,7 +133,7 @@ TEST_CASE("codec file: round trip through bytes and through a file", "[codec_mod
         const std::vector<std::uint8_t> half = serialize_codec_decoder(codec.decoder());
         CHECK(serialize_codec_decoder(parse_codec_decoder(half).network().shape() == codec.decoder().network().shape()
                                           ? parse_codec_decoder(half)
-                                          : CodecDecoder()) == half);
+                                          : NeuralDecoder()) == half);
         std::vector<std::uint8_t> embedded = half;
         embedded.insert(embedded.end(), {1, 2, 3});
         std::size_t consumed = 0;
@@ -144,7 +144,7 @@ TEST_CASE("codec file: round trip through bytes and through a file", "[codec_mod
     const std::filesystem::path path = std::filesystem::temp_directory_path() / "nwc_test_codec_model.nwcc";
     CodecTrainer trainer(tiny_options(1), corpus);
     trainer.step();
-    const Codec codec = trainer.freeze();
+    const NeuralCodec codec = trainer.freeze();
     write_codec_file(path, codec);
     CHECK(serialize_codec(read_codec_file(path)) == serialize_codec(codec));
     std::filesystem::remove(path);
@@ -197,7 +197,7 @@ TEST_CASE("codec evaluation: real rANS bytes track the ideal rate; ECSQ matches 
     const TrainingCorpus corpus = synthetic_corpus(2048, 5);
     CodecTrainer trainer(tiny_options(1), corpus);
     for (int step = 0; step < 30; ++step) trainer.step();
-    const Codec codec = trainer.freeze();
+    const NeuralCodec codec = trainer.freeze();
     for (int level = 0; level < 4; ++level) {
         const RateDistortion rd = evaluate_codec(codec, corpus.held_out(), level);
         CHECK(rd.weights == 512);

@@ -37,8 +37,8 @@ const TempDir& temp() {
 }
 
 /// A small codec trained for a few hundred steps on GPT-Neo chunks (never on stories260K).
-std::shared_ptr<const Codec> tiny_codec() {
-    static const std::shared_ptr<const Codec> codec = [] {
+std::shared_ptr<const NeuralCodec> tiny_codec() {
+    static const std::shared_ptr<const NeuralCodec> codec = [] {
         const SafetensorsFile file = SafetensorsFile::open(data("gptneo125m_attn.safetensors"));
         const Chunker chunker;
         std::vector<float> chunks;
@@ -56,7 +56,7 @@ std::shared_ptr<const Codec> tiny_codec() {
         options.threads = 2;
         CodecTrainer trainer(options, corpus);
         for (int step = 0; step < options.steps; ++step) trainer.step();
-        return std::make_shared<const Codec>(trainer.freeze());
+        return std::make_shared<const NeuralCodec>(trainer.freeze());
     }();
     return codec;
 }
@@ -284,7 +284,7 @@ TEST_CASE("stories260K at about 4 bits per weight with every method decompresses
     }
 }
 
-TEST_CASE("ecsq rate control lands within 1% on a real safetensors file", "[pipeline]") {
+TEST_CASE("ecsq and nwc rate control land within 1% on a real safetensors file", "[pipeline]") {
     const ModelFile subset = first_tensors(mt3(), 12);
     for (double target : {3.0, 5.0}) {
         const CompressedModel compressed = compress_to_target(DefaultCodec(options_for(CompressionMethod::ecsq)), subset, {}, RateTarget{target});
@@ -292,6 +292,12 @@ TEST_CASE("ecsq rate control lands within 1% on a real safetensors file", "[pipe
         CHECK(std::fabs(compressed.report.bits_per_weight() / target - 1.0) <= 0.01);
         CHECK(compressed.report.target_met);
     }
+    // nwc's alpha search without Hessians (passes skip the decoder, the final pass measures).
+    const CompressedModel neural = compress_to_target(DefaultCodec(options_for(CompressionMethod::nwc), tiny_codec()), subset, {}, RateTarget{3.0});
+    INFO("nwc -> " << neural.report.bits_per_weight() << " " << neural.report.setting);
+    CHECK(std::fabs(neural.report.bits_per_weight() / 3.0 - 1.0) <= 0.01);
+    CHECK(neural.report.squared_norm > 0.0);
+    CHECK(neural.report.relative_mse() < 0.2);
     // An unreachable target is reported, not hidden.
     const CompressedModel low = compress_to_target(DefaultCodec(options_for(CompressionMethod::rtn)), subset, {}, RateTarget{1.0});
     CHECK(!low.report.target_met);

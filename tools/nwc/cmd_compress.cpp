@@ -142,8 +142,8 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
 
     const auto start = std::chrono::steady_clock::now();
     const ModelFile model = load_model_file(input);
-    std::vector<std::shared_ptr<const NeuralEncoderType>> codecs;
-    for (const auto& path : codec_paths) codecs.push_back(std::make_shared<const NeuralEncoderType>(read_codec_file(path)));
+    std::vector<std::shared_ptr<const NeuralCodec>> codecs;
+    for (const auto& path : codec_paths) codecs.push_back(std::make_shared<const NeuralCodec>(read_codec_file(path)));
 
     std::optional<llm::LinearHessians> hessians;
     nlohmann::json calibration = nullptr;

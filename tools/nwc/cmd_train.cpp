@@ -197,7 +197,7 @@ int run_train(const std::vector<std::string>& raw_arguments) {
     provenance["table_precision"] = precision;
     provenance["table_tail_mass"] = table_tail;
 
-    Codec codec = trainer.freeze(storage, precision, provenance.dump(), table_tail);
+    NeuralCodec codec = trainer.freeze(storage, precision, provenance.dump(), table_tail);
     nlohmann::json held_out = nlohmann::json::array();
     for (int level = 0; level < options.architecture.levels && !corpus.held_out().empty(); ++level) {
         const RateDistortion rd = evaluate_codec(codec, corpus.held_out(), level, options.threads);

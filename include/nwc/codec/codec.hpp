@@ -1,4 +1,4 @@
-// nwc::Codec and nwc::CodecDecoder: a trained, frozen weight codec, ready to code chunks.
+// nwc::NeuralCodec and nwc::NeuralDecoder: a trained, frozen weight codec, ready to code chunks.
 //
 // Read me first:
 // - A chunk is `chunk_size` (16) consecutive normalized weights of one column (nwc::Chunker), with
@@ -11,7 +11,7 @@
 //   rANS streams (one per level present). With a shared prior all levels use tables(0).
 // - decode: y_hat = symbol + median_c, chunk = g_s(y_hat, level). Only integers cross the
 //   entropy coder; the medians are floats stored in the codec file, never recomputed.
-// - CodecDecoder is the half a .nwc file embeds (decoder weights, medians, tables); Codec adds the
+// - NeuralDecoder is the half a .nwc file embeds (decoder weights, medians, tables); NeuralCodec adds the
 //   encoder. Weights live in memory as float, already rounded to the storage dtype of the codec file
 //   (f32, f16 or bf16), so a decoder loaded from a file computes exactly what the encoder side used.
 #pragma once
@@ -74,25 +74,25 @@ inline void round_weights_to(ResidualMLP<float>& network, dtype storage) {
 }
 
 /// The decoding half of a codec: g_s, the medians and the integer tables of every prior group.
-class CodecDecoder {
+class NeuralDecoder {
 public:
     /// Chunks decoded per internal block, which bounds the latent buffer.
     static constexpr std::int64_t block_chunks = 65536;
 
-    CodecDecoder() = default;
+    NeuralDecoder() = default;
     /// medians: prior_groups x latents floats (group-major); tables: one set of `latents` tables per group.
-    CodecDecoder(CodecArchitecture architecture, ResidualMLP<float> network, std::vector<float> medians, std::vector<CdfTableSet> tables,
+    NeuralDecoder(CodecArchitecture architecture, ResidualMLP<float> network, std::vector<float> medians, std::vector<CdfTableSet> tables,
                  dtype weight_dtype)
         : m_architecture(architecture), m_network(std::move(network)), m_medians(std::move(medians)), m_tables(std::move(tables)),
           m_weight_dtype(weight_dtype) {
         architecture.validate();
-        require(m_network.shape() == architecture.decoder_shape(), errc::invalid_argument, "CodecDecoder: network shape mismatch");
+        require(m_network.shape() == architecture.decoder_shape(), errc::invalid_argument, "NeuralDecoder: network shape mismatch");
         const std::size_t groups = std::size_t(architecture.prior_groups());
         require(m_medians.size() == groups * std::size_t(architecture.latents) && m_tables.size() == groups, errc::invalid_argument,
-                "CodecDecoder: ", m_medians.size(), " medians and ", m_tables.size(), " table sets for ", groups, " prior groups of ",
+                "NeuralDecoder: ", m_medians.size(), " medians and ", m_tables.size(), " table sets for ", groups, " prior groups of ",
                 architecture.latents, " latents");
         for (const CdfTableSet& set : m_tables)
-            require(set.channel_count() == std::size_t(architecture.latents), errc::invalid_argument, "CodecDecoder: a table set has ",
+            require(set.channel_count() == std::size_t(architecture.latents), errc::invalid_argument, "NeuralDecoder: a table set has ",
                     set.channel_count(), " tables for ", architecture.latents, " latents");
     }
 
@@ -123,10 +123,10 @@ public:
         const std::int64_t count = std::int64_t(levels.size()), latents = m_architecture.latents;
         require(std::int64_t(symbols.size()) == count * latents && chunks.rows() == count &&
                     chunks.cols() == m_architecture.chunk_size,
-                errc::invalid_argument, "CodecDecoder::decode: ", symbols.size(), " symbols, ", count, " levels and a ",
+                errc::invalid_argument, "NeuralDecoder::decode: ", symbols.size(), " symbols, ", count, " levels and a ",
                 chunks.rows(), " x ", chunks.cols(), " output do not match ", latents, " latents per chunk");
         for (std::uint8_t level : levels)
-            require(level < m_architecture.levels, errc::corrupt, "CodecDecoder::decode: level ", int(level), " but the codec has ",
+            require(level < m_architecture.levels, errc::corrupt, "NeuralDecoder::decode: level ", int(level), " but the codec has ",
                     m_architecture.levels);
         RowMajorMatrix<float> latent_block;
         for (std::int64_t begin = 0; begin < count; begin += block_chunks) {
@@ -152,19 +152,19 @@ private:
 };
 
 /// A complete codec: g_a plus the decoding half, and the training provenance (a JSON string).
-class Codec {
+class NeuralCodec {
 public:
-    Codec() = default;
-    Codec(ResidualMLP<float> encoder, CodecDecoder decoder, std::string provenance = "{}")
+    NeuralCodec() = default;
+    NeuralCodec(ResidualMLP<float> encoder, NeuralDecoder decoder, std::string provenance = "{}")
         : m_encoder(std::move(encoder)), m_decoder(std::move(decoder)), m_provenance(std::move(provenance)) {
         require(m_encoder.shape() == m_decoder.architecture().encoder_shape(), errc::invalid_argument,
-                "Codec: encoder shape does not match the decoder's architecture");
+                "NeuralCodec: encoder shape does not match the decoder's architecture");
     }
 
     const CodecArchitecture& architecture() const noexcept { return m_decoder.architecture(); }
     const ResidualMLP<float>& encoder() const noexcept { return m_encoder; }
-    const CodecDecoder& decoder() const noexcept { return m_decoder; }
-    /// Tables for the symbols of level-`level` chunks (see CodecDecoder::tables).
+    const NeuralDecoder& decoder() const noexcept { return m_decoder; }
+    /// Tables for the symbols of level-`level` chunks (see NeuralDecoder::tables).
     const CdfTableSet& tables(int level) const { return m_decoder.tables(level); }
     std::span<const float> medians(int level) const { return m_decoder.medians(level); }
     dtype weight_dtype() const noexcept { return m_decoder.weight_dtype(); }
@@ -177,7 +177,7 @@ public:
     std::span<const float> prior_parameters() const noexcept { return m_prior_parameters; }
     void set_prior_parameters(std::vector<float> values) {
         require(values.empty() || values.size() == std::size_t(architecture().prior_groups() * architecture().latents * 58),
-                errc::invalid_argument, "Codec: ", values.size(), " prior parameters for ", architecture().prior_groups(), " x ",
+                errc::invalid_argument, "NeuralCodec: ", values.size(), " prior parameters for ", architecture().prior_groups(), " x ",
                 architecture().latents, " channels of 58");
         m_prior_parameters = std::move(values);
     }
@@ -189,7 +189,7 @@ public:
         const auto& arch = architecture();
         require(chunks.cols() == arch.chunk_size && chunks.rows() == std::int64_t(levels.size()) &&
                     latents.rows() == chunks.rows() && latents.cols() == arch.latents,
-                errc::invalid_argument, "Codec::analyze: a ", chunks.rows(), " x ", chunks.cols(), " input with ", levels.size(),
+                errc::invalid_argument, "NeuralCodec::analyze: a ", chunks.rows(), " x ", chunks.cols(), " input with ", levels.size(),
                 " levels does not fit chunk size ", arch.chunk_size, " and ", arch.latents, " latents");
         m_encoder.infer(chunks, levels, latents, threads, backend_tag);
     }
@@ -200,7 +200,7 @@ public:
     void encode(TensorView<const float> chunks, std::span<const std::uint8_t> levels, std::span<std::int32_t> symbols,
                 int threads = 1, Backend backend_tag = {}) const {
         const auto& arch = architecture();
-        require(std::int64_t(symbols.size()) == chunks.rows() * arch.latents, errc::invalid_argument, "Codec::encode: ",
+        require(std::int64_t(symbols.size()) == chunks.rows() * arch.latents, errc::invalid_argument, "NeuralCodec::encode: ",
                 symbols.size(), " symbols for ", chunks.rows(), " chunks of ", arch.latents, " latents");
         RowMajorMatrix<float> latents(chunks.rows(), arch.latents);
         analyze(chunks, levels, TensorView<float>(latents.data(), {chunks.rows(), arch.latents}), threads, backend_tag);
@@ -209,7 +209,7 @@ public:
             const auto medians = this->medians(levels[std::size_t(row)]);
             for (Eigen::Index c = 0; c < latents.cols(); ++c) {
                 const double shifted = double(latents(row, c)) - double(medians[std::size_t(c)]);
-                require(std::isfinite(shifted), errc::invalid_argument, "Codec::encode: chunk ", row,
+                require(std::isfinite(shifted), errc::invalid_argument, "NeuralCodec::encode: chunk ", row,
                         " gives a non-finite latent (is a weight NaN or infinite?)");
                 symbols[std::size_t(row * latents.cols() + c)] = std::int32_t(std::nearbyint(std::clamp(shifted, -limit, limit)));
             }
@@ -221,7 +221,7 @@ public:
         return symbols;
     }
 
-    /// chunks = g_s(symbols + medians, levels): see CodecDecoder::decode.
+    /// chunks = g_s(symbols + medians, levels): see NeuralDecoder::decode.
     template <class Backend = backend::default_backend>
     void decode(std::span<const std::int32_t> symbols, std::span<const std::uint8_t> levels, TensorView<float> chunks,
                 int threads = 1, Backend backend_tag = {}) const {
@@ -230,7 +230,7 @@ public:
 
 private:
     ResidualMLP<float> m_encoder;
-    CodecDecoder m_decoder;
+    NeuralDecoder m_decoder;
     std::string m_provenance = "{}";
     std::vector<float> m_prior_parameters;
 };

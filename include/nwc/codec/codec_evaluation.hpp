@@ -47,7 +47,7 @@ struct RateDistortion {
 
 /// Codes every chunk of `matrices` at importance level `level` with `codec`, decodes, measures.
 template <class Backend = backend::default_backend>
-RateDistortion evaluate_codec(const Codec& codec, std::span<const HeldOutMatrix> matrices, int level, int threads = 1,
+RateDistortion evaluate_codec(const NeuralCodec& codec, std::span<const HeldOutMatrix> matrices, int level, int threads = 1,
                               Backend backend_tag = {}) {
     require(level >= 0 && level < codec.architecture().levels, errc::invalid_argument, "evaluate_codec: level ", level, " outside 0..",
             codec.architecture().levels - 1);

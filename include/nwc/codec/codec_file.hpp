@@ -1,7 +1,7 @@
 // The codec file (.nwcc) and the embeddable decoder half. Byte-by-byte layout: docs/format/codec.md.
 //
 // Read me first:
-// - Codec file: u32 "NWCC", u16 version, u16 flags, provenance JSON (u32 length + bytes), decoder
+// - NeuralCodec file: u32 "NWCC", u16 version, u16 flags, provenance JSON (u32 length + bytes), decoder
 //   half (u64 size + bytes), encoder weights (u64 size + bytes), the trained prior's parameters
 //   (u64 size + f32 values, may be empty), u32 CRC-32C of everything before.
 // - Decoder half (what a .nwc file embeds, self-delimiting): u32 "NWCD", u16 version, u8 weight
@@ -11,7 +11,7 @@
 //   f32, f16 or bf16 (nwc::dtype codes 0, 1, 2). Readers reject non-finite weights and medians.
 // - Readers check every size against the bytes that remain before allocating, then the checksum,
 //   then the contents; any violation is an nwc::error (truncated, corrupt, unsupported, limit) that
-//   names the part and the byte offset. Writers are deterministic: the same Codec gives the same
+//   names the part and the byte offset. Writers are deterministic: the same NeuralCodec gives the same
 //   bytes, and files are replaced atomically (AtomicFileWriter).
 #pragma once
 
@@ -98,7 +98,7 @@ inline CodecArchitecture read_architecture(ByteReader& reader) {
 }  // namespace detail
 
 /// Appends the decoder half (see header comment) to `writer`.
-inline void write_codec_decoder(ByteWriter& writer, const CodecDecoder& decoder) {
+inline void write_codec_decoder(ByteWriter& writer, const NeuralDecoder& decoder) {
     ByteWriter half;
     half.put_u32(codec_decoder_magic);
     half.put_u16(codec_format_version);
@@ -114,7 +114,7 @@ inline void write_codec_decoder(ByteWriter& writer, const CodecDecoder& decoder)
 }
 
 /// The decoder half as bytes, for embedding in .nwc files.
-inline std::vector<std::uint8_t> serialize_codec_decoder(const CodecDecoder& decoder) {
+inline std::vector<std::uint8_t> serialize_codec_decoder(const NeuralDecoder& decoder) {
     ByteWriter writer;
     write_codec_decoder(writer, decoder);
     return writer.take();
@@ -123,7 +123,7 @@ inline std::vector<std::uint8_t> serialize_codec_decoder(const CodecDecoder& dec
 /// Parses a decoder half from the start of `bytes`. With `consumed` null the half must fill `bytes`
 /// exactly; otherwise *consumed receives its length (the half is self-delimiting), so a caller can
 /// parse it in place inside a larger file. `context` names the source in error messages.
-inline CodecDecoder parse_codec_decoder(std::span<const std::uint8_t> bytes, std::string_view context = "codec decoder",
+inline NeuralDecoder parse_codec_decoder(std::span<const std::uint8_t> bytes, std::string_view context = "codec decoder",
                                         std::size_t* consumed = nullptr) {
     ByteReader reader(bytes, context);
     const std::uint32_t magic = reader.get_u32();
@@ -157,11 +157,11 @@ inline CodecDecoder parse_codec_decoder(std::span<const std::uint8_t> bytes, std
     for (std::size_t group = 0; group < tables.size(); ++group)
         require(tables[group].channel_count() == std::size_t(architecture.latents), errc::corrupt, context, ": prior group ", group, " has ",
                 tables[group].channel_count(), " CDF tables for ", architecture.latents, " latents");
-    return CodecDecoder(architecture, std::move(network), std::move(medians), std::move(tables), storage);
+    return NeuralDecoder(architecture, std::move(network), std::move(medians), std::move(tables), storage);
 }
 
 /// The whole codec file as bytes (deterministic).
-inline std::vector<std::uint8_t> serialize_codec(const Codec& codec) {
+inline std::vector<std::uint8_t> serialize_codec(const NeuralCodec& codec) {
     ByteWriter writer;
     writer.put_u32(codec_file_magic);
     writer.put_u16(codec_format_version);
@@ -181,7 +181,7 @@ inline std::vector<std::uint8_t> serialize_codec(const Codec& codec) {
 }
 
 /// Parses a whole codec file; `context` names it in error messages.
-inline Codec parse_codec(std::span<const std::uint8_t> bytes, std::string_view context = "codec file") {
+inline NeuralCodec parse_codec(std::span<const std::uint8_t> bytes, std::string_view context = "codec file") {
     ByteReader reader(bytes, context);
     const std::uint32_t magic = reader.get_u32();
     require(magic == codec_file_magic, errc::corrupt, context, ": magic 0x", std::hex, magic, ", expected 0x", codec_file_magic,
@@ -212,7 +212,7 @@ inline Codec parse_codec(std::span<const std::uint8_t> bytes, std::string_view c
     const std::uint32_t computed = crc32c(bytes.subspan(0, crc_at));
     require(stored == computed, errc::corrupt, context, ": checksum at offset ", crc_at, " is 0x", std::hex, stored, " but the bytes give 0x",
             computed);
-    CodecDecoder decoder = parse_codec_decoder(decoder_bytes, std::string(context) + " (decoder half)");
+    NeuralDecoder decoder = parse_codec_decoder(decoder_bytes, std::string(context) + " (decoder half)");
     const ResidualMLPShape encoder_shape = decoder.architecture().encoder_shape();
     const std::uint64_t expected = std::uint64_t(encoder_shape.parameter_count()) * dtype_size(decoder.weight_dtype());
     require(encoder_size == expected, errc::corrupt, context, ": encoder section at offset ", encoder_at, " holds ", encoder_size,
@@ -225,16 +225,16 @@ inline Codec parse_codec(std::span<const std::uint8_t> bytes, std::string_view c
     for (std::size_t i = 0; i < prior_parameters.size(); ++i)
         require(std::isfinite(prior_parameters[i]), errc::corrupt, context, ": prior parameter ", i, " at offset ", prior_at + 8 + 4 * i,
                 " is not finite");
-    Codec codec(std::move(encoder), std::move(decoder), std::move(provenance));
+    NeuralCodec codec(std::move(encoder), std::move(decoder), std::move(provenance));
     codec.set_prior_parameters(std::move(prior_parameters));
     return codec;
 }
 
 /// Writes a codec file atomically.
-inline void write_codec_file(const std::filesystem::path& path, const Codec& codec) { write_file_atomic(path, serialize_codec(codec)); }
+inline void write_codec_file(const std::filesystem::path& path, const NeuralCodec& codec) { write_file_atomic(path, serialize_codec(codec)); }
 
 /// Reads and validates a codec file.
-inline Codec read_codec_file(const std::filesystem::path& path) {
+inline NeuralCodec read_codec_file(const std::filesystem::path& path) {
     const MappedFile file(path);
     return parse_codec(file.bytes(), "codec file '" + path.string() + "'");
 }

@@ -1,4 +1,4 @@
-// nwc::CodecModel: the trainable codec (g_a, g_s, factorized prior) and its freezing into a Codec.
+// nwc::CodecModel: the trainable codec (g_a, g_s, factorized prior) and its freezing into a NeuralCodec.
 //
 // Read me first:
 // - g_a: ResidualMLP(chunk_size -> W x B -> M), g_s: ResidualMLP(M -> W x B -> chunk_size), both
@@ -123,7 +123,7 @@ public:
 
     /// The frozen codec: tables from the prior (`precision` bits), weights rounded to `storage`.
     /// `tail_mass`: probability each channel's table leaves to its escape bin (FactorizedPrior::build_tables).
-    Codec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}", double tail_mass = 1e-9) const {
+    NeuralCodec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}", double tail_mass = 1e-9) const {
         ResidualMLP<float> encoder = m_encoder, decoder = m_decoder;
         round_weights_to(encoder, storage);
         round_weights_to(decoder, storage);
@@ -134,7 +134,7 @@ public:
             medians.insert(medians.end(), frozen.medians.begin(), frozen.medians.end());
             tables.push_back(std::move(frozen.tables));
         }
-        Codec codec(std::move(encoder), CodecDecoder(m_architecture, std::move(decoder), std::move(medians), std::move(tables), storage),
+        NeuralCodec codec(std::move(encoder), NeuralDecoder(m_architecture, std::move(decoder), std::move(medians), std::move(tables), storage),
                     std::move(provenance));
         std::vector<float> prior_values;
         for (const auto* parameter : m_prior.parameters())
@@ -143,11 +143,11 @@ public:
         return codec;
     }
 
-    /// The model of a codec that kept its prior parameters (Codec::prior_parameters()), e.g. to
+    /// The model of a codec that kept its prior parameters (NeuralCodec::prior_parameters()), e.g. to
     /// rebuild its tables with another precision or tail mass, or to train it further. Weights are
     /// the codec's (already rounded to its storage dtype). Throws errc::invalid_argument if the
     /// codec has no prior parameters.
-    static CodecModel from_codec(const Codec& codec) {
+    static CodecModel from_codec(const NeuralCodec& codec) {
         require(!codec.prior_parameters().empty(), errc::invalid_argument, "CodecModel::from_codec: the codec file has no prior parameters");
         CodecModel model(codec.architecture());
         model.m_encoder = codec.encoder();

@@ -169,7 +169,7 @@ public:
     }
 
     /// The frozen codec of the current weights.
-    Codec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}", double tail_mass = 1e-9) const {
+    NeuralCodec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}", double tail_mass = 1e-9) const {
         return m_model.freeze(storage, precision, std::move(provenance), tail_mass);
     }
 

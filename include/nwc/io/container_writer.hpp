@@ -115,7 +115,7 @@ public:
     std::uint64_t serialized_size() const { return make_plan().file_size; }
 
 private:
-    struct Codec {
+    struct CodecBlob {
         std::vector<std::uint8_t> bytes;
         std::uint32_t crc;
     };
@@ -133,7 +133,7 @@ private:
 
     std::vector<std::span<const std::uint8_t>> regions() const {
         std::vector<std::span<const std::uint8_t>> result;
-        for (const Codec& codec : m_codecs) result.emplace_back(codec.bytes);
+        for (const CodecBlob& codec : m_codecs) result.emplace_back(codec.bytes);
         for (const Stored& stored : m_tensors) {
             result.emplace_back(stored.tensor.metadata);
             result.emplace_back(stored.tensor.payload);
@@ -146,7 +146,7 @@ private:
         out.put_u32(std::uint32_t(m_tensors.size()));
         out.put_string(m_file_metadata);
         std::size_t region = 0;
-        for (const Codec& codec : m_codecs) {
+        for (const CodecBlob& codec : m_codecs) {
             out.put_u64(offsets[region++]);
             out.put_u64(codec.bytes.size());
             out.put_u32(codec.crc);
@@ -211,7 +211,7 @@ private:
         }
     }
 
-    std::vector<Codec> m_codecs;
+    std::vector<CodecBlob> m_codecs;
     std::vector<Stored> m_tensors;
     std::set<std::string, std::less<>> m_names;
     std::string m_file_metadata;

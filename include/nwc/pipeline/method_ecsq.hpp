@@ -130,7 +130,8 @@ struct EcsqMethod {
         const RansStreamIndex index = rans::read_index(bytes, layout.tables);
         require(index.symbol_count == std::uint64_t(rows * cols), errc::corrupt, context, " segment ", segment, ": ", index.symbol_count,
                 " symbols for ", rows, " x ", cols, " weights");
-        std::vector<std::int32_t> symbols(std::size_t(rows * cols));
+        thread_local std::vector<std::int32_t> symbols;  // reused: see NwcMethod::decode_segment
+        symbols.resize(std::size_t(rows * cols));
         for (std::size_t s = 0; s < index.segments.size(); ++s) {
             const RansSegment& info = index.segments[s];
             rans::decode_segment(bytes, index, layout.tables, s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);

@@ -39,17 +39,13 @@
 
 namespace nwc {
 
-/// The trained codec's two halves (the only place the pipeline names these classes).
-using NeuralEncoderType = Codec;
-using NeuralDecoderType = CodecDecoder;
-
 /// The neural codec as an LDLQ BlockQuantizer (quantizer_concept.hpp, FeedbackMode::per_block).
 /// Writes symbols into caller storage laid out as the nwc payload: chunk (c, i) of column c is
 /// chunk c * chunks_per_column + i, M symbols each.
 template <class Backend>
 class NeuralBlockQuantizer {
 public:
-    NeuralBlockQuantizer(const NeuralEncoderType& codec, float alpha, std::int64_t chunks_per_column, std::span<std::int32_t> symbols)
+    NeuralBlockQuantizer(const NeuralCodec& codec, float alpha, std::int64_t chunks_per_column, std::span<std::int32_t> symbols)
         : m_codec(&codec), m_alpha(alpha), m_chunks_per_column(chunks_per_column), m_symbols(symbols) {}
 
     int column_group() const noexcept { return 1; }
@@ -79,7 +75,7 @@ public:
     }
 
 private:
-    const NeuralEncoderType* m_codec;
+    const NeuralCodec* m_codec;
     float m_alpha;
     std::int64_t m_chunks_per_column;
     std::span<std::int32_t> m_symbols;
@@ -130,7 +126,7 @@ struct NwcMethod {
     /// Codes W (m x n) with `codec` at options.alpha.
     template <class Backend>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options,
-                                const NeuralEncoderType& codec, Backend backend) {
+                                const NeuralCodec& codec, Backend backend) {
         const CodecArchitecture& arch = codec.architecture();
         const std::int64_t rows = weights.rows(), cols = weights.cols(), d = arch.chunk_size, latents = arch.latents;
         const Chunker chunker(ChunkerOptions{.axis = options.axis, .chunk_size = arch.chunk_size});
@@ -178,7 +174,7 @@ struct NwcMethod {
                 chunker.dechunk(chunks, normalized_reconstruction.view());
             }
         }
-        if (normalized_reconstruction.numel() > 0) {
+        if (!normalized_reconstruction.values().empty()) {
             result.reconstruction = Tensor<float>(weights.shape());
             chunker.denormalize(normalized_reconstruction.view(), scales, result.reconstruction.view());
         }
@@ -215,7 +211,7 @@ struct NwcMethod {
     }
 
     /// Parses and validates the metadata of `entry` for `decoder`.
-    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, const NeuralDecoderType& decoder, const std::string& context) {
+    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, const NeuralDecoder& decoder, const std::string& context) {
         detail::require_matrix(entry.shape, context);
         ByteReader in(metadata, context + " metadata");
         const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback | detail::flag_hessian_levels);
@@ -248,12 +244,18 @@ struct NwcMethod {
 
     /// Decodes segment `segment` into its columns of `output`.
     template <class Backend>
-    static void decode_segment(const Layout& layout, const NeuralDecoderType& decoder, std::size_t segment, std::span<const std::uint8_t> bytes,
+    static void decode_segment(const Layout& layout, const NeuralDecoder& decoder, std::size_t segment, std::span<const std::uint8_t> bytes,
                                TensorView<float> output, const std::string& context, Backend backend) {
         const Layout::Segment& where = layout.segments[segment];
         const CodecArchitecture& arch = decoder.architecture();
-        std::vector<std::int64_t> columns;
-        std::vector<std::uint8_t> levels;
+        // Scratch reused across segments: fresh large buffers per segment cost page faults and
+        // zeroing that measured as much as the decoding itself.
+        thread_local std::vector<std::int64_t> columns;
+        thread_local std::vector<std::uint8_t> levels;
+        thread_local std::vector<std::int32_t> symbols;
+        thread_local std::vector<float> chunks;
+        columns.clear();
+        levels.clear();
         const std::int64_t first = where.span * layout.columns_per_segment, d = layout.chunk_size;
         for (std::int64_t c = first; c < std::min(layout.cols, first + layout.columns_per_segment); ++c)
             if (arch.prior_group(layout.levels[std::size_t(c)]) == where.group) {
@@ -265,12 +267,12 @@ struct NwcMethod {
         const RansStreamIndex index = rans::read_index(bytes, tables);
         require(index.symbol_count == std::uint64_t(chunk_count * layout.latents), errc::corrupt, context, " segment ", segment, ": ", index.symbol_count,
                 " symbols for ", chunk_count, " chunks of ", layout.latents, " latents");
-        std::vector<std::int32_t> symbols(std::size_t(chunk_count * layout.latents));
+        symbols.resize(std::size_t(chunk_count * layout.latents));
         for (std::size_t s = 0; s < index.segments.size(); ++s) {
             const RansSegment& info = index.segments[s];
             rans::decode_segment(bytes, index, tables, s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);
         }
-        std::vector<float> chunks(std::size_t(chunk_count * d));
+        chunks.resize(std::size_t(chunk_count * d));
         decoder.decode(symbols, levels, TensorView<float>(chunks.data(), Shape{chunk_count, d}), 1, backend);
         const bool by_column = layout.axis == NormalizationAxis::per_column;
         for (std::size_t k = 0; k < columns.size(); ++k) {

@@ -146,7 +146,8 @@ struct RtnMethod {
         require(bytes.size() == layout.segment_bytes(count), errc::corrupt, where, ": ", bytes.size(), " bytes, ", count, " rows need ",
                 layout.segment_bytes(count));
         const std::size_t scale_bytes = std::size_t(count * layout.groups_per_row) * 2;
-        std::vector<std::uint8_t> codes(std::size_t(count * layout.cols));
+        thread_local std::vector<std::uint8_t> codes;  // reused: see NwcMethod::decode_segment
+        codes.resize(std::size_t(count * layout.cols));
         detail::unpack_codes(bytes.subspan(scale_bytes), layout.bits, codes, where);
         for (std::int64_t r = 0; r < count; ++r) {
             for (std::int64_t g = 0; g < layout.groups_per_row; ++g) {

@@ -1,4 +1,4 @@
-// nwc::PipelineCodec: the composed codec users run. A tensor in, a ContainerTensor out (and back);
+// nwc::Codec: the composed codec users run. A tensor in, a ContainerTensor out (and back);
 // a whole ModelFile in, a .nwc container out (and back), threaded over independent work.
 //
 // Read me first:
@@ -85,12 +85,12 @@ inline constexpr const char* rope_corrections_name = "__nwc__.llama2c.rope_corre
 
 /// The composed codec: per-tensor methods, container assembly and whole-model threading.
 template <class Backend = backend::default_backend, class Selection = DefaultTensorSelection>
-class PipelineCodec {
+class Codec {
 public:
     using backend_type = Backend;
 
     /// `codec` is needed for CompressionMethod::nwc only.
-    explicit PipelineCodec(MethodOptions options = {}, std::shared_ptr<const NeuralEncoderType> codec = nullptr)
+    explicit Codec(MethodOptions options = {}, std::shared_ptr<const NeuralCodec> codec = nullptr)
         : m_options(options), m_codec(std::move(codec)) {
         m_options.validate();
         require(m_options.method != CompressionMethod::nwc || m_codec != nullptr, errc::invalid_argument,
@@ -99,8 +99,8 @@ public:
 
     const MethodOptions& options() const noexcept { return m_options; }
     /// A copy with other options and the same codec.
-    PipelineCodec with_options(const MethodOptions& options) const { return PipelineCodec(options, m_codec); }
-    const std::shared_ptr<const NeuralEncoderType>& neural_codec() const noexcept { return m_codec; }
+    Codec with_options(const MethodOptions& options) const { return Codec(options, m_codec); }
+    const std::shared_ptr<const NeuralCodec>& neural_codec() const noexcept { return m_codec; }
     /// The decoder half the container embeds (empty unless the method is nwc).
     std::vector<std::uint8_t> decoder_blob() const {
         return m_options.method == CompressionMethod::nwc ? serialize_codec_decoder(m_codec->decoder()) : std::vector<std::uint8_t>{};
@@ -182,7 +182,7 @@ public:
         if (format == "llama2c") model.format = ModelFormat::llama2c;
         else if (format == "hf_llama") model.format = ModelFormat::hf_llama;
         else require(format == "safetensors", errc::unsupported, reader.context(), ": source format '", format, "'");
-        std::map<std::int32_t, std::shared_ptr<const NeuralDecoderType>> decoders;
+        std::map<std::int32_t, std::shared_ptr<const NeuralDecoder>> decoders;
         std::vector<detail::DecodePlan> plans;
         std::vector<std::size_t> model_index;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
@@ -196,7 +196,7 @@ public:
                 continue;
             }
             if (entry.codec_index >= 0 && !decoders.contains(entry.codec_index))
-                decoders[entry.codec_index] = std::make_shared<const NeuralDecoderType>(
+                decoders[entry.codec_index] = std::make_shared<const NeuralDecoder>(
                     parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)), reader.context() + std::string(": codec ") + std::to_string(entry.codec_index)));
             plans.push_back(detail::make_decode_plan(reader, index, entry.codec_index >= 0 ? decoders[entry.codec_index] : nullptr));
             model.tensors.push_back({entry.name, entry.original_dtype, entry.shape, {}, {}});
@@ -263,7 +263,7 @@ private:
         tensor.shape = weights.shape();
         tensor.codec_index = options.method == CompressionMethod::nwc ? 0 : -1;
         TensorReport local;
-        if (options.measure && encoded.reconstruction.numel() == weights.numel()) {
+        if (options.measure && std::int64_t(encoded.reconstruction.values().size()) == weights.numel()) {
             const detail::ErrorMeasure measure = detail::measure_error(weights, encoded.reconstruction.view(), hessian);
             local.relative_mse = measure.relative_mse();
             local.proxy_loss = measure.proxy_loss();
@@ -298,11 +298,11 @@ private:
     }
 
     MethodOptions m_options;
-    std::shared_ptr<const NeuralEncoderType> m_codec;
+    std::shared_ptr<const NeuralCodec> m_codec;
 };
 
-/// The composed codec with default policies (renamed to Codec<> once the neural codec's classes move).
-using DefaultCodec = PipelineCodec<>;
+/// The composed codec with default policies.
+using DefaultCodec = Codec<>;
 
 /// A HessianLookup over calibration Hessians (see llm::LinearHessians).
 template <class Hessians>

@@ -40,8 +40,8 @@ struct RateTarget {
 
 namespace detail {
 
-template <class Codec>
-CompressedModel compress_to_bits_target(const Codec& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
+template <class CodecType>
+CompressedModel compress_to_bits_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
                                         const ProgressCallback& progress) {
     const MethodOptions& base = codec.options();
     MethodOptions probe = base;
@@ -107,8 +107,8 @@ CompressedModel compress_to_bits_target(const Codec& codec, const ModelFile& mod
 /// Compresses `model` with `codec`'s method and options, choosing the rate so that the whole file
 /// lands within target.tolerance of target.bits_per_weight (see the header comment). The report's
 /// target_met / note say whether it did.
-template <class Codec>
-CompressedModel compress_to_target(const Codec& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
+template <class CodecType>
+CompressedModel compress_to_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
                                    const ProgressCallback& progress = {}) {
     require(std::isfinite(target.bits_per_weight) && target.bits_per_weight > 0.0, errc::invalid_argument, "target of ", target.bits_per_weight,
             " bits per weight must be positive");

@@ -1,6 +1,6 @@
 // Decoding the tensors of a .nwc container: one validated plan per tensor (its method's layout,
 // the codec it needs), then every (tensor, segment) pair as an independent work item, so a file
-// decodes on any number of threads into the same values. Used by PipelineCodec::decompress*.
+// decodes on any number of threads into the same values. Used by Codec::decompress*.
 #pragma once
 
 #include <cstdint>
@@ -55,14 +55,14 @@ struct DecodePlan {
     std::size_t index = 0;
     std::string context;
     std::variant<RawPlan, RtnMethod::Layout, EcsqMethod::Layout, NwcMethod::Layout> layout;
-    std::shared_ptr<const NeuralDecoderType> decoder;
+    std::shared_ptr<const NeuralDecoder> decoder;
     std::size_t segments = 1;
     std::int64_t weights = 0;
 };
 
 /// Validates tensor `index`'s metadata and prepares its decoding (`decoder`: the parsed codec it
 /// refers to, or null to parse it here).
-inline DecodePlan make_decode_plan(const ContainerReader& reader, std::size_t index, std::shared_ptr<const NeuralDecoderType> decoder) {
+inline DecodePlan make_decode_plan(const ContainerReader& reader, std::size_t index, std::shared_ptr<const NeuralDecoder> decoder) {
     const ContainerEntry& entry = reader.entry(index);
     DecodePlan plan;
     plan.index = index;
@@ -86,7 +86,7 @@ inline DecodePlan make_decode_plan(const ContainerReader& reader, std::size_t in
     } else if (entry.method == "nwc") {
         require(entry.codec_index >= 0, errc::corrupt, plan.context, ": an nwc tensor needs a codec");
         if (!decoder)
-            decoder = std::make_shared<const NeuralDecoderType>(parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)),
+            decoder = std::make_shared<const NeuralDecoder>(parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)),
                                                                                     reader.context() + std::string(": codec ") + std::to_string(entry.codec_index)));
         plan.layout = NwcMethod::parse(entry, metadata, *decoder, plan.context);
         plan.segments = std::get<NwcMethod::Layout>(plan.layout).segment_count();
