@@ -7,8 +7,11 @@
 // trained with --dtype f32) to measure what the storage type of the weights costs.
 //
 // For every codec and importance level: coded bits per weight (stream bytes only; the decoder half
-// is listed apart), MSE of the normalized weights, the rate ECSQ needs for the same MSE (interpolated
-// on a fine sweep of steps, log-MSE vs rate), and the Gaussian bound's rate 0.5 log2(1 / MSE).
+// is listed apart), MSE of the normalized weights, the MSE ECSQ reaches at the same rate and the
+// rate it needs for the same MSE (both interpolated on a fine sweep of steps, log-MSE vs rate), the
+// codec's gain over ECSQ in dB at equal rate (positive: the codec is better) and its gap to the
+// unit-variance Gaussian bound D(R) = 2^(-2R) in dB (always negative), and the decode speed
+// (rANS decoding + g_s, in the given threads).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -49,6 +52,18 @@ double ecsq_rate_at(const std::vector<Point>& sweep, double mse) {
     return NAN;
 }
 
+// ECSQ MSE at a given rate: log(MSE) interpolated linearly in rate on the sweep.
+double ecsq_mse_at(const std::vector<Point>& sweep, double rate) {
+    for (std::size_t i = 1; i < sweep.size(); ++i) {
+        const Point &a = sweep[i - 1], &b = sweep[i];  // sweep: rate increasing
+        if (rate >= a.rate && rate <= b.rate) {
+            const double t = (rate - a.rate) / (b.rate - a.rate);
+            return std::exp(std::log(a.mse) + t * (std::log(b.mse) - std::log(a.mse)));
+        }
+    }
+    return NAN;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -83,8 +98,8 @@ int main(int argc, char** argv) {
                 std::printf("| %.4g | %.3f | %.3f | %.3g | %.3f |\n", step, rd.bits_per_weight(), rd.ideal_bits_per_weight(), rd.mse(),
                             0.5 * std::log2(1.0 / rd.mse()));
         }
-        std::printf("\n| codec | decoder half (bytes) | level | bits/weight (coded) | MSE | SNR dB | ECSQ bits at same MSE | codec - ECSQ | "
-                    "codec - bound | decode Mweights/s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        std::printf("\n| codec | decoder half (bytes) | level | bits/weight (coded) | MSE | SNR dB | ECSQ MSE at same rate | gain over ECSQ dB | "
+                    "gap to D(R) dB | ECSQ bits at same MSE | codec - ECSQ bits | decode Mweights/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         std::vector<std::pair<std::string, nwc::NeuralCodec>> variants;
         for (const std::string& path : codecs) {
             nwc::NeuralCodec codec = nwc::read_codec_file(path);
@@ -108,10 +123,12 @@ int main(int argc, char** argv) {
             for (int level = 0; level < codec.architecture().levels; ++level) {
                 const nwc::RateDistortion rd = nwc::evaluate_codec(codec, corpus.held_out(), level, threads);
                 const double ecsq = ecsq_rate_at(sweep, rd.mse());
-                const double bound = 0.5 * std::log2(1.0 / rd.mse());
-                std::printf("| %s | %zu | %d | %.3f | %.4g | %.2f | %.3f | %+.3f | %+.3f | %.2f |\n",
-                            name.c_str(), half, level, rd.bits_per_weight(), rd.mse(), rd.snr_db(), ecsq,
-                            rd.bits_per_weight() - ecsq, rd.bits_per_weight() - bound, rd.weights / rd.decode_seconds * 1e-6);
+                const double ecsq_mse = ecsq_mse_at(sweep, rd.bits_per_weight());
+                const double gain_db = 10.0 * std::log10(ecsq_mse / rd.mse());
+                const double bound_db = 10.0 * std::log10(std::pow(2.0, -2.0 * rd.bits_per_weight()) / rd.mse());
+                std::printf("| %s | %zu | %d | %.3f | %.4g | %.2f | %.4g | %+.2f | %+.2f | %.3f | %+.3f | %.2f |\n",
+                            name.c_str(), half, level, rd.bits_per_weight(), rd.mse(), rd.snr_db(), ecsq_mse, gain_db, bound_db, ecsq,
+                            rd.bits_per_weight() - ecsq, rd.weights / rd.decode_seconds * 1e-6);
                 std::fflush(stdout);
             }
         }

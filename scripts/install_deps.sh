@@ -3,7 +3,8 @@
 #
 #   scripts/install_deps.sh            cmake, ninja, g++, Eigen, xsimd, Catch2, Google Benchmark,
 #                                      nlohmann-json, ccache, git
-#   scripts/install_deps.sh --clang    the same plus clang (for the fuzzers)
+#   scripts/install_deps.sh --clang    the same plus clang and its sanitizer runtimes (libFuzzer:
+#                                      libclang-rt-dev, only "recommended" by clang, so named here)
 #
 # Idempotent: it asks dpkg-query first and runs apt-get (update + install) only when a package is
 # missing, so a second run costs a fraction of a second and needs no network. It needs root or
@@ -18,7 +19,7 @@ read -r -a extra_packages <<<"${NWC_EXTRA_PACKAGES:-}"
 packages+=("${extra_packages[@]}")
 for argument in "$@"; do
     case "$argument" in
-        --clang) packages+=(clang) ;;
+        --clang) packages+=(clang libclang-rt-dev) ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "install_deps.sh: unknown option '$argument' (try --help)" >&2; exit 2 ;;
     esac

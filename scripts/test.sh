@@ -7,14 +7,25 @@
 #   3. build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer (NWC_SANITIZE), tests only (no
 #                   benchmarks, examples, tool or CUDA: nothing ctest runs there needs them);
 #                   runs ctest except the tests labelled no_asan
-#   4. prints a summary; exits 0 only if every step passed
+#   4. build-tsan/  ThreadSanitizer (NWC_SANITIZE_THREAD), only the tests labelled tsan
+#                   (tests/test_concurrency.cpp); runs ctest -L tsan
+#   5. build-fuzz/  the libFuzzer targets (fuzz/, clang++, NWC_BUILD_FUZZ): each runs once over its
+#                   checked-in corpus (ctest -L fuzz: the regression test), then fuzzes for
+#                   NWC_FUZZ_SECONDS from that corpus (targets in parallel, nwc_jobs at a time)
+#   6. prints a summary; exits 0 only if every step passed
 #
 # A test file opts out of the sanitizer run with a line "// nwc-ctest-labels: no_asan" (see
 # tests/CMakeLists.txt): for tests too slow under ASan, never to hide a sanitizer report.
-# A GPU test with no GPU exits 77 and ctest counts it as skipped, not failed.
+# A GPU test with no GPU exits 77 and ctest counts it as skipped, not failed. Every sanitizer
+# report fails its step: ASan/UBSan and TSan halt the test (exit != 0), libFuzzer exits non-zero on
+# a crash, leak, timeout or out-of-memory and saves the input under build-fuzz/artifacts/.
 #
-# Options: --release-only, --asan-only. Environment: see scripts/common.sh, plus
+# Options: --release-only, --asan-only, --tsan-only, --fuzz-only (one step), --no-fuzz.
+# Environment: see scripts/common.sh, plus
 #   NWC_ASAN_BUILD_DIR  the sanitizer tree (default: build-asan)
+#   NWC_TSAN_BUILD_DIR  the ThreadSanitizer tree (default: build-tsan)
+#   NWC_FUZZ_BUILD_DIR  the fuzzing tree (default: build-fuzz)
+#   NWC_FUZZ_SECONDS    seconds each fuzz target runs after its corpus (default: 20; 0: corpus only)
 #   CI=true             set by .ci/run; prints ccache statistics at the end
 set -uo pipefail
 
@@ -23,15 +34,23 @@ cd "$nwc_root" || exit 1
 
 run_release=1
 run_asan=1
+run_tsan=1
+run_fuzz=1
 for argument in "$@"; do
     case "$argument" in
-        --release-only) run_asan=0 ;;
-        --asan-only) run_release=0 ;;
+        --release-only) run_asan=0 run_tsan=0 run_fuzz=0 ;;
+        --asan-only) run_release=0 run_tsan=0 run_fuzz=0 ;;
+        --tsan-only) run_release=0 run_asan=0 run_fuzz=0 ;;
+        --fuzz-only) run_release=0 run_asan=0 run_tsan=0 ;;
+        --no-fuzz) run_fuzz=0 ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "test.sh: unknown option '$argument' (try --help)" >&2; exit 2 ;;
     esac
 done
 asan_build_dir=${NWC_ASAN_BUILD_DIR:-build-asan}
+tsan_build_dir=${NWC_TSAN_BUILD_DIR:-build-tsan}
+fuzz_build_dir=${NWC_FUZZ_BUILD_DIR:-build-fuzz}
+fuzz_seconds=${NWC_FUZZ_SECONDS:-20}
 
 summary=()
 failed=0
@@ -68,6 +87,77 @@ configure_asan() {
         -DNWC_INSTALL=OFF -DNWC_WERROR=OFF
 }
 
+configure_tsan() {
+    local output arguments
+    output=$(nwc_common_cmake_arguments "$tsan_build_dir" OFF) || return 1
+    mapfile -t arguments <<<"$output"
+    cmake -S "$nwc_root" -B "$tsan_build_dir" "${arguments[@]}" -DNWC_SANITIZE_THREAD=ON \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+        -DNWC_BUILD_TESTS=ON -DNWC_BUILD_BENCH=OFF -DNWC_BUILD_EXAMPLES=OFF -DNWC_BUILD_TOOLS=OFF \
+        -DNWC_INSTALL=OFF -DNWC_WERROR=OFF
+}
+
+# Only the tests that declare the tsan label: the others are covered by the ASan tree.
+build_tsan() {
+    local targets=() source name
+    for source in "$nwc_root"/tests/test_*.cpp; do
+        grep -Eq '^[[:space:]]*//[[:space:]]*nwc-ctest-labels:.*\btsan\b' "$source" || continue
+        name=${source##*/test_}
+        targets+=("nwc_test_${name%.cpp}")
+    done
+    ((${#targets[@]} > 0)) || { echo "test.sh: no test is labelled tsan" >&2; return 1; }
+    cmake --build "$tsan_build_dir" -j "$nwc_jobs" --target "${targets[@]}"
+}
+
+configure_fuzz() {
+    local output arguments
+    command -v clang++ >/dev/null 2>&1 || { echo "test.sh: clang++ not found (scripts/install_deps.sh --clang)" >&2; return 1; }
+    output=$(nwc_common_cmake_arguments "$fuzz_build_dir" OFF) || return 1
+    mapfile -t arguments <<<"$output"
+    cmake -S "$nwc_root" -B "$fuzz_build_dir" "${arguments[@]}" -DCMAKE_CXX_COMPILER=clang++ -DNWC_BUILD_FUZZ=ON \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+        -DNWC_BUILD_TESTS=OFF -DNWC_BUILD_BENCH=OFF -DNWC_BUILD_EXAMPLES=OFF -DNWC_BUILD_TOOLS=OFF \
+        -DNWC_INSTALL=OFF -DNWC_WERROR=OFF
+}
+
+# Fuzzes every target for fuzz_seconds from its checked-in corpus, nwc_jobs targets at a time.
+# New inputs go to a scratch folder (the checked-in corpus is never written); a finding is saved
+# as build-fuzz/artifacts/<target>-crash-... and fails the step.
+run_fuzzers() {
+    ((fuzz_seconds > 0)) || return 0
+    local scratch binary target failed_targets=() running=0
+    scratch=$(mktemp -d) || return 1
+    mkdir -p "$fuzz_build_dir/artifacts"
+    for binary in "$fuzz_build_dir"/fuzz/nwc_fuzz_*; do
+        target=${binary##*/nwc_fuzz_}
+        mkdir -p "$scratch/$target"
+        (
+            ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+                "$binary" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
+                -print_final_stats=1 -artifact_prefix="$fuzz_build_dir/artifacts/$target-" \
+                "$scratch/$target" "$nwc_root/fuzz/corpus/$target" >"$scratch/$target.log" 2>&1
+            echo $? >"$scratch/$target.status"
+        ) &
+        if ((++running >= nwc_jobs)); then
+            wait -n
+            ((running--))
+        fi
+    done
+    wait
+    for binary in "$fuzz_build_dir"/fuzz/nwc_fuzz_*; do
+        target=${binary##*/nwc_fuzz_}
+        printf '  %-12s %s executions, %s new inputs, exit %s\n' "$target" \
+            "$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch/$target.log")" \
+            "$(sed -n 's/^stat::new_units_added: *//p' "$scratch/$target.log")" "$(cat "$scratch/$target.status")"
+        if [[ "$(cat "$scratch/$target.status")" != 0 ]]; then
+            failed_targets+=("$target")
+            tail -n 60 "$scratch/$target.log"
+        fi
+    done
+    rm -rf "$scratch"
+    ((${#failed_targets[@]} == 0)) || { echo "test.sh: fuzz findings in: ${failed_targets[*]} (inputs in $fuzz_build_dir/artifacts/)" >&2; return 1; }
+}
+
 start_all=$SECONDS
 echo "test.sh: $nwc_root, $nwc_jobs jobs, data in $(nwc_data_dir)"
 [[ -d "$(nwc_data_dir)" ]] || echo "test.sh: warning: $(nwc_data_dir) does not exist; tests that read the real models will fail"
@@ -89,6 +179,20 @@ if ((run_asan)); then
         step "build ASan+UBSan" cmake --build "$asan_build_dir" -j "$nwc_jobs" &&
         step "ctest ASan+UBSan (-LE no_asan)" ctest --test-dir "$asan_build_dir" --output-on-failure --no-tests=error \
             -j "$nwc_jobs" -LE no_asan
+fi
+
+if ((run_tsan)); then
+    step "configure ThreadSanitizer ($tsan_build_dir)" configure_tsan &&
+        step "build ThreadSanitizer (tests labelled tsan)" build_tsan &&
+        step "ctest ThreadSanitizer (-L tsan)" ctest --test-dir "$tsan_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L tsan
+fi
+
+if ((run_fuzz)); then
+    step "install clang (fuzzers)" "$nwc_root/scripts/install_deps.sh" --clang &&
+        step "configure fuzzers ($fuzz_build_dir)" configure_fuzz &&
+        step "build fuzzers" cmake --build "$fuzz_build_dir" -j "$nwc_jobs" &&
+        step "fuzz corpus regression (-L fuzz)" ctest --test-dir "$fuzz_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L fuzz &&
+        step "fuzz ${fuzz_seconds} s per target" run_fuzzers
 fi
 
 if [[ "${CI:-}" == true ]] && command -v ccache >/dev/null 2>&1; then

@@ -75,9 +75,14 @@ TEST_CASE("nwc compress, inspect and decompress as a user runs them", "[cli]") {
         }
         const std::string help = run("compress --help").out;
         for (const char* option : {"--output", "--method", "--codec", "--target-bpw", "--bits", "--group-size", "--step", "--alpha", "--calib",
-                                   "--tokenizer", "--calib-windows", "--no-ldlq", "--threads", "--json", "--help"})
+                                   "--tokenizer", "--calib-windows", "--no-ldlq", "--no-finetune", "--finetune-windows", "--threads", "--json", "--help"})
             CHECK(help.find(option) != std::string::npos);
-        CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method nwc").status == 2);  // no codec
+        CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method nwc --codec ''").status == 2);  // no codec
+        CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --no-finetune").status == 2);  // needs --calib
+        // Without --codec, --method nwc uses the shipped codecs (the one nearest 4 bits per weight).
+        const Result shipped = run("compress " + model + " -o " + (temp / "n.nwc") + " --method nwc --threads 2 --json");
+        REQUIRE(shipped.status == 0);
+        CHECK(nlohmann::json::parse(shipped.out)["codec"].get<std::string>().find("nwc-32x1-") != std::string::npos);
         CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --step 0.3").status == 2);
         CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --bits 4 --target-bpw 4").status == 2);
         CHECK(run("decompress " + (temp / "x.nwc") + " -o " + (temp / "x.txt")).status == 2);
@@ -96,6 +101,7 @@ TEST_CASE("nwc compress, inspect and decompress as a user runs them", "[cli]") {
         CHECK(std::fabs(report["bits_per_weight"].get<double>() / 4.5 - 1.0) <= 0.01);
         CHECK(report["tensors"].size() == 47);
         CHECK(report["tensors"][2]["proxy_loss"].is_number());
+        CHECK(report["calibration"]["finetune"] == true);  // on by default with --calib
 
         const Result inspected = run("inspect " + (temp / "s.nwc") + " --verify --json");
         REQUIRE(inspected.status == 0);

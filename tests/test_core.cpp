@@ -100,6 +100,15 @@ TEST_CASE("byte_io: round trip, and every short read is an error naming the offs
         ByteReader cut(std::span<const std::uint8_t>(bytes).first(length), "cut stream");
         CHECK_THROWS_AS((cut.get_u8(), cut.get_u16(), cut.get_u32(), cut.get_u64(), cut.get_f32(), cut.get_string(), cut.get_array<float>(3)), error);
     }
+    // Zero elements, also from an empty (null) span: found by fuzz_codec_file (a codec file with
+    // no prior parameters), where UBSan reported memcpy(nullptr, nullptr, 0).
+    ByteReader empty(std::span<const std::uint8_t>{}, "empty stream");
+    CHECK(empty.get_array<float>(0).empty());
+    ByteReader at_end(bytes, "stream at its end");
+    at_end.skip(bytes.size());
+    CHECK(at_end.get_array<std::uint32_t>(0).empty());
+    CHECK_THROWS_AS(at_end.get_array<std::uint8_t>(1), error);
+
     ByteReader hostile(bytes, "hostile");
     hostile.skip(1);
     try {

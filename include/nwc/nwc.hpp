@@ -12,6 +12,7 @@
 #include "nwc/core/error.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/half.hpp"
+#include "nwc/core/half_simd.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/core/tensor.hpp"
 #include "nwc/core/thread_pool.hpp"
@@ -38,6 +39,7 @@
 #include "nwc/nn/residual_mlp.hpp"
 
 #include "nwc/quant/chunker.hpp"
+#include "nwc/quant/dechunk_kernels.hpp"
 #include "nwc/quant/entropy_coded_scalar.hpp"
 #include "nwc/quant/ldl_factorization.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
@@ -83,3 +85,5 @@
 #include "nwc/pipeline/pipeline.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 #include "nwc/pipeline/rate_control.hpp"
+#include "nwc/pipeline/sequential_pipeline.hpp"
+#include "nwc/pipeline/tensor_decoding.hpp"

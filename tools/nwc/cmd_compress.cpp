@@ -1,4 +1,6 @@
 // nwc compress: a model file (safetensors, llama2.c, HF Llama directory) into a .nwc file.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -14,6 +16,7 @@
 #include "nwc/llm/calibration.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/pipeline/pipeline.hpp"
+#include "nwc/pipeline/sequential_pipeline.hpp"
 #include "pipeline_cli.hpp"
 
 namespace nwc::cli {
@@ -30,8 +33,9 @@ existing OUT is left untouched.
 options:
   -o, --output FILE      the .nwc file to write (required)
   --method M             nwc (default), ecsq, gptq or rtn
-  --codec FILE[,FILE..]  trained codec file(s) (.nwcc) for --method nwc (or $NWC_CODEC); with
-                         several files and --target-bpw the one nearest the target is used
+  --codec FILE[,FILE..]  trained codec file(s) (.nwcc) for --method nwc (default: $NWC_CODEC, else
+                         every codec shipped in codecs/); of several, the one whose file lands
+                         nearest the target (--target-bpw, else 4 bits per weight) is used
   --target-bpw B         choose the rate so that the WHOLE file has B bits per weight
                          (8 x file bytes / weights of the input) within 1%: ecsq and nwc search
                          their knob, rtn and gptq choose integer bits per tensor
@@ -45,6 +49,14 @@ options:
   --tokenizer FILE       the model's tokenizer (llama2.c tokenizer.bin), needed with --calib
   --calib-windows N      use only the first N windows of 512 tokens (default: all)
   --no-ldlq              no error feedback (levels still come from the Hessian)
+  --no-finetune          with --calib: code every layer with the ORIGINAL model's Hessians and
+                         no fine-tuning (faster). By default, --calib compresses sequentially:
+                         each block's layers are coded with the Hessians of the compressed
+                         model so far, and after each coding step the block's still-uncoded
+                         layers are fine-tuned (Adam) so the block's output on calibration
+                         windows matches the original block's
+  --finetune-windows N   calibration windows of 256 tokens for sequential compression and
+                         fine-tuning (default 32; the last 4 are held out for early stopping)
   --threads N            worker threads (default 0: all cores); the output never depends on it
   --json                 print the report as JSON on stdout
   --help                 this text
@@ -91,8 +103,8 @@ nlohmann::json report_json(const ModelReport& report) {
 int run_compress(const std::vector<std::string>& raw_arguments) {
     const Arguments arguments(expand_short_options(raw_arguments),
                               {"output", "method", "codec", "target-bpw", "bits", "group-size", "step", "alpha", "calib", "tokenizer", "calib-windows",
-                               "threads"},
-                              {"no-ldlq", "json", "help"});
+                               "finetune-windows", "threads"},
+                              {"no-ldlq", "no-finetune", "json", "help"});
     if (arguments.flag("help")) {
         std::fputs(compress_help, stdout);
         return exit_ok;
@@ -115,6 +127,12 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
     if (arguments.has("target-bpw") && (arguments.has("bits") || arguments.has("step") || arguments.has("alpha")))
         throw UsageError("--target-bpw chooses the rate itself: drop --bits, --step or --alpha");
     if (arguments.has("calib") != arguments.has("tokenizer")) throw UsageError("--calib and --tokenizer go together");
+    if ((arguments.flag("no-finetune") || arguments.has("finetune-windows")) && !arguments.has("calib"))
+        throw UsageError("--no-finetune and --finetune-windows apply with --calib only");
+    const bool finetune = arguments.has("calib") && !arguments.flag("no-finetune");
+    llm::SequentialCompressionOptions sequential;
+    sequential.windows = int(arguments.get_integer("finetune-windows", 32));
+    if (sequential.windows <= sequential.validation_windows) throw UsageError("--finetune-windows must be > 4");
     options.bits = int(arguments.get_integer("bits", 4));
     options.group_size = int(arguments.get_integer("group-size", 32));
     options.step = float(arguments.get_number("step", 0.5));
@@ -133,9 +151,8 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
     std::vector<std::string> codec_paths;
     if (options.method == CompressionMethod::nwc) {
         const char* environment = std::getenv("NWC_CODEC");
-        codec_paths = split_list(arguments.get("codec", environment != nullptr ? environment : ""));
+        codec_paths = split_list(arguments.get("codec", environment != nullptr ? environment : default_codec_list()));
         if (codec_paths.empty()) throw UsageError("--method nwc needs a trained codec: --codec FILE (or set NWC_CODEC); see docs/codecs.md");
-        if (codec_paths.size() > 1 && !arguments.has("target-bpw")) throw UsageError("several --codec files need --target-bpw to choose between them");
     } else if (arguments.has("codec")) {
         throw UsageError("--codec applies to --method nwc only");
     }
@@ -146,6 +163,7 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
     for (const auto& path : codec_paths) codecs.push_back(std::make_shared<const NeuralCodec>(read_codec_file(path)));
 
     std::optional<llm::LinearHessians> hessians;
+    std::vector<int> calibration_tokens;
     nlohmann::json calibration = nullptr;
     if (arguments.has("calib")) {
         std::optional<llm::LlamaWeights> weights = llama_weights_of(model, input);
@@ -154,39 +172,42 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
         const llm::LlamaModel network(std::move(*weights));
         const llm::Tokenizer tokenizer = llm::Tokenizer::read(arguments.get("tokenizer"), network.config().vocab_size);
         const std::vector<std::uint8_t> text = read_file(arguments.get("calib"));
-        const std::vector<int> tokens = llm::tokenize_for_evaluation(tokenizer, std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+        calibration_tokens = llm::tokenize_for_evaluation(tokenizer, std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+        const std::vector<int>& tokens = calibration_tokens;
         llm::CalibrationOptions calibration_options;
         calibration_options.threads = options.threads;
         calibration_options.max_windows = arguments.get_integer("calib-windows", -1);
         calibration_options.window = std::min(calibration_options.window, network.config().seq_len);
         hessians = llm::collect_hessians(network, tokens, calibration_options);
-        calibration = {{"text", arguments.get("calib")}, {"tokens", tokens.size()}, {"samples", hessians->sample_count()}};
+        calibration = {{"text", arguments.get("calib")}, {"tokens", tokens.size()}, {"samples", hessians->sample_count()}, {"finetune", finetune}};
+        sequential.threads = options.threads;
+        sequential.window = std::min(sequential.window, network.config().seq_len);
+        if (finetune && ::isatty(STDERR_FILENO) == 1 && !json)
+            sequential.progress = [](const llm::SequentialStepReport& step) {
+                if (step.layer >= 0)
+                    std::fprintf(stderr, "sequential: block %d, %s: block output MSE %.4g coded -> %.4g fine-tuned\n", step.layer,
+                                 step.tensors.front().name.c_str(), step.block_mse_coded, step.block_mse_finetuned);
+            };
     }
     const HessianLookup lookup = hessians ? hessian_lookup(*hessians) : HessianLookup{};
 
     ProgressBar progress;
     CompressedModel compressed;
     if (arguments.has("target-bpw")) {
-        std::size_t chosen = 0;
-        if (codecs.size() > 1) {
-            // The codec whose file at alpha = 1 lands nearest the target (in log size) needs the least stretching.
-            double nearest = INFINITY;
-            for (std::size_t k = 0; k < codecs.size(); ++k) {
-                MethodOptions probe = options;
-                probe.measure = false;
-                const CompressedModel pass = DefaultCodec(probe, codecs[k]).compress_model(model, lookup, progress.callback());
-                const double distance = std::fabs(std::log(pass.report.bits_per_weight() / target));
-                if (distance < nearest) nearest = distance, chosen = k;
-            }
-        }
+        const std::size_t chosen = codecs.size() > 1 ? nearest_codec(options, std::span(codecs), model, lookup, target, progress.callback()) : 0;
         const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[chosen]);
         RateTarget rate;
         rate.bits_per_weight = target;
-        compressed = compress_to_target(codec, model, lookup, rate, progress.callback());
+        compressed = finetune ? compress_sequentially_to_target(codec, model, lookup, calibration_tokens, rate, sequential)
+                              : compress_to_target(codec, model, lookup, rate, progress.callback());
         if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
     } else {
-        const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[0]);
-        compressed = codec.compress_model(model, lookup, progress.callback());
+        // Several codecs without a target: the one nearest the default rate of 4 bits per weight.
+        const std::size_t chosen = codecs.size() > 1 ? nearest_codec(options, std::span(codecs), model, lookup, 4.0, progress.callback()) : 0;
+        if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
+        const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[chosen]);
+        compressed = finetune ? compress_model_sequentially(codec, model, calibration_tokens, sequential)
+                              : codec.compress_model(model, lookup, progress.callback());
     }
     compressed.writer.write(output);
     progress.finish();

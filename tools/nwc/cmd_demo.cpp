@@ -16,12 +16,10 @@
 #include "nwc/llm/model_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/llm/tokenizer.hpp"
+#include "pipeline_cli.hpp"
 
 #ifndef NWC_DATA_DIR
 #define NWC_DATA_DIR "../shared/data"
-#endif
-#ifndef NWC_CODEC_DIR
-#define NWC_CODEC_DIR "codecs"
 #endif
 
 namespace nwc::cli {
@@ -57,17 +55,6 @@ double perplexity_of(const std::string& model_path, const std::string& tokenizer
     return result.perplexity;
 }
 
-std::string default_codecs() {
-    std::vector<std::string> paths;
-    std::error_code ignored;
-    for (const auto& entry : std::filesystem::directory_iterator(NWC_CODEC_DIR, ignored))
-        if (entry.path().extension() == ".nwcc") paths.push_back(entry.path().string());
-    std::sort(paths.begin(), paths.end());
-    std::string joined;
-    for (const auto& path : paths) joined += (joined.empty() ? "" : ",") + path;
-    return joined;
-}
-
 }  // namespace
 
 int run_demo(const std::vector<std::string>& raw_arguments) {
@@ -83,7 +70,7 @@ int run_demo(const std::vector<std::string>& raw_arguments) {
     for (const auto& path : {model, tokenizer, calibration, evaluation})
         require(std::filesystem::exists(path), errc::io, "demo: '", path, "' is missing (pass --data DIR, see shared/data/README.md)");
     const std::string method = arguments.get("method", "ecsq");
-    const std::string codecs = arguments.get("codec", method == "nwc" ? default_codecs() : "");
+    const std::string codecs = arguments.get("codec", method == "nwc" ? default_codec_list() : "");
     if (method == "nwc" && codecs.empty()) fail(errc::io, "demo: no codec files in '", NWC_CODEC_DIR, "' (pass --codec FILE)");
     const std::string target = arguments.get("target-bpw", "4");
     const std::string threads = arguments.get("threads", "0");

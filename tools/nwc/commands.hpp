@@ -29,6 +29,7 @@ int run_decompress(const std::vector<std::string>& arguments);
 int run_inspect(const std::vector<std::string>& arguments);
 int run_train(const std::vector<std::string>& arguments);
 int run_eval(const std::vector<std::string>& arguments);
+int run_report(const std::vector<std::string>& arguments);
 int run_demo(const std::vector<std::string>& arguments);
 
 }  // namespace nwc::cli

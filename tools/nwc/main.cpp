@@ -18,6 +18,7 @@ const std::vector<Command>& commands() {
         {"inspect", "list the tensors of a .nwc file with their rates", run_inspect},
         {"train", "train a codec on the matrices of weight files", run_train},
         {"eval", "perplexity of a model (plain or .nwc) on a text file", run_eval},
+        {"report", "rate-distortion report: bits per weight against perplexity per method", run_report},
         {"demo", "compress stories260K, decompress, compare perplexity", run_demo},
     };
     return all;

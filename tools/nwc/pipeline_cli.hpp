@@ -4,7 +4,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cmath>
 #include <cstdio>
 #include <mutex>
@@ -16,7 +18,23 @@
 #include "arguments.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
+#ifndef NWC_CODEC_DIR
+#define NWC_CODEC_DIR "codecs"
+#endif
+
 namespace nwc::cli {
+
+/// Every shipped codec (NWC_CODEC_DIR/*.nwcc), sorted, comma-separated; empty if there are none.
+inline std::string default_codec_list() {
+    std::vector<std::string> paths;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(NWC_CODEC_DIR, ignored))
+        if (entry.path().extension() == ".nwcc") paths.push_back(entry.path().string());
+    std::sort(paths.begin(), paths.end());
+    std::string joined;
+    for (const auto& path : paths) joined += (joined.empty() ? "" : ",") + path;
+    return joined;
+}
 
 /// `-o X` and `-h` are accepted as `--output X` and `--help`.
 inline std::vector<std::string> expand_short_options(const std::vector<std::string>& arguments) {

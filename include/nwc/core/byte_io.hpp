@@ -93,7 +93,8 @@ public:
             fail(errc::truncated, m_context, ": ", count, " elements of ", sizeof(T), " bytes announced at offset ", m_offset, " but only ",
                  remaining(), " bytes remain");
         std::vector<T> values(static_cast<std::size_t>(count));
-        std::memcpy(values.data(), m_bytes.data() + m_offset, values.size() * sizeof(T));
+        // No memcpy for zero elements: both pointers may then be null, which memcpy forbids.
+        if (!values.empty()) std::memcpy(values.data(), m_bytes.data() + m_offset, values.size() * sizeof(T));
         m_offset += values.size() * sizeof(T);
         return values;
     }

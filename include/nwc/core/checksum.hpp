@@ -12,6 +12,16 @@
 
 namespace nwc {
 
+/// Whether readers reject a checksum mismatch: always, except in fuzzing builds. libFuzzer and
+/// OSS-Fuzz define FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION so that a fuzzer can reach the parsers
+/// behind a checksum instead of stopping at it (it cannot forge CRCs); everything after the check
+/// must then still reject bad bytes cleanly, which is what the fuzzers test (docs/fuzzing.md).
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+inline constexpr bool enforce_checksums = false;
+#else
+inline constexpr bool enforce_checksums = true;
+#endif
+
 namespace detail {
 inline constexpr std::uint32_t crc32c_polynomial = 0x82F63B78u;  // reflected 0x1EDC6F41
 

@@ -178,7 +178,7 @@ inline RansStreamIndex read_index(std::span<const std::uint8_t> stream, const Cd
     index.segment_size = reader.get_u32();
     const std::uint32_t segment_count = reader.get_u32();
     const std::uint32_t stored_checksum = reader.get_u32();
-    if (verify_checksum) {
+    if (verify_checksum && enforce_checksums) {
         const std::uint32_t actual = detail::rans_stream_checksum(stream);
         require(actual == stored_checksum, errc::corrupt, "rANS stream: CRC-32C 0x", std::hex, actual, " does not match the stored 0x",
                 stored_checksum);

@@ -149,7 +149,7 @@ private:
         const std::span<const std::uint8_t> bytes = m_bytes.subspan(std::size_t(offset), std::size_t(size));
         if ((verified.load(std::memory_order_acquire) & bit) == 0) {
             const std::uint32_t actual = crc32c(bytes);
-            if (actual != crc) {
+            if (enforce_checksums && actual != crc) {
                 const std::string owner = std::string_view(what) == "codec" ? "codec " + std::to_string(index) : "tensor '" + m_entries[index].name + "'";
                 fail(errc::corrupt, m_context, ": ", owner, ": ", what, " bytes [", offset, ", ", offset + size, ") fail their CRC-32C (stored ", crc, ", computed ",
                      actual, ")");
@@ -181,7 +181,7 @@ private:
         const std::uint64_t directory_size = header.get_u64();
         const std::uint32_t directory_crc = header.get_u32();
         const std::uint32_t header_crc = header.get_u32();
-        if (crc32c(m_bytes.first(36)) != header_crc) fail(errc::corrupt, m_context, ": header CRC-32C mismatch (bytes 0-35)");
+        if (enforce_checksums && crc32c(m_bytes.first(36)) != header_crc) fail(errc::corrupt, m_context, ": header CRC-32C mismatch (bytes 0-35)");
         if (version != format::version) fail(errc::unsupported, m_context, ": container version ", version, " (this build reads version ", format::version, ")");
         if (flags != 0) fail(errc::unsupported, m_context, ": unknown header flags ", flags, " at offset 12");
         if (stated_size > file_size) fail(errc::truncated, m_context, ": header says ", stated_size, " bytes but the file has ", file_size);
@@ -191,7 +191,7 @@ private:
             fail(errc::corrupt, m_context, ": directory of ", directory_size, " bytes does not fit in a file of ", file_size);
         m_directory_end = format::header_bytes + directory_size;
         const auto listing = m_bytes.subspan(format::header_bytes, std::size_t(directory_size));
-        if (crc32c(listing) != directory_crc) fail(errc::corrupt, m_context, ": directory CRC-32C mismatch (bytes ", format::header_bytes, "-", m_directory_end - 1, ")");
+        if (enforce_checksums && crc32c(listing) != directory_crc) fail(errc::corrupt, m_context, ": directory CRC-32C mismatch (bytes ", format::header_bytes, "-", m_directory_end - 1, ")");
 
         // Offsets in messages are file offsets: the reader spans the file up to the directory's end.
         ByteReader in(m_bytes.first(std::size_t(m_directory_end)), m_context + " directory");

@@ -7,8 +7,8 @@
 // - `block_epilogue_row(..., backend::scalar)` is the reference: plain loops, two-pass mean and
 //   variance (LayerNorm's biased variance, epsilon 1e-5 as in torch.nn.LayerNorm). The training
 //   op below calls exactly this function, so inference and training agree bit for bit on the
-//   scalar backend. `backend::simd` overloads it (Eigen's vectorized array code; an xsimd kernel
-//   can replace it later without touching callers) and agrees to about 1e-6.
+//   scalar backend. `backend::simd` overloads it in nn/mlp_kernels_simd.hpp (xsimd), which agrees
+//   to about 1e-6 relative; without that header a simd call falls back to this reference.
 // - The tape op saves nothing: backward recomputes the normalized row from t, which is still on the
 //   tape, so a training step keeps one W-wide matrix per block instead of four.
 #pragma once
@@ -50,27 +50,6 @@ void block_epilogue_row(const Scalar* t, const Scalar* bias, const Scalar* gamma
         const Scalar activated = std::max(normalized * gamma[i] + beta[i], Scalar(0));
         h[i] = (h[i] + activated) * scale[i];
     }
-}
-
-/// SIMD epilogue: the same arithmetic on Eigen arrays (vectorized by Eigen for the -march in use).
-template <class Scalar>
-void block_epilogue_row(const Scalar* t, const Scalar* bias, const Scalar* gamma, const Scalar* beta, const Scalar* scale,
-                        Scalar* h, int width, backend::simd) {
-    using Array = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
-    using ConstMap = Eigen::Map<const Array>;
-    Eigen::Map<Array> out(h, width);
-    thread_local Array shifted;
-    shifted.resize(width);
-    if (bias)
-        shifted = ConstMap(t, width) + ConstMap(bias, width);
-    else
-        shifted = ConstMap(t, width);
-    const Scalar mean = shifted.mean();
-    shifted -= mean;
-    const Scalar variance = shifted.square().mean();
-    const Scalar inverse_std = Scalar(1) / std::sqrt(variance + Scalar(layer_norm_epsilon));
-    out = (out + (shifted * inverse_std * ConstMap(gamma, width) + ConstMap(beta, width)).max(Scalar(0))) *
-          ConstMap(scale, width);
 }
 
 /// Backward of the epilogue for one row (bias already inside t). Adds into dt, dh_in (the gradient

@@ -36,6 +36,7 @@
 #include "nwc/core/random.hpp"
 #include "nwc/core/tensor.hpp"
 #include "nwc/core/thread_pool.hpp"
+#include "nwc/nn/mlp_kernels_simd.hpp"
 #include "nwc/nn/residual_block.hpp"
 
 namespace nwc {

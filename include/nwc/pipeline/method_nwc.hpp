@@ -35,6 +35,7 @@
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/pipeline/method_rtn.hpp"
 #include "nwc/quant/chunker.hpp"
+#include "nwc/quant/dechunk_kernels.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
 
 namespace nwc {
@@ -123,10 +124,32 @@ struct NwcMethod {
 
     static std::string setting_of(float alpha) { return detail::knob_text("alpha", alpha); }
 
+    /// Moves the columns of a level with fewer than `min_symbols` symbols in a span down one level,
+    /// from the top level down (an encoder choice: the stored levels say what was used).
+    static void merge_small_levels(std::vector<std::uint8_t>& levels, std::int64_t span, std::int64_t column_symbols, std::int64_t min_symbols,
+                                   const CodecArchitecture& arch) {
+        if (!arch.per_level_prior || min_symbols <= 0) return;
+        const std::int64_t cols = std::int64_t(levels.size());
+        for (std::int64_t first = 0; first < cols; first += span) {
+            const std::int64_t last = std::min(cols, first + span);
+            for (int level = arch.levels - 1; level >= 1; --level) {
+                std::int64_t count = 0;
+                for (std::int64_t c = first; c < last; ++c) count += levels[std::size_t(c)] == level ? 1 : 0;
+                if (count > 0 && count * column_symbols < min_symbols)
+                    for (std::int64_t c = first; c < last; ++c)
+                        if (levels[std::size_t(c)] == level) levels[std::size_t(c)] = std::uint8_t(level - 1);
+            }
+        }
+    }
+
     /// Codes W (m x n) with `codec` at options.alpha.
+    /// The networks run on the scalar reference whatever `Backend` is: the simd epilogue rounds
+    /// differently (within 1e-6), which can move a latent across a rounding boundary, and the file's
+    /// bytes must not depend on the backend that wrote them (tests/test_backend_consistency.cpp).
     template <class Backend>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options,
-                                const NeuralCodec& codec, Backend backend) {
+                                const NeuralCodec& codec, Backend) {
+        const backend::scalar reference{};
         const CodecArchitecture& arch = codec.architecture();
         const std::int64_t rows = weights.rows(), cols = weights.cols(), d = arch.chunk_size, latents = arch.latents;
         const Chunker chunker(ChunkerOptions{.axis = options.axis, .chunk_size = arch.chunk_size});
@@ -140,6 +163,8 @@ struct NwcMethod {
             for (auto& level : levels) level = std::uint8_t(std::min<int>(level, arch.levels - 1));
         }
         const std::int64_t per_column = chunker.chunks_per_column(rows);
+        const std::int64_t span = std::min(cols, std::max<std::int64_t>(1, options.weights_per_segment / (per_column * d)));
+        merge_small_levels(levels, span, per_column * latents, options.nwc_min_level_symbols, arch);
         std::vector<std::int32_t> symbols(std::size_t(cols * per_column * latents));
         EncodedMatrix result;
         result.used_hessian = hessian != nullptr;
@@ -156,8 +181,8 @@ struct NwcMethod {
             ldlq.feedback = FeedbackMode::per_block;
             ldlq.threads = std::max(1, options.threads);
             ldlq.compute_proxy_loss = false;
-            NeuralBlockQuantizer<Backend> quantizer(codec, options.alpha, per_column, symbols);
-            LDLQResult coded = LDLQCompensator<NeuralBlockQuantizer<Backend>>(ldlq).compress(normalized.view(), moved, quantizer, levels);
+            NeuralBlockQuantizer<backend::scalar> quantizer(codec, options.alpha, per_column, symbols);
+            LDLQResult coded = LDLQCompensator<NeuralBlockQuantizer<backend::scalar>>(ldlq).compress(normalized.view(), moved, quantizer, levels);
             result.used_feedback = coded.report.used_feedback;
             normalized_reconstruction = std::move(coded.reconstructed);
         } else {
@@ -166,9 +191,9 @@ struct NwcMethod {
             std::vector<std::uint8_t> chunk_levels(std::size_t(cols * per_column));
             for (std::int64_t c = 0; c < cols; ++c) std::fill_n(chunk_levels.begin() + c * per_column, per_column, levels[std::size_t(c)]);
             const TensorView<const float> chunk_view(chunks.data(), Shape{cols * per_column, d});
-            codec.encode(chunk_view, chunk_levels, symbols, std::max(1, options.threads), backend);
+            codec.encode(chunk_view, chunk_levels, symbols, std::max(1, options.threads), reference);
             if (options.measure) {
-                codec.decode(symbols, chunk_levels, TensorView<float>(chunks.data(), Shape{cols * per_column, d}), std::max(1, options.threads), backend);
+                codec.decode(symbols, chunk_levels, TensorView<float>(chunks.data(), Shape{cols * per_column, d}), std::max(1, options.threads), reference);
                 for (float& value : chunks) value /= options.alpha;
                 normalized_reconstruction = Tensor<float>(weights.shape());
                 chunker.dechunk(chunks, normalized_reconstruction.view());
@@ -179,7 +204,6 @@ struct NwcMethod {
             chunker.denormalize(normalized_reconstruction.view(), scales, result.reconstruction.view());
         }
 
-        const std::int64_t span = std::min(cols, std::max<std::int64_t>(1, options.weights_per_segment / (per_column * d)));
         ContainerTensor& tensor = result.tensor;
         tensor.method = "nwc";
         ByteWriter metadata;
@@ -274,14 +298,8 @@ struct NwcMethod {
         }
         chunks.resize(std::size_t(chunk_count * d));
         decoder.decode(symbols, levels, TensorView<float>(chunks.data(), Shape{chunk_count, d}), 1, backend);
-        const bool by_column = layout.axis == NormalizationAxis::per_column;
-        for (std::size_t k = 0; k < columns.size(); ++k) {
-            const std::int64_t c = columns[k];
-            for (std::int64_t r = 0; r < layout.rows; ++r) {
-                const float scale = to_float(layout.scales[std::size_t(by_column ? c : r)]);
-                output(r, c) = (chunks[std::size_t(std::int64_t(k) * layout.chunks_per_column * d + r)] / layout.alpha) * scale;
-            }
-        }
+        const DechunkSource source{chunks, columns, layout.chunks_per_column * d, layout.alpha, layout.scales, layout.axis};
+        dechunk_denormalize(source, output, backend);
     }
 };
 

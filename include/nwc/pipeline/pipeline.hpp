@@ -10,3 +10,4 @@
 #include "nwc/pipeline/model_file.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 #include "nwc/pipeline/rate_control.hpp"
+#include "nwc/pipeline/sequential_pipeline.hpp"

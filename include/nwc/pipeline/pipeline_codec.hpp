@@ -21,7 +21,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <limits>
 #include <mutex>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -65,6 +67,8 @@ struct ModelReport {
     bool target_met = true;
     int passes = 1;    ///< full compressions run (rate search)
     std::string note;  ///< why a target was missed, if it was
+    double knob = std::numeric_limits<double>::quiet_NaN();  ///< ecsq step / nwc alpha chosen by rate control (else NaN)
+    std::vector<int> bits_per_tensor;  ///< rtn / gptq under rate control: bits chosen per model tensor (else empty)
 
     /// 8 x file bytes / weights of the input: the rate of the whole file.
     double bits_per_weight() const noexcept { return weight_count > 0 ? 8.0 * double(file_bytes) / double(weight_count) : 0.0; }
@@ -107,10 +111,12 @@ public:
     }
 
     /// Compresses one tensor (any shape; matrices the selection accepts are coded, the rest stored
-    /// raw as `original_dtype`). nwc tensors refer to container codec 0.
+    /// raw as `original_dtype`). nwc tensors refer to container codec 0. `reconstruction`, when
+    /// given, receives what the decoder will produce (needs options().measure for coded tensors;
+    /// left empty otherwise) -- sequential compression fine-tunes against it.
     ContainerTensor compress(std::string name, TensorView<const float> weights, const Tensor<double>* hessian = nullptr, TensorReport* report = nullptr,
-                             dtype original_dtype = dtype::f32) const {
-        return compress_with(std::move(name), weights, hessian, original_dtype, m_options, report);
+                             dtype original_dtype = dtype::f32, Tensor<float>* reconstruction = nullptr) const {
+        return compress_with(std::move(name), weights, hessian, original_dtype, m_options, report, reconstruction);
     }
 
     /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included). Decoding
@@ -128,22 +134,19 @@ public:
     CompressedModel compress_model(const ModelFile& model, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
                                    std::span<const int> bits_per_tensor = {}) const {
         const auto start = std::chrono::steady_clock::now();
-        CompressedModel result;
-        result.writer.set_file_metadata(file_metadata(model));
-        if (m_options.method == CompressionMethod::nwc) result.writer.add_codec(decoder_blob());
         const std::size_t count = model.tensors.size();
         const int threads = resolve_thread_count(m_options.threads);
         const int outer = int(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, std::int64_t(count))));
         MethodOptions inner = m_options;
         inner.threads = std::max(1, threads / outer);
         std::vector<ContainerTensor> tensors(count);
-        result.report.tensors.resize(count);
+        std::vector<TensorReport> reports(count);
         detail::run_with_progress(std::int64_t(count), outer, progress, "compress", count, model.weight_count(), [&](std::int64_t i) {
             const ModelTensor& tensor = model.tensors[std::size_t(i)];
             MethodOptions options = inner;
             if (!bits_per_tensor.empty()) options.bits = bits_per_tensor[std::size_t(i)];
             const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
-            TensorReport& report = result.report.tensors[std::size_t(i)];
+            TensorReport& report = reports[std::size_t(i)];
             if (!tensor.is_floating()) {
                 tensors[std::size_t(i)] = make_raw_tensor(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
                 report = raw_report(tensors[std::size_t(i)]);
@@ -152,6 +155,20 @@ public:
             }
             return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
         });
+        return assemble_model(model, std::move(tensors), std::move(reports), start, bits_per_tensor);
+    }
+
+    /// The last step of compress_model(), public for drivers that code the tensors themselves
+    /// (sequential_pipeline.hpp): a container of `tensors` (model order, one per model tensor,
+    /// from compress() of this codec) with the file metadata, the decoder half and the llama2.c
+    /// RoPE corrections, and the model report.
+    CompressedModel assemble_model(const ModelFile& model, std::vector<ContainerTensor> tensors, std::vector<TensorReport> reports,
+                                   std::chrono::steady_clock::time_point start, std::span<const int> bits_per_tensor = {}) const {
+        require(tensors.size() == model.tensors.size() && reports.size() == tensors.size(), errc::invalid_argument, "assemble_model: ",
+                tensors.size(), " tensors and ", reports.size(), " reports for a model of ", model.tensors.size());
+        CompressedModel result;
+        result.writer.set_file_metadata(file_metadata(model));
+        if (m_options.method == CompressionMethod::nwc) result.writer.add_codec(decoder_blob());
         for (auto& tensor : tensors) result.writer.add_tensor(std::move(tensor));
         if (!model.rope_corrections.values().empty()) {
             const auto* bytes = reinterpret_cast<const std::uint8_t*>(model.rope_corrections.data());
@@ -159,10 +176,12 @@ public:
                                                      {bytes, std::size_t(model.rope_corrections.numel()) * 4}));
         }
         ModelReport& report = result.report;
+        report.tensors = std::move(reports);
         report.method = std::string(method_name(m_options.method));
         report.setting = global_setting();
         report.weight_count = model.weight_count();
         report.file_bytes = result.writer.serialized_size();
+        report.bits_per_tensor.assign(bits_per_tensor.begin(), bits_per_tensor.end());
         for (const TensorReport& tensor : report.tensors) {
             report.squared_error += tensor.squared_error;
             report.squared_norm += tensor.squared_norm;
@@ -239,10 +258,11 @@ private:
     }
 
     ContainerTensor compress_with(std::string name, TensorView<const float> weights, const Tensor<double>* hessian, dtype original_dtype,
-                                  const MethodOptions& options, TensorReport* report) const {
+                                  const MethodOptions& options, TensorReport* report, Tensor<float>* reconstruction = nullptr) const {
         const auto start = std::chrono::steady_clock::now();
         if (!Selection::is_coded(weights.shape(), original_dtype)) {
             ContainerTensor tensor = make_raw_tensor(std::move(name), weights, original_dtype);
+            if (reconstruction) *reconstruction = Tensor<float>(weights.shape(), std::vector<float>(weights.data(), weights.data() + weights.numel()));
             if (report) {
                 *report = raw_report(tensor);
                 for (std::int64_t i = 0; i < weights.numel(); ++i) report->squared_norm += double(weights[i]) * double(weights[i]);
@@ -270,6 +290,7 @@ private:
             local.squared_error = measure.squared_error;
             local.squared_norm = measure.squared_norm;
             detail::patch_measurements(tensor.metadata, local.relative_mse, local.proxy_loss);
+            if (reconstruction) *reconstruction = std::move(encoded.reconstruction);
         }
         if (report) {
             local.name = tensor.name;

@@ -20,7 +20,9 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -162,6 +164,7 @@ CompressedModel compress_to_target(const CodecType& codec, const ModelFile& mode
         (grows ? chosen.alpha : chosen.step) = float(std::exp2(best_u));
         result = codec.with_options(chosen).compress_model(model, hessians, progress);
         result.report.passes = passes + 1;
+        result.report.knob = std::exp2(best_u);
     }
     ModelReport& report = result.report;
     report.target_bits_per_weight = target.bits_per_weight;
@@ -174,6 +177,26 @@ CompressedModel compress_to_target(const CodecType& codec, const ModelFile& mode
                                                   : ": the knob's range (or the fixed overhead of headers, scales, the codec and raw tensors) cannot reach it");
     }
     return result;
+}
+
+/// Of several trained codecs, the one whose file at alpha = 1 lands nearest `bits_per_weight` (in
+/// log size): it needs the least stretching by alpha, which the decoder was not trained for. One
+/// measurement-free pass per codec.
+template <class CodecType = DefaultCodec>
+std::size_t nearest_codec(const MethodOptions& options, std::span<const std::shared_ptr<const NeuralCodec>> candidates, const ModelFile& model,
+                          const HessianLookup& hessians, double bits_per_weight, const ProgressCallback& progress = {}) {
+    require(!candidates.empty(), errc::invalid_argument, "nearest_codec: no candidate codecs");
+    std::size_t chosen = 0;
+    double nearest = INFINITY;
+    for (std::size_t k = 0; candidates.size() > 1 && k < candidates.size(); ++k) {
+        MethodOptions probe = options;
+        probe.measure = false;
+        probe.alpha = 1.0f;
+        const CompressedModel pass = CodecType(probe, candidates[k]).compress_model(model, hessians, progress);
+        const double distance = std::fabs(std::log(pass.report.bits_per_weight() / bits_per_weight));
+        if (distance < nearest) nearest = distance, chosen = k;
+    }
+    return chosen;
 }
 
 }  // namespace nwc

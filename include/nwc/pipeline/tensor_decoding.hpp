@@ -3,6 +3,8 @@
 // decodes on any number of threads into the same values. Used by Codec::decompress*.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -97,6 +99,25 @@ inline DecodePlan make_decode_plan(const ContainerReader& reader, std::size_t in
     return plan;
 }
 
+/// Throws errc::corrupt unless every decoded weight of a coded tensor is finite: metadata with
+/// valid CRCs can still hold a step, scale or alpha whose product with the codes overflows (found
+/// by fuzz_container). Raw tensors keep whatever the source held. Blocks of 2^20 weights in parallel.
+inline void require_finite_outputs(const std::vector<DecodePlan>& plans, const std::vector<Tensor<float>*>& outputs, int threads) {
+    constexpr std::int64_t block = std::int64_t(1) << 20;
+    std::vector<std::pair<std::size_t, std::int64_t>> blocks;  // (plan, first weight)
+    for (std::size_t p = 0; p < plans.size(); ++p)
+        if (outputs[p] != nullptr && !std::holds_alternative<RawPlan>(plans[p].layout))
+            for (std::int64_t begin = 0; begin < outputs[p]->numel(); begin += block) blocks.emplace_back(p, begin);
+    parallel_for(std::int64_t(blocks.size()), threads, [&](std::int64_t item) {
+        const auto [p, begin] = blocks[std::size_t(item)];
+        const float* values = outputs[p]->data();
+        const std::int64_t end = std::min(outputs[p]->numel(), begin + block);
+        for (std::int64_t i = begin; i < end; ++i)
+            if (!std::isfinite(values[i]))
+                fail(errc::corrupt, plans[p].context, ": decoded weight ", i, " is ", values[i], " (the metadata's step, scales or alpha overflow)");
+    });
+}
+
 /// Decodes every (plan, segment) pair as one work item into `outputs` (null: skip the tensor).
 template <class Backend>
 void decode_plans(const ContainerReader& reader, const std::vector<DecodePlan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
@@ -108,7 +129,8 @@ void decode_plans(const ContainerReader& reader, const std::vector<DecodePlan>& 
         for (std::size_t s = 0; s < plans[p].segments; ++s) items.emplace_back(p, s);
     }
     run_with_progress(std::int64_t(items.size()), threads, progress, "decompress", tensors_total, weights_total, [&](std::int64_t item) {
-        const auto [p, segment] = items[std::size_t(item)];
+        // Not a structured binding: clang before 16 cannot capture one in the lambda below.
+        const std::size_t p = items[std::size_t(item)].first, segment = items[std::size_t(item)].second;
         const DecodePlan& plan = plans[p];
         const std::size_t done = segment + 1 == plan.segments ? 1 : 0;
         Tensor<float>* output = outputs[p];
@@ -135,6 +157,7 @@ void decode_plans(const ContainerReader& reader, const std::vector<DecodePlan>& 
             plan.layout);
         return std::pair<std::size_t, std::int64_t>{done, weights};
     });
+    require_finite_outputs(plans, outputs, threads);
 }
 
 }  // namespace detail

@@ -1,0 +1,141 @@
+// GPU decoding of whole nwc tensors (rANS + g_s + de-normalization into fp16 device memory) with
+// nwc::cuda::decompress_to_device, beside cuBLAS's SGEMM of the decoder's block shape measured in
+// the same run. Without a GPU it prints a line and exits 0.
+//
+//   NWC_CODEC_DIR=codecs nwc_bench_cuda_decode --benchmark_counters_tabular=true
+//
+// Configurations as bench/bench_decode.cpp: the trained codecs/nwc-32x1-l100.nwcc on 4096 x 4096
+// and 11008 x 4096, an untrained codec of the paper's size (width 512, 4 blocks) on 4096 x 4096.
+// Counters: weights/s (wall time, including the payload upload and host-side parsing),
+// dec_GFLOP/s (the decoder's GEMM FLOPs per second), peak_GFLOP/s (cuBLAS SGEMM, 32768 x W x W).
+#define EIGEN_NO_CUDA  // Eigen is host-only here (see cuda/decompress.cuh)
+
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <thread>
+
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/codec/codec_model.hpp"
+#include "nwc/cuda/decompress.cuh"
+#include "nwc/cuda/device.cuh"
+#include "nwc/pipeline/tensor_decoding.hpp"
+
+namespace {
+
+std::filesystem::path codec_dir() {
+    if (const char* dir = std::getenv("NWC_CODEC_DIR")) return dir;
+    return std::filesystem::path(__FILE__).parent_path().parent_path() / "codecs";
+}
+
+/// What Codec::compress writes for an nwc tensor, without the model-file half of the pipeline.
+std::vector<std::uint8_t> container_of(const nwc::Tensor<float>& weights, const nwc::MethodOptions& options, const nwc::NeuralCodec& codec) {
+    nwc::EncodedMatrix encoded = nwc::NwcMethod::encode(weights.view(), nullptr, options, codec, nwc::backend::simd{});
+    nwc::ContainerTensor tensor = std::move(encoded.tensor);
+    tensor.name = "w";
+    tensor.shape = weights.shape();
+    tensor.codec_index = 0;
+    nwc::ContainerWriter writer;
+    writer.add_codec(nwc::serialize_codec_decoder(codec.decoder()));
+    writer.add_tensor(std::move(tensor));
+    return writer.serialize();
+}
+
+std::shared_ptr<const nwc::NeuralCodec> codec_for(int config) {
+    static const auto trained = std::make_shared<const nwc::NeuralCodec>(nwc::read_codec_file(codec_dir() / "nwc-32x1-l100.nwcc"));
+    static const auto paper = [] {
+        nwc::CodecModel model(nwc::CodecArchitecture{16, 512, 4, 16, 4});
+        model.initialize(nwc::Random(2024));
+        return std::make_shared<const nwc::NeuralCodec>(model.freeze());
+    }();
+    return config == 2 ? paper : trained;
+}
+
+/// The same synthetic statistics as bench_decode.cpp (per-column log-normal std, Student-t tails).
+nwc::Tensor<float> synthetic_weights(std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
+    nwc::Random random(seed);
+    std::vector<float> column_std(static_cast<std::size_t>(cols));
+    for (float& value : column_std) value = float(0.02 * std::exp(0.5 * random.normal()));
+    nwc::Tensor<float> weights(nwc::Shape{rows, cols});
+    for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t c = 0; c < cols; ++c) {
+            double chi2 = 0;
+            for (int k = 0; k < 5; ++k) {
+                const double z = random.normal();
+                chi2 += z * z;
+            }
+            weights.view()(r, c) = float(column_std[std::size_t(c)] * random.normal() / std::sqrt(chi2 / 5.0 + 1e-12) * std::sqrt(3.0 / 5.0));
+        }
+    return weights;
+}
+
+const std::vector<std::uint8_t>& container(int config) {
+    static std::map<int, std::vector<std::uint8_t>> cache;
+    if (auto found = cache.find(config); found != cache.end()) return found->second;
+    nwc::MethodOptions options;
+    options.method = nwc::CompressionMethod::nwc;
+    options.measure = false;
+    options.threads = int(std::max(1u, std::thread::hardware_concurrency()));
+    return cache[config] = container_of(synthetic_weights(config == 1 ? 11008 : 4096, 4096, std::uint64_t(config + 1)), options, *codec_for(config));
+}
+
+double cublas_peak_gflops(int width) {
+    const std::int64_t rows = 32768;
+    nwc::cuda::DeviceBuffer<float> a(std::size_t(rows * width)), b(std::size_t(width) * width), c(std::size_t(rows * width));
+    a.fill_bytes(0);
+    b.fill_bytes(0);
+    nwc::cuda::CublasHandle cublas;
+    const float one = 1.0f, zero = 0.0f;
+    auto run = [&] {
+        NWC_CUBLAS_CHECK(cublasSgemm(cublas.get(), CUBLAS_OP_T, CUBLAS_OP_N, width, int(rows), width, &one, b.data(), width, a.data(), width, &zero,
+                                     c.data(), width));
+    };
+    run();
+    NWC_CUDA_CHECK(cudaDeviceSynchronize());
+    const int calls = 50;
+    const auto start = std::chrono::steady_clock::now();
+    for (int k = 0; k < calls; ++k) run();
+    NWC_CUDA_CHECK(cudaDeviceSynchronize());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return 2.0 * double(rows) * width * width * calls / seconds * 1e-9;
+}
+
+void decode_to_device(benchmark::State& state) {
+    const int config = int(state.range(0));
+    const auto& bytes = container(config);
+    const auto reader = nwc::ContainerReader::from_bytes(std::span<const std::uint8_t>(bytes));
+    const auto shape = codec_for(config)->architecture().decoder_shape();
+    const auto& entry = reader.entry(0);
+    const double chunks = double((entry.shape[0] + 15) / 16 * entry.shape[1]);
+    nwc::cuda::GpuDecodeContext context;
+    for (auto _ : state) {
+        const auto out = nwc::cuda::decompress_to_device<nwc::half>(reader, 0, context);
+        benchmark::DoNotOptimize(out.data());
+    }
+    const double calls = double(state.iterations());
+    state.counters["weights/s"] = benchmark::Counter(calls * double(entry.shape.numel()), benchmark::Counter::kIsRate);
+    state.counters["dec_GFLOP/s"] = benchmark::Counter(calls * chunks * shape.gemm_flops_per_row() * 1e-9, benchmark::Counter::kIsRate);
+    state.counters["peak_GFLOP/s"] = cublas_peak_gflops(shape.width);
+}
+
+}  // namespace
+
+BENCHMARK(decode_to_device)->Arg(0)->Arg(1)->Arg(2)->ArgName("config")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+int main(int argc, char** argv) {
+    if (!nwc::cuda::gpu_available()) {
+        std::printf("no CUDA device: nothing to measure\n");
+        return 0;
+    }
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

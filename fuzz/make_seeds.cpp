@@ -1,0 +1,125 @@
+// Writes the fuzzers' seed corpora: small valid files made by nwc's own writers, one folder per
+// fuzz target (corpus/<reader>/seed_*). Deterministic (nwc::Random), so rerunning it rewrites the
+// checked-in seeds byte for byte:
+//     nwc_make_seeds fuzz/corpus
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/core/file_io.hpp"
+#include "nwc/entropy/range_coder.hpp"
+#include "nwc/io/safetensors_writer.hpp"
+#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/llm/tokenizer.hpp"
+#include "rans_fuzz_tables.hpp"
+#include "reliability_support.hpp"
+
+namespace {
+
+using namespace nwc;
+namespace fs = std::filesystem;
+
+void write_seed(const fs::path& folder, const std::string& name, std::span<const std::uint8_t> bytes) {
+    fs::create_directories(folder);
+    write_file_atomic(folder / name, bytes);
+    std::printf("%8zu bytes  %s\n", bytes.size(), (folder / name).string().c_str());
+}
+
+void container_seeds(const fs::path& folder) {
+    for (CompressionMethod method : {CompressionMethod::rtn, CompressionMethod::gptq, CompressionMethod::ecsq, CompressionMethod::nwc})
+        write_seed(folder, "seed_" + std::string(method_name(method)) + ".nwc", reliability::small_container(method));
+    write_seed(folder, "seed_mixed.nwc", reliability::mixed_container());
+}
+
+void rans_seeds(const fs::path& folder) {
+    const auto& sets = fuzz::rans_table_sets();
+    Random random(11);
+    for (std::size_t k = 0; k < sets.size(); ++k) {
+        const std::uint32_t channels = std::uint32_t(sets[k].channel_count());
+        for (double outside : {0.0, 0.1}) {
+            std::vector<std::int32_t> symbols(std::size_t(200 * channels));
+            for (auto& symbol : symbols)
+                symbol = random.uniform() < outside ? std::int32_t(random.below(2000)) - 1000 : std::int32_t(random.below(5)) - 2;
+            RangeCoderOptions options;
+            options.segment_size = 64 * channels;
+            std::vector<std::uint8_t> input{std::uint8_t(k)};
+            const std::vector<std::uint8_t> stream = rans::encode(symbols, sets[k], options);
+            input.insert(input.end(), stream.begin(), stream.end());
+            write_seed(folder, "seed_tables" + std::to_string(k) + (outside > 0 ? "_escapes" : "") + ".rans", input);
+        }
+    }
+}
+
+void codec_seeds(const fs::path& folder) {
+    const auto codec = reliability::tiny_random_codec();
+    write_seed(folder, "seed_codec.nwcc", serialize_codec(*codec));
+    write_seed(folder, "seed_decoder.bin", serialize_codec_decoder(codec->decoder()));
+}
+
+void safetensors_seeds(const fs::path& folder) {
+    SafetensorsWriter writer;
+    for (const ModelTensor& tensor : reliability::small_model().tensors) {
+        if (tensor.is_floating()) writer.add_float32(tensor.name, tensor.values.view(), tensor.original_dtype);
+        else writer.add_raw(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
+    }
+    writer.set_metadata("format", "pt");
+    write_seed(folder, "seed_small.safetensors", writer.serialize());
+    SafetensorsWriter f16;
+    Tensor<float> values(Shape{3, 5}, 0.25f);
+    f16.add_float32("a", values.view(), dtype::f16);
+    f16.add_raw("b", dtype::u8, Shape{7}, std::vector<std::uint8_t>(7, 9));
+    write_seed(folder, "seed_f16_u8.safetensors", f16.serialize());
+}
+
+void llama2c_seeds(const fs::path& folder) {
+    write_seed(folder, "seed_shared.bin", reliability::tiny_llama2c(true));
+    write_seed(folder, "seed_gqa_classifier.bin", reliability::tiny_llama2c(false));
+}
+
+void tokenizer_seeds(const fs::path& folder) {
+    std::vector<std::string> pieces{"<unk>", "\n<s>\n", "\n</s>\n"};
+    for (int byte = 0; byte < 256; ++byte) {
+        char name[8];
+        std::snprintf(name, sizeof name, "<0x%02X>", byte);
+        pieces.push_back(name);
+    }
+    for (const char* piece : {" ", "e", "t", "a", "o", "n", "h", " t", "th", " th", " the", "he", "in", " a", "on", "ce", " up", "up", "O", "On",
+                              "Once", " upon", " time", "ti", "me", ",", "."})
+        pieces.push_back(piece);
+    ByteWriter writer;
+    std::int32_t longest = 1;
+    for (const auto& piece : pieces) longest = std::max(longest, std::int32_t(piece.size()));
+    writer.put_i32(longest);
+    for (std::size_t id = 0; id < pieces.size(); ++id) {
+        writer.put_f32(id < 259 ? 0.0f : -float(id - 259));
+        writer.put_i32(std::int32_t(pieces[id].size()));
+        writer.put_bytes({reinterpret_cast<const std::uint8_t*>(pieces[id].data()), pieces[id].size()});
+    }
+    const std::vector<std::uint8_t> bytes = writer.take();
+    (void)llm::Tokenizer::parse(bytes, -1, "seed tokenizer");  // the seed must be valid
+    write_seed(folder, "seed_small.bin", bytes);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: nwc_make_seeds CORPUS_FOLDER   (writes CORPUS_FOLDER/<reader>/seed_*)\n");
+        return 2;
+    }
+    try {
+        const fs::path root = argv[1];
+        container_seeds(root / "container");
+        rans_seeds(root / "rans");
+        codec_seeds(root / "codec_file");
+        safetensors_seeds(root / "safetensors");
+        llama2c_seeds(root / "llama2c");
+        tokenizer_seeds(root / "tokenizer");
+    } catch (const nwc::error& error) {
+        std::fprintf(stderr, "nwc_make_seeds: %s\n", error.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,277 @@
+// rANS decoding on the GPU (backend tag nwc::backend::cuda): one warp per segment.
+//
+// Read me first (the format is docs/format/rans.md; the reference is entropy/rans_lanes.hpp):
+// - A segment has 32 interleaved states: lane l of the warp holds state l and decodes symbols
+//   32 t + l, t = 0, 1, ... Lanes that need a word after their symbol take consecutive words in
+//   lane order: ballot(need) and popc(ballot & lanemask_lt) give each lane its word, exactly the
+//   lane-ordered renormalization the encoder assumed. The partial last step works the same way
+//   with only the lanes that have a symbol.
+// - Tables: bin entries, bin bases, offsets and supports of all channels sit in shared memory
+//   (a few KiB); the slot -> bin table (channels << precision u16, up to 2 MiB at precision 16)
+//   goes to shared memory when it fits the budget, else it is read from global memory through the
+//   read-only cache.
+// - Escapes (values outside a channel's support) are rare: lane 0 reads their Elias-gamma codes
+//   from the segment's escape bit stream in symbol order, exactly as EscapeBitReader does.
+// - The host validates the stream's header, index and CRC (rans::read_index) before anything is
+//   launched; every check that needs the decoded data (word overrun, final states, escape stream
+//   used up) is a status per segment that the host turns into nwc::error(corrupt). No read ever
+//   leaves the segment's bytes: word and bit positions are clamped and flagged.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nwc/core/error.hpp"
+#include "nwc/cuda/cuda_check.cuh"
+#include "nwc/cuda/device_buffer.cuh"
+#include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/rans_format.hpp"
+
+namespace nwc::cuda {
+
+/// One segment to decode: where its bytes are in the device byte buffer, where its symbols go.
+struct RansSegmentJob {
+    std::uint64_t byte_offset = 0;    ///< start of its 32 states in the device byte buffer
+    std::uint64_t first_output = 0;   ///< index of its first symbol in the output
+    std::uint32_t symbol_count = 0;
+    std::uint32_t word_count = 0;
+    std::uint32_t escape_bytes = 0;
+    std::uint32_t first_channel = 0;  ///< channel of its first symbol (0: segments start at channel 0)
+};
+
+/// Per-segment outcome written by the kernel.
+enum class RansSegmentStatus : std::uint32_t { ok = 0, bad_initial_state, word_overrun, bad_end, bad_escape };
+
+/// The decode tables of one CdfTableSet in device memory.
+class DeviceRansTables {
+public:
+    /// Shared memory the slot table may use (the rest of the tables are small).
+    static constexpr std::size_t shared_slot_budget_bytes = 96 * 1024;
+
+    explicit DeviceRansTables(const CdfTableSet& tables) : m_checksum(tables.checksum()) {
+        const nwc::detail::RansDecodeTables& host = tables.decode_tables();
+        m_precision = host.precision;
+        m_channels = host.channel_count;
+        m_slot_count = std::size_t(host.channel_count) << host.precision;
+        m_bin_count = host.bin_entries.size();
+        m_slot_bins = DeviceBuffer<std::uint16_t>(std::span<const std::uint16_t>(host.slot_bins.data(), m_slot_count));
+        m_bin_entries = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.bin_entries));
+        m_bin_bases = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.bin_bases));
+        m_offsets = DeviceBuffer<std::int32_t>(std::span<const std::int32_t>(host.offsets));
+        m_supports = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.supports));
+    }
+
+    int precision() const noexcept { return m_precision; }
+    std::uint32_t channel_count() const noexcept { return m_channels; }
+    std::uint32_t checksum() const noexcept { return m_checksum; }
+    bool slots_in_shared_memory() const noexcept { return m_slot_count * 2 <= shared_slot_budget_bytes; }
+    /// Dynamic shared memory of one decoding block.
+    std::size_t shared_bytes() const noexcept {
+        const std::size_t small = 4 * (m_bin_count + 3 * std::size_t(m_channels));
+        return (small + 3) / 4 * 4 + (slots_in_shared_memory() ? m_slot_count * 2 : 0);
+    }
+
+    const std::uint16_t* slot_bins() const noexcept { return m_slot_bins.data(); }
+    const std::uint32_t* bin_entries() const noexcept { return m_bin_entries.data(); }
+    const std::uint32_t* bin_bases() const noexcept { return m_bin_bases.data(); }
+    const std::int32_t* offsets() const noexcept { return m_offsets.data(); }
+    const std::uint32_t* supports() const noexcept { return m_supports.data(); }
+    std::size_t bin_count() const noexcept { return m_bin_count; }
+    std::size_t slot_count() const noexcept { return m_slot_count; }
+
+private:
+    int m_precision = 0;
+    std::uint32_t m_channels = 0, m_checksum = 0;
+    std::size_t m_slot_count = 0, m_bin_count = 0;
+    DeviceBuffer<std::uint16_t> m_slot_bins;
+    DeviceBuffer<std::uint32_t> m_bin_entries, m_bin_bases, m_supports;
+    DeviceBuffer<std::int32_t> m_offsets;
+};
+
+namespace detail {
+
+struct RansKernelTables {
+    int precision;
+    std::uint32_t channels;
+    std::uint32_t bin_count;
+    bool slots_shared;
+    const std::uint16_t* slot_bins;
+    const std::uint32_t* bin_entries;
+    const std::uint32_t* bin_bases;
+    const std::int32_t* offsets;
+    const std::uint32_t* supports;
+};
+
+/// Lane 0's reader of one segment's escape bits (MSB first), clamped to the segment's bytes.
+struct EscapeBits {
+    const std::uint8_t* bytes;
+    std::uint64_t bit_count;
+    std::uint64_t position = 0;
+    bool failed = false;
+    __device__ std::uint32_t get() {
+        if (position >= bit_count) {
+            failed = true;
+            return 1;  // ends any code; the segment is reported corrupt
+        }
+        const std::uint32_t bit = (bytes[position >> 3] >> (7 - (position & 7))) & 1u;
+        ++position;
+        return bit;
+    }
+    /// EscapeBitReader::read_value on the device.
+    __device__ std::int32_t read_value(std::int32_t offset, std::uint32_t support) {
+        int zeros = 0;
+        while (get() == 0)
+            if (++zeros > 33) {
+                failed = true;
+                return 0;
+            }
+        std::uint64_t value = 1;
+        for (int bit = 0; bit < zeros; ++bit) value = (value << 1) | get();
+        const std::uint64_t code = value - 1;
+        const std::int64_t distance = std::int64_t(code >> 1);
+        const std::int64_t decoded = (code & 1u) ? std::int64_t(offset) + support + distance : std::int64_t(offset) - 1 - distance;
+        if (decoded < INT32_MIN || decoded > INT32_MAX) failed = true;
+        return std::int32_t(decoded);
+    }
+};
+
+__device__ inline std::uint32_t load_u32(const std::uint8_t* at) {
+    return std::uint32_t(at[0]) | (std::uint32_t(at[1]) << 8) | (std::uint32_t(at[2]) << 16) | (std::uint32_t(at[3]) << 24);
+}
+__device__ inline std::uint32_t load_u16(const std::uint8_t* at) { return std::uint32_t(at[0]) | (std::uint32_t(at[1]) << 8); }
+
+/// One warp per job; blockDim.x = 32 (one warp per block keeps the shared tables per warp simple).
+__global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJob* jobs, std::uint32_t job_count, RansKernelTables tables,
+                                   std::int32_t* out, RansSegmentStatus* status) {
+    extern __shared__ std::uint32_t shared[];
+    const std::uint32_t lane = threadIdx.x;
+    std::uint32_t* bin_entries = shared;
+    std::uint32_t* bin_bases = bin_entries + tables.bin_count;
+    std::int32_t* offsets = reinterpret_cast<std::int32_t*>(bin_bases + tables.channels);
+    std::uint32_t* supports = reinterpret_cast<std::uint32_t*>(offsets + tables.channels);
+    std::uint16_t* shared_slots = reinterpret_cast<std::uint16_t*>(supports + tables.channels);
+    for (std::uint32_t i = lane; i < tables.bin_count; i += 32) bin_entries[i] = tables.bin_entries[i];
+    for (std::uint32_t i = lane; i < tables.channels; i += 32) {
+        bin_bases[i] = tables.bin_bases[i];
+        offsets[i] = tables.offsets[i];
+        supports[i] = tables.supports[i];
+    }
+    const std::uint64_t slot_count = std::uint64_t(tables.channels) << tables.precision;
+    if (tables.slots_shared)
+        for (std::uint64_t i = lane; i < slot_count; i += 32) shared_slots[i] = tables.slot_bins[i];
+    const std::uint16_t* slot_bins = tables.slots_shared ? shared_slots : tables.slot_bins;
+    __syncwarp();
+
+    for (std::uint32_t j = blockIdx.x; j < job_count; j += gridDim.x) {
+        const RansSegmentJob job = jobs[j];
+        const std::uint8_t* states_at = bytes + job.byte_offset;
+        const std::uint8_t* words = states_at + rans::segment_state_bytes;
+        std::uint32_t x = load_u32(states_at + 4 * lane);
+        bool bad_state = x < rans::state_lower_bound;
+        EscapeBits escapes{words + 2 * std::uint64_t(job.word_count), 8 * std::uint64_t(job.escape_bytes)};
+        std::uint64_t position = 0;
+        bool overrun = false;
+        const std::uint32_t slot_mask = (1u << tables.precision) - 1;
+        const std::uint32_t steps = (job.symbol_count + 31) / 32;
+        for (std::uint32_t step = 0; step < steps; ++step) {
+            const std::uint32_t i = step * 32 + lane;
+            const bool valid = i < job.symbol_count;
+            const std::uint32_t channel = (job.first_channel + i) % tables.channels;
+            std::uint32_t bin = 0;
+            if (valid) {
+                const std::uint32_t slot = x & slot_mask;
+                bin = slot_bins[(std::size_t(channel) << tables.precision) | slot];
+                const std::uint32_t entry = bin_entries[bin_bases[channel] + bin];
+                x = (entry >> 16) * (x >> tables.precision) + slot - (entry & 0xFFFFu);
+                // Escaped symbols are written by lane 0 below (one writer per element).
+                if (bin != supports[channel]) out[job.first_output + i] = std::int32_t(std::uint32_t(offsets[channel]) + bin);
+            }
+            const std::uint32_t escaped = __ballot_sync(0xFFFFFFFFu, valid && bin == supports[channel]);
+            if (escaped != 0 && lane == 0) {  // in symbol order, as the reference reads them
+                for (std::uint32_t mask = escaped; mask != 0; mask &= mask - 1) {
+                    const std::uint32_t k = __ffs(mask) - 1, c = (job.first_channel + step * 32 + k) % tables.channels;
+                    out[job.first_output + step * 32 + k] = escapes.read_value(offsets[c], supports[c]);
+                }
+            }
+            const bool need = valid && x < rans::state_lower_bound;
+            const std::uint32_t needing = __ballot_sync(0xFFFFFFFFu, need);
+            if (need) {
+                const std::uint64_t word = position + __popc(needing & ((1u << lane) - 1u));
+                if (word < job.word_count)
+                    x = (x << 16) | load_u16(words + 2 * word);
+                else
+                    overrun = true;
+            }
+            position += __popc(needing);
+        }
+        // The end: every word used, every state back at 2^16, the escape stream used up with zero padding.
+        bool bad_end = position != job.word_count || x != rans::state_lower_bound;
+        bool bad_escape = false;
+        if (lane == 0) {
+            bad_escape = escapes.failed || (escapes.position + 7) / 8 != job.escape_bytes;
+            if (!bad_escape && escapes.position % 8 != 0)
+                bad_escape = (escapes.bytes[job.escape_bytes - 1] & (0xFFu >> (escapes.position % 8))) != 0;
+        }
+        bad_state = __any_sync(0xFFFFFFFFu, bad_state);
+        overrun = __any_sync(0xFFFFFFFFu, overrun);
+        bad_end = __any_sync(0xFFFFFFFFu, bad_end);
+        bad_escape = __any_sync(0xFFFFFFFFu, bad_escape);
+        if (lane == 0)
+            status[j] = bad_state ? RansSegmentStatus::bad_initial_state
+                        : overrun  ? RansSegmentStatus::word_overrun
+                        : bad_end  ? RansSegmentStatus::bad_end
+                        : bad_escape ? RansSegmentStatus::bad_escape
+                                     : RansSegmentStatus::ok;
+    }
+}
+
+}  // namespace detail
+
+/// Decodes the segments `jobs` of streams already copied to `device_bytes` (validated on the host
+/// with rans::read_index against the same tables) into `out` (device memory), on `stream`.
+/// Waits for the stream, then throws nwc::error(corrupt) naming `context` and the segment if one
+/// is inconsistent (the symbols are then unspecified).
+inline void rans_decode_segments(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, const DeviceRansTables& tables,
+                                 std::int32_t* out, cudaStream_t stream, const std::string& context) {
+    if (jobs.empty()) return;
+    DeviceBuffer<RansSegmentJob> device_jobs(jobs);
+    DeviceBuffer<RansSegmentStatus> status(jobs.size());
+    const detail::RansKernelTables kernel_tables{tables.precision(), tables.channel_count(), std::uint32_t(tables.bin_count()),
+                                                 tables.slots_in_shared_memory(), tables.slot_bins(), tables.bin_entries(),
+                                                 tables.bin_bases(), tables.offsets(), tables.supports()};
+    const std::size_t shared = tables.shared_bytes();
+    NWC_CUDA_CHECK(cudaFuncSetAttribute(detail::rans_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    const unsigned blocks = unsigned(std::min<std::size_t>(jobs.size(), 65535));
+    detail::rans_decode_kernel<<<blocks, 32, shared, stream>>>(device_bytes, device_jobs.data(), std::uint32_t(jobs.size()), kernel_tables, out,
+                                                               status.data());
+    NWC_CUDA_CHECK_LAUNCH("rans_decode_kernel");
+    NWC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<RansSegmentStatus> outcome = status.to_host();
+    static constexpr const char* reasons[] = {"", "an initial state is below 2^16", "it needs more words than the index announces",
+                                              "it does not end with all words used and every state at 2^16", "its escape stream is corrupt"};
+    for (std::size_t j = 0; j < outcome.size(); ++j)
+        require(outcome[j] == RansSegmentStatus::ok, errc::corrupt, context, ": rANS segment job ", j, " (byte ", jobs[j].byte_offset,
+                "): ", reasons[std::min<std::uint32_t>(std::uint32_t(outcome[j]), 4)]);
+}
+
+/// Convenience: decodes a whole host stream on the GPU and returns the symbols on the host
+/// (tests compare them with rans::decode).
+inline std::vector<std::int32_t> rans_decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, cudaStream_t cuda_stream = nullptr) {
+    const RansStreamIndex index = rans::read_index(stream, tables);
+    std::vector<RansSegmentJob> jobs;
+    for (const RansSegment& segment : index.segments)
+        jobs.push_back({segment.byte_offset, segment.first_symbol, segment.symbol_count, segment.word_count, segment.escape_bytes, 0});
+    DeviceBuffer<std::uint8_t> bytes(stream);
+    DeviceBuffer<std::int32_t> symbols(index.symbol_count);
+    const DeviceRansTables device_tables(tables);
+    rans_decode_segments(bytes.data(), jobs, device_tables, symbols.data(), cuda_stream, "rANS stream (GPU)");
+    return symbols.to_host();
+}
+
+}  // namespace nwc::cuda

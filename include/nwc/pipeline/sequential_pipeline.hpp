@@ -1,0 +1,167 @@
+// Sequential compression of a Llama model through the pipeline: every linear layer is coded with
+// the Hessian of the COMPRESSED model-so-far's inputs, and after each coding step the block's
+// still-uncoded layers are fine-tuned to absorb the error (llm/sequential_compression.hpp), then
+// the container is assembled exactly as Codec::compress_model() does.
+//
+// Read me first:
+// - The codes of a fine-tuned layer are the codes of its FINE-TUNED weights: the file reproduces
+//   the fine-tuned model, and the per-tensor relative MSE / proxy loss are measured against the
+//   weights that were coded (not the original ones).
+// - llama2.c models are coded in their own row order. Hugging Face models store q/k rows permuted
+//   for their RoPE layout: the driver codes the tensor as the file holds it (so the container
+//   decodes to the same file layout) and hands the reconstruction back in llama2.c order.
+// - Rate control (compress_sequentially_to_target): the knob is searched with ordinary passes
+//   (Hessians of the original model, no fine-tuning: cheap), then the sequential pass runs at that
+//   knob. Fine-tuned weights code to slightly different sizes, so ecsq / nwc then correct the knob
+//   by secant steps on sequential passes until the file is within the tolerance (at most
+//   `max_corrections`). rtn / gptq sizes do not depend on the values: their per-tensor bits carry
+//   over exactly.
+// - Determinism: everything is the same bits for any thread count (the parts guarantee it).
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nwc/llm/hf_llama.hpp"
+#include "nwc/llm/sequential_compression.hpp"
+#include "nwc/pipeline/pipeline_codec.hpp"
+#include "nwc/pipeline/rate_control.hpp"
+
+namespace nwc {
+
+/// Compresses a llama2.c or Hugging Face Llama `model` sequentially with `codec` (its method and
+/// options; LDLQ feedback follows codec.options().ldlq), calibrating on `calibration_tokens`
+/// (tokenize_for_evaluation). `bits_per_tensor` (rtn, gptq; model tensor order) overrides
+/// options.bits. `details`, when given, receives the per-step block errors and fine-tuning results.
+template <class CodecType>
+CompressedModel compress_model_sequentially(const CodecType& codec, const ModelFile& model, std::span<const int> calibration_tokens,
+                                            const llm::SequentialCompressionOptions& options, std::span<const int> bits_per_tensor = {},
+                                            llm::SequentialCompressionReport* details = nullptr) {
+    const auto start = std::chrono::steady_clock::now();
+    std::optional<llm::LlamaWeights> weights = llama_weights_of(model);
+    require(weights.has_value(), errc::unsupported, "sequential compression needs a llama2.c or Hugging Face Llama model, not a plain ",
+            model_format_name(model.format), " file");
+    require(bits_per_tensor.empty() || bits_per_tensor.size() == model.tensors.size(), errc::invalid_argument, "sequential compression: ",
+            bits_per_tensor.size(), " bit widths for ", model.tensors.size(), " tensors");
+    const llm::LlamaConfig config = weights->config;
+    llm::LlamaModel network(std::move(*weights));
+    const bool hf_layout = model.format == ModelFormat::hf_llama;
+
+    const std::size_t count = model.tensors.size();
+    std::vector<ContainerTensor> tensors(count);
+    std::vector<TensorReport> reports(count);
+    std::vector<bool> coded(count, false);
+    const auto index_of = [&](const std::string& name) {
+        const ModelTensor* tensor = model.find(name);
+        require(tensor != nullptr, errc::invalid_argument, "sequential compression: the model has no tensor '", name, "'");
+        return std::size_t(tensor - model.tensors.data());
+    };
+    const auto coder_for = [&](std::size_t index) {
+        MethodOptions chosen = codec.options();
+        chosen.measure = true;  // the reconstruction is what the next layers are tuned against
+        if (!bits_per_tensor.empty()) chosen.bits = bits_per_tensor[index];
+        return codec.with_options(chosen);
+    };
+
+    const llm::QuantizeFunction quantize = [&](const std::string& name, const Tensor<float>& weight, const Tensor<double>* hessian) {
+        const std::size_t index = index_of(name);
+        const ModelTensor& tensor = model.tensors[index];
+        require(tensor.is_floating() && tensor.shape == weight.shape(), errc::invalid_argument, "sequential compression: tensor '", name,
+                "' does not match the model file");
+        const int heads = hf_layout ? llm::detail::rope_heads_of(config, name) : 0;
+        Tensor<float> reconstruction;
+        if (heads > 0) {
+            const Tensor<float> stored = llm::permute_rows_to_hf(weight.view(), heads);
+            tensors[index] = coder_for(index).compress(name, stored.view(), hessian, &reports[index], tensor.original_dtype, &reconstruction);
+            reconstruction = llm::permute_rows_from_hf(reconstruction.view(), heads);
+        } else {
+            tensors[index] = coder_for(index).compress(name, weight.view(), hessian, &reports[index], tensor.original_dtype, &reconstruction);
+        }
+        require(reconstruction.shape() == weight.shape(), errc::invalid_argument, "sequential compression: no reconstruction of '", name, "'");
+        coded[index] = true;
+        return reconstruction;
+    };
+    llm::SequentialCompressionReport report = llm::compress_sequentially(network, calibration_tokens, quantize, options);
+    if (details != nullptr) *details = std::move(report);
+
+    // Whatever the driver did not visit (norm scales, a tied lm_head a Hugging Face file still
+    // carries) is coded as compress_model() would, without a Hessian.
+    for (std::size_t index = 0; index < count; ++index) {
+        if (coded[index]) continue;
+        const ModelTensor& tensor = model.tensors[index];
+        if (!tensor.is_floating()) {
+            tensors[index] = make_raw_tensor(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
+            reports[index] = TensorReport{};
+            reports[index].name = tensor.name;
+            reports[index].shape = tensor.shape;
+            reports[index].original_dtype = tensor.original_dtype;
+            reports[index].method = "raw";
+            reports[index].stored_bytes = tensors[index].payload.size();
+        } else {
+            tensors[index] = coder_for(index).compress(tensor.name, tensor.values.view(), nullptr, &reports[index], tensor.original_dtype);
+        }
+    }
+    return codec.assemble_model(model, std::move(tensors), std::move(reports), start, bits_per_tensor);
+}
+
+/// Sequential compression landing within target.tolerance of target.bits_per_weight (see the
+/// header comment). `hessians`: the original model's (llm::collect_hessians), for the search.
+template <class CodecType>
+CompressedModel compress_sequentially_to_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians,
+                                                std::span<const int> calibration_tokens, const RateTarget& target,
+                                                const llm::SequentialCompressionOptions& options, int max_corrections = 3,
+                                                llm::SequentialCompressionReport* details = nullptr) {
+    CompressedModel searched = compress_to_target(codec, model, hessians, target);
+    const MethodOptions base = codec.options();
+    const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
+    const auto finish = [&](CompressedModel result, int passes) {
+        ModelReport& report = result.report;
+        report.target_bits_per_weight = target.bits_per_weight;
+        report.passes = passes;
+        const double miss = double(report.file_bytes) / target_bytes - 1.0;
+        report.target_met = std::fabs(miss) <= target.tolerance;
+        if (!report.target_met)
+            report.note = detail::concat("achieved ", report.bits_per_weight(), " bits per weight after fine-tuning, ", 100.0 * miss, "% from the target");
+        return result;
+    };
+    if (base.method == CompressionMethod::rtn || base.method == CompressionMethod::gptq) {
+        CompressedModel result = compress_model_sequentially(codec, model, calibration_tokens, options, searched.report.bits_per_tensor, details);
+        result.report.setting = searched.report.setting;
+        return finish(std::move(result), searched.report.passes + 1);
+    }
+    const bool grows = base.method == CompressionMethod::nwc;
+    int passes = searched.report.passes;
+    const auto sequential_pass = [&](double u) {
+        MethodOptions chosen = base;
+        (grows ? chosen.alpha : chosen.step) = float(std::exp2(u));
+        ++passes;
+        CompressedModel result = compress_model_sequentially(codec.with_options(chosen), model, calibration_tokens, options, {}, details);
+        result.report.knob = std::exp2(u);
+        return result;
+    };
+    const auto miss_of = [&](const CompressedModel& result) { return std::log(double(result.report.file_bytes) / target_bytes); };
+    double u = std::log2(searched.report.knob);
+    CompressedModel best = sequential_pass(u);
+    double f = miss_of(best);
+    // Slope d ln(bytes) / du: about -/+ (coded share of the weights) / bits per weight for one
+    // bit per coded weight per doubling of the knob; then secant steps on what was measured.
+    double coded_weights = 0.0;
+    for (const TensorReport& tensor : best.report.tensors)
+        if (tensor.method != "raw") coded_weights += double(tensor.weights());
+    double slope = (grows ? 1.0 : -1.0) * coded_weights / double(model.weight_count()) / best.report.bits_per_weight();
+    for (int correction = 0; correction < max_corrections && std::fabs(std::expm1(f)) > target.tolerance / 2; ++correction) {
+        const double next = u - f / slope;
+        CompressedModel candidate = sequential_pass(next);
+        const double g = miss_of(candidate);
+        if (std::fabs(next - u) > 1e-9 && std::fabs(g - f) > 1e-12) slope = (g - f) / (next - u);
+        if (std::fabs(g) < std::fabs(f)) best = std::move(candidate);
+        u = next, f = g;
+    }
+    return finish(std::move(best), passes);
+}
+
+}  // namespace nwc

@@ -1,0 +1,40 @@
+#!/bin/bash
+# Run after editing a page under docs/format/ or docs/bench/; the two merged pages are committed.
+# Builds docs/FORMAT.md and docs/BENCHMARKS.md from the per-component pages.
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+# A page's headings go one level down (its title becomes a section); lines inside ``` blocks stay.
+demote() { awk '/^```/ { code = !code } !code && /^#/ { $0 = "#" $0 } { print }' "$1"; }
+{
+echo "# nwc file and bitstream formats"
+echo
+echo "Every format nwc reads or writes, byte by byte. All integers are little-endian; every nwc format"
+echo "carries a magic, a version and a CRC-32C (Castagnoli; check value crc32c(\"123456789\") = 0xE3069283)."
+echo "Readers treat every byte as hostile: sizes are checked against the bytes present before anything"
+echo "is allocated, and every violation is an \`nwc::error\` naming the context and byte offset."
+echo
+echo "Sections (one per component; the sources of this page are in docs/format/):"
+for f in container methods rans codec quant safetensors llm; do
+  [ -f docs/format/$f.md ] && echo "- [$(head -1 docs/format/$f.md | sed 's/^# *//')](#$(head -1 docs/format/$f.md | sed 's/^# *//' | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9 -]//g; s/ /-/g'))"
+done
+for f in container methods rans codec quant safetensors llm; do
+  [ -f docs/format/$f.md ] || continue
+  echo; echo "---"; echo
+  demote docs/format/$f.md
+done
+} > docs/FORMAT.md
+{
+echo "# nwc benchmarks"
+echo
+echo "Measured on this project's machine (2 cores, AMD Zen 5 with AVX-512, 24 GiB), g++ 12, Release"
+echo "(-O3 -march=native). While these were measured the machine was shared by several concurrent builds"
+echo "(load average 4-19 on 2 cores), so the pages quote CPU time where wall time was distorted; every"
+echo "figure comes with its same-run reference (scalar path, Eigen GEMM, memcpy) and the command that"
+echo "produced it. No GPU was lent to this task: the CUDA programs are compiled and linked, not measured."
+echo
+for f in report pipeline codec decode range_coder autograd quant finetune llm io; do
+  [ -f docs/bench/$f.md ] || continue
+  echo; echo "---"; echo
+  demote docs/bench/$f.md | sed 's|](report.svg)|](bench/report.svg)|'
+done
+} > docs/BENCHMARKS.md
+wc -l docs/FORMAT.md docs/BENCHMARKS.md
