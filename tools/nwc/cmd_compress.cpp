@@ -64,14 +64,6 @@ options:
 exit codes: 0 ok, 1 bad input (unreadable or corrupt file, unsupported model), 2 usage
 )";
 
-std::vector<std::string> split_list(const std::string& text) {
-    std::vector<std::string> items;
-    std::stringstream stream(text);
-    for (std::string item; std::getline(stream, item, ',');)
-        if (!item.empty()) items.push_back(item);
-    return items;
-}
-
 nlohmann::json report_json(const ModelReport& report) {
     nlohmann::json tensors = nlohmann::json::array();
     for (const TensorReport& tensor : report.tensors) {

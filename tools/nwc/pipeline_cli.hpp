@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,15 @@
 #endif
 
 namespace nwc::cli {
+
+/// "a,b,,c" -> {"a", "b", "c"}: the comma-separated lists of --codec, --rates, --configs.
+inline std::vector<std::string> split_list(const std::string& text) {
+    std::vector<std::string> items;
+    std::stringstream stream(text);
+    for (std::string item; std::getline(stream, item, ',');)
+        if (!item.empty()) items.push_back(item);
+    return items;
+}
 
 /// Every shipped codec (NWC_CODEC_DIR/*.nwcc), sorted, comma-separated; empty if there are none.
 inline std::string default_codec_list() {
