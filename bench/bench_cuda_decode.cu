@@ -21,6 +21,7 @@
 #include <memory>
 #include <thread>
 
+#include "synthetic_weights.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/codec_model.hpp"
 #include "nwc/cuda/decompress.cuh"
@@ -57,23 +58,7 @@ std::shared_ptr<const nwc::NeuralCodec> codec_for(int config) {
     return config == 2 ? paper : trained;
 }
 
-/// The same synthetic statistics as bench_decode.cpp (per-column log-normal std, Student-t tails).
-nwc::Tensor<float> synthetic_weights(std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
-    nwc::Random random(seed);
-    std::vector<float> column_std(static_cast<std::size_t>(cols));
-    for (float& value : column_std) value = float(0.02 * std::exp(0.5 * random.normal()));
-    nwc::Tensor<float> weights(nwc::Shape{rows, cols});
-    for (std::int64_t r = 0; r < rows; ++r)
-        for (std::int64_t c = 0; c < cols; ++c) {
-            double chi2 = 0;
-            for (int k = 0; k < 5; ++k) {
-                const double z = random.normal();
-                chi2 += z * z;
-            }
-            weights.view()(r, c) = float(column_std[std::size_t(c)] * random.normal() / std::sqrt(chi2 / 5.0 + 1e-12) * std::sqrt(3.0 / 5.0));
-        }
-    return weights;
-}
+using nwc::bench::synthetic_weights;
 
 const std::vector<std::uint8_t>& container(int config) {
     static std::map<int, std::vector<std::uint8_t>> cache;

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "synthetic_weights.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/codec_model.hpp"
 #include "nwc/io/safetensors.hpp"
@@ -53,23 +54,7 @@ std::shared_ptr<const nwc::NeuralCodec> paper_codec() {
     return codec;
 }
 
-/// rows x cols with per-column scales and heavy tails, like trained LLM weights.
-nwc::Tensor<float> synthetic_weights(std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
-    nwc::Random random(seed);
-    std::vector<float> column_std(static_cast<std::size_t>(cols));
-    for (float& value : column_std) value = float(0.02 * std::exp(0.5 * random.normal()));
-    nwc::Tensor<float> weights(nwc::Shape{rows, cols});
-    for (std::int64_t r = 0; r < rows; ++r)
-        for (std::int64_t c = 0; c < cols; ++c) {
-            double chi2 = 0;
-            for (int k = 0; k < 5; ++k) {
-                const double z = random.normal();
-                chi2 += z * z;
-            }
-            weights.view()(r, c) = float(column_std[std::size_t(c)] * random.normal() / std::sqrt(chi2 / 5.0 + 1e-12) * std::sqrt(3.0 / 5.0));
-        }
-    return weights;
-}
+using nwc::bench::synthetic_weights;
 
 struct Workload {
     std::string name;

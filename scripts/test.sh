@@ -74,24 +74,15 @@ step() {
     return $status
 }
 
-configure_asan() {
-    local output arguments
-    output=$(nwc_common_cmake_arguments "$asan_build_dir" OFF) || return 1
+# A sanitizer tree: tests only (no benchmarks, examples, tool), with the given NWC_SANITIZE* option.
+# -O1 keeps sanitizer runs fast enough and compiles faster than -O2/-O3; no NDEBUG, so Eigen's own
+# assertions (index and size checks) stay on. Warnings are not errors here: GCC 12 reports false
+# positives in code instrumented by the sanitizers (the Release tree enforces -Werror).
+configure_sanitizer() {
+    local build_dir=$1 sanitize_option=$2 output arguments
+    output=$(nwc_common_cmake_arguments "$build_dir" OFF) || return 1
     mapfile -t arguments <<<"$output"
-    # -O1 keeps sanitizer runs fast enough and compiles faster than -O2/-O3; no NDEBUG, so Eigen's
-    # own assertions (index and size checks) stay on. Warnings are not errors here: GCC 12 reports
-    # false positives in code instrumented by the sanitizers (the Release tree enforces -Werror).
-    cmake -S "$nwc_root" -B "$asan_build_dir" "${arguments[@]}" -DNWC_SANITIZE=ON \
-        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-        -DNWC_BUILD_TESTS=ON -DNWC_BUILD_BENCH=OFF -DNWC_BUILD_EXAMPLES=OFF -DNWC_BUILD_TOOLS=OFF \
-        -DNWC_INSTALL=OFF -DNWC_WERROR=OFF
-}
-
-configure_tsan() {
-    local output arguments
-    output=$(nwc_common_cmake_arguments "$tsan_build_dir" OFF) || return 1
-    mapfile -t arguments <<<"$output"
-    cmake -S "$nwc_root" -B "$tsan_build_dir" "${arguments[@]}" -DNWC_SANITIZE_THREAD=ON \
+    cmake -S "$nwc_root" -B "$build_dir" "${arguments[@]}" "-D$sanitize_option=ON" \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
         -DNWC_BUILD_TESTS=ON -DNWC_BUILD_BENCH=OFF -DNWC_BUILD_EXAMPLES=OFF -DNWC_BUILD_TOOLS=OFF \
         -DNWC_INSTALL=OFF -DNWC_WERROR=OFF
@@ -175,14 +166,14 @@ if ((run_release)); then
 fi
 
 if ((run_asan)); then
-    step "configure ASan+UBSan ($asan_build_dir)" configure_asan &&
+    step "configure ASan+UBSan ($asan_build_dir)" configure_sanitizer "$asan_build_dir" NWC_SANITIZE &&
         step "build ASan+UBSan" cmake --build "$asan_build_dir" -j "$nwc_jobs" &&
         step "ctest ASan+UBSan (-LE no_asan)" ctest --test-dir "$asan_build_dir" --output-on-failure --no-tests=error \
             -j "$nwc_jobs" -LE no_asan
 fi
 
 if ((run_tsan)); then
-    step "configure ThreadSanitizer ($tsan_build_dir)" configure_tsan &&
+    step "configure ThreadSanitizer ($tsan_build_dir)" configure_sanitizer "$tsan_build_dir" NWC_SANITIZE_THREAD &&
         step "build ThreadSanitizer (tests labelled tsan)" build_tsan &&
         step "ctest ThreadSanitizer (-L tsan)" ctest --test-dir "$tsan_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L tsan
 fi

@@ -184,20 +184,19 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
     const HessianLookup lookup = hessians ? hessian_lookup(*hessians) : HessianLookup{};
 
     ProgressBar progress;
+    // Of several codecs, the one nearest the target (without one, the default rate of 4 bits per weight).
+    const bool has_target = arguments.has("target-bpw");
+    const std::size_t chosen =
+        codecs.size() > 1 ? nearest_codec(options, std::span(codecs), model, lookup, has_target ? target : 4.0, progress.callback()) : 0;
+    if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
+    const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[chosen]);
     CompressedModel compressed;
-    if (arguments.has("target-bpw")) {
-        const std::size_t chosen = codecs.size() > 1 ? nearest_codec(options, std::span(codecs), model, lookup, target, progress.callback()) : 0;
-        const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[chosen]);
+    if (has_target) {
         RateTarget rate;
         rate.bits_per_weight = target;
         compressed = finetune ? compress_sequentially_to_target(codec, model, lookup, calibration_tokens, rate, sequential)
                               : compress_to_target(codec, model, lookup, rate, progress.callback());
-        if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
     } else {
-        // Several codecs without a target: the one nearest the default rate of 4 bits per weight.
-        const std::size_t chosen = codecs.size() > 1 ? nearest_codec(options, std::span(codecs), model, lookup, 4.0, progress.callback()) : 0;
-        if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
-        const DefaultCodec codec(options, codecs.empty() ? nullptr : codecs[chosen]);
         compressed = finetune ? compress_model_sequentially(codec, model, calibration_tokens, sequential)
                               : codec.compress_model(model, lookup, progress.callback());
     }

@@ -92,24 +92,18 @@ struct Row {
     std::uint64_t decoder_bytes = 0;  ///< the embedded decoder half (nwc), part of file_bytes
 };
 
-std::string format(const char* pattern, double value) {
-    char buffer[64];
-    std::snprintf(buffer, sizeof buffer, pattern, value);
-    return buffer;
-}
-
 /// The report as markdown: the table, then per-rate verdicts computed from the rows.
 std::string markdown(const std::vector<Row>& rows, const llm::PerplexityResult& baseline, std::int64_t weights) {
     std::string text =
         "| configuration | target | bits/weight (file) | file bytes | of which decoder | perplexity | NLL - fp32 | relative MSE | setting | codec | seconds |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    text += "| fp32 (uncompressed) | - | 32 | " + std::to_string(weights * 4) + " | - | " + format("%.4f", baseline.perplexity) + " | 0 | 0 | - | - | - |\n";
+    text += "| fp32 (uncompressed) | - | 32 | " + std::to_string(weights * 4) + " | - | " + optional_number(baseline.perplexity, "%.4f") + " | 0 | 0 | - | - | - |\n";
     for (const Row& row : rows)
-        text += "| " + row.config + " | " + (std::isnan(row.target) ? std::string("Q4_0") : format("%g", row.target)) + " | " +
-                format("%.4f", row.bits_per_weight) + " | " + std::to_string(row.file_bytes) + " | " +
-                (row.decoder_bytes > 0 ? std::to_string(row.decoder_bytes) : std::string("-")) + " | " + format("%.4f", row.perplexity) + " | " +
-                format("%+.5f", row.mean_nll - baseline.mean_nll) + " | " + format("%.4e", row.relative_mse) + " | " + row.setting + " | " +
-                (row.codec.empty() ? "-" : row.codec) + " | " + format("%.1f", row.seconds) + " |\n";
+        text += "| " + row.config + " | " + (std::isnan(row.target) ? std::string("Q4_0") : optional_number(row.target, "%g")) + " | " +
+                optional_number(row.bits_per_weight, "%.4f") + " | " + std::to_string(row.file_bytes) + " | " +
+                (row.decoder_bytes > 0 ? std::to_string(row.decoder_bytes) : std::string("-")) + " | " + optional_number(row.perplexity, "%.4f") + " | " +
+                optional_number(row.mean_nll - baseline.mean_nll, "%+.5f") + " | " + optional_number(row.relative_mse, "%.4e") + " | " + row.setting + " | " +
+                (row.codec.empty() ? "-" : row.codec) + " | " + optional_number(row.seconds, "%.1f") + " |\n";
     // Verdicts: at each target, is the full nwc configuration below every baseline?
     const auto find = [&](const std::string& config, double target) -> const Row* {
         for (const Row& row : rows)
@@ -127,18 +121,18 @@ std::string markdown(const std::vector<Row>& rows, const llm::PerplexityResult& 
         for (const char* baseline_id : {"ecsq", "gptq", "rtn"})
             if (const Row* other = find(baseline_id, target)) {
                 std::string& list = ours->perplexity < other->perplexity ? beaten : not_beaten;
-                list += (list.empty() ? "" : ", ") + std::string(baseline_id) + " " + format("%.4f", other->perplexity);
+                list += (list.empty() ? "" : ", ") + std::string(baseline_id) + " " + optional_number(other->perplexity, "%.4f");
             }
-        verdicts += "- target " + format("%g", target) + ": nwc perplexity " + format("%.4f", ours->perplexity) + " at " +
-                    format("%.3f", ours->bits_per_weight) + " bits/weight; " + (not_beaten.empty() ? "below every baseline" : "NOT below every baseline") +
+        verdicts += "- target " + optional_number(target, "%g") + ": nwc perplexity " + optional_number(ours->perplexity, "%.4f") + " at " +
+                    optional_number(ours->bits_per_weight, "%.3f") + " bits/weight; " + (not_beaten.empty() ? "below every baseline" : "NOT below every baseline") +
                     " (" + (beaten.empty() ? "" : "beats " + beaten) + (beaten.empty() || not_beaten.empty() ? "" : "; ") +
                     (not_beaten.empty() ? "" : "loses to " + not_beaten) + ")\n";
     }
     if (const Row* ours = find("nwc", 4.0); ours != nullptr)
         if (const Row* q4 = find("gptq", NAN); q4 != nullptr)
-            verdicts += "- nwc at " + format("%.3f", ours->bits_per_weight) + " bits/weight loses " + format("%.5f", ours->mean_nll - baseline.mean_nll) +
-                        " nats/token; GPTQ at " + format("%.3f", q4->bits_per_weight) + " (Q4_0 layout) loses " +
-                        format("%.5f", q4->mean_nll - baseline.mean_nll) + ": " + (ours->mean_nll < q4->mean_nll ? "nwc loses less" : "nwc loses MORE") + "\n";
+            verdicts += "- nwc at " + optional_number(ours->bits_per_weight, "%.3f") + " bits/weight loses " + optional_number(ours->mean_nll - baseline.mean_nll, "%.5f") +
+                        " nats/token; GPTQ at " + optional_number(q4->bits_per_weight, "%.3f") + " (Q4_0 layout) loses " +
+                        optional_number(q4->mean_nll - baseline.mean_nll, "%.5f") + ": " + (ours->mean_nll < q4->mean_nll ? "nwc loses less" : "nwc loses MORE") + "\n";
     return text + "\n" + verdicts;
 }
 
@@ -244,7 +238,7 @@ int run_report(const std::vector<std::string>& raw_arguments) {
         row.setting = compressed.report.setting;
         row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         std::printf("%-12s target %-5s %.4f bits/weight  perplexity %.4f  rel.MSE %.4e  %s %s  %.1f s\n", row.config.c_str(),
-                    std::isnan(target) ? "Q4_0" : format("%g", target).c_str(), row.bits_per_weight, row.perplexity, row.relative_mse, row.setting.c_str(),
+                    std::isnan(target) ? "Q4_0" : optional_number(target, "%g").c_str(), row.bits_per_weight, row.perplexity, row.relative_mse, row.setting.c_str(),
                     row.codec.c_str(), row.seconds);
         std::fflush(stdout);
         rows.push_back(row);

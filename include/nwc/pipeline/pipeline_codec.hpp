@@ -119,6 +119,12 @@ public:
         return compress_with(std::move(name), weights, hessian, original_dtype, m_options, report, reconstruction);
     }
 
+    /// Compresses one tensor of a ModelFile as compress_model() does: non-floating tensors (token
+    /// ids, ...) are stored as their raw bytes, the others through compress().
+    ContainerTensor compress(const ModelTensor& tensor, const Tensor<double>* hessian, TensorReport& report) const {
+        return compress_model_tensor(tensor, hessian, m_options, report);
+    }
+
     /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included). Decoding
     /// needs nothing but the container (the nwc decoder half is in it).
     static Tensor<float> decompress(const ContainerReader& reader, std::size_t index, int threads = 1) {
@@ -146,13 +152,7 @@ public:
             MethodOptions options = inner;
             if (!bits_per_tensor.empty()) options.bits = bits_per_tensor[std::size_t(i)];
             const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
-            TensorReport& report = reports[std::size_t(i)];
-            if (!tensor.is_floating()) {
-                tensors[std::size_t(i)] = make_raw_tensor(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
-                report = raw_report(tensors[std::size_t(i)]);
-            } else {
-                tensors[std::size_t(i)] = compress_with(tensor.name, tensor.values.view(), hessian, tensor.original_dtype, options, &report);
-            }
+            tensors[std::size_t(i)] = compress_model_tensor(tensor, hessian, options, reports[std::size_t(i)]);
             return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
         });
         return assemble_model(model, std::move(tensors), std::move(reports), start, bits_per_tensor);
@@ -255,6 +255,14 @@ private:
         report.stored_bytes = tensor.payload.size();
         report.relative_mse = 0.0;
         return report;
+    }
+
+    ContainerTensor compress_model_tensor(const ModelTensor& tensor, const Tensor<double>* hessian, const MethodOptions& options,
+                                          TensorReport& report) const {
+        if (tensor.is_floating()) return compress_with(tensor.name, tensor.values.view(), hessian, tensor.original_dtype, options, &report);
+        ContainerTensor raw = make_raw_tensor(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
+        report = raw_report(raw);
+        return raw;
     }
 
     ContainerTensor compress_with(std::string name, TensorView<const float> weights, const Tensor<double>* hessian, dtype original_dtype,

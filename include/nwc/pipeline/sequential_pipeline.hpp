@@ -90,21 +90,8 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
 
     // Whatever the driver did not visit (norm scales, a tied lm_head a Hugging Face file still
     // carries) is coded as compress_model() would, without a Hessian.
-    for (std::size_t index = 0; index < count; ++index) {
-        if (coded[index]) continue;
-        const ModelTensor& tensor = model.tensors[index];
-        if (!tensor.is_floating()) {
-            tensors[index] = make_raw_tensor(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
-            reports[index] = TensorReport{};
-            reports[index].name = tensor.name;
-            reports[index].shape = tensor.shape;
-            reports[index].original_dtype = tensor.original_dtype;
-            reports[index].method = "raw";
-            reports[index].stored_bytes = tensors[index].payload.size();
-        } else {
-            tensors[index] = coder_for(index).compress(tensor.name, tensor.values.view(), nullptr, &reports[index], tensor.original_dtype);
-        }
-    }
+    for (std::size_t index = 0; index < count; ++index)
+        if (!coded[index]) tensors[index] = coder_for(index).compress(model.tensors[index], nullptr, reports[index]);
     return codec.assemble_model(model, std::move(tensors), std::move(reports), start, bits_per_tensor);
 }
 
@@ -135,32 +122,35 @@ CompressedModel compress_sequentially_to_target(const CodecType& codec, const Mo
     }
     const bool grows = base.method == CompressionMethod::nwc;
     int passes = searched.report.passes;
+    llm::SequentialCompressionReport best_details, candidate_details;
     const auto sequential_pass = [&](double u) {
         MethodOptions chosen = base;
         (grows ? chosen.alpha : chosen.step) = float(std::exp2(u));
         ++passes;
-        CompressedModel result = compress_model_sequentially(codec.with_options(chosen), model, calibration_tokens, options, {}, details);
+        CompressedModel result = compress_model_sequentially(codec.with_options(chosen), model, calibration_tokens, options, {}, &candidate_details);
         result.report.knob = std::exp2(u);
         return result;
     };
     const auto miss_of = [&](const CompressedModel& result) { return std::log(double(result.report.file_bytes) / target_bytes); };
     double u = std::log2(searched.report.knob);
     CompressedModel best = sequential_pass(u);
-    double f = miss_of(best);
+    best_details = std::move(candidate_details);
+    double f = miss_of(best), best_miss = f;
     // Slope d ln(bytes) / du: about -/+ (coded share of the weights) / bits per weight for one
     // bit per coded weight per doubling of the knob; then secant steps on what was measured.
     double coded_weights = 0.0;
     for (const TensorReport& tensor : best.report.tensors)
         if (tensor.method != "raw") coded_weights += double(tensor.weights());
     double slope = (grows ? 1.0 : -1.0) * coded_weights / double(model.weight_count()) / best.report.bits_per_weight();
-    for (int correction = 0; correction < max_corrections && std::fabs(std::expm1(f)) > target.tolerance / 2; ++correction) {
+    for (int correction = 0; correction < max_corrections && std::fabs(std::expm1(best_miss)) > target.tolerance / 2; ++correction) {
         const double next = u - f / slope;
         CompressedModel candidate = sequential_pass(next);
         const double g = miss_of(candidate);
         if (std::fabs(next - u) > 1e-9 && std::fabs(g - f) > 1e-12) slope = (g - f) / (next - u);
-        if (std::fabs(g) < std::fabs(f)) best = std::move(candidate);
+        if (std::fabs(g) < std::fabs(best_miss)) best = std::move(candidate), best_details = std::move(candidate_details), best_miss = g;
         u = next, f = g;
     }
+    if (details != nullptr) *details = std::move(best_details);
     return finish(std::move(best), passes);
 }
 
