@@ -37,7 +37,7 @@ std::filesystem::path codec_dir() {
 
 /// What Codec::compress writes for an nwc tensor, without the model-file half of the pipeline.
 std::vector<std::uint8_t> container_of(const nwc::Tensor<float>& weights, const nwc::MethodOptions& options, const nwc::NeuralCodec& codec) {
-    nwc::EncodedMatrix encoded = nwc::NwcMethod::encode(weights.view(), nullptr, options, codec, nwc::backend::simd{});
+    nwc::EncodedMatrix encoded = nwc::NwcMethod::encode(weights.view(), nullptr, options, nwc::MethodResources{std::shared_ptr<const nwc::NeuralCodec>(std::shared_ptr<void>(), &codec)});
     nwc::ContainerTensor tensor = std::move(encoded.tensor);
     tensor.name = "w";
     tensor.shape = weights.shape();
@@ -64,7 +64,7 @@ const std::vector<std::uint8_t>& container(int config) {
     static std::map<int, std::vector<std::uint8_t>> cache;
     if (auto found = cache.find(config); found != cache.end()) return found->second;
     nwc::MethodOptions options;
-    options.method = nwc::CompressionMethod::nwc;
+    options.method = "nwc";
     options.measure = false;
     options.threads = int(std::max(1u, std::thread::hardware_concurrency()));
     return cache[config] = container_of(synthetic_weights(config == 1 ? 11008 : 4096, 4096, std::uint64_t(config + 1)), options, *codec_for(config));

@@ -67,7 +67,7 @@ struct Workload {
 
 Workload compress(std::string name, std::shared_ptr<const nwc::NeuralCodec> codec, const std::vector<nwc::Tensor<float>>& matrices) {
     nwc::MethodOptions options;
-    options.method = nwc::CompressionMethod::nwc;
+    options.method = "nwc";
     options.measure = false;
     options.threads = 2;
     const nwc::Codec<nwc::backend::simd> composed(options, codec);

@@ -49,7 +49,7 @@ const char* const method_names[] = {"raw", "rtn", "gptq", "ecsq", "nwc"};
 
 MethodOptions options_for(std::int64_t method, std::int64_t threads) {
     MethodOptions options;
-    options.method = method == 1 ? CompressionMethod::rtn : method == 2 ? CompressionMethod::gptq : method == 3 ? CompressionMethod::ecsq : CompressionMethod::nwc;
+    options.method = method == 1 ? "rtn" : method == 2 ? "gptq" : method == 3 ? "ecsq" : "nwc";
     options.threads = int(threads);
     options.step = 0.3f;
     options.measure = false;

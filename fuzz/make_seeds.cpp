@@ -28,8 +28,8 @@ void write_seed(const fs::path& folder, const std::string& name, std::span<const
 }
 
 void container_seeds(const fs::path& folder) {
-    for (CompressionMethod method : {CompressionMethod::rtn, CompressionMethod::gptq, CompressionMethod::ecsq, CompressionMethod::nwc})
-        write_seed(folder, "seed_" + std::string(method_name(method)) + ".nwc", reliability::small_container(method));
+    for (std::string method : {"rtn", "gptq", "ecsq", "nwc"})
+        write_seed(folder, "seed_" + std::string(method) + ".nwc", reliability::small_container(method));
     write_seed(folder, "seed_mixed.nwc", reliability::mixed_container());
 }
 

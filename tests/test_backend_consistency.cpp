@@ -217,7 +217,7 @@ TEST_CASE("backend_consistency: file bytes do not depend on the backend; decodin
     for (const Tensor<double>* h : {static_cast<const Tensor<double>*>(nullptr), static_cast<const Tensor<double>*>(&hessian)}) {
         INFO((h ? "with" : "without") << " a Hessian");
         MethodOptions options;
-        options.method = CompressionMethod::nwc;
+        options.method = "nwc";
         options.alpha = 1.5f;
         options.weights_per_segment = 8192;
         auto compress = [&](auto codec_type) {

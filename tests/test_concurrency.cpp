@@ -29,8 +29,8 @@ struct Fixture {
     Fixture() {
         std::filesystem::create_directories(folder);
         const std::vector<std::vector<std::uint8_t>> files{
-            reliability::small_container(CompressionMethod::rtn), reliability::small_container(CompressionMethod::ecsq),
-            reliability::small_container(CompressionMethod::nwc), reliability::mixed_container()};
+            reliability::small_container("rtn"), reliability::small_container("ecsq"),
+            reliability::small_container("nwc"), reliability::mixed_container()};
         for (std::size_t k = 0; k < files.size(); ++k) {
             paths.push_back(folder / ("file" + std::to_string(k) + ".nwc"));
             write_file_atomic(paths.back(), files[k]);

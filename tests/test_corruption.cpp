@@ -253,9 +253,9 @@ TEST_CASE("nothing lost: failed model writes leave the existing output and no te
     write_file_atomic(temp.path / "tiny.bin", reliability::tiny_llama2c());
     const ModelFile llama = load_model_file(temp.path / "tiny.bin");
     const ContainerReader llama_container =
-        ContainerReader::from_bytes(DefaultCodec(reliability::small_options(CompressionMethod::rtn)).compress_model(llama).writer.serialize());
+        ContainerReader::from_bytes(DefaultCodec(reliability::small_options("rtn")).compress_model(llama).writer.serialize());
     const ModelFile llama_back = DefaultCodec::decompress_model(llama_container);
-    const ModelFile plain_back = DefaultCodec::decompress_model(ContainerReader::from_bytes(reliability::small_container(CompressionMethod::ecsq)));
+    const ModelFile plain_back = DefaultCodec::decompress_model(ContainerReader::from_bytes(reliability::small_container("ecsq")));
     std::filesystem::remove(temp.path / "tiny.bin");
 
     const std::vector<std::uint8_t> previous(3000, 0x5A);  // what a user already had at the output path
@@ -307,12 +307,12 @@ TEST_CASE("corruption: metadata with valid CRCs whose step, scales or alpha over
     // finiteness check (detail::require_finite_outputs) can catch it.
     const ModelFile model = reliability::small_model();
     const TensorView<const float> weights = model.tensors[0].values.view();
-    const auto decode_patched = [&](CompressionMethod method, auto&& patch) {
-        const DefaultCodec coder(reliability::small_options(method), method == CompressionMethod::nwc ? reliability::tiny_random_codec() : nullptr);
+    const auto decode_patched = [&](std::string method, auto&& patch) {
+        const DefaultCodec coder(reliability::small_options(method), method == "nwc" ? reliability::tiny_random_codec() : nullptr);
         ContainerTensor tensor = coder.compress("w", weights);
         patch(tensor.metadata);
         ContainerWriter writer;
-        if (method == CompressionMethod::nwc) writer.add_codec(coder.decoder_blob());
+        if (method == "nwc") writer.add_codec(coder.decoder_blob());
         writer.add_tensor(std::move(tensor));
         const ContainerReader reader = ContainerReader::from_bytes(writer.serialize());
         try {
@@ -325,14 +325,14 @@ TEST_CASE("corruption: metadata with valid CRCs whose step, scales or alpha over
     };
     const auto put_f32 = [](std::vector<std::uint8_t>& bytes, std::size_t at, float value) { std::memcpy(bytes.data() + at, &value, 4); };
     // ECSQ metadata: f32 step at offset 20, u32 scale count at 24, fp16 scales from 28.
-    CHECK(decode_patched(CompressionMethod::ecsq, [](std::vector<std::uint8_t>&) {}) == "decoded");
-    CHECK(decode_patched(CompressionMethod::ecsq, [&](std::vector<std::uint8_t>& metadata) {
+    CHECK(decode_patched("ecsq", [](std::vector<std::uint8_t>&) {}) == "decoded");
+    CHECK(decode_patched("ecsq", [&](std::vector<std::uint8_t>& metadata) {
               put_f32(metadata, 20, 3e38f);
               std::uint32_t count;
               std::memcpy(&count, metadata.data() + 24, 4);
               for (std::uint32_t k = 0; k < count; ++k) metadata[28 + 2 * k] = 0xFF, metadata[29 + 2 * k] = 0x7B;  // 65504
           }) == "error:corrupt");
     // nwc metadata: f32 alpha at offset 20; a positive subnormal alpha divides the chunks to infinity.
-    CHECK(decode_patched(CompressionMethod::nwc, [](std::vector<std::uint8_t>&) {}) == "decoded");
-    CHECK(decode_patched(CompressionMethod::nwc, [&](std::vector<std::uint8_t>& metadata) { put_f32(metadata, 20, 1e-44f); }) == "error:corrupt");
+    CHECK(decode_patched("nwc", [](std::vector<std::uint8_t>&) {}) == "decoded");
+    CHECK(decode_patched("nwc", [&](std::vector<std::uint8_t>& metadata) { put_f32(metadata, 20, 1e-44f); }) == "error:corrupt");
 }

@@ -31,7 +31,7 @@ int failures = 0;
 /// (whose model-file headers are not needed here).
 nwc::ContainerTensor encode_nwc(const nwc::Tensor<float>& weights, const nwc::Tensor<double>* hessian, const nwc::MethodOptions& options,
                                 const nwc::NeuralCodec& codec) {
-    nwc::EncodedMatrix encoded = nwc::NwcMethod::encode(weights.view(), hessian, options, codec, nwc::backend::scalar{});
+    nwc::EncodedMatrix encoded = nwc::NwcMethod::encode(weights.view(), hessian, options, nwc::MethodResources{std::shared_ptr<const nwc::NeuralCodec>(std::shared_ptr<void>(), &codec)});
     nwc::ContainerTensor tensor = std::move(encoded.tensor);
     tensor.name = "w";
     tensor.shape = weights.shape();
@@ -147,7 +147,7 @@ void check_decompress() {
     for (nwc::NormalizationAxis axis : {nwc::NormalizationAxis::per_column, nwc::NormalizationAxis::per_row})
         for (const nwc::Tensor<double>* h : {static_cast<const nwc::Tensor<double>*>(nullptr), static_cast<const nwc::Tensor<double>*>(&hessian)}) {
             nwc::MethodOptions options;
-            options.method = nwc::CompressionMethod::nwc;
+            options.method = "nwc";
             options.axis = axis;
             options.alpha = 1.3f;
             options.weights_per_segment = 4096;

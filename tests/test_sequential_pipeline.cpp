@@ -60,7 +60,7 @@ llm::SequentialCompressionOptions small_run(int threads) {
     return options;
 }
 
-MethodOptions method(CompressionMethod which, int bits = 3) {
+MethodOptions method(std::string which, int bits = 3) {
     MethodOptions options;
     options.method = which;
     options.bits = bits;
@@ -72,7 +72,7 @@ MethodOptions method(CompressionMethod which, int bits = 3) {
 
 TEST_CASE("sequential compression writes a container that decodes to the coded model", "[sequential]") {
     llm::SequentialCompressionReport details;
-    const DefaultCodec codec(method(CompressionMethod::rtn));
+    const DefaultCodec codec(method("rtn"));
     const CompressedModel compressed = compress_model_sequentially(codec, stories(), calibration_tokens(), small_run(2), {}, &details);
     // Every 2-D weight was coded, in the driver's order, and the report counts the whole file.
     CHECK(details.steps.size() == 1 + 5 * 4);
@@ -105,16 +105,16 @@ TEST_CASE("sequential compression writes a container that decodes to the coded m
 }
 
 TEST_CASE("sequential compression gives the same bytes for any thread count", "[sequential]") {
-    const DefaultCodec codec(method(CompressionMethod::ecsq));
+    const DefaultCodec codec(method("ecsq"));
     const auto one = compress_model_sequentially(codec, stories(), calibration_tokens(), small_run(1)).writer.serialize();
-    MethodOptions threaded = method(CompressionMethod::ecsq);
+    MethodOptions threaded = method("ecsq");
     threaded.threads = 2;
     const auto two = compress_model_sequentially(DefaultCodec(threaded), stories(), calibration_tokens(), small_run(2)).writer.serialize();
     CHECK(one == two);
 }
 
 TEST_CASE("fine-tuning lowers the perplexity of a 3-bit model", "[sequential]") {
-    const DefaultCodec codec(method(CompressionMethod::rtn, 3));
+    const DefaultCodec codec(method("rtn", 3));
     llm::SequentialCompressionOptions with = small_run(2), without = small_run(2);
     without.finetune = false;
     const double tuned = decoded_nll(compress_model_sequentially(codec, stories(), calibration_tokens(), with));
@@ -129,7 +129,7 @@ TEST_CASE("sequential rate control lands within 1% of the target", "[sequential]
     calibration.threads = 2;
     calibration.max_windows = 8;
     const llm::LinearHessians hessians = llm::collect_hessians(network, calibration_tokens(), calibration);
-    for (CompressionMethod which : {CompressionMethod::ecsq, CompressionMethod::gptq}) {
+    for (std::string which : {"ecsq", "gptq"}) {
         RateTarget target;
         target.bits_per_weight = 4.0;
         const CompressedModel compressed = compress_sequentially_to_target(DefaultCodec(method(which)), stories(), hessian_lookup(hessians),
@@ -147,7 +147,7 @@ TEST_CASE("a Hugging Face model is compressed in its own layout", "[sequential]"
     const ModelFile hf = load_model_file(directory);
     std::filesystem::remove_all(directory);
     REQUIRE(hf.format == ModelFormat::hf_llama);
-    const DefaultCodec codec(method(CompressionMethod::rtn, 4));
+    const DefaultCodec codec(method("rtn", 4));
     const CompressedModel from_hf = compress_model_sequentially(codec, hf, calibration_tokens(), small_run(2));
     const CompressedModel from_llama2c = compress_model_sequentially(codec, stories(), calibration_tokens(), small_run(2));
     // The decoded HF file is a working model of the same quality (rows are chunked in another

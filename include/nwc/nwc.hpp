@@ -77,6 +77,8 @@
 #include "nwc/codec/trainer.hpp"
 #include "nwc/codec/training_corpus.hpp"
 
+#include "nwc/pipeline/builtin_methods.hpp"
+#include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/pipeline/method_ecsq.hpp"
 #include "nwc/pipeline/method_nwc.hpp"

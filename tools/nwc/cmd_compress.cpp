@@ -107,15 +107,13 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
     const bool json = arguments.flag("json");
 
     MethodOptions options;
-    try {
-        options.method = method_from_name(arguments.get("method", "nwc"));
-    } catch (const error& problem) {
-        throw UsageError(problem.message());
-    }
-    const bool integer_bits = options.method == CompressionMethod::rtn || options.method == CompressionMethod::gptq;
+    options.method = arguments.get("method", "nwc");
+    if (!DefaultCodec::methods::contains(options.method))
+        throw UsageError("unknown method '" + options.method + "' (" + DefaultCodec::method_names() + ")");
+    const bool integer_bits = options.method == "rtn" || options.method == "gptq";
     if ((arguments.has("bits") || arguments.has("group-size")) && !integer_bits) throw UsageError("--bits and --group-size apply to rtn and gptq only");
-    if (arguments.has("step") && options.method != CompressionMethod::ecsq) throw UsageError("--step applies to ecsq only");
-    if (arguments.has("alpha") && options.method != CompressionMethod::nwc) throw UsageError("--alpha applies to nwc only");
+    if (arguments.has("step") && options.method != "ecsq") throw UsageError("--step applies to ecsq only");
+    if (arguments.has("alpha") && options.method != "nwc") throw UsageError("--alpha applies to nwc only");
     if (arguments.has("target-bpw") && (arguments.has("bits") || arguments.has("step") || arguments.has("alpha")))
         throw UsageError("--target-bpw chooses the rate itself: drop --bits, --step or --alpha");
     if (arguments.has("calib") != arguments.has("tokenizer")) throw UsageError("--calib and --tokenizer go together");
@@ -141,7 +139,7 @@ int run_compress(const std::vector<std::string>& raw_arguments) {
     if (arguments.has("target-bpw") && !(target > 0.0 && std::isfinite(target))) throw UsageError("--target-bpw must be a positive number");
 
     std::vector<std::string> codec_paths;
-    if (options.method == CompressionMethod::nwc) {
+    if (options.method == "nwc") {
         const char* environment = std::getenv("NWC_CODEC");
         codec_paths = split_list(arguments.get("codec", environment != nullptr ? environment : default_codec_list()));
         if (codec_paths.empty()) throw UsageError("--method nwc needs a trained codec: --codec FILE (or set NWC_CODEC); see docs/codecs.md");

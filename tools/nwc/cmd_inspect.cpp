@@ -52,7 +52,7 @@ int run_inspect(const std::vector<std::string>& raw_arguments) {
         const std::int64_t count = entry.shape.numel();
         weights += count;
         rows.push_back({entry.name, shape_text(entry.shape), std::string(dtype_name(entry.original_dtype)), entry.method,
-                        detail::stored_setting(entry.method, metadata),
+                        DefaultCodec::stored_setting(entry, metadata),
                         count > 0 ? 8.0 * double(entry.metadata_size + entry.payload_size) / double(count) : 0.0, entry.segment_count(), relative_mse,
                         proxy_loss});
         shapes.push_back(entry.shape);

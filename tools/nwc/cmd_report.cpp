@@ -65,7 +65,7 @@ options:
 
 struct Configuration {
     std::string id;
-    CompressionMethod method;
+    std::string method;
     bool ldlq;
     bool finetune;
     std::string description;
@@ -73,13 +73,13 @@ struct Configuration {
 
 const std::vector<Configuration>& all_configurations() {
     static const std::vector<Configuration> configurations = {
-        {"nwc", CompressionMethod::nwc, true, true, "nwc + LDLQ + fine-tuning"},
-        {"nwc-no-ft", CompressionMethod::nwc, true, false, "nwc + LDLQ"},
-        {"nwc-no-ldlq", CompressionMethod::nwc, false, true, "nwc + fine-tuning"},
-        {"ecsq-ft", CompressionMethod::ecsq, true, true, "ECSQ + LDLQ + fine-tuning"},
-        {"ecsq", CompressionMethod::ecsq, true, false, "ECSQ + LDLQ"},
-        {"gptq", CompressionMethod::gptq, true, false, "GPTQ (scale per 32)"},
-        {"rtn", CompressionMethod::rtn, false, false, "RTN (scale per 32)"},
+        {"nwc", "nwc", true, true, "nwc + LDLQ + fine-tuning"},
+        {"nwc-no-ft", "nwc", true, false, "nwc + LDLQ"},
+        {"nwc-no-ldlq", "nwc", false, true, "nwc + fine-tuning"},
+        {"ecsq-ft", "ecsq", true, true, "ECSQ + LDLQ + fine-tuning"},
+        {"ecsq", "ecsq", true, false, "ECSQ + LDLQ"},
+        {"gptq", "gptq", true, false, "GPTQ (scale per 32)"},
+        {"rtn", "rtn", false, false, "RTN (scale per 32)"},
     };
     return configurations;
 }
@@ -207,7 +207,7 @@ int run_report(const std::vector<std::string>& raw_arguments) {
         row.config = configuration.id;
         row.target = target;
         std::shared_ptr<const NeuralCodec> codec;
-        if (configuration.method == CompressionMethod::nwc) {
+        if (configuration.method == "nwc") {
             require(!codecs.empty(), errc::invalid_argument, "report: the nwc configurations need --codec FILE(s)");
             const std::size_t chosen = nearest_codec(options, std::span(codecs), model, lookup, std::isnan(target) ? 4.0 : target);
             codec = codecs[chosen];
@@ -245,7 +245,7 @@ int run_report(const std::vector<std::string>& raw_arguments) {
     };
     for (const Configuration& configuration : configurations) {
         for (double rate : rates) run(configuration, rate);
-        if (configuration.method == CompressionMethod::gptq || configuration.method == CompressionMethod::rtn) run(configuration, NAN);
+        if (configuration.method == "gptq" || configuration.method == "rtn") run(configuration, NAN);
     }
 
     const std::string table = markdown(rows, baseline, model.weight_count());

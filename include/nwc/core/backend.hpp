@@ -4,6 +4,7 @@
 // backend is tested against, op by op (tests/test_backend_consistency.cpp).
 #pragma once
 
+#include <concepts>
 #include <string_view>
 
 namespace nwc::backend {
@@ -27,3 +28,10 @@ struct cuda {
 using default_backend = simd;
 
 }  // namespace nwc::backend
+
+namespace nwc {
+/// A backend whose kernels run on the host: the scalar reference, simd, or a user's tag derived
+/// from either (it inherits their kernels and overloads the ones it replaces).
+template <class Backend>
+concept host_backend = std::derived_from<Backend, backend::scalar>;
+}  // namespace nwc

@@ -40,6 +40,9 @@ NWC_HOST_DEVICE inline float float_from_bits(std::uint32_t bits) {
 #endif
 }
 
+/// False for infinities and NaNs (exponent bits all ones).
+NWC_HOST_DEVICE constexpr bool is_finite(half value) noexcept { return (value.bits & 0x7C00u) != 0x7C00u; }
+
 /// binary16 -> float (exact: every half is a float).
 NWC_HOST_DEVICE inline float to_float(half value) {
     const std::uint32_t sign = std::uint32_t(value.bits & 0x8000u) << 16;

@@ -37,6 +37,7 @@
 #include "nwc/cuda/device_buffer.cuh"
 #include "nwc/cuda/mlp_decode.cuh"
 #include "nwc/cuda/rans_decode.cuh"
+#include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 
 namespace nwc::cuda {
@@ -70,10 +71,9 @@ __global__ void denormalize_kernel(const float* chunks, const std::int32_t* chun
 }
 
 /// The nwc path: everything on the device.
-template <class T>
-DeviceBuffer<T> decompress_nwc(const ContainerReader& reader, const nwc::detail::DecodePlan& plan, const NwcMethod::Layout& layout,
-                               GpuDecodeContext& context) {
-    const NeuralDecoder& decoder = *plan.decoder;
+template <class T, class Plan>
+DeviceBuffer<T> decompress_nwc(const ContainerReader& reader, const Plan& plan, const NwcMethod::Layout& layout, GpuDecodeContext& context) {
+    const NeuralDecoder& decoder = *layout.decoder;
     const CodecArchitecture& arch = decoder.architecture();
     const std::int64_t d = layout.chunk_size, latents = layout.latents;
     // Host side: per chunk its level, column and index in the column; per prior group the rANS jobs.
@@ -144,11 +144,13 @@ DeviceBuffer<T> decompress_nwc(const ContainerReader& reader, const nwc::detail:
 template <class T>
 DeviceBuffer<T> decompress_to_device(const ContainerReader& reader, std::size_t index, GpuDecodeContext& context) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, half> || std::is_same_v<T, bfloat16>, "decompress_to_device: float, half or bfloat16");
-    const nwc::detail::DecodePlan plan = nwc::detail::make_decode_plan(reader, index, nullptr);
-    if (const auto* layout = std::get_if<NwcMethod::Layout>(&plan.layout)) return detail::decompress_nwc<T>(reader, plan, *layout, context);
+    DecodeResources resources(reader);
+    const auto plan = nwc::detail::make_decode_plan(reader, index, resources, BuiltinMethods{});
+    if (const auto* parsed = std::get_if<nwc::detail::MethodLayout<NwcMethod>>(&plan.layout))
+        return detail::decompress_nwc<T>(reader, plan, parsed->layout, context);
     // Other methods: the CPU decoder, then one upload.
     Tensor<float> decoded(reader.entry(index).shape);
-    nwc::detail::decode_plans<backend::simd>(reader, {plan}, {&decoded}, 1, {}, 1);
+    nwc::detail::decode_plans<backend::simd>(reader, std::vector{plan}, {&decoded}, 1, {}, 1);
     std::vector<T> converted(decoded.values().size());
     for (std::size_t k = 0; k < converted.size(); ++k) converted[k] = from_float<T>(decoded.values()[k]);
     return DeviceBuffer<T>(std::span<const T>(converted));

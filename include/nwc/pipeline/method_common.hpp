@@ -13,6 +13,7 @@
 //   undamped Hessian, in double; relative MSE is ||dW||^2 / ||W||^2.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -28,34 +29,9 @@
 #include "nwc/core/tensor.hpp"
 #include "nwc/io/container_format.hpp"
 #include "nwc/quant/chunker.hpp"
+#include "nwc/quant/ldlq_compensator.hpp"
 
 namespace nwc {
-
-/// The coding methods of the pipeline (tensors that are not coded pass through as "raw").
-enum class CompressionMethod : std::uint8_t {
-    nwc = 0,   ///< the neural codec (+ optional block LDLQ)
-    ecsq = 1,  ///< entropy-coded uniform scalar quantization (+ optional LDLQ)
-    gptq = 2,  ///< llama.cpp-style groups with GPTQ (LDLQ) feedback
-    rtn = 3,   ///< llama.cpp-style round to nearest in groups
-};
-
-/// The method's name as the container records it.
-constexpr std::string_view method_name(CompressionMethod method) noexcept {
-    switch (method) {
-        case CompressionMethod::nwc: return "nwc";
-        case CompressionMethod::ecsq: return "ecsq";
-        case CompressionMethod::gptq: return "gptq";
-        case CompressionMethod::rtn: return "rtn";
-    }
-    return "?";
-}
-
-/// Parses "nwc", "ecsq", "gptq", "rtn"; errc::invalid_argument otherwise.
-inline CompressionMethod method_from_name(std::string_view name) {
-    for (CompressionMethod method : {CompressionMethod::nwc, CompressionMethod::ecsq, CompressionMethod::gptq, CompressionMethod::rtn})
-        if (method_name(method) == name) return method;
-    fail(errc::invalid_argument, "unknown method '", name, "' (nwc, ecsq, gptq, rtn)");
-}
 
 /// Options of the per-tensor methods; each method reads the fields it needs.
 struct MethodOptions {
@@ -63,7 +39,7 @@ struct MethodOptions {
     /// more than 2^20 / 172 < detail::max_weights_per_payload_byte weights per payload byte.
     static constexpr std::int64_t max_weights_per_segment = std::int64_t(1) << 20;
 
-    CompressionMethod method = CompressionMethod::nwc;
+    std::string method = "nwc";  ///< the name of a method in the codec's list (Codec::method_names())
     int bits = 4;            ///< rtn, gptq: bits per code (2..8); 4 is Q4_0's 4.5 bits per weight
     int group_size = 32;     ///< rtn, gptq: weights of a row sharing one fp16 scale
     float step = 0.5f;       ///< ecsq: quantizer step on normalized (unit-variance) weights
@@ -183,15 +159,18 @@ inline std::string knob_text(const char* key, double value) {
     return buffer;
 }
 
-/// The knob stored in a coded tensor's metadata ("bits=4", "step=0.41", "alpha=1.3"), "" if none.
-inline std::string stored_setting(std::string_view method, std::span<const std::uint8_t> metadata) {
-    if (metadata.size() < method_prefix_bytes + 8 || metadata[0] != method_layout_version) return "";
-    if (method == "rtn" || method == "gptq") return std::string("bits=") + std::to_string(int(metadata[method_prefix_bytes]));
+/// The f32 at `offset` of a coded tensor's metadata (a method's knob), NaN if out of range or not
+/// a metadata block this build writes.
+inline double stored_f32(std::span<const std::uint8_t> metadata, std::size_t offset) noexcept {
+    if (metadata.size() < offset + 4 || metadata[0] != method_layout_version) return std::numeric_limits<double>::quiet_NaN();
     float value;
-    std::memcpy(&value, metadata.data() + method_prefix_bytes + 4, 4);
-    if (method == "ecsq") return knob_text("step", value);
-    if (method == "nwc") return knob_text("alpha", value);
-    return "";
+    std::memcpy(&value, metadata.data() + offset, 4);
+    return value;
+}
+
+/// Whole rows per segment of about `weights_per_segment` weights (at least one row).
+constexpr std::int64_t rows_per_segment(std::int64_t cols, std::int64_t weights_per_segment) noexcept {
+    return std::max<std::int64_t>(1, weights_per_segment / std::max<std::int64_t>(cols, 1));
 }
 
 /// Segments of `count` units cut `span` at a time.
@@ -240,8 +219,10 @@ struct ErrorMeasure {
     }
 };
 
-/// Measures the reconstruction of W (H: [cols, cols] or null).
-inline ErrorMeasure measure_error(TensorView<const float> weights, TensorView<const float> reconstruction, const Tensor<double>* hessian) {
+/// Measures the reconstruction of W (H: [cols, cols] or null). A template only so that the double
+/// GEMM is instantiated where a method measures, not in every translation unit.
+template <class HessianScalar = double>
+ErrorMeasure measure_error(TensorView<const float> weights, TensorView<const float> reconstruction, const Tensor<HessianScalar>* hessian) {
     NWC_ASSERT(weights.numel() == reconstruction.numel());
     ErrorMeasure measure;
     for (std::int64_t i = 0; i < weights.numel(); ++i) {
@@ -250,14 +231,27 @@ inline ErrorMeasure measure_error(TensorView<const float> weights, TensorView<co
         measure.squared_norm += value * value;
     }
     if (hessian != nullptr) {
-        const Eigen::MatrixXd original = weights.matrix().template cast<double>();
-        const Eigen::MatrixXd error = original - reconstruction.matrix().template cast<double>();
+        using Matrix = Eigen::Matrix<HessianScalar, Eigen::Dynamic, Eigen::Dynamic>;
+        const Matrix original = weights.matrix().template cast<HessianScalar>();
+        const Matrix error = original - reconstruction.matrix().template cast<HessianScalar>();
         const auto h = hessian->matrix();
         measure.weighted_error = (error * h).cwiseProduct(error).sum();
         measure.weighted_norm = (original * h).cwiseProduct(original).sum();
         measure.has_hessian = true;
     }
     return measure;
+}
+
+/// The LDLQ set-up every method shares: options' damping and threads, the given block size and
+/// feedback mode, no proxy loss (the codec measures it on the decoder's output).
+inline LDLQOptions ldlq_options(const MethodOptions& options, int block_size, FeedbackMode feedback) {
+    LDLQOptions ldlq;
+    ldlq.damping = options.damping;
+    ldlq.block_size = block_size;
+    ldlq.feedback = feedback;
+    ldlq.threads = std::max(1, options.threads);
+    ldlq.compute_proxy_loss = false;
+    return ldlq;
 }
 
 /// The entry's shape as a matrix (errc::corrupt unless rank 2).

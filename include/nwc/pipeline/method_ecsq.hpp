@@ -21,7 +21,7 @@
 #include "nwc/core/tensor.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/pipeline/method_common.hpp"
-#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/pipeline/method.hpp"
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/entropy_coded_scalar.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
@@ -30,6 +30,12 @@ namespace nwc {
 
 /// The ecsq method.
 struct EcsqMethod {
+    static constexpr std::string_view name = "ecsq";
+    static constexpr MethodKnob knob{
+        .option = "step", .integer = false, .rate_grows = false, .lowest = 0x1p-12, .highest = 16.0, .guess_intercept = 2.047, .guess_slope = -1.0};
+    static double knob_value(const MethodOptions& options) noexcept { return options.step; }
+    static void set_knob(MethodOptions& options, double value) noexcept { options.step = float(value); }
+
     /// Decoding parameters of one tensor.
     struct Layout {
         std::int64_t rows = 0, cols = 0;
@@ -44,35 +50,32 @@ struct EcsqMethod {
         }
     };
 
-    static std::string setting_of(float step) { return detail::knob_text("step", step); }
+    /// The step stored in a coded tensor's metadata (NaN if it is too short to hold it).
+    static double stored_knob(std::span<const std::uint8_t> metadata) noexcept { return detail::stored_f32(metadata, detail::method_prefix_bytes + 4); }
 
     /// Codes W (m x n) with step options.step on the normalized weights.
-    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options) {
+    template <class Resources>
+    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
         const Chunker chunker(ChunkerOptions{.axis = options.axis});
         EntropyCodedScalar quantizer(EntropyCodedScalarOptions{options.step, options.axis, chunker.compute_scales(weights)});
         EncodedMatrix result;
         const bool feedback = options.ldlq && hessian != nullptr;
         if (feedback) {
-            LDLQOptions ldlq;
-            ldlq.damping = options.damping;
-            ldlq.block_size = options.ldlq_block_size;
-            ldlq.feedback = FeedbackMode::per_column;
-            ldlq.threads = std::max(1, options.threads);
-            ldlq.compute_proxy_loss = false;
-            LDLQResult coded = LDLQCompensator<EntropyCodedScalar>(ldlq).compress(weights, hessian->matrix(), quantizer);
+            LDLQResult coded = LDLQCompensator<EntropyCodedScalar>(detail::ldlq_options(options, options.ldlq_block_size, FeedbackMode::per_column))
+                                   .compress(weights, hessian->matrix(), quantizer);
             result.used_feedback = coded.report.used_feedback;
             result.reconstruction = std::move(coded.reconstructed);
         } else {
             result.reconstruction = quantizer.quantize(weights);
         }
         result.used_hessian = feedback;
-        result.setting = setting_of(options.step);
+        result.setting = knob_setting<EcsqMethod>(options.step);
 
         const CdfTableSet tables({quantizer.histogram().to_cdf_table(16)});
-        const std::int64_t span = std::min(rows, RtnMethod::rows_per_segment(cols, options.weights_per_segment));
+        const std::int64_t span = std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment));
         ContainerTensor& tensor = result.tensor;
-        tensor.method = "ecsq";
+        tensor.method = std::string(name);
         ByteWriter metadata;
         detail::MethodPrefix prefix;
         prefix.flags = result.used_feedback ? detail::flag_feedback : 0;
@@ -96,7 +99,7 @@ struct EcsqMethod {
     }
 
     /// Parses and validates the metadata of `entry`.
-    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, const std::string& context) {
+    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, DecodeResources&, const std::string& context) {
         detail::require_matrix(entry.shape, context);
         ByteReader in(metadata, context + " metadata");
         const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback);

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -33,7 +34,8 @@
 #include "nwc/core/tensor.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/pipeline/method_common.hpp"
-#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/pipeline/method.hpp"
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/dechunk_kernels.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
@@ -84,8 +86,18 @@ private:
 
 /// The nwc method.
 struct NwcMethod {
+    static constexpr std::string_view name = "nwc";
+    /// Far below 1 the codec's distortion explodes long before its rate falls: pick another codec.
+    static constexpr MethodKnob knob{.option = "alpha", .integer = false, .rate_grows = true, .lowest = 0.25, .highest = 16.0};
+    static constexpr bool uses_codec_blob = true;
+    static double knob_value(const MethodOptions& options) noexcept { return options.alpha; }
+    static void set_knob(MethodOptions& options, double value) noexcept { options.alpha = float(value); }
+    /// The alpha stored in a coded tensor's metadata (NaN if it is too short to hold it).
+    static double stored_knob(std::span<const std::uint8_t> metadata) noexcept { return detail::stored_f32(metadata, detail::method_prefix_bytes + 4); }
+
     /// Decoding parameters of one tensor.
     struct Layout {
+        std::shared_ptr<const NeuralDecoder> decoder;  ///< the container's codec blob it refers to
         std::int64_t rows = 0, cols = 0, chunk_size = 16, latents = 16, chunks_per_column = 1;
         NormalizationAxis axis = NormalizationAxis::per_column;
         float alpha = 1.0f;
@@ -100,7 +112,8 @@ struct NwcMethod {
         std::vector<Segment> segments;
 
         std::size_t segment_count() const noexcept { return segments.size(); }
-        std::int64_t segment_weights(std::size_t segment, const CodecArchitecture& arch) const noexcept {
+        std::int64_t segment_weights(std::size_t segment) const noexcept {
+            const CodecArchitecture& arch = decoder->architecture();
             const std::int64_t first = segments[segment].span * columns_per_segment;
             std::int64_t columns = 0;
             for (std::int64_t c = first; c < std::min(cols, first + columns_per_segment); ++c)
@@ -122,8 +135,6 @@ struct NwcMethod {
         return segments;
     }
 
-    static std::string setting_of(float alpha) { return detail::knob_text("alpha", alpha); }
-
     /// Moves the columns of a level with fewer than `min_symbols` symbols in a span down one level,
     /// from the top level down (an encoder choice: the stored levels say what was used).
     static void merge_small_levels(std::vector<std::uint8_t>& levels, std::int64_t span, std::int64_t column_symbols, std::int64_t min_symbols,
@@ -142,13 +153,14 @@ struct NwcMethod {
         }
     }
 
-    /// Codes W (m x n) with `codec` at options.alpha.
-    /// The networks run on the scalar reference whatever `Backend` is: the simd epilogue rounds
-    /// differently (within 1e-6), which can move a latent across a rounding boundary, and the file's
-    /// bytes must not depend on the backend that wrote them (tests/test_backend_consistency.cpp).
-    template <class Backend>
-    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options,
-                                const NeuralCodec& codec, Backend) {
+    /// Codes W (m x n) with resources.neural_codec at options.alpha.
+    /// The networks run on the scalar reference whatever the codec's backend is: the simd epilogue
+    /// rounds differently (within 1e-6), which can move a latent across a rounding boundary, and the
+    /// file's bytes must not depend on the backend that wrote them (tests/test_backend_consistency.cpp).
+    template <class Resources>
+    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources& resources) {
+        require(resources.neural_codec != nullptr, errc::invalid_argument, "the nwc method needs a trained codec (--codec FILE)");
+        const NeuralCodec& codec = *resources.neural_codec;
         const backend::scalar reference{};
         const CodecArchitecture& arch = codec.architecture();
         const std::int64_t rows = weights.rows(), cols = weights.cols(), d = arch.chunk_size, latents = arch.latents;
@@ -168,20 +180,15 @@ struct NwcMethod {
         std::vector<std::int32_t> symbols(std::size_t(cols * per_column * latents));
         EncodedMatrix result;
         result.used_hessian = hessian != nullptr;
-        result.setting = setting_of(options.alpha);
+        result.setting = knob_setting<NwcMethod>(options.alpha);
         Tensor<float> normalized_reconstruction;
         if (options.ldlq && hessian != nullptr) {
             Eigen::MatrixXd moved = hessian->matrix();
             if (options.axis == NormalizationAxis::per_column)
                 for (std::int64_t i = 0; i < cols; ++i)
                     for (std::int64_t j = 0; j < cols; ++j) moved(i, j) *= double(to_float(scales[std::size_t(i)])) * double(to_float(scales[std::size_t(j)]));
-            LDLQOptions ldlq;
-            ldlq.damping = options.damping;
-            ldlq.block_size = options.nwc_block_columns;
-            ldlq.feedback = FeedbackMode::per_block;
-            ldlq.threads = std::max(1, options.threads);
-            ldlq.compute_proxy_loss = false;
             NeuralBlockQuantizer<backend::scalar> quantizer(codec, options.alpha, per_column, symbols);
+            const LDLQOptions ldlq = detail::ldlq_options(options, options.nwc_block_columns, FeedbackMode::per_block);
             LDLQResult coded = LDLQCompensator<NeuralBlockQuantizer<backend::scalar>>(ldlq).compress(normalized.view(), moved, quantizer, levels);
             result.used_feedback = coded.report.used_feedback;
             normalized_reconstruction = std::move(coded.reconstructed);
@@ -205,7 +212,7 @@ struct NwcMethod {
         }
 
         ContainerTensor& tensor = result.tensor;
-        tensor.method = "nwc";
+        tensor.method = std::string(name);
         ByteWriter metadata;
         detail::MethodPrefix prefix;
         prefix.flags = std::uint8_t((result.used_feedback ? detail::flag_feedback : 0) | (hessian != nullptr ? detail::flag_hessian_levels : 0));
@@ -234,12 +241,19 @@ struct NwcMethod {
         return result;
     }
 
-    /// Parses and validates the metadata of `entry` for `decoder`.
-    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, const NeuralDecoder& decoder, const std::string& context) {
+    /// The decoder half the container embeds for this method's tensors.
+    static std::vector<std::uint8_t> codec_blob(const MethodResources& resources) { return serialize_codec_decoder(resources.neural_codec->decoder()); }
+
+    /// Parses and validates the metadata of `entry` (and, once per container, the codec it refers to).
+    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, DecodeResources& resources, const std::string& context) {
         detail::require_matrix(entry.shape, context);
+        Layout layout;
+        layout.decoder = resources.codec_blob<NeuralDecoder>(entry.codec_index, [](std::span<const std::uint8_t> blob, const std::string& where) {
+            return parse_codec_decoder(blob, where);
+        });
+        const NeuralDecoder& decoder = *layout.decoder;
         ByteReader in(metadata, context + " metadata");
         const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback | detail::flag_hessian_levels);
-        Layout layout;
         layout.rows = entry.shape[0];
         layout.cols = entry.shape[1];
         const std::uint8_t axis = in.get_u8();
@@ -268,8 +282,9 @@ struct NwcMethod {
 
     /// Decodes segment `segment` into its columns of `output`.
     template <class Backend>
-    static void decode_segment(const Layout& layout, const NeuralDecoder& decoder, std::size_t segment, std::span<const std::uint8_t> bytes,
-                               TensorView<float> output, const std::string& context, Backend backend) {
+    static void decode_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, TensorView<float> output,
+                               const std::string& context, Backend backend) {
+        const NeuralDecoder& decoder = *layout.decoder;
         const Layout::Segment& where = layout.segments[segment];
         const CodecArchitecture& arch = decoder.architecture();
         // Scratch reused across segments: fresh large buffers per segment cost page faults and

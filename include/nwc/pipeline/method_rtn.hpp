@@ -1,6 +1,8 @@
-// The "rtn" and "gptq" methods: llama.cpp-style groups of 32 weights of a row sharing one fp16
-// scale (nwc::RoundToNearest), codes bit-packed; gptq adds LDLQ per-column feedback (GPTQ) when a
-// Hessian is given, and without one writes exactly rtn's bytes under its own name.
+// The "rtn" and "gptq" methods (RtnMethod, GptqMethod: one template, GroupRoundingMethod):
+// llama.cpp-style groups of 32 weights of a row sharing one fp16 scale (nwc::RoundToNearest),
+// codes bit-packed; gptq adds LDLQ per-column feedback (GPTQ) when a Hessian is given, and without
+// one writes exactly rtn's bytes under its own name. Their sizes follow from the shape and the
+// bits alone (predicted_sizes), which rate control uses to choose bits per tensor exactly.
 //
 // Metadata (24 bytes): MethodPrefix (span = rows per segment), u8 bits, u8 rounding scheme,
 // u16 zero, u32 group size. Payload segment k = rows [k span, min((k + 1) span, m)): the fp16
@@ -12,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -20,23 +23,21 @@
 #include "nwc/core/error.hpp"
 #include "nwc/core/tensor.hpp"
 #include "nwc/io/container_format.hpp"
+#include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
 
 namespace nwc {
 
-/// A matrix coded by one method, before the pipeline adds name, dtype and shape.
-struct EncodedMatrix {
-    ContainerTensor tensor;        ///< method, metadata, payload, segment sizes
-    Tensor<float> reconstruction;  ///< what the decoder will produce (empty when not computed)
-    bool used_feedback = false;
-    bool used_hessian = false;
-    std::string setting;
-};
+/// The rtn (GptqFeedback false) and gptq (true) methods.
+template <bool GptqFeedback>
+struct GroupRoundingMethod {
+    static constexpr std::string_view name = GptqFeedback ? "gptq" : "rtn";
+    static constexpr MethodKnob knob{.option = "bits", .integer = true, .rate_grows = true, .lowest = 2, .highest = 8};
+    static double knob_value(const MethodOptions& options) noexcept { return options.bits; }
+    static void set_knob(MethodOptions& options, double value) noexcept { options.bits = int(value); }
 
-/// The rtn / gptq method.
-struct RtnMethod {
     /// Decoding parameters of one tensor, validated against its shape.
     struct Layout {
         std::int64_t rows = 0, cols = 0;
@@ -53,45 +54,49 @@ struct RtnMethod {
         }
     };
 
-    static std::int64_t rows_per_segment(std::int64_t cols, std::int64_t weights_per_segment) noexcept {
-        return std::max<std::int64_t>(1, weights_per_segment / std::max<std::int64_t>(cols, 1));
-    }
+    static constexpr std::size_t metadata_bytes = detail::method_prefix_bytes + 8;
 
-    /// Bytes of metadata + payload of an m x n matrix at `bits` (exact; for rate allocation).
-    static std::uint64_t stored_bytes(std::int64_t rows, std::int64_t cols, int bits, int group_size, std::int64_t weights_per_segment) {
-        Layout layout{rows, cols, bits, group_size, rows_per_segment(cols, weights_per_segment), (cols + group_size - 1) / group_size};
-        std::uint64_t total = 24;
+    /// The sizes coding an m x n matrix with `options` gives: metadata, then each segment (exact,
+    /// whatever the values: rate control sizes operating points with it).
+    static std::vector<std::uint64_t> predicted_sizes(const Shape& shape, const MethodOptions& options) {
+        const std::int64_t rows = shape[0], cols = shape[1];
+        const Layout layout{rows, cols, options.bits, options.group_size, detail::rows_per_segment(cols, options.weights_per_segment),
+                            (cols + options.group_size - 1) / options.group_size};
+        std::vector<std::uint64_t> sizes{metadata_bytes};
         for (std::int64_t first = 0; first < rows; first += layout.rows_per_segment)
-            total += layout.segment_bytes(std::min(layout.rows_per_segment, rows - first));
-        return total;
+            sizes.push_back(layout.segment_bytes(std::min(layout.rows_per_segment, rows - first)));
+        return sizes;
     }
 
-    /// Codes W (m x n); GPTQ feedback when `gptq`, options.ldlq and a Hessian are all there.
-    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, bool gptq) {
+    /// The bits stored in a coded tensor's metadata (NaN if it is too short to hold them).
+    static double stored_knob(std::span<const std::uint8_t> metadata) noexcept {
+        return metadata.size() >= metadata_bytes ? double(metadata[detail::method_prefix_bytes]) : std::numeric_limits<double>::quiet_NaN();
+    }
+
+    /// Codes W (m x n); GPTQ feedback for gptq when options.ldlq and a Hessian are both there.
+    template <class Resources>
+    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
         RoundToNearest quantizer(RoundToNearestOptions{options.bits, options.group_size, RoundingScheme::signed_max});
         EncodedMatrix result;
-        const bool feedback = gptq && options.ldlq && hessian != nullptr;
+        const bool feedback = GptqFeedback && options.ldlq && hessian != nullptr;
         if (feedback) {
-            LDLQOptions ldlq;
-            ldlq.damping = options.damping;
-            ldlq.block_size = (std::max(options.ldlq_block_size, options.group_size) + options.group_size - 1) / options.group_size * options.group_size;
-            ldlq.feedback = FeedbackMode::per_column;
-            ldlq.threads = std::max(1, options.threads);
-            ldlq.compute_proxy_loss = false;
-            LDLQResult coded = LDLQCompensator<RoundToNearest>(ldlq).compress(weights, hessian->matrix(), quantizer);
+            // Blocks of whole groups, so a group's scale sees the feedback of every earlier column.
+            const int block = (std::max(options.ldlq_block_size, options.group_size) + options.group_size - 1) / options.group_size * options.group_size;
+            LDLQResult coded = LDLQCompensator<RoundToNearest>(detail::ldlq_options(options, block, FeedbackMode::per_column))
+                                   .compress(weights, hessian->matrix(), quantizer);
             result.used_feedback = coded.report.used_feedback;
             result.reconstruction = std::move(coded.reconstructed);
         } else {
             result.reconstruction = quantizer.quantize(weights);
         }
         result.used_hessian = feedback;
-        result.setting = std::string("bits=") + std::to_string(options.bits);
+        result.setting = knob_setting<GroupRoundingMethod>(options.bits);
 
-        Layout layout{rows, cols, options.bits, options.group_size, std::min(rows, rows_per_segment(cols, options.weights_per_segment)),
+        Layout layout{rows, cols, options.bits, options.group_size, std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment)),
                       quantizer.groups_per_row()};
         ContainerTensor& tensor = result.tensor;
-        tensor.method = gptq ? "gptq" : "rtn";
+        tensor.method = std::string(name);
         ByteWriter metadata;
         detail::MethodPrefix prefix;
         prefix.flags = result.used_feedback ? detail::flag_feedback : 0;
@@ -114,7 +119,7 @@ struct RtnMethod {
     }
 
     /// Parses and validates the metadata of `entry` (errc::corrupt / unsupported naming `context`).
-    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, const std::string& context) {
+    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, DecodeResources&, const std::string& context) {
         detail::require_matrix(entry.shape, context);
         ByteReader in(metadata, context + " metadata");
         const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback);
@@ -138,8 +143,9 @@ struct RtnMethod {
     }
 
     /// Decodes segment `segment` into its rows of `output` (m x n).
+    template <class Backend>
     static void decode_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, TensorView<float> output,
-                               const std::string& context) {
+                               const std::string& context, Backend) {
         const std::int64_t first = std::int64_t(segment) * layout.rows_per_segment;
         const std::int64_t count = std::min(layout.rows_per_segment, layout.rows - first);
         const std::string where = context + std::string(" segment ") + std::to_string(segment);
@@ -153,7 +159,7 @@ struct RtnMethod {
             for (std::int64_t g = 0; g < layout.groups_per_row; ++g) {
                 half scale;
                 std::memcpy(&scale.bits, bytes.data() + 2 * std::size_t(r * layout.groups_per_row + g), 2);
-                require((scale.bits & 0x7C00u) != 0x7C00u, errc::corrupt, where, ": scale of row ", first + r, " group ", g, " is not finite");
+                require(is_finite(scale), errc::corrupt, where, ": scale of row ", first + r, " group ", g, " is not finite");
                 const std::int64_t end = std::min<std::int64_t>((g + 1) * layout.group_size, layout.cols);
                 for (std::int64_t c = g * layout.group_size; c < end; ++c)
                     output(first + r, c) = detail::rtn_value(codes[std::size_t(r * layout.cols + c)], scale, layout.bits);
@@ -161,5 +167,8 @@ struct RtnMethod {
         }
     }
 };
+
+using RtnMethod = GroupRoundingMethod<false>;
+using GptqMethod = GroupRoundingMethod<true>;
 
 }  // namespace nwc

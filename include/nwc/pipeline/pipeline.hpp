@@ -3,6 +3,8 @@
 // rate control (rate_control.hpp). Byte layouts: docs/format/methods.md.
 #pragma once
 
+#include "nwc/pipeline/builtin_methods.hpp"
+#include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/pipeline/method_ecsq.hpp"
 #include "nwc/pipeline/method_nwc.hpp"

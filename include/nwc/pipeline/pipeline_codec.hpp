@@ -2,6 +2,12 @@
 // a whole ModelFile in, a .nwc container out (and back), threaded over independent work.
 //
 // Read me first:
+// - Policies: Codec<Backend, Selection, Methods...>. Backend picks the decoding kernels (a tag,
+//   core/backend.hpp), Selection which tensors are coded, Methods the per-tensor methods
+//   (method.hpp's Method concept) MethodOptions::method may name, given one by one or as one
+//   MethodList (BuiltinMethods::append<MyMethod>); none means the built-in ones (BuiltinMethods,
+//   builtin_methods.hpp). The name dispatch on both sides and the decode variant are generated
+//   from the list.
 // - Which tensors are coded is a policy (DefaultTensorSelection: floating matrices with both sides
 //   >= 16, embeddings included); every other tensor passes through raw in its original dtype.
 // - Determinism: each tensor's bytes depend only on the tensor, its Hessian and the options,
@@ -9,8 +15,9 @@
 //   tiles are fixed sizes). compress_model() splits threads between tensors (outer) and inside a
 //   tensor (inner) and adds tensors to the container in model order, so files are byte-identical
 //   for any --threads. decompress_model() runs every (tensor, segment) pair as one work item.
-// - An nwc tensor refers to container codec 0: compress_model() adds the decoder half first. To
-//   assemble a container by hand with compress(), call writer.add_codec(decoder_blob()) first.
+// - A tensor of a method that uses a codec blob (nwc) refers to container codec 0:
+//   compress_model() adds the blob first. To assemble a container by hand with compress(), call
+//   writer.add_codec(decoder_blob()) first.
 // - The container's file metadata is JSON: the ModelFile's `source`, the name of the auxiliary
 //   llama2.c RoPE correction tensor, and the method. It never holds per-pass numbers, so its size
 //   is the same in every pass of a rate search.
@@ -23,6 +30,8 @@
 #include <memory>
 #include <limits>
 #include <mutex>
+#include <optional>
+#include <type_traits>
 #include <span>
 #include <string>
 #include <variant>
@@ -34,9 +43,7 @@
 #include "nwc/core/backend.hpp"
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/container.hpp"
-#include "nwc/pipeline/method_ecsq.hpp"
-#include "nwc/pipeline/method_nwc.hpp"
-#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/model_file.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/version.hpp"
@@ -68,7 +75,7 @@ struct ModelReport {
     int passes = 1;    ///< full compressions run (rate search)
     std::string note;  ///< why a target was missed, if it was
     double knob = std::numeric_limits<double>::quiet_NaN();  ///< ecsq step / nwc alpha chosen by rate control (else NaN)
-    std::vector<int> bits_per_tensor;  ///< rtn / gptq under rate control: bits chosen per model tensor (else empty)
+    std::vector<double> knob_per_tensor;  ///< the knob per model tensor when set per tensor (rate control's rtn / gptq bits), else empty
 
     /// 8 x file bytes / weights of the input: the rate of the whole file.
     double bits_per_weight() const noexcept { return weight_count > 0 ? 8.0 * double(file_bytes) / double(weight_count) : 0.0; }
@@ -87,33 +94,110 @@ inline constexpr const char* rope_corrections_name = "__nwc__.llama2c.rope_corre
 
 }  // namespace detail
 
+namespace detail {
+template <class... Methods>
+struct method_list_of {
+    using type = MethodList<Methods...>;
+};
+template <>
+struct method_list_of<> {
+    using type = BuiltinMethods;
+};
+template <class... Methods>
+struct method_list_of<MethodList<Methods...>> {
+    using type = MethodList<Methods...>;
+};
+}  // namespace detail
+
 /// The composed codec: per-tensor methods, container assembly and whole-model threading.
-template <class Backend = backend::default_backend, class Selection = DefaultTensorSelection>
+template <class Backend = backend::default_backend, class Selection = DefaultTensorSelection, class... Methods>
 class Codec {
+    static_assert(!std::is_same_v<Backend, backend::cuda>,
+                  "nwc::Codec<backend::cuda>: the CUDA backend decodes on the device, not into host tensors; use "
+                  "nwc::cuda::decompress_to_device() from <nwc/cuda/decompress.cuh> (nvcc translation units)");
+    static_assert(host_backend<Backend>,
+                  "nwc::Codec<Backend>: no host kernels for this backend tag. Derive the tag from nwc::backend::scalar or "
+                  "nwc::backend::simd, and overload the kernels it replaces for it (see docs/ARCHITECTURE.md, \"Backends\")");
+
 public:
     using backend_type = Backend;
+    using selection_type = Selection;
+    using methods = typename detail::method_list_of<Methods...>::type;
 
-    /// `codec` is needed for CompressionMethod::nwc only.
-    explicit Codec(MethodOptions options = {}, std::shared_ptr<const NeuralCodec> codec = nullptr)
-        : m_options(options), m_codec(std::move(codec)) {
+    /// `codec`: the trained codec, for methods that need one (nwc).
+    explicit Codec(MethodOptions options = {}, std::shared_ptr<const NeuralCodec> codec = nullptr) : m_options(std::move(options)) {
+        m_resources.neural_codec = std::move(codec);
         m_options.validate();
-        require(m_options.method != CompressionMethod::nwc || m_codec != nullptr, errc::invalid_argument,
-                "the nwc method needs a trained codec (--codec FILE)");
+        const bool known = methods::visit(m_options.method, [&]<class M>(std::type_identity<M>) {
+            if constexpr (uses_codec_blob<M>)
+                require(m_resources.neural_codec != nullptr, errc::invalid_argument, "the ", M::name, " method needs a trained codec (--codec FILE)");
+        });
+        require(known, errc::invalid_argument, "unknown method '", m_options.method, "' (", methods::names(), ")");
     }
 
     const MethodOptions& options() const noexcept { return m_options; }
     /// A copy with other options and the same codec.
-    Codec with_options(const MethodOptions& options) const { return Codec(options, m_codec); }
-    const std::shared_ptr<const NeuralCodec>& neural_codec() const noexcept { return m_codec; }
-    /// The decoder half the container embeds (empty unless the method is nwc).
+    Codec with_options(const MethodOptions& options) const { return Codec(options, m_resources.neural_codec); }
+    const std::shared_ptr<const NeuralCodec>& neural_codec() const noexcept { return m_resources.neural_codec; }
+
+    /// "nwc, ecsq, gptq, rtn": the methods this codec knows, in list order.
+    static std::string method_names() { return methods::names(); }
+    /// The rate knob of `method` (errc::invalid_argument for a method the list does not hold).
+    static MethodKnob knob_of(std::string_view method) {
+        MethodKnob knob;
+        require(methods::visit(method, [&]<class M>(std::type_identity<M>) { knob = M::knob; }), errc::invalid_argument, "unknown method '", method,
+                "' (", methods::names(), ")");
+        return knob;
+    }
+    /// `options` with its method's knob set to `value`.
+    static MethodOptions options_with_knob(MethodOptions options, double value) {
+        methods::visit(options.method, [&]<class M>(std::type_identity<M>) { M::set_knob(options, value); });
+        return options;
+    }
+    /// The knob of the configured method, its value, and a copy of this codec with another value.
+    MethodKnob knob() const { return knob_of(m_options.method); }
+    double knob_value() const { return dispatch([&]<class M>(std::type_identity<M>) { return M::knob_value(m_options); }); }
+    Codec with_knob(double value) const { return with_options(options_with_knob(m_options, value)); }
+    /// "step=0.5", "bits=4", "alpha=1.2": the knob as reports print it.
+    std::string setting() const { return dispatch([&]<class M>(std::type_identity<M>) { return knob_setting<M>(M::knob_value(m_options)); }); }
+
+    /// The sizes coding a `shape` matrix with `options` gives (metadata, then each segment), for
+    /// methods whose sizes do not depend on the values (rtn, gptq); nullopt for the others.
+    std::optional<std::vector<std::uint64_t>> predicted_sizes(const Shape& shape, const MethodOptions& options) const {
+        return dispatch([&]<class M>(std::type_identity<M>) -> std::optional<std::vector<std::uint64_t>> {
+            if constexpr (SizePredictingMethod<M>) return M::predicted_sizes(shape, options);
+            else return std::nullopt;
+        });
+    }
+
+    bool predicts_sizes() const {
+        return dispatch([&]<class M>(std::type_identity<M>) { return SizePredictingMethod<M>; });
+    }
+
+    /// The codec blob the container embeds for the configured method (empty unless it uses one).
     std::vector<std::uint8_t> decoder_blob() const {
-        return m_options.method == CompressionMethod::nwc ? serialize_codec_decoder(m_codec->decoder()) : std::vector<std::uint8_t>{};
+        return dispatch([&]<class M>(std::type_identity<M>) -> std::vector<std::uint8_t> {
+            if constexpr (uses_codec_blob<M>) return M::codec_blob(m_resources);
+            else return {};
+        });
+    }
+
+    /// The knob a coded tensor's metadata holds, as "bits=4" / "step=0.41"; "" for raw tensors,
+    /// methods this codec does not know and metadata too short to hold one.
+    static std::string stored_setting(const ContainerEntry& entry, std::span<const std::uint8_t> metadata) {
+        std::string setting;
+        methods::visit(entry.method, [&]<class M>(std::type_identity<M>) {
+            const double value = M::stored_knob(metadata);
+            if (!std::isnan(value)) setting = knob_setting<M>(value);
+        });
+        return setting;
     }
 
     /// Compresses one tensor (any shape; matrices the selection accepts are coded, the rest stored
-    /// raw as `original_dtype`). nwc tensors refer to container codec 0. `reconstruction`, when
-    /// given, receives what the decoder will produce (needs options().measure for coded tensors;
-    /// left empty otherwise) -- sequential compression fine-tunes against it.
+    /// raw as `original_dtype`). Tensors of a method with a codec blob refer to container codec 0.
+    /// `reconstruction`, when given, receives what the decoder will produce (needs
+    /// options().measure for coded tensors; left empty otherwise) -- sequential compression
+    /// fine-tunes against it.
     ContainerTensor compress(std::string name, TensorView<const float> weights, const Tensor<double>* hessian = nullptr, TensorReport* report = nullptr,
                              dtype original_dtype = dtype::f32, Tensor<float>* reconstruction = nullptr) const {
         return compress_with(std::move(name), weights, hessian, original_dtype, m_options, report, reconstruction);
@@ -126,21 +210,24 @@ public:
     }
 
     /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included). Decoding
-    /// needs nothing but the container (the nwc decoder half is in it).
+    /// needs nothing but the container (codec blobs are in it).
     static Tensor<float> decompress(const ContainerReader& reader, std::size_t index, int threads = 1) {
-        std::vector<detail::DecodePlan> plans;
-        plans.push_back(detail::make_decode_plan(reader, index, nullptr));
+        DecodeResources resources(reader);
+        std::vector<Plan> plans;
+        plans.push_back(detail::make_decode_plan(reader, index, resources, methods{}));
         Tensor<float> output(reader.entry(index).shape);
         detail::decode_plans<Backend>(reader, plans, {&output}, threads, {}, 1);
         return output;
     }
 
-    /// Compresses every tensor of `model`; `bits_per_tensor` (rtn, gptq) overrides options.bits per
-    /// tensor index when not empty.
+    /// Compresses every tensor of `model`; `knob_per_tensor` (model tensor order), when not empty,
+    /// sets the method's knob per tensor (rate control's per-tensor bits or steps).
     CompressedModel compress_model(const ModelFile& model, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
-                                   std::span<const int> bits_per_tensor = {}) const {
+                                   std::span<const double> knob_per_tensor = {}) const {
         const auto start = std::chrono::steady_clock::now();
         const std::size_t count = model.tensors.size();
+        require(knob_per_tensor.empty() || knob_per_tensor.size() == count, errc::invalid_argument, "compress_model: ", knob_per_tensor.size(),
+                " knob values for ", count, " tensors");
         const int threads = resolve_thread_count(m_options.threads);
         const int outer = int(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, std::int64_t(count))));
         MethodOptions inner = m_options;
@@ -149,26 +236,25 @@ public:
         std::vector<TensorReport> reports(count);
         detail::run_with_progress(std::int64_t(count), outer, progress, "compress", count, model.weight_count(), [&](std::int64_t i) {
             const ModelTensor& tensor = model.tensors[std::size_t(i)];
-            MethodOptions options = inner;
-            if (!bits_per_tensor.empty()) options.bits = bits_per_tensor[std::size_t(i)];
+            const MethodOptions options = knob_per_tensor.empty() ? inner : options_with_knob(inner, knob_per_tensor[std::size_t(i)]);
             const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
             tensors[std::size_t(i)] = compress_model_tensor(tensor, hessian, options, reports[std::size_t(i)]);
             return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
         });
-        return assemble_model(model, std::move(tensors), std::move(reports), start, bits_per_tensor);
+        return assemble_model(model, std::move(tensors), std::move(reports), start, knob_per_tensor);
     }
 
     /// The last step of compress_model(), public for drivers that code the tensors themselves
     /// (sequential_pipeline.hpp): a container of `tensors` (model order, one per model tensor,
-    /// from compress() of this codec) with the file metadata, the decoder half and the llama2.c
+    /// from compress() of this codec) with the file metadata, the codec blob and the llama2.c
     /// RoPE corrections, and the model report.
     CompressedModel assemble_model(const ModelFile& model, std::vector<ContainerTensor> tensors, std::vector<TensorReport> reports,
-                                   std::chrono::steady_clock::time_point start, std::span<const int> bits_per_tensor = {}) const {
+                                   std::chrono::steady_clock::time_point start, std::span<const double> knob_per_tensor = {}) const {
         require(tensors.size() == model.tensors.size() && reports.size() == tensors.size(), errc::invalid_argument, "assemble_model: ",
                 tensors.size(), " tensors and ", reports.size(), " reports for a model of ", model.tensors.size());
         CompressedModel result;
         result.writer.set_file_metadata(file_metadata(model));
-        if (m_options.method == CompressionMethod::nwc) result.writer.add_codec(decoder_blob());
+        if (std::vector<std::uint8_t> blob = decoder_blob(); !blob.empty()) result.writer.add_codec(std::move(blob));
         for (auto& tensor : tensors) result.writer.add_tensor(std::move(tensor));
         if (!model.rope_corrections.values().empty()) {
             const auto* bytes = reinterpret_cast<const std::uint8_t*>(model.rope_corrections.data());
@@ -177,11 +263,11 @@ public:
         }
         ModelReport& report = result.report;
         report.tensors = std::move(reports);
-        report.method = std::string(method_name(m_options.method));
-        report.setting = global_setting();
+        report.method = m_options.method;
+        report.setting = setting();
         report.weight_count = model.weight_count();
         report.file_bytes = result.writer.serialized_size();
-        report.bits_per_tensor.assign(bits_per_tensor.begin(), bits_per_tensor.end());
+        report.knob_per_tensor.assign(knob_per_tensor.begin(), knob_per_tensor.end());
         for (const TensorReport& tensor : report.tensors) {
             report.squared_error += tensor.squared_error;
             report.squared_norm += tensor.squared_norm;
@@ -201,8 +287,8 @@ public:
         if (format == "llama2c") model.format = ModelFormat::llama2c;
         else if (format == "hf_llama") model.format = ModelFormat::hf_llama;
         else require(format == "safetensors", errc::unsupported, reader.context(), ": source format '", format, "'");
-        std::map<std::int32_t, std::shared_ptr<const NeuralDecoder>> decoders;
-        std::vector<detail::DecodePlan> plans;
+        DecodeResources resources(reader);
+        std::vector<Plan> plans;
         std::vector<std::size_t> model_index;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             const ContainerEntry& entry = reader.entry(index);
@@ -214,10 +300,7 @@ public:
                 std::memcpy(model.rope_corrections.data(), bytes.data(), bytes.size());
                 continue;
             }
-            if (entry.codec_index >= 0 && !decoders.contains(entry.codec_index))
-                decoders[entry.codec_index] = std::make_shared<const NeuralDecoder>(
-                    parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)), reader.context() + std::string(": codec ") + std::to_string(entry.codec_index)));
-            plans.push_back(detail::make_decode_plan(reader, index, entry.codec_index >= 0 ? decoders[entry.codec_index] : nullptr));
+            plans.push_back(detail::make_decode_plan(reader, index, resources, methods{}));
             model.tensors.push_back({entry.name, entry.original_dtype, entry.shape, {}, {}});
             model_index.push_back(index);
         }
@@ -238,11 +321,18 @@ public:
     }
 
 private:
-    std::string global_setting() const {
-        switch (m_options.method) {
-            case CompressionMethod::nwc: return NwcMethod::setting_of(m_options.alpha);
-            case CompressionMethod::ecsq: return EcsqMethod::setting_of(m_options.step);
-            default: return std::string("bits=") + std::to_string(m_options.bits);
+    using Plan = typename decltype([]<class... Ms>(MethodList<Ms...>) { return std::type_identity<detail::DecodePlan<Ms...>>{}; }(methods{}))::type;
+
+    /// f(std::type_identity<M>{}) for the configured method (validated by the constructor).
+    template <class F>
+    auto dispatch(F&& f) const {
+        using Result = decltype(f(std::type_identity<typename methods::first>{}));
+        if constexpr (std::is_void_v<Result>) {
+            methods::visit(m_options.method, f);
+        } else {
+            std::optional<Result> result;
+            methods::visit(m_options.method, [&](auto method) { result.emplace(f(method)); });
+            return Result(std::move(*result));
         }
     }
 
@@ -279,17 +369,16 @@ private:
         }
         detail::require_hessian_fits(hessian, weights.cols(), name);
         EncodedMatrix encoded;
-        switch (options.method) {
-            case CompressionMethod::rtn: encoded = RtnMethod::encode(weights, hessian, options, false); break;
-            case CompressionMethod::gptq: encoded = RtnMethod::encode(weights, hessian, options, true); break;
-            case CompressionMethod::ecsq: encoded = EcsqMethod::encode(weights, hessian, options); break;
-            case CompressionMethod::nwc: encoded = NwcMethod::encode(weights, hessian, options, *m_codec, Backend{}); break;
-        }
+        std::int32_t codec_index = -1;
+        methods::visit(options.method, [&]<class M>(std::type_identity<M>) {
+            encoded = M::encode(weights, hessian, options, m_resources);
+            if constexpr (uses_codec_blob<M>) codec_index = 0;
+        });
         ContainerTensor tensor = std::move(encoded.tensor);
         tensor.name = std::move(name);
         tensor.original_dtype = original_dtype;
         tensor.shape = weights.shape();
-        tensor.codec_index = options.method == CompressionMethod::nwc ? 0 : -1;
+        tensor.codec_index = codec_index;
         TensorReport local;
         if (options.measure && std::int64_t(encoded.reconstruction.values().size()) == weights.numel()) {
             const detail::ErrorMeasure measure = detail::measure_error(weights, encoded.reconstruction.view(), hessian);
@@ -320,14 +409,17 @@ private:
         nlohmann::json root = {{"format", "nwc-pipeline"},
                                {"version", 1},
                                {"source", model.source},
-                               {"method", std::string(method_name(m_options.method))},
+                               {"method", m_options.method},
                                {"tool", std::string("nwc ") + version_string}};
         if (!model.rope_corrections.values().empty()) root["llama2c_rope_corrections"] = detail::rope_corrections_name;
+        // A model built in memory has no loader's source record: its format is all decoding needs.
+        if (!root["source"].is_object()) root["source"] = nlohmann::json::object();
+        if (!root["source"].contains("source_format")) root["source"]["source_format"] = std::string(model_format_name(model.format));
         return root.dump();
     }
 
     MethodOptions m_options;
-    std::shared_ptr<const NeuralCodec> m_codec;
+    MethodResources m_resources;
 };
 
 /// The composed codec with default policies.

@@ -2,26 +2,28 @@
 // weight, bpw = 8 x (every byte of the .nwc file) / (elements of every tensor of the input).
 //
 // Read me first:
-// - ecsq and nwc have one continuous global knob: the step Δ (ecsq; rate falls as Δ grows) or
-//   alpha (nwc; rate grows with alpha). The search runs on u = log2(knob) with the ACTUAL serialized
-//   size of full compressions (no estimate): first steps of doubling width until the target is
-//   bracketed, then regula falsi with the Illinois modification. It stops once the file is within
-//   half the tolerance (so rounding cannot push it out), and keeps the best pass. Passes skip the
-//   error measurements; the chosen knob is compressed once more with them (same bytes otherwise).
-// - rtn and gptq have integer bits only. Their sizes do not depend on the values, so one rtn pass
-//   at 4 bits gives the fixed overhead and every tensor's size at any bits follows exactly
-//   (RtnMethod::stored_bytes). Bits are then chosen PER TENSOR: all at the largest b whose file
-//   fits, then tensors, largest first, move to b + 1 while the file still fits. With one tensor,
-//   or a target below 2 or above 8 bits, the target may stay out of reach: the report says so.
+// - Every method has one knob (method.hpp's MethodKnob). A continuous knob (ecsq's step Δ, nwc's
+//   alpha) is searched for the whole file on u = log2(knob) with the ACTUAL serialized size of
+//   full compressions (no estimate): KnobSearch starts at the knob's first guess, steps of
+//   doubling width until the target is bracketed, then regula falsi with the Illinois
+//   modification. It stops once the file is within half the tolerance (so rounding cannot push it
+//   out), and keeps the best pass. Passes skip the error measurements; the chosen knob is
+//   compressed once more with them (same bytes otherwise). The same search object also runs the
+//   secant corrections of sequential compression (sequential_pipeline.hpp).
+// - An integer knob (rtn, gptq bits) belongs to a method whose sizes follow from the shape alone
+//   (SizePredictingMethod): one measurement-free pass gives the container's fixed overhead, every
+//   tensor's size at every bit width follows exactly, and bits are chosen PER TENSOR: all at the
+//   largest b whose file fits, then tensors, largest step first, move to b + 1 while the file still
+//   fits. With one tensor, or a target outside the knob's range, the target may stay out of reach:
+//   the report says so.
 // - Cost: ecsq needs ~5-8 passes of a cheap method; nwc as many encoder passes (g_a over every chunk).
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
-#include <numeric>
 #include <span>
 #include <string>
 #include <vector>
@@ -34,72 +36,145 @@ namespace nwc {
 struct RateTarget {
     double bits_per_weight = 4.0;  ///< B: 8 x file bytes / input weights
     double tolerance = 0.01;       ///< relative: |achieved / B - 1| must stay below it
-    int max_passes = 14;           ///< full compressions for ecsq / nwc
-    /// Range of Δ (ecsq) or alpha (nwc) searched; NaN: [2^-12, 16] for Δ, [1/4, 16] for alpha (far
-    /// below 1 the codec's distortion explodes long before its rate falls: pick another codec).
+    int max_passes = 14;           ///< full compressions for a continuous knob
+    /// Range of the knob searched; NaN: the method's own (MethodKnob::lowest / highest).
     double knob_min = std::numeric_limits<double>::quiet_NaN(), knob_max = std::numeric_limits<double>::quiet_NaN();
 };
 
 namespace detail {
 
+/// The root finder of every rate knob: solves ln(bytes(u) / target) = 0 on u = log2(knob), one
+/// full compression per evaluation, remembering the evaluation nearest the target.
+class KnobSearch {
+public:
+    /// `evaluate(u)` compresses at knob 2^u and returns the file's bytes.
+    KnobSearch(double target_bytes, double tolerance, int max_passes, std::function<double(double)> evaluate)
+        : m_target_bytes(target_bytes), m_tolerance(tolerance), m_max_passes(max_passes), m_evaluate(std::move(evaluate)) {}
+
+    /// Brackets the root from `start` in steps of doubling width inside [lowest, highest] (the
+    /// knob moves the rate up when `rate_grows`), then narrows it by Illinois regula falsi.
+    void bracket_and_narrow(double start, double lowest, double highest, bool rate_grows) {
+        double u_a = start, f_a = miss_at(u_a), u_b = u_a, f_b = f_a;
+        for (double width = 1.0; !done() && (f_a > 0) == (f_b > 0); width *= 2.0) {
+            const bool lower_rate = f_b > 0;
+            const double direction = (lower_rate != rate_grows) ? 1.0 : -1.0;
+            const double next = std::clamp(u_b + direction * width, lowest, highest);
+            if (next == u_b) return;  // the knob's range cannot reach the target
+            u_a = u_b, f_a = f_b;
+            u_b = next, f_b = miss_at(u_b);
+        }
+        while (!done() && (f_a > 0) != (f_b > 0) && std::fabs(u_b - u_a) > 1e-4) {
+            const double u = u_b - f_b * (u_b - u_a) / (f_b - f_a);
+            const double f = miss_at(u);
+            if ((f > 0) == (f_b > 0)) {
+                f_a /= 2;  // Illinois: the end kept again pulls half as hard, so the bracket shrinks from both sides
+            } else {
+                u_a = u_b, f_a = f_b;
+            }
+            u_b = u, f_b = f;
+        }
+    }
+
+    /// Secant steps from `start`, at most `max_steps` of them (for expensive evaluations that start
+    /// next to the root); the first slope d ln(bytes) / du is `initial_slope()`, asked after the
+    /// first evaluation (it may depend on what that pass measured).
+    template <class InitialSlope>
+    void secant(double start, InitialSlope&& initial_slope, int max_steps) {
+        double u = start, f = miss_at(u);
+        double slope = initial_slope();
+        for (int step = 0; step < max_steps && !done(); ++step) {
+            const double next = u - f / slope;
+            const double g = miss_at(next);
+            if (std::fabs(next - u) > 1e-9 && std::fabs(g - f) > 1e-12) slope = (g - f) / (next - u);
+            u = next, f = g;
+        }
+    }
+
+    double best_u() const noexcept { return m_best_u; }
+    /// Relative miss of the best evaluation: bytes / target - 1.
+    double best_miss() const noexcept { return m_best_miss; }
+    int passes() const noexcept { return m_passes; }
+    bool done() const noexcept { return std::fabs(m_best_miss) <= m_tolerance / 2 || m_passes >= m_max_passes; }
+
+private:
+    double miss_at(double u) {
+        ++m_passes;
+        const double bytes = m_evaluate(u);
+        const double miss = bytes / m_target_bytes - 1.0;
+        if (std::fabs(miss) < std::fabs(m_best_miss)) m_best_miss = miss, m_best_u = u;
+        return std::log(bytes / m_target_bytes);  // > 0: too many bytes
+    }
+
+    double m_target_bytes, m_tolerance;
+    int m_max_passes;
+    std::function<double(double)> m_evaluate;
+    int m_passes = 0;
+    double m_best_u = 0.0, m_best_miss = INFINITY;
+};
+
+/// Integer knob: the knob per tensor from exact predicted sizes (see the header comment).
 template <class CodecType>
-CompressedModel compress_to_bits_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
-                                        const ProgressCallback& progress) {
-    const MethodOptions& base = codec.options();
-    MethodOptions probe = base;
-    probe.method = CompressionMethod::rtn;
-    probe.bits = 4;
+CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
+                                           const ProgressCallback& progress) {
+    const MethodKnob knob = codec.knob();
+    MethodOptions probe = codec.options();
     probe.measure = false;
     const CompressedModel first = codec.with_options(probe).compress_model(model, {}, progress);
     const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
-    // Sizes per tensor and bits with the container's 64-byte alignment of each region (metadata, payload).
-    constexpr std::uint64_t rtn_metadata_bytes = 24;
-    std::vector<std::array<std::uint64_t, 9>> sizes(model.tensors.size());
+    const int lowest = int(std::ceil(std::isnan(target.knob_min) ? knob.lowest : target.knob_min));
+    const int highest = int(std::floor(std::isnan(target.knob_max) ? knob.highest : target.knob_max));
+    require(lowest <= highest, errc::invalid_argument, "rate control: empty ", knob.option, " range [", lowest, ", ", highest, "]");
+    // Bytes of a tensor at knob k with the container's 64-byte alignment of each region
+    // (metadata, then the payload of all segments).
+    const auto aligned_bytes = [&](const Shape& shape, double value) {
+        const std::vector<std::uint64_t> sizes = *codec.predicted_sizes(shape, codec.with_knob(value).options());
+        std::uint64_t payload = 0;
+        for (std::size_t k = 1; k < sizes.size(); ++k) payload += sizes[k];
+        return align_region(sizes[0]) + align_region(payload);
+    };
+    std::vector<std::vector<std::uint64_t>> sizes(model.tensors.size());  // [tensor][knob - lowest]
     std::vector<std::size_t> coded;
     double overhead = double(first.report.file_bytes);
     for (std::size_t i = 0; i < model.tensors.size(); ++i) {
         if (first.report.tensors[i].method == "raw") continue;
         coded.push_back(i);
-        const Shape& shape = model.tensors[i].shape;
-        for (int bits = 2; bits <= 8; ++bits)
-            sizes[i][std::size_t(bits)] = align_region(rtn_metadata_bytes) +
-                                          align_region(RtnMethod::stored_bytes(shape[0], shape[1], bits, base.group_size, base.weights_per_segment) -
-                                                       rtn_metadata_bytes);
-        overhead -= double(sizes[i][4]);
+        for (int value = lowest; value <= highest; ++value) sizes[i].push_back(aligned_bytes(model.tensors[i].shape, value));
+        overhead -= double(aligned_bytes(model.tensors[i].shape, codec.knob_value()));
     }
-    std::vector<int> bits(model.tensors.size(), 4);
+    std::vector<int> chosen(model.tensors.size(), int(codec.knob_value()));
+    const auto size_at = [&](std::size_t i, int value) { return double(sizes[i][std::size_t(value - lowest)]); };
     const auto total = [&] {
         double bytes = overhead;
-        for (std::size_t i : coded) bytes += double(sizes[i][std::size_t(bits[i])]);
+        for (std::size_t i : coded) bytes += size_at(i, chosen[i]);
         return bytes;
     };
-    int low = 2;
-    for (int candidate = 8; candidate >= 2; --candidate) {
-        for (std::size_t i : coded) bits[i] = candidate;
+    int low = lowest;
+    for (int candidate = highest; candidate >= lowest; --candidate) {
+        for (std::size_t i : coded) chosen[i] = candidate;
         if (total() <= target_bytes) {
             low = candidate;
             break;
         }
     }
-    for (std::size_t i : coded) bits[i] = low;
-    if (low < 8) {
+    for (std::size_t i : coded) chosen[i] = low;
+    if (low < highest) {
         std::vector<std::size_t> order = coded;
-        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-            return sizes[a][std::size_t(low + 1)] - sizes[a][std::size_t(low)] > sizes[b][std::size_t(low + 1)] - sizes[b][std::size_t(low)];
-        });
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return size_at(a, low + 1) - size_at(a, low) > size_at(b, low + 1) - size_at(b, low); });
         double bytes = total();
         for (std::size_t i : order) {
-            const double step = double(sizes[i][std::size_t(low + 1)] - sizes[i][std::size_t(low)]);
+            const double step = size_at(i, low + 1) - size_at(i, low);
             if (bytes + step <= target_bytes) {
-                bits[i] = low + 1;
+                chosen[i] = low + 1;
                 bytes += step;
             }
         }
     }
-    CompressedModel result = codec.compress_model(model, hessians, progress, bits);
+    const std::vector<double> knob_per_tensor(chosen.begin(), chosen.end());
+    CompressedModel result = codec.compress_model(model, hessians, progress, knob_per_tensor);
     int high = low;
-    for (std::size_t i : coded) high = std::max(high, bits[i]);
-    result.report.setting = low == high ? detail::concat("bits=", low) : detail::concat("bits=", low, "..", high);
+    for (std::size_t i : coded) high = std::max(high, chosen[i]);
+    result.report.setting = low == high ? detail::concat(knob.option, "=", low) : detail::concat(knob.option, "=", low, "..", high);
     result.report.passes = 2;
     return result;
 }
@@ -115,67 +190,35 @@ CompressedModel compress_to_target(const CodecType& codec, const ModelFile& mode
     require(std::isfinite(target.bits_per_weight) && target.bits_per_weight > 0.0, errc::invalid_argument, "target of ", target.bits_per_weight,
             " bits per weight must be positive");
     require(model.weight_count() > 0, errc::invalid_argument, "the model has no weights");
-    const MethodOptions& base = codec.options();
+    const MethodKnob knob = codec.knob();
     const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
-    const auto relative_miss = [&](std::uint64_t bytes) { return double(bytes) / target_bytes - 1.0; };
     CompressedModel result;
-    if (base.method == CompressionMethod::rtn || base.method == CompressionMethod::gptq) {
-        result = detail::compress_to_bits_target(codec, model, hessians, target, progress);
+    if (knob.integer) {
+        require(codec.predicts_sizes(), errc::invalid_argument, "rate control: method '",
+                codec.options().method, "' has an integer knob but does not predict its sizes");
+        result = detail::compress_to_integer_target(codec, model, hessians, target, progress);
     } else {
-        const bool grows = base.method == CompressionMethod::nwc;  // alpha: more bits as it grows
-        const double lowest = std::isnan(target.knob_min) ? (grows ? -2.0 : -12.0) : std::log2(target.knob_min);
-        const double highest = std::isnan(target.knob_max) ? 4.0 : std::log2(target.knob_max);
-        int passes = 0;
-        double best_u = 0.0, best_miss = INFINITY;
-        const auto evaluate = [&](double u) {
-            MethodOptions options = base;
+        const double lowest = std::log2(std::isnan(target.knob_min) ? knob.lowest : target.knob_min);
+        const double highest = std::log2(std::isnan(target.knob_max) ? knob.highest : target.knob_max);
+        detail::KnobSearch search(target_bytes, target.tolerance, target.max_passes, [&](double u) {
+            MethodOptions options = codec.with_knob(std::exp2(u)).options();
             options.measure = false;
-            (grows ? options.alpha : options.step) = float(std::exp2(u));
-            ++passes;
-            const CompressedModel pass = codec.with_options(options).compress_model(model, hessians, progress);
-            const double miss = relative_miss(pass.report.file_bytes);
-            if (std::fabs(miss) < std::fabs(best_miss)) best_miss = miss, best_u = u;
-            return std::log(double(pass.report.file_bytes) / target_bytes);  // > 0: too many bytes
-        };
-        // Start: alpha 1 (the codec as trained); for ecsq the high-rate Gaussian guess h = 2.05 - log2 Δ.
-        double u_a = grows ? 0.0 : std::clamp(2.047 - target.bits_per_weight, lowest, highest);
-        double f_a = evaluate(u_a), u_b = u_a, f_b = f_a;
-        const auto done = [&] { return std::fabs(best_miss) <= target.tolerance / 2 || passes >= target.max_passes; };
-        // Bracket: move towards the target in steps of doubling width.
-        for (double width = 1.0; !done() && (f_a > 0) == (f_b > 0); width *= 2.0) {
-            const bool lower_rate = f_b > 0;
-            const double direction = (lower_rate != grows) ? 1.0 : -1.0;
-            const double next = std::clamp(u_b + direction * width, lowest, highest);
-            if (next == u_b) break;  // the knob's range cannot reach the target
-            u_a = u_b, f_a = f_b;
-            u_b = next, f_b = evaluate(u_b);
-        }
-        while (!done() && (f_a > 0) != (f_b > 0) && std::fabs(u_b - u_a) > 1e-4) {
-            const double u = u_b - f_b * (u_b - u_a) / (f_b - f_a);
-            const double f = evaluate(u);
-            if ((f > 0) == (f_b > 0)) {
-                f_a /= 2;  // Illinois: the end kept again pulls half as hard, so the bracket shrinks from both sides
-            } else {
-                u_a = u_b, f_a = f_b;
-            }
-            u_b = u, f_b = f;
-        }
-        MethodOptions chosen = base;
-        (grows ? chosen.alpha : chosen.step) = float(std::exp2(best_u));
-        result = codec.with_options(chosen).compress_model(model, hessians, progress);
-        result.report.passes = passes + 1;
-        result.report.knob = std::exp2(best_u);
+            return double(codec.with_options(options).compress_model(model, hessians, progress).report.file_bytes);
+        });
+        search.bracket_and_narrow(std::clamp(knob.guess_intercept + knob.guess_slope * target.bits_per_weight, lowest, highest), lowest, highest,
+                                  knob.rate_grows);
+        result = codec.with_knob(std::exp2(search.best_u())).compress_model(model, hessians, progress);
+        result.report.passes = search.passes() + 1;
+        result.report.knob = std::exp2(search.best_u());
     }
     ModelReport& report = result.report;
     report.target_bits_per_weight = target.bits_per_weight;
-    const double miss = relative_miss(report.file_bytes);
+    const double miss = double(report.file_bytes) / target_bytes - 1.0;
     report.target_met = std::fabs(miss) <= target.tolerance;
-    if (!report.target_met) {
-        const bool integer_bits = base.method == CompressionMethod::rtn || base.method == CompressionMethod::gptq;
+    if (!report.target_met)
         report.note = detail::concat("achieved ", report.bits_per_weight(), " bits per weight, ", 100.0 * miss, "% from the target",
-                                     integer_bits ? ": integer bits per tensor (2..8) cannot land within the tolerance"
+                                     knob.integer ? ": integer knob values per tensor cannot land within the tolerance"
                                                   : ": the knob's range (or the fixed overhead of headers, scales, the codec and raw tensors) cannot reach it");
-    }
     return result;
 }
 

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -35,18 +36,19 @@ namespace nwc {
 
 /// Compresses a llama2.c or Hugging Face Llama `model` sequentially with `codec` (its method and
 /// options; LDLQ feedback follows codec.options().ldlq), calibrating on `calibration_tokens`
-/// (tokenize_for_evaluation). `bits_per_tensor` (rtn, gptq; model tensor order) overrides
-/// options.bits. `details`, when given, receives the per-step block errors and fine-tuning results.
+/// (tokenize_for_evaluation). `knob_per_tensor` (model tensor order), when not empty, sets the
+/// method's knob per tensor (rtn / gptq bits chosen by rate control). `details`, when given,
+/// receives the per-step block errors and fine-tuning results.
 template <class CodecType>
 CompressedModel compress_model_sequentially(const CodecType& codec, const ModelFile& model, std::span<const int> calibration_tokens,
-                                            const llm::SequentialCompressionOptions& options, std::span<const int> bits_per_tensor = {},
+                                            const llm::SequentialCompressionOptions& options, std::span<const double> knob_per_tensor = {},
                                             llm::SequentialCompressionReport* details = nullptr) {
     const auto start = std::chrono::steady_clock::now();
     std::optional<llm::LlamaWeights> weights = llama_weights_of(model);
     require(weights.has_value(), errc::unsupported, "sequential compression needs a llama2.c or Hugging Face Llama model, not a plain ",
             model_format_name(model.format), " file");
-    require(bits_per_tensor.empty() || bits_per_tensor.size() == model.tensors.size(), errc::invalid_argument, "sequential compression: ",
-            bits_per_tensor.size(), " bit widths for ", model.tensors.size(), " tensors");
+    require(knob_per_tensor.empty() || knob_per_tensor.size() == model.tensors.size(), errc::invalid_argument, "sequential compression: ",
+            knob_per_tensor.size(), " knob values for ", model.tensors.size(), " tensors");
     const llm::LlamaConfig config = weights->config;
     llm::LlamaModel network(std::move(*weights));
     const bool hf_layout = model.format == ModelFormat::hf_llama;
@@ -61,9 +63,8 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
         return std::size_t(tensor - model.tensors.data());
     };
     const auto coder_for = [&](std::size_t index) {
-        MethodOptions chosen = codec.options();
+        MethodOptions chosen = knob_per_tensor.empty() ? codec.options() : CodecType::options_with_knob(codec.options(), knob_per_tensor[index]);
         chosen.measure = true;  // the reconstruction is what the next layers are tuned against
-        if (!bits_per_tensor.empty()) chosen.bits = bits_per_tensor[index];
         return codec.with_options(chosen);
     };
 
@@ -92,7 +93,7 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
     // carries) is coded as compress_model() would, without a Hessian.
     for (std::size_t index = 0; index < count; ++index)
         if (!coded[index]) tensors[index] = coder_for(index).compress(model.tensors[index], nullptr, reports[index]);
-    return codec.assemble_model(model, std::move(tensors), std::move(reports), start, bits_per_tensor);
+    return codec.assemble_model(model, std::move(tensors), std::move(reports), start, knob_per_tensor);
 }
 
 /// Sequential compression landing within target.tolerance of target.bits_per_weight (see the
@@ -103,7 +104,6 @@ CompressedModel compress_sequentially_to_target(const CodecType& codec, const Mo
                                                 const llm::SequentialCompressionOptions& options, int max_corrections = 3,
                                                 llm::SequentialCompressionReport* details = nullptr) {
     CompressedModel searched = compress_to_target(codec, model, hessians, target);
-    const MethodOptions base = codec.options();
     const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
     const auto finish = [&](CompressedModel result, int passes) {
         ModelReport& report = result.report;
@@ -115,43 +115,37 @@ CompressedModel compress_sequentially_to_target(const CodecType& codec, const Mo
             report.note = detail::concat("achieved ", report.bits_per_weight(), " bits per weight after fine-tuning, ", 100.0 * miss, "% from the target");
         return result;
     };
-    if (base.method == CompressionMethod::rtn || base.method == CompressionMethod::gptq) {
-        CompressedModel result = compress_model_sequentially(codec, model, calibration_tokens, options, searched.report.bits_per_tensor, details);
+    const MethodKnob knob = codec.knob();
+    if (knob.integer) {
+        CompressedModel result = compress_model_sequentially(codec, model, calibration_tokens, options, searched.report.knob_per_tensor, details);
         result.report.setting = searched.report.setting;
         return finish(std::move(result), searched.report.passes + 1);
     }
-    const bool grows = base.method == CompressionMethod::nwc;
-    int passes = searched.report.passes;
+    // Fine-tuned weights code to slightly different sizes: secant corrections on sequential passes,
+    // from the searched knob and the slope d ln(bytes) / du of about +-(coded share of the weights)
+    // / bits per weight (one bit per coded weight per doubling of the knob), known after one pass.
+    std::optional<CompressedModel> best;
     llm::SequentialCompressionReport best_details, candidate_details;
-    const auto sequential_pass = [&](double u) {
-        MethodOptions chosen = base;
-        (grows ? chosen.alpha : chosen.step) = float(std::exp2(u));
-        ++passes;
-        CompressedModel result = compress_model_sequentially(codec.with_options(chosen), model, calibration_tokens, options, {}, &candidate_details);
+    double slope = 0.0;
+    detail::KnobSearch search(target_bytes, target.tolerance, max_corrections + 1, [&](double u) {
+        CompressedModel result =
+            compress_model_sequentially(codec.with_knob(std::exp2(u)), model, calibration_tokens, options, {}, &candidate_details);
         result.report.knob = std::exp2(u);
-        return result;
-    };
-    const auto miss_of = [&](const CompressedModel& result) { return std::log(double(result.report.file_bytes) / target_bytes); };
-    double u = std::log2(searched.report.knob);
-    CompressedModel best = sequential_pass(u);
-    best_details = std::move(candidate_details);
-    double f = miss_of(best), best_miss = f;
-    // Slope d ln(bytes) / du: about -/+ (coded share of the weights) / bits per weight for one
-    // bit per coded weight per doubling of the knob; then secant steps on what was measured.
-    double coded_weights = 0.0;
-    for (const TensorReport& tensor : best.report.tensors)
-        if (tensor.method != "raw") coded_weights += double(tensor.weights());
-    double slope = (grows ? 1.0 : -1.0) * coded_weights / double(model.weight_count()) / best.report.bits_per_weight();
-    for (int correction = 0; correction < max_corrections && std::fabs(std::expm1(best_miss)) > target.tolerance / 2; ++correction) {
-        const double next = u - f / slope;
-        CompressedModel candidate = sequential_pass(next);
-        const double g = miss_of(candidate);
-        if (std::fabs(next - u) > 1e-9 && std::fabs(g - f) > 1e-12) slope = (g - f) / (next - u);
-        if (std::fabs(g) < std::fabs(best_miss)) best = std::move(candidate), best_details = std::move(candidate_details), best_miss = g;
-        u = next, f = g;
-    }
+        const double bytes = double(result.report.file_bytes);
+        if (!best || std::fabs(bytes / target_bytes - 1.0) < std::fabs(double(best->report.file_bytes) / target_bytes - 1.0)) {
+            if (!best) {
+                double coded_weights = 0.0;
+                for (const TensorReport& tensor : result.report.tensors)
+                    if (tensor.method != "raw") coded_weights += double(tensor.weights());
+                slope = (knob.rate_grows ? 1.0 : -1.0) * coded_weights / double(model.weight_count()) / result.report.bits_per_weight();
+            }
+            best = std::move(result), best_details = std::move(candidate_details);
+        }
+        return bytes;
+    });
+    search.secant(std::log2(searched.report.knob), [&] { return slope; }, max_corrections);
     if (details != nullptr) *details = std::move(best_details);
-    return finish(std::move(best), passes);
+    return finish(std::move(*best), searched.report.passes + search.passes());
 }
 
 }  // namespace nwc

@@ -1,6 +1,7 @@
-// Decoding the tensors of a .nwc container: one validated plan per tensor (its method's layout,
-// the codec it needs), then every (tensor, segment) pair as an independent work item, so a file
-// decodes on any number of threads into the same values. Used by Codec::decompress*.
+// Decoding the tensors of a .nwc container: one validated plan per tensor (its method's parsed
+// layout, chosen from the codec's method list by the entry's method name), then every (tensor,
+// segment) pair as an independent work item, so a file decodes on any number of threads into the
+// same values. Used by Codec::decompress*.
 #pragma once
 
 #include <algorithm>
@@ -15,12 +16,9 @@
 #include <variant>
 #include <vector>
 
-#include "nwc/codec/codec_file.hpp"
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/container.hpp"
-#include "nwc/pipeline/method_ecsq.hpp"
-#include "nwc/pipeline/method_nwc.hpp"
-#include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/pipeline/method.hpp"
 
 namespace nwc {
 
@@ -52,57 +50,62 @@ void run_with_progress(std::int64_t count, int threads, const ProgressCallback& 
 
 struct RawPlan {};
 
+template <class Parsed>
+struct method_of;
+
+/// A parsed layout of method M (distinct types even where two methods share a Layout).
+template <class M>
+struct MethodLayout {
+    typename M::Layout layout;
+};
+
+template <class M>
+struct method_of<MethodLayout<M>> {
+    using type = M;
+};
+template <class Parsed>
+using method_of_t = typename method_of<Parsed>::type;
+
 /// Everything needed to decode one tensor, validated before any output is allocated.
+template <class... Methods>
 struct DecodePlan {
     std::size_t index = 0;
     std::string context;
-    std::variant<RawPlan, RtnMethod::Layout, EcsqMethod::Layout, NwcMethod::Layout> layout;
-    std::shared_ptr<const NeuralDecoder> decoder;
+    std::variant<RawPlan, MethodLayout<Methods>...> layout;
     std::size_t segments = 1;
     std::int64_t weights = 0;
 };
 
-/// Validates tensor `index`'s metadata and prepares its decoding (`decoder`: the parsed codec it
-/// refers to, or null to parse it here).
-inline DecodePlan make_decode_plan(const ContainerReader& reader, std::size_t index, std::shared_ptr<const NeuralDecoder> decoder) {
+/// Validates tensor `index`'s metadata and prepares its decoding with the method of the list it
+/// names (errc::unsupported for a method the list does not hold).
+template <class... Methods>
+DecodePlan<Methods...> make_decode_plan(const ContainerReader& reader, std::size_t index, DecodeResources& resources, MethodList<Methods...>) {
     const ContainerEntry& entry = reader.entry(index);
-    DecodePlan plan;
+    DecodePlan<Methods...> plan;
     plan.index = index;
     plan.context = reader.context() + ": tensor '" + entry.name + "' (" + entry.method + ")";
     plan.weights = entry.shape.numel();
-    if (entry.method == "raw") {
-        plan.layout = RawPlan{};
-        return plan;
-    }
+    if (entry.method == "raw") return plan;
     require(plan.weights <= std::int64_t(entry.payload_size) * max_weights_per_payload_byte, errc::limit, plan.context, ": ", plan.weights,
             " weights in ", entry.payload_size, " payload bytes (more than ", max_weights_per_payload_byte, " per byte)");
     const auto metadata = reader.metadata(index);
-    if (entry.method == "rtn" || entry.method == "gptq") {
-        require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
-        plan.layout = RtnMethod::parse(entry, metadata, plan.context);
-        plan.segments = std::get<RtnMethod::Layout>(plan.layout).segment_count();
-    } else if (entry.method == "ecsq") {
-        require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
-        plan.layout = EcsqMethod::parse(entry, metadata, plan.context);
-        plan.segments = std::get<EcsqMethod::Layout>(plan.layout).segment_count();
-    } else if (entry.method == "nwc") {
-        require(entry.codec_index >= 0, errc::corrupt, plan.context, ": an nwc tensor needs a codec");
-        if (!decoder)
-            decoder = std::make_shared<const NeuralDecoder>(parse_codec_decoder(reader.codec(std::size_t(entry.codec_index)),
-                                                                                    reader.context() + std::string(": codec ") + std::to_string(entry.codec_index)));
-        plan.layout = NwcMethod::parse(entry, metadata, *decoder, plan.context);
-        plan.segments = std::get<NwcMethod::Layout>(plan.layout).segment_count();
-        plan.decoder = std::move(decoder);
-    } else {
-        fail(errc::unsupported, plan.context, ": unknown method '", entry.method, "'");
-    }
+    const bool known = MethodList<Methods...>::visit(entry.method, [&]<class M>(std::type_identity<M>) {
+        if constexpr (uses_codec_blob<M>)
+            require(entry.codec_index >= 0, errc::corrupt, plan.context, ": a ", M::name, " tensor needs a codec");
+        else
+            require(entry.codec_index == -1, errc::corrupt, plan.context, ": refers to codec ", entry.codec_index);
+        auto& parsed = plan.layout.template emplace<MethodLayout<M>>(MethodLayout<M>{M::parse(entry, metadata, resources, plan.context)});
+        plan.segments = parsed.layout.segment_count();
+    });
+    require(known, errc::unsupported, plan.context, ": unknown method '", entry.method, "' (this build reads raw, ", MethodList<Methods...>::names(), ")");
     return plan;
 }
 
 /// Throws errc::corrupt unless every decoded weight of a coded tensor is finite: metadata with
 /// valid CRCs can still hold a step, scale or alpha whose product with the codes overflows (found
 /// by fuzz_container). Raw tensors keep whatever the source held. Blocks of 2^20 weights in parallel.
-inline void require_finite_outputs(const std::vector<DecodePlan>& plans, const std::vector<Tensor<float>*>& outputs, int threads) {
+template <class Plan>
+void require_finite_outputs(const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads) {
     constexpr std::int64_t block = std::int64_t(1) << 20;
     std::vector<std::pair<std::size_t, std::int64_t>> blocks;  // (plan, first weight)
     for (std::size_t p = 0; p < plans.size(); ++p)
@@ -119,8 +122,8 @@ inline void require_finite_outputs(const std::vector<DecodePlan>& plans, const s
 }
 
 /// Decodes every (plan, segment) pair as one work item into `outputs` (null: skip the tensor).
-template <class Backend>
-void decode_plans(const ContainerReader& reader, const std::vector<DecodePlan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
+template <class Backend, class Plan>
+void decode_plans(const ContainerReader& reader, const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
                   const ProgressCallback& progress, std::size_t tensors_total) {
     std::vector<std::pair<std::size_t, std::size_t>> items;  // (plan, segment)
     std::int64_t weights_total = 0;
@@ -131,7 +134,7 @@ void decode_plans(const ContainerReader& reader, const std::vector<DecodePlan>& 
     run_with_progress(std::int64_t(items.size()), threads, progress, "decompress", tensors_total, weights_total, [&](std::int64_t item) {
         // Not a structured binding: clang before 16 cannot capture one in the lambda below.
         const std::size_t p = items[std::size_t(item)].first, segment = items[std::size_t(item)].second;
-        const DecodePlan& plan = plans[p];
+        const Plan& plan = plans[p];
         const std::size_t done = segment + 1 == plan.segments ? 1 : 0;
         Tensor<float>* output = outputs[p];
         if (output == nullptr) return std::pair<std::size_t, std::int64_t>{done, plan.weights};
@@ -139,19 +142,12 @@ void decode_plans(const ContainerReader& reader, const std::vector<DecodePlan>& 
         const auto bytes = std::holds_alternative<RawPlan>(plan.layout) ? reader.payload(plan.index) : reader.segment(plan.index, segment);
         std::int64_t weights = plan.weights;
         std::visit(
-            [&](const auto& layout) {
-                using Layout = std::decay_t<decltype(layout)>;
-                if constexpr (std::is_same_v<Layout, RawPlan>) {
+            [&]<class Parsed>(const Parsed& parsed) {
+                if constexpr (std::is_same_v<Parsed, RawPlan>) {
                     *output = decode_float32(entry.original_dtype, entry.shape, bytes, plan.context);
-                } else if constexpr (std::is_same_v<Layout, RtnMethod::Layout>) {
-                    RtnMethod::decode_segment(layout, segment, bytes, output->view(), plan.context);
-                    weights = layout.segment_weights(segment);
-                } else if constexpr (std::is_same_v<Layout, EcsqMethod::Layout>) {
-                    EcsqMethod::decode_segment(layout, segment, bytes, output->view(), plan.context, Backend{});
-                    weights = layout.segment_weights(segment);
                 } else {
-                    NwcMethod::decode_segment(layout, *plan.decoder, segment, bytes, output->view(), plan.context, Backend{});
-                    weights = layout.segment_weights(segment, plan.decoder->architecture());
+                    method_of_t<Parsed>::decode_segment(parsed.layout, segment, bytes, output->view(), plan.context, Backend{});
+                    weights = parsed.layout.segment_weights(segment);
                 }
             },
             plan.layout);

@@ -1,0 +1,166 @@
+// The Method policy: what a per-tensor coding method provides so that the composed codec
+// (nwc::Codec<Backend, Selection, Methods...>, pipeline_codec.hpp) can code a matrix with it,
+// record it in the container, choose its rate and decode it again.
+//
+// Read me first:
+// - A method is a struct of static members, no state. Codec generates from its method list the
+//   name dispatch (MethodOptions::method -> encode), the decode dispatch (a container entry's
+//   method string -> parse -> a std::variant of the methods' Layouts -> decode_segment) and the
+//   list of names that tools print. A new method is one header plus one entry in the list
+//   (docs/ARCHITECTURE.md walks through tests/test_method_policy.cpp's toy method).
+// - Every method has ONE rate knob (MethodKnob): the MethodOptions field it reads ("bits",
+//   "step", "alpha"), whether it takes integers only and whether the rate grows with it. Rate
+//   control (rate_control.hpp) searches that knob for the whole file or chooses it per tensor.
+// - Encoding gets the weights (m x n, float32), the input Hessian or null, the options and the
+//   MethodResources (a trained codec for nwc); it returns the container bytes of the tensor and,
+//   when options.measure is set, the reconstruction the decoder will produce.
+// - Decoding is two steps: parse() validates the metadata against the entry (shape, segment
+//   count, codec reference) BEFORE the caller allocates the output, and returns a Layout;
+//   decode_segment() decodes one independently decodable segment into the output. Both throw
+//   nwc::error (corrupt, unsupported, limit) naming `context`, never assert on file bytes.
+// - Methods whose tensors need a codec blob of the container (the decoder half of a trained
+//   codec) set `static constexpr bool uses_codec_blob = true` and provide codec_blob(resources);
+//   the codec embeds the blob once and decoding gets it parsed and cached through DecodeResources.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeindex>
+#include <utility>
+
+#include "nwc/core/backend.hpp"
+#include "nwc/core/tensor.hpp"
+#include "nwc/io/container.hpp"
+#include "nwc/pipeline/method_common.hpp"
+
+namespace nwc {
+
+class NeuralCodec;
+
+/// A method's rate knob: which option it reads and how it moves the rate.
+struct MethodKnob {
+    std::string_view option;  ///< the MethodOptions field / CLI option ("bits", "step", "alpha")
+    bool integer = false;     ///< only integer values (bits per code)
+    bool rate_grows = true;   ///< more bytes as the knob grows (alpha, bits) or fewer (step)
+    double lowest = 0.0;      ///< the range rate control searches
+    double highest = 0.0;
+    /// Rate control's first guess for a file of B bits per weight: log2(knob) = intercept + slope B
+    /// (ecsq's high-rate Gaussian model: log2 Δ = 2.047 - B; nwc starts at alpha = 1).
+    double guess_intercept = 0.0;
+    double guess_slope = 0.0;
+};
+
+/// A matrix coded by one method, before the codec adds name, dtype and shape.
+struct EncodedMatrix {
+    ContainerTensor tensor;        ///< method, metadata, payload, segment sizes
+    Tensor<float> reconstruction;  ///< what the decoder will produce (empty when not computed)
+    bool used_feedback = false;
+    bool used_hessian = false;
+    std::string setting;
+};
+
+/// What a method may need beyond its options when encoding.
+struct MethodResources {
+    std::shared_ptr<const NeuralCodec> neural_codec;  ///< the trained codec (nwc)
+};
+
+/// Codec blobs of one container, parsed once per decode and shared by its tensors.
+class DecodeResources {
+public:
+    explicit DecodeResources(const ContainerReader& reader) : m_reader(&reader) {}
+
+    const ContainerReader& reader() const noexcept { return *m_reader; }
+
+    /// Codec blob `index` parsed by `parse(bytes, context)` into a T, cached per (index, T).
+    template <class T, class Parse>
+    std::shared_ptr<const T> codec_blob(std::int32_t index, Parse&& parse) {
+        std::lock_guard lock(m_mutex);
+        auto& slot = m_parsed[{index, std::type_index(typeid(T))}];
+        if (!slot) {
+            const std::string context = m_reader->context() + ": codec " + std::to_string(index);
+            slot = std::make_shared<const T>(parse(m_reader->codec(std::size_t(index)), context));
+        }
+        return std::static_pointer_cast<const T>(slot);
+    }
+
+private:
+    const ContainerReader* m_reader;
+    std::mutex m_mutex;
+    std::map<std::pair<std::int32_t, std::type_index>, std::shared_ptr<const void>> m_parsed;
+};
+
+/// The Method policy (see the header comment). `decode_segment` is checked for backend::scalar,
+/// the reference every backend must also provide.
+template <class M>
+concept Method = requires(const MethodOptions& options, MethodOptions& mutable_options, TensorView<const float> weights, const Tensor<double>* hessian,
+                          const MethodResources& resources, const ContainerEntry& entry, std::span<const std::uint8_t> bytes,
+                          DecodeResources& decode_resources, const std::string& context, const typename M::Layout& layout, std::size_t segment,
+                          TensorView<float> output) {
+    { M::name } -> std::convertible_to<std::string_view>;
+    { M::knob } -> std::convertible_to<MethodKnob>;
+    { M::knob_value(options) } -> std::convertible_to<double>;
+    M::set_knob(mutable_options, 1.0);
+    { M::stored_knob(bytes) } -> std::convertible_to<double>;
+    { M::encode(weights, hessian, options, resources) } -> std::same_as<EncodedMatrix>;
+    { M::parse(entry, bytes, decode_resources, context) } -> std::same_as<typename M::Layout>;
+    { layout.segment_count() } -> std::convertible_to<std::size_t>;
+    { layout.segment_weights(segment) } -> std::convertible_to<std::int64_t>;
+    M::decode_segment(layout, segment, bytes, output, context, backend::scalar{});
+};
+
+/// Whether M's tensors refer to a codec blob of the container (M::uses_codec_blob, false when absent);
+/// such a method also provides `static std::vector<std::uint8_t> codec_blob(const MethodResources&)`.
+template <class M>
+inline constexpr bool uses_codec_blob = [] {
+    if constexpr (requires { M::uses_codec_blob; }) return bool(M::uses_codec_blob);
+    else return false;
+}();
+
+/// A method whose sizes follow from the shape and options alone (rtn, gptq): rate control sizes
+/// every operating point exactly, without coding.
+template <class M>
+concept SizePredictingMethod = Method<M> && requires(const Shape& shape, const MethodOptions& options) {
+    { M::predicted_sizes(shape, options) } -> std::same_as<std::vector<std::uint64_t>>;  // metadata, then each segment
+};
+
+/// "step=0.4675": a method's knob as reports print it (integers without decimals).
+template <Method M>
+std::string knob_setting(double value) {
+    return M::knob.integer ? std::string(M::knob.option) + "=" + std::to_string(static_cast<long long>(value))
+                           : detail::knob_text(std::string(M::knob.option).c_str(), value);
+}
+
+/// An ordered list of methods: the name dispatch every codec generates from it.
+template <Method... Methods>
+struct MethodList {
+    static_assert(sizeof...(Methods) > 0, "nwc::MethodList needs at least one method");
+    static constexpr std::size_t size = sizeof...(Methods);
+    using first = std::tuple_element_t<0, std::tuple<Methods...>>;
+
+    /// Calls f(std::type_identity<M>{}) for the method named `name`; false if none is.
+    template <class F>
+    static bool visit(std::string_view name, F&& f) {
+        return ((name == Methods::name ? (f(std::type_identity<Methods>{}), true) : false) || ...);
+    }
+    static bool contains(std::string_view name) noexcept { return ((name == Methods::name) || ...); }
+    /// This list with more methods after its own: Codec<Backend, Selection, BuiltinMethods::append<MyMethod>>.
+    template <Method... Extra>
+    using append = MethodList<Methods..., Extra...>;
+    /// "nwc, ecsq, gptq, rtn": for messages and help texts.
+    static std::string names() {
+        std::string joined;
+        ((joined += (joined.empty() ? "" : ", ") + std::string(Methods::name)), ...);
+        return joined;
+    }
+};
+
+}  // namespace nwc
