@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "nwc/core/file_io.hpp"
@@ -59,17 +60,19 @@ std::vector<std::pair<nwc::dtype, std::vector<std::uint8_t>>> read_tensors(const
     return tensors;
 }
 
-const Workload& workload(const std::string& name) {
-    static std::map<std::string, Workload> cache;
-    auto found = cache.find(name);
+/// The tensors of one file, coded with the given options (default: the codec's defaults).
+const Workload& workload(const std::string& name, const nwc::LosslessFloatOptions& options = {}) {
+    static std::map<std::tuple<std::string, std::uint32_t, int>, Workload> cache;
+    const auto key = std::make_tuple(name, options.elements_per_segment, options.max_precision);
+    auto found = cache.find(key);
     if (found != cache.end()) return found->second;
-    Workload& work = cache[name];
+    Workload& work = cache[key];
     work.name = name;
     const std::string file = name == "gptneo" ? "gptneo125m_attn.safetensors" : name == "mt3" ? "mt3.safetensors" : "stories260K.bin";
     for (auto& [type, bytes] : read_tensors(file)) {
         CodedTensor tensor;
         tensor.original = std::move(bytes);
-        tensor.encoding = nwc::lossless_float::encode(tensor.original, type);
+        tensor.encoding = nwc::lossless_float::encode(tensor.original, type, options);
         tensor.layout = nwc::LosslessFloatLayout::parse(tensor.encoding.metadata, tensor.encoding.payload_bytes(), name);
         tensor.segments.assign(tensor.encoding.segments.begin(), tensor.encoding.segments.end());
         work.bytes += tensor.original.size();
@@ -99,8 +102,12 @@ double exponent_entropy(const CodedTensor& tensor) {
     return bits;
 }
 
+/// Sizes with state.range(0) elements per segment (0: default) and tables up to precision state.range(1) (0: default).
 void size(benchmark::State& state, const std::string& name) {
-    const Workload& work = workload(name);
+    nwc::LosslessFloatOptions options;
+    if (state.range(0) > 0) options.elements_per_segment = std::uint32_t(state.range(0));
+    if (state.range(1) > 0) options.max_precision = int(state.range(1));
+    const Workload& work = workload(name, options);
     if (!available(state, work)) return;
     for (auto _ : state) benchmark::DoNotOptimize(work.bytes);
     double stored = 0, plane0 = 0, plane1 = 0, entropy_bits = 0, elements = 0;
@@ -145,7 +152,9 @@ void encode(benchmark::State& state, const std::string& name) {
 /// Decodes every segment of every tensor into one preallocated output (what a loader does).
 template <class Backend>
 void decode(benchmark::State& state, const std::string& name, bool verify_checksum) {
-    const Workload& work = workload(name);
+    nwc::LosslessFloatOptions options;
+    if (state.range(0) > 0) options.elements_per_segment = std::uint32_t(state.range(0));
+    const Workload& work = workload(name, options);
     if (!available(state, work)) return;
     std::vector<std::uint8_t> target(work.bytes);
     for (auto _ : state) {
@@ -222,11 +231,18 @@ void checksum_only(benchmark::State& state, const std::string& name) {
 
 void register_all() {
     for (const std::string name : {"gptneo", "mt3", "stories"}) {
-        benchmark::RegisterBenchmark(("size/" + name).c_str(), size, name)->Iterations(1);
+        benchmark::RegisterBenchmark(("size/" + name).c_str(), size, name)->Args({0, 0})->ArgNames({"segment", "precision"})->Iterations(1);
+        if (name == "gptneo") {
+            auto* variants = benchmark::RegisterBenchmark("size_variants/gptneo", size, name)->ArgNames({"segment", "precision"})->Iterations(1);
+            for (std::int64_t segment : {16384, 262144, 1048576}) variants->Args({segment, 0});
+            variants->Args({0, 16});
+        }
         benchmark::RegisterBenchmark(("memcpy/" + name).c_str(), memcpy_reference, name)->Unit(benchmark::kMillisecond);
-        benchmark::RegisterBenchmark(("decode_simd/" + name).c_str(), decode<nwc::backend::simd>, name, true)->Unit(benchmark::kMillisecond);
-        benchmark::RegisterBenchmark(("decode_simd_no_crc/" + name).c_str(), decode<nwc::backend::simd>, name, false)->Unit(benchmark::kMillisecond);
-        benchmark::RegisterBenchmark(("decode_scalar/" + name).c_str(), decode<nwc::backend::scalar>, name, true)->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("decode_simd/" + name).c_str(), decode<nwc::backend::simd>, name, true)->Arg(0)->ArgName("segment")->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("decode_simd_no_crc/" + name).c_str(), decode<nwc::backend::simd>, name, false)->Arg(0)->ArgName("segment")->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("decode_scalar/" + name).c_str(), decode<nwc::backend::scalar>, name, true)->Arg(0)->ArgName("segment")->Unit(benchmark::kMillisecond);
+        if (name == "gptneo")
+            benchmark::RegisterBenchmark("decode_simd_variants/gptneo", decode<nwc::backend::simd>, name, true)->ArgName("segment")->Arg(16384)->Arg(262144)->Arg(1048576)->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("rans_only_simd/" + name).c_str(), decode_rans_only<nwc::backend::simd>, name)->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("rans_only_scalar/" + name).c_str(), decode_rans_only<nwc::backend::scalar>, name)->Unit(benchmark::kMillisecond);
         if (name != "stories") {

@@ -93,8 +93,15 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
         nwc::detail::split_float_planes(type, bytes.data() + first * element_size, std::size_t(end - first), targets);
         auto& histogram = histograms[std::size_t(r)];
         histogram.fill(0);
-        for (std::size_t p = 0; p < plane_count; ++p)
-            for (std::uint64_t i = first; i < end; ++i) ++histogram[256 * p + plane(p)[i]];
+        for (std::size_t p = 0; p < plane_count; ++p) {
+            // Four interleaved counters: runs of one exponent would otherwise wait on each increment.
+            std::array<std::array<std::uint64_t, 256>, 4> lanes{};
+            const std::uint8_t* values = plane(p);
+            std::uint64_t i = first;
+            for (; i + 4 <= end; i += 4) ++lanes[0][values[i]], ++lanes[1][values[i + 1]], ++lanes[2][values[i + 2]], ++lanes[3][values[i + 3]];
+            for (; i < end; ++i) ++lanes[0][values[i]];
+            for (std::size_t v = 0; v < 256; ++v) histogram[256 * p + v] = lanes[0][v] + lanes[1][v] + lanes[2][v] + lanes[3][v];
+        }
     });
 
     LosslessFloatEncoding result;
