@@ -189,7 +189,7 @@ void decode_rans_only(benchmark::State& state, const std::string& name) {
             for (const auto& segment : tensor.segments) {
                 std::uint32_t stream_size;
                 std::memcpy(&stream_size, segment.data() + 4, 4);
-                const auto stream = segment.subspan(nwc::lossless_float::detail::segment_header_bytes(tensor.layout.coded_plane_count()), stream_size);
+                const auto stream = segment.subspan(nwc::detail::lossless_segment_header_bytes(tensor.layout.coded_plane_count()), stream_size);
                 const nwc::RansStreamIndex index = nwc::rans::read_index(stream, tables, false);
                 nwc::rans::decode_segment(stream, index, tables, 0, std::span<std::int32_t>(symbols).first(index.symbol_count), Backend{});
             }

@@ -76,7 +76,7 @@ LosslessFloatEncoding check_round_trip(std::span<const std::uint8_t> original, d
     REQUIRE(threaded.segments == coded.segments);
     std::uint64_t plane_total = 0;
     for (std::uint64_t bytes : coded.plane_bytes) plane_total += bytes;
-    CHECK(coded.payload_bytes() == plane_total + coded.segments.size() * lossless_float::detail::segment_header_bytes(coded.layout.coded_plane_count()));
+    CHECK(coded.payload_bytes() == plane_total + coded.segments.size() * detail::lossless_segment_header_bytes(coded.layout.coded_plane_count()));
     const std::vector<std::uint8_t> expected(original.begin(), original.end());
     for (int threads : {1, 2, 3}) {
         REQUIRE(lossless_float::decode(coded, backend::scalar{}, threads) == expected);
@@ -154,7 +154,7 @@ TEST_CASE("lossless_float: weight-like tensors with escapes, specials and tails 
                 options.max_precision = precision;
                 options.elements_per_segment = 1 + std::uint32_t(random.below(40000));
                 const LosslessFloatEncoding coded = check_round_trip(bytes, type, options);
-                CHECK(coded.layout.modes[0] == PlaneMode::coded);
+                CHECK(coded.layout.modes[0] == FloatPlaneMode::coded);
                 if (count > 1000) CHECK(coded.stored_bytes() < bytes.size() * (type == dtype::f32 ? 0.87 : type == dtype::f16 ? 0.9 : 0.72));
             }
         }
@@ -169,25 +169,25 @@ TEST_CASE("lossless_float: f32 random bit patterns, special values and every pla
                                       1u,          0x807FFFFFu, 0x00800000u, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x3F800000u, 0xBF800000u};
     for (std::size_t i = 0; i < std::size(specials); ++i) patterns[i * 997] = specials[i];
     const LosslessFloatEncoding uniform = check_round_trip(bytes_of(patterns), dtype::f32);
-    for (std::size_t p = 1; p < 4; ++p) CHECK(uniform.layout.modes[p] == PlaneMode::raw);
+    for (std::size_t p = 1; p < 4; ++p) CHECK(uniform.layout.modes[p] == FloatPlaneMode::raw);
 
     // f32 widened from f16: bits 0..12 are zero (plane 2 constant), plane 3 holds 3 varying bits (coded).
     std::vector<float> widened(50000);
     for (auto& value : widened) value = to_float(to_half(0.05f * random.normal()));
     const LosslessFloatEncoding modes = check_round_trip(bytes_of(widened), dtype::f32);
-    CHECK(modes.layout.modes[1] == PlaneMode::raw);
-    CHECK(modes.layout.modes[2] == PlaneMode::constant);
-    CHECK(modes.layout.modes[3] == PlaneMode::coded);
+    CHECK(modes.layout.modes[1] == FloatPlaneMode::raw);
+    CHECK(modes.layout.modes[2] == FloatPlaneMode::constant);
+    CHECK(modes.layout.modes[3] == FloatPlaneMode::coded);
     CHECK(modes.plane_bytes[2] == 0);
 
     // f32 widened from bf16: both low planes constant; one value everywhere: plane 0 still coded.
     std::vector<float> from_bf16(40000), ones(40000, 1.0f);
     for (auto& value : from_bf16) value = to_float(to_bfloat16(random.normal()));
     const LosslessFloatEncoding halves = check_round_trip(bytes_of(from_bf16), dtype::f32);
-    CHECK((halves.layout.modes[2] == PlaneMode::constant && halves.layout.modes[3] == PlaneMode::constant));
+    CHECK((halves.layout.modes[2] == FloatPlaneMode::constant && halves.layout.modes[3] == FloatPlaneMode::constant));
     const LosslessFloatEncoding constant = check_round_trip(bytes_of(ones), dtype::f32);
-    CHECK(constant.layout.modes[0] == PlaneMode::coded);
-    CHECK(constant.layout.modes[1] == PlaneMode::constant);
+    CHECK(constant.layout.modes[0] == FloatPlaneMode::coded);
+    CHECK(constant.layout.modes[1] == FloatPlaneMode::constant);
     CHECK(constant.stored_bytes() < 1000);
 }
 
@@ -266,7 +266,7 @@ TEST_CASE("lossless_float: real GPT-Neo (bf16) and MT3 (f16) weights round-trip 
             for (double c : counts)
                 if (c > 0) entropy_bits -= c * std::log2(c / double(count));
             CHECK(double(coded.plane_bytes[0]) <= 1.01 * entropy_bits / 8 + 180.0 * double(coded.segments.size()));
-            CHECK(coded.layout.modes[1] == PlaneMode::raw);
+            CHECK(coded.layout.modes[1] == FloatPlaneMode::raw);
             original += bytes.size();
             stored += coded.stored_bytes();
         }
@@ -324,14 +324,14 @@ void poke(std::vector<std::uint8_t>& bytes, std::size_t at, T value) {
 std::vector<std::uint8_t> forge_segment(const LosslessFloatLayout& layout, std::span<const std::uint8_t> segment, std::size_t plane,
                                         std::span<const std::uint8_t> replacement) {
     std::vector<std::vector<std::uint8_t>> parts;
-    std::size_t at = lossless_float::detail::segment_header_bytes(layout.coded_plane_count()), field = 4;
+    std::size_t at = detail::lossless_segment_header_bytes(layout.coded_plane_count()), field = 4;
     for (std::size_t p = 0; p < layout.plane_count(); ++p) {
         std::size_t size = 0;
-        if (layout.modes[p] == PlaneMode::coded) {
+        if (layout.modes[p] == FloatPlaneMode::coded) {
             std::uint32_t stream_size;
             std::memcpy(&stream_size, segment.data() + field, 4);
             size = stream_size, field += 4;
-        } else if (layout.modes[p] == PlaneMode::raw) {
+        } else if (layout.modes[p] == FloatPlaneMode::raw) {
             size = layout.segment_elements(0);
         }
         parts.emplace_back(segment.begin() + std::ptrdiff_t(at), segment.begin() + std::ptrdiff_t(at + size));
@@ -341,7 +341,7 @@ std::vector<std::uint8_t> forge_segment(const LosslessFloatLayout& layout, std::
     ByteWriter out;
     out.put_u32(0);
     for (std::size_t p = 0; p < layout.plane_count(); ++p)
-        if (layout.modes[p] == PlaneMode::coded) out.put_u32(std::uint32_t(parts[p].size()));
+        if (layout.modes[p] == FloatPlaneMode::coded) out.put_u32(std::uint32_t(parts[p].size()));
     for (const auto& part : parts) out.put_bytes(part);
     std::vector<std::uint8_t> bytes = out.take();
     poke(bytes, 0, crc32c(std::span<const std::uint8_t>(bytes).subspan(4)));
@@ -506,7 +506,7 @@ TEST_CASE("lossless_float: truncated, corrupt and forged segments fail safely an
     std::vector<float> widened(2000);
     for (auto& value : widened) value = to_float(to_half(0.05f * random.normal()));
     const LosslessFloatEncoding f32 = lossless_float::encode(bytes_of(widened), dtype::f32);
-    REQUIRE(f32.layout.modes[3] == PlaneMode::coded);
+    REQUIRE(f32.layout.modes[3] == FloatPlaneMode::coded);
     std::vector<std::int32_t> plane3(2000);
     for (std::size_t i = 0; i < plane3.size(); ++i) plane3[i] = std::int32_t((float_bits(widened[i]) >> 8) & 0xFF);
     plane3[17] = -5;

@@ -59,11 +59,12 @@ struct LosslessFloatEncoding {
     std::uint64_t stored_bytes() const noexcept { return metadata.size() + payload_bytes(); }
 };
 
-namespace lossless_float {
-
 namespace detail {
-inline constexpr std::size_t segment_header_bytes(std::size_t coded_planes) noexcept { return 4 + 4 * coded_planes; }
+/// Bytes before a segment's planes: its CRC-32C and one stream size per coded plane.
+inline constexpr std::size_t lossless_segment_header_bytes(std::size_t coded_planes) noexcept { return 4 + 4 * coded_planes; }
 }  // namespace detail
+
+namespace lossless_float {
 
 /// Codes the little-endian elements in `bytes` (bf16, f16 or f32). Throws nwc::error:
 /// unsupported (another dtype), invalid_argument (bad options, a byte count that is not a multiple
@@ -84,13 +85,13 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
     std::vector<std::uint8_t> planes(bytes.size());
     auto plane = [&](std::size_t p) { return planes.data() + p * count; };
     const std::int64_t ranges = std::int64_t(std::min<std::uint64_t>(segment_count, 64));
-    std::vector<std::array<std::uint64_t, 256 * nwc::detail::lossless_max_planes>> histograms{std::size_t(ranges)};
+    std::vector<std::array<std::uint64_t, 256 * detail::lossless_max_planes>> histograms{std::size_t(ranges)};
     parallel_for(ranges, options.threads, [&](std::int64_t r) {
         const std::uint64_t first = segment_count * std::uint64_t(r) / std::uint64_t(ranges) * per_segment;
         const std::uint64_t end = std::min(count, segment_count * std::uint64_t(r + 1) / std::uint64_t(ranges) * per_segment);
-        std::uint8_t* targets[nwc::detail::lossless_max_planes] = {};
+        std::uint8_t* targets[detail::lossless_max_planes] = {};
         for (std::size_t p = 0; p < plane_count; ++p) targets[p] = plane(p) + first;
-        nwc::detail::split_float_planes(type, bytes.data() + first * element_size, std::size_t(end - first), targets);
+        detail::split_float_planes(type, bytes.data() + first * element_size, std::size_t(end - first), targets);
         auto& histogram = histograms[std::size_t(r)];
         histogram.fill(0);
         for (std::size_t p = 0; p < plane_count; ++p) {
@@ -116,17 +117,17 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
             for (std::size_t v = 0; v < 256; ++v) counts[v] += histogram[256 * p + v];
         const auto distinct = std::count_if(counts.begin(), counts.end(), [](std::uint64_t c) { return c > 0; });
         if (p > 0 && distinct == 1) {
-            layout.modes[p] = PlaneMode::constant;
+            layout.modes[p] = FloatPlaneMode::constant;
             layout.constants[p] = std::uint8_t(std::find_if(counts.begin(), counts.end(), [](std::uint64_t c) { return c > 0; }) - counts.begin());
             continue;
         }
-        nwc::detail::PlaneTableFit fit = nwc::detail::fit_plane_table(counts, options.max_precision);
+        detail::PlaneTableFit fit = detail::fit_plane_table(counts, options.max_precision);
         const double raw_bits = 8.0 * double(count);
         if (p == 0 || fit.bits <= (1.0 - options.min_coding_gain) * raw_bits) {
-            layout.modes[p] = PlaneMode::coded;
+            layout.modes[p] = FloatPlaneMode::coded;
             layout.tables[p] = CdfTableSet({std::move(fit.table)});
         } else {
-            layout.modes[p] = PlaneMode::raw;
+            layout.modes[p] = FloatPlaneMode::raw;
         }
     }
     ByteWriter metadata;
@@ -134,14 +135,14 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
     result.metadata = metadata.take();
 
     result.segments.resize(std::size_t(segment_count));
-    std::vector<std::array<std::uint64_t, nwc::detail::lossless_max_planes>> segment_plane_bytes{std::size_t(segment_count)};
+    std::vector<std::array<std::uint64_t, detail::lossless_max_planes>> segment_plane_bytes{std::size_t(segment_count)};
     parallel_for(std::int64_t(segment_count), options.threads, [&](std::int64_t s) {
         const std::uint64_t first = layout.first_element(std::size_t(s));
         const std::uint32_t elements = layout.segment_elements(std::size_t(s));
         thread_local std::vector<std::int32_t> symbols;
-        std::array<std::vector<std::uint8_t>, nwc::detail::lossless_max_planes> streams;
+        std::array<std::vector<std::uint8_t>, detail::lossless_max_planes> streams;
         for (std::size_t p = 0; p < plane_count; ++p) {
-            if (layout.modes[p] != PlaneMode::coded) continue;
+            if (layout.modes[p] != FloatPlaneMode::coded) continue;
             symbols.assign(plane(p) + first, plane(p) + first + elements);
             RangeCoderOptions coder;
             coder.segment_size = elements;
@@ -150,12 +151,12 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
         ByteWriter out;
         out.put_u32(0);  // CRC-32C, patched below
         for (std::size_t p = 0; p < plane_count; ++p)
-            if (layout.modes[p] == PlaneMode::coded) out.put_u32(std::uint32_t(streams[p].size()));
+            if (layout.modes[p] == FloatPlaneMode::coded) out.put_u32(std::uint32_t(streams[p].size()));
         auto& sizes = segment_plane_bytes[std::size_t(s)];
         for (std::size_t p = 0; p < plane_count; ++p) {
-            if (layout.modes[p] == PlaneMode::coded) out.put_bytes(streams[p]);
-            if (layout.modes[p] == PlaneMode::raw) out.put_bytes({plane(p) + first, elements});
-            sizes[p] = layout.modes[p] == PlaneMode::coded ? streams[p].size() : layout.modes[p] == PlaneMode::raw ? elements : 0;
+            if (layout.modes[p] == FloatPlaneMode::coded) out.put_bytes(streams[p]);
+            if (layout.modes[p] == FloatPlaneMode::raw) out.put_bytes({plane(p) + first, elements});
+            sizes[p] = layout.modes[p] == FloatPlaneMode::coded ? streams[p].size() : layout.modes[p] == FloatPlaneMode::raw ? elements : 0;
         }
         std::vector<std::uint8_t> segment = out.take();
         const std::uint32_t crc = crc32c(std::span<const std::uint8_t>(segment).subspan(4));
@@ -179,7 +180,7 @@ void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std:
     require(out.size() == layout.segment_output_bytes(segment), errc::invalid_argument, context, ": segment ", segment, " decodes to ",
             layout.segment_output_bytes(segment), " bytes, output has room for ", out.size());
     const std::size_t plane_count = layout.plane_count(), coded_planes = layout.coded_plane_count();
-    const std::size_t header_bytes = detail::segment_header_bytes(coded_planes);
+    const std::size_t header_bytes = detail::lossless_segment_header_bytes(coded_planes);
     require(bytes.size() >= header_bytes, errc::truncated, context, ": segment ", segment, " has ", bytes.size(), " bytes, its header needs ",
             header_bytes);
     std::uint32_t stored_crc;
@@ -190,15 +191,15 @@ void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std:
                 " does not match the stored 0x", stored_crc);
     }
     // Where each plane's bytes lie; all sizes are checked against the segment before any is used.
-    std::array<std::span<const std::uint8_t>, nwc::detail::lossless_max_planes> parts;
+    std::array<std::span<const std::uint8_t>, detail::lossless_max_planes> parts;
     std::uint64_t at = header_bytes;
     for (std::size_t p = 0, field = 4; p < plane_count; ++p) {
         std::uint64_t size = 0;
-        if (layout.modes[p] == PlaneMode::coded) {
+        if (layout.modes[p] == FloatPlaneMode::coded) {
             std::uint32_t stream_size;
             std::memcpy(&stream_size, bytes.data() + field, 4);
             size = stream_size, field += 4;
-        } else if (layout.modes[p] == PlaneMode::raw) {
+        } else if (layout.modes[p] == FloatPlaneMode::raw) {
             size = elements;
         }
         require(at + size <= bytes.size(), errc::truncated, context, ": segment ", segment, ": plane ", p, " needs bytes [", at, ", ", at + size,
@@ -212,13 +213,13 @@ void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std:
     thread_local std::vector<std::uint8_t> byte_planes;
     exponents.resize(elements);
     byte_planes.resize(std::size_t(elements) * (plane_count - 1));
-    nwc::detail::FloatPlaneSources sources;
+    detail::FloatPlaneSources sources;
     sources.plane0 = exponents.data();
     for (std::size_t p = 0; p < plane_count; ++p) {
         std::uint8_t* scratch = p > 0 ? byte_planes.data() + (p - 1) * elements : nullptr;
-        if (layout.modes[p] == PlaneMode::raw) {
+        if (layout.modes[p] == FloatPlaneMode::raw) {
             sources.bytes[p] = parts[p].data();
-        } else if (layout.modes[p] == PlaneMode::constant) {
+        } else if (layout.modes[p] == FloatPlaneMode::constant) {
             std::memset(scratch, layout.constants[p], elements);
             sources.bytes[p] = scratch;
         } else {
@@ -239,13 +240,13 @@ void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std:
                      parts[p].data() - bytes.data() + std::ptrdiff_t(parts[p].size()), "): ", bad.message());
             }
             if (p > 0) {
-                require(nwc::detail::narrow_plane(symbols.data(), elements, scratch, backend), errc::corrupt, context, ": segment ", segment,
+                require(detail::narrow_plane(symbols.data(), elements, scratch, backend), errc::corrupt, context, ": segment ", segment,
                         ": plane ", p, " decodes a value outside 0..255 (a corrupt escape code)");
                 sources.bytes[p] = scratch;
             }
         }
     }
-    require(nwc::detail::merge_float_planes(layout.type, sources, elements, out.data(), backend), errc::corrupt, context, ": segment ", segment,
+    require(detail::merge_float_planes(layout.type, sources, elements, out.data(), backend), errc::corrupt, context, ": segment ", segment,
             ": plane 0 decodes a value outside 0..255 (a corrupt escape code)");
 }
 

@@ -52,7 +52,7 @@ struct LosslessFloatOptions {
 };
 
 /// How a byte plane is stored.
-enum class PlaneMode : std::uint8_t {
+enum class FloatPlaneMode : std::uint8_t {
     raw = 0,       ///< one byte per element
     coded = 1,     ///< a rANS stream under the plane's table
     constant = 2,  ///< every element has the same byte; nothing stored
@@ -86,7 +86,7 @@ struct LosslessFloatLayout {
     std::uint64_t element_count = 0;
     std::uint32_t elements_per_segment = 65536;
     std::uint32_t segment_count = 0;
-    std::array<PlaneMode, detail::lossless_max_planes> modes{};
+    std::array<FloatPlaneMode, detail::lossless_max_planes> modes{};
     std::array<std::uint8_t, detail::lossless_max_planes> constants{};  ///< the byte of a constant plane
     std::array<CdfTableSet, detail::lossless_max_planes> tables;         ///< the table of a coded plane
 
@@ -101,7 +101,7 @@ struct LosslessFloatLayout {
     std::size_t segment_output_bytes(std::size_t segment) const noexcept { return std::size_t(segment_elements(segment)) * element_size(); }
     std::size_t coded_plane_count() const noexcept {
         std::size_t coded = 0;
-        for (std::size_t p = 0; p < plane_count(); ++p) coded += modes[p] == PlaneMode::coded;
+        for (std::size_t p = 0; p < plane_count(); ++p) coded += modes[p] == FloatPlaneMode::coded;
         return coded;
     }
 
@@ -120,7 +120,7 @@ struct LosslessFloatLayout {
             body.put_u8(constants[p]);
         }
         for (std::size_t p = 0; p < plane_count(); ++p)
-            if (modes[p] == PlaneMode::coded) tables[p].write(body);
+            if (modes[p] == FloatPlaneMode::coded) tables[p].write(body);
         out.put_bytes(body.bytes());
         out.put_u32(crc32c(body.bytes()));
     }
@@ -165,14 +165,14 @@ struct LosslessFloatLayout {
             const std::size_t at = in.offset();
             const std::uint8_t mode = in.get_u8();
             layout.constants[p] = in.get_u8();
-            require(mode <= std::uint8_t(PlaneMode::constant), errc::corrupt, where, ": plane ", p, " has mode ", int(mode), " at offset ", at);
-            layout.modes[p] = PlaneMode(mode);
-            require(p != 0 || layout.modes[p] == PlaneMode::coded, errc::corrupt, where, ": plane 0 is not coded");
-            require(layout.modes[p] == PlaneMode::constant || layout.constants[p] == 0, errc::corrupt, where, ": plane ", p,
+            require(mode <= std::uint8_t(FloatPlaneMode::constant), errc::corrupt, where, ": plane ", p, " has mode ", int(mode), " at offset ", at);
+            layout.modes[p] = FloatPlaneMode(mode);
+            require(p != 0 || layout.modes[p] == FloatPlaneMode::coded, errc::corrupt, where, ": plane 0 is not coded");
+            require(layout.modes[p] == FloatPlaneMode::constant || layout.constants[p] == 0, errc::corrupt, where, ": plane ", p,
                     " is not constant but has the value ", int(layout.constants[p]), " at offset ", at + 1);
         }
         for (std::size_t p = 0; p < layout.plane_count(); ++p) {
-            if (layout.modes[p] != PlaneMode::coded) continue;
+            if (layout.modes[p] != FloatPlaneMode::coded) continue;
             const std::size_t at = in.offset();
             layout.tables[p] = CdfTableSet::read(in);
             const CdfTableSet& set = layout.tables[p];
