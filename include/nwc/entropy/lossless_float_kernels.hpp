@@ -15,7 +15,7 @@
 // - backend::simd: xsimd batches for the bit arithmetic, with widening/narrowing loads per
 //   instruction set (AVX-512BW, AVX2; a generic fallback through memory elsewhere); the tail goes
 //   to the scalar reference, so both give the same bytes. Splitting (the encoder's side) is scalar:
-//   the scalar rANS encoder bounds encoding at ~20x its cost.
+//   the scalar rANS encoder takes ~6x its time (docs/bench/lossless.md).
 #pragma once
 
 #include <cstddef>
