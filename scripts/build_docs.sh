@@ -13,10 +13,10 @@ echo "Readers treat every byte as hostile: sizes are checked against the bytes p
 echo "is allocated, and every violation is an \`nwc::error\` naming the context and byte offset."
 echo
 echo "Sections (one per component; the sources of this page are in docs/format/):"
-for f in container methods rans codec quant safetensors llm; do
+for f in container methods rans lossless_float codec quant safetensors llm; do
   [ -f docs/format/$f.md ] && echo "- [$(head -1 docs/format/$f.md | sed 's/^# *//')](#$(head -1 docs/format/$f.md | sed 's/^# *//' | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9 -]//g; s/ /-/g'))"
 done
-for f in container methods rans codec quant safetensors llm; do
+for f in container methods rans lossless_float codec quant safetensors llm; do
   [ -f docs/format/$f.md ] || continue
   echo; echo "---"; echo
   demote docs/format/$f.md
@@ -31,7 +31,7 @@ echo "(load average 4-19 on 2 cores), so the pages quote CPU time where wall tim
 echo "figure comes with its same-run reference (scalar path, Eigen GEMM, memcpy) and the command that"
 echo "produced it. No GPU was lent to this task: the CUDA programs are compiled and linked, not measured."
 echo
-for f in report pipeline codec decode range_coder autograd quant finetune llm io; do
+for f in report pipeline codec decode range_coder lossless autograd quant finetune llm io; do
   [ -f docs/bench/$f.md ] || continue
   echo; echo "---"; echo
   demote docs/bench/$f.md | sed 's|](report.svg)|](bench/report.svg)|'

@@ -128,6 +128,19 @@ TEST_CASE("crc32c: standard check value and incremental use", "[checksum]") {
     CHECK(crc32c({}) == 0u);
 }
 
+TEST_CASE("crc32c: the instruction-based version equals the table version", "[checksum]") {
+    std::vector<std::uint8_t> bytes(300);
+    Random random(11);
+    for (auto& byte : bytes) byte = std::uint8_t(random.next_u32());
+    const std::span<const std::uint8_t> all(bytes);
+    for (std::size_t first = 0; first < 9; ++first)
+        for (std::size_t size = 0; first + size <= bytes.size(); size += 1 + size / 7) {
+            const auto part = all.subspan(first, size);
+            REQUIRE(crc32c(part) == detail::crc32c_portable(part));
+            REQUIRE(crc32c(part, 0x12345678u) == detail::crc32c_portable(part, 0x12345678u));
+        }
+}
+
 TEST_CASE("file_io: atomic writes never clobber a good file", "[file_io]") {
     const auto folder = std::filesystem::temp_directory_path() / "nwc_test_core_files";
     std::filesystem::remove_all(folder);
