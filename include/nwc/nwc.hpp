@@ -28,7 +28,11 @@
 
 #include "nwc/entropy/cdf_table.hpp"
 #include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/context_rans.hpp"
+#include "nwc/entropy/context_rans_lanes.hpp"
+#include "nwc/entropy/context_rans_simd.hpp"
 #include "nwc/entropy/factorized_prior.hpp"
+#include "nwc/entropy/lane_state_machine.hpp"
 #include "nwc/entropy/prior_kernels.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/entropy/rans_format.hpp"
@@ -46,6 +50,9 @@
 #include "nwc/quant/quantizer_concept.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
 #include "nwc/quant/scalar_quantizers.hpp"
+#include "nwc/quant/trellis.hpp"
+#include "nwc/quant/trellis_quantizer.hpp"
+#include "nwc/quant/trellis_search.hpp"
 
 #include "nwc/io/container.hpp"
 #include "nwc/io/container_format.hpp"

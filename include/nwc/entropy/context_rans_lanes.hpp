@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -118,11 +119,15 @@ inline std::pair<std::uint32_t, std::uint32_t> context_encode_segment(const Cont
     // The machine forwards, lane by lane: each value's context and table symbol.
     std::uint32_t lane_states[rans::lane_count] = {};
     const std::int64_t stride = bound.value_stride;
+    // A power-of-two stride (2 for trellis-coded quantization) divides by an arithmetic shift.
+    const int stride_shift = std::has_single_bit(std::uint64_t(stride)) ? std::countr_zero(std::uint64_t(stride)) : -1;
     for (std::size_t i = 0; i < values.size(); ++i) {
         std::uint32_t& state = lane_states[i % rans::lane_count];
         const std::uint32_t context = bound.state_contexts[state];
         const std::int64_t offset_value = std::int64_t(values[i]) - bound.addends[context];
-        const std::int64_t symbol = offset_value >= 0 ? offset_value / stride : -((-offset_value + stride - 1) / stride);
+        const std::int64_t symbol = stride_shift >= 0    ? offset_value >> stride_shift
+                                    : offset_value >= 0 ? offset_value / stride
+                                                        : -((-offset_value + stride - 1) / stride);
         require(symbol * stride == offset_value && symbol >= std::numeric_limits<std::int32_t>::min() &&
                     symbol <= std::numeric_limits<std::int32_t>::max(),
                 errc::invalid_argument, "context_rans::encode: value ", values[i], " at index ", first_index + i, " is not ", stride,

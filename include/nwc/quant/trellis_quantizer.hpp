@@ -50,6 +50,12 @@ struct TrellisQuantizerOptions {
     int threads = 1;                         ///< for quantize_stream (0 = all); results do not depend on it
 };
 
+/// What fit()'s last pass measured on its sample.
+struct TrellisFitResult {
+    double bits_per_value = 0.0;  ///< ideal code length under the refitted tables
+    double squared_error = 0.0;   ///< mean squared error, grid units
+};
+
 /// Entropy-coded trellis-coded quantization of values in grid units.
 class TrellisQuantizer {
 public:
@@ -76,8 +82,8 @@ public:
     /// Fits the model to `values` (grid units): an ECSQ-like start, then fit_passes x (search a
     /// sample of whole lane paths, refit the tables to its symbols; with automatic μ, set μ from
     /// its MSE). Throws nwc::error(invalid_argument) on a value that is not finite or too large.
-    void fit(std::span<const float> values) {
-        if (values.empty()) return;
+    TrellisFitResult fit(std::span<const float> values) {
+        if (values.empty()) return {};
         const std::vector<Path> sample = sample_paths(values.size());
         std::vector<float> sample_values;
         for (const Path& path : sample)
@@ -93,6 +99,7 @@ public:
         // High-rate TCQ: D ~ (1/3) / 10^(1.1/10) grid units^2 before anything is measured.
         set_model(CdfTableSet(std::move(start)), automatic ? 2.0 * std::log(2.0) * 0.26 : m_options.rate_weight);
         TrellisSearch search(m_trellis);
+        TrellisFitResult result;
         for (int pass = 0; pass < m_options.fit_passes; ++pass) {
             std::size_t offset = 0;
             for (const Path& path : sample) {
@@ -102,9 +109,37 @@ public:
             }
             double squared = 0.0;
             for (std::size_t i = 0; i < symbols.size(); ++i) squared += double(sample_values[i] - float(symbols[i])) * (sample_values[i] - float(symbols[i]));
-            set_model(fit_tables(symbols, m_options.table_precision),
-                      automatic ? 2.0 * std::log(2.0) * squared / double(symbols.size()) : m_options.rate_weight);
+            const CdfTableSet tables = fit_tables(symbols, m_options.table_precision);
+            result.bits_per_value = ideal_bits(symbols, tables) / double(symbols.size());
+            result.squared_error = squared / double(symbols.size());
+            set_model(tables, automatic ? 2.0 * std::log(2.0) * result.squared_error : m_options.rate_weight);
         }
+        return result;
+    }
+
+    /// The step Δ at which the values `normalized` / Δ fit (with `options`) to about `target_bits`
+    /// bits per value (estimated on fit()'s sample; within 0.005 bit or after 8 steps). Starts from
+    /// half of ECSQ's step (TCQ's unions are 2 Δ apart), then secant steps on log Δ.
+    static float step_for_target_bits(std::span<const float> normalized, double target_bits, TrellisQuantizerOptions options) {
+        float step = EntropyCodedScalar::step_for_target_bits(normalized, target_bits) / 2;
+        options.fit_sample = std::min<std::size_t>(options.fit_sample, 1 << 18);
+        options.fit_passes = std::max(options.fit_passes, 1);
+        std::vector<float> values(normalized.size());
+        double previous_log_step = 0.0, previous_bits = 0.0;
+        for (int iteration = 0; iteration < 8; ++iteration) {
+            for (std::size_t i = 0; i < values.size(); ++i) values[i] = normalized[i] / step;
+            TrellisQuantizer quantizer(options);
+            const double bits = quantizer.fit(values).bits_per_value;
+            if (std::fabs(bits - target_bits) < 0.005) break;
+            const double log_step = std::log2(double(step));
+            // Rate falls by about a bit per doubling of Δ at high rate, less near zero rate.
+            double slope = iteration == 0 || log_step == previous_log_step ? -1.0 : (bits - previous_bits) / (log_step - previous_log_step);
+            slope = std::clamp(slope, -2.0, -0.1);
+            previous_log_step = log_step;
+            previous_bits = bits;
+            step = float(std::exp2(log_step + std::clamp((target_bits - bits) / slope, -2.0, 2.0)));
+        }
+        return step;
     }
 
     /// One trellis path over `values` from `start_state`: writes grid indices, returns the end state.
