@@ -575,3 +575,44 @@ TEST_CASE("trellis: every truncation and random corruption of a trellis code fai
     std::vector<std::int32_t> wrong_size(symbols.size() + 1);
     CHECK(error_id([&] { code.decode(std::span<std::int32_t>(wrong_size)); }) == errc::invalid_argument);
 }
+
+TEST_CASE("trellis: column after column with error feedback, in 32-column strips, codes and decodes exactly", "[trellis]") {
+    // The per-column (LDLQ) use: column c is the next path of lane c % 32, its start state the end
+    // state of column c - 32; stream index of (r, c) = (c / 32) 32 m + 32 r + c % 32, so each strip of
+    // 32 columns is stored row by row. Segments hold whole strips, where every lane restarts at 0.
+    Random random(38);
+    const std::size_t rows = 50, cols = 96, strip = 32 * rows;
+    TrellisQuantizerOptions options;
+    options.states = 32;
+    options.segment_size = std::uint32_t(2 * strip);
+    std::vector<float> weights = gaussian(random, rows * cols, 1.0f);
+    const float step = 0.1f;
+    TrellisQuantizer quantizer(options);
+    {
+        std::vector<float> values(weights.size());
+        for (std::size_t i = 0; i < values.size(); ++i) values[i] = weights[i] / step;
+        quantizer.fit(values);
+    }
+    TrellisSearch search(quantizer.trellis());
+    std::vector<std::int32_t> stream(rows * cols);
+    std::vector<std::uint32_t> lane_states(32, 0);
+    std::vector<float> previous_error(rows, 0.0f), column(rows);
+    std::vector<std::int32_t> column_symbols(rows);
+    for (std::size_t c = 0; c < cols; ++c) {
+        const std::size_t first = (c / 32) * strip;
+        if (first % options.segment_size == 0 && c % 32 == 0) std::fill(lane_states.begin(), lane_states.end(), 0u);
+        // Feedback: the column moves by half the previous column's error (what LDLQ would add).
+        for (std::size_t r = 0; r < rows; ++r) column[r] = (weights[r * cols + c] + 0.5f * previous_error[r]) / step;
+        std::uint32_t& state = lane_states[c % 32];
+        state = quantizer.quantize_sequence(column, state, column_symbols, search);
+        for (std::size_t r = 0; r < rows; ++r) {
+            stream[first + 32 * r + c % 32] = column_symbols[r];
+            previous_error[r] = column[r] * step - float(column_symbols[r]) * step;
+        }
+    }
+    const TrellisCode code = TrellisCode::encode(stream, quantizer.trellis(), options.table_precision, options.segment_size);
+    for (const auto& [name, decoded] : decode_every_way(code)) {
+        INFO(name);
+        REQUIRE(decoded == stream);
+    }
+}

@@ -12,8 +12,10 @@
 //   (where the coder's segments start, so they decode alone). quantize_stream() runs these 32 x
 //   segments Viterbi searches in parallel; quantize_sequence() runs one, from any start state,
 //   which is what a per-column (LDLQ) method calls with the end state of the lane's previous
-//   column. How a matrix maps to the stream is the method's choice (docs/bench/trellis.md:
-//   paths of fewer than ~500 values lose part of the gain).
+//   column. How a matrix maps to the stream is the method's choice; paths of fewer than a few
+//   hundred values lose part of the gain (docs/bench/trellis.md), so a column should be one
+//   lane's path: strips of 32 columns stored row by row, (r, c) at (c / 32) 32 m + 32 r + c % 32,
+//   segments of whole strips (tests/test_trellis_quantizer.cpp does exactly this).
 // - The model: one table per union for the table symbol k >> 1, at table_precision. fit() starts
 //   from an ECSQ-like model (each union's grid rounded to nearest), then alternates searches and
 //   refits on a sample of whole lane paths. Automatic μ = 2 ln 2 D / Δ^2, D the last pass's MSE:
