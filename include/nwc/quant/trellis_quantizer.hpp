@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -157,13 +158,15 @@ public:
         std::vector<std::int32_t> symbols(values.size());
         const std::vector<Path> paths = all_paths(values.size());
         parallel_for(std::int64_t(paths.size()), m_options.threads, [&](std::int64_t p) {
+            // Per-thread search and buffers: short segments make many short paths.
+            thread_local std::unique_ptr<PathScratch> scratch;
+            if (!scratch || scratch->search.trellis().states() != m_trellis.states()) scratch = std::make_unique<PathScratch>(m_trellis);
             const Path& path = paths[std::size_t(p)];
-            std::vector<float> path_values(path.count);
-            std::vector<std::int32_t> path_symbols(path.count);
-            for (std::size_t j = 0; j < path.count; ++j) path_values[j] = values[path.first + j * rans::lane_count];
-            TrellisSearch search(m_trellis);
-            search.run(path_values, 0, m_rates, path_symbols);
-            for (std::size_t j = 0; j < path.count; ++j) symbols[path.first + j * rans::lane_count] = path_symbols[j];
+            scratch->values.resize(path.count);
+            scratch->symbols.resize(path.count);
+            for (std::size_t j = 0; j < path.count; ++j) scratch->values[j] = values[path.first + j * rans::lane_count];
+            scratch->search.run(scratch->values, 0, m_rates, scratch->symbols);
+            for (std::size_t j = 0; j < path.count; ++j) symbols[path.first + j * rans::lane_count] = scratch->symbols[j];
         });
         return symbols;
     }
@@ -189,6 +192,13 @@ public:
     }
 
 private:
+    struct PathScratch {
+        explicit PathScratch(const Trellis& trellis) : search(trellis) {}
+        TrellisSearch search;
+        std::vector<float> values;
+        std::vector<std::int32_t> symbols;
+    };
+
     /// One lane path of the stream: values first, first + 32, ..., count of them.
     struct Path {
         std::size_t first = 0;
