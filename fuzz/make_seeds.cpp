@@ -13,6 +13,7 @@
 #include "nwc/io/safetensors_writer.hpp"
 #include "nwc/llm/llama2c_file.hpp"
 #include "nwc/llm/tokenizer.hpp"
+#include "nwc/quant/trellis_quantizer.hpp"
 #include "rans_fuzz_tables.hpp"
 #include "reliability_support.hpp"
 
@@ -50,6 +51,30 @@ void rans_seeds(const fs::path& folder) {
             write_seed(folder, "seed_tables" + std::to_string(k) + (outside > 0 ? "_escapes" : "") + ".rans", input);
         }
     }
+}
+
+void trellis_code_seeds(const fs::path& folder) {
+    Random random(5);
+    int index = 0;
+    for (int states : {4, 8, 256})
+        for (bool escapes : {false, true}) {
+            TrellisQuantizerOptions options;
+            options.states = states;
+            options.segment_size = 256;
+            options.fit_passes = 1;
+            options.table_precision = 12 + index % 3;
+            std::vector<float> values(std::size_t(700 + 37 * index));
+            for (float& value : values) value = 5.0f * random.normal();
+            if (escapes) values[3] = 500.0f, values[100] = -900.0f;
+            TrellisQuantizer quantizer(options);
+            quantizer.fit(values);
+            const TrellisCode code = TrellisCode::encode(quantizer.quantize_stream(values), quantizer.trellis(), options.table_precision,
+                                                         options.segment_size);
+            ByteWriter writer;
+            code.write(writer);
+            write_seed(folder, "seed_" + std::to_string(states) + "_states" + (escapes ? "_escapes" : "") + ".tcq", writer.bytes());
+            ++index;
+        }
 }
 
 void codec_seeds(const fs::path& folder) {
@@ -113,6 +138,7 @@ int main(int argc, char** argv) {
         const fs::path root = argv[1];
         container_seeds(root / "container");
         rans_seeds(root / "rans");
+        trellis_code_seeds(root / "trellis_code");
         codec_seeds(root / "codec_file");
         safetensors_seeds(root / "safetensors");
         llama2c_seeds(root / "llama2c");

@@ -1,0 +1,618 @@
+// Trellis-coded quantization and the context-coded rANS coder: the trellis's structure, Viterbi
+// optimality against brute force, exact encode -> decode of the reconstruction on every decoder
+// and thread count, rate-distortion near the Gaussian bound, and safe failure on corrupt,
+// truncated and hostile input.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <string>
+
+#include "nwc/core/random.hpp"
+#include "nwc/quant/trellis_quantizer.hpp"
+
+using namespace nwc;
+
+namespace {
+
+errc error_id(const std::function<void()>& body) {
+    try {
+        body();
+    } catch (const nwc::error& failure) {
+        return failure.id();
+    }
+    FAIL("expected an nwc::error");
+    return errc::io;
+}
+
+/// A random table of `support` values around `center`, Gaussian or skewed, sometimes with escapes likely.
+CdfTable random_table(Random& random, std::int32_t center, std::size_t support, int precision) {
+    std::vector<double> probabilities(support);
+    const double scale = 0.5 + 6.0 * random.uniform();
+    for (std::size_t i = 0; i < support; ++i) {
+        const double x = double(i) - double(support) / 2;
+        probabilities[i] = random.below(4) == 0 ? 0.05 + random.uniform() : std::exp(-0.5 * x * x / (scale * scale));
+    }
+    const double escape = random.below(2) ? 0.0 : 0.02 * random.uniform();
+    return CdfTable::from_probabilities(center - std::int32_t(support / 2), probabilities, escape, precision);
+}
+
+/// Cost of a path of grid indices in double, from the integer tables: sum (y - k)^2 + mu bits.
+double path_cost(std::span<const float> values, std::span<const std::int32_t> symbols, const CdfTableSet* tables, double mu) {
+    double cost = 0.0;
+    for (std::size_t t = 0; t < values.size(); ++t) {
+        const double error = double(values[t]) - symbols[t];
+        cost += error * error;
+        if (tables) cost += mu * (*tables)[std::uint32_t(symbols[t]) & 1u].ideal_bits(symbols[t] >> 1);
+    }
+    return cost;
+}
+
+/// Whether the grid indices follow the trellis from `state`; returns the end state or nothing.
+std::optional<unsigned> follow(const Trellis& trellis, unsigned state, std::span<const std::int32_t> symbols) {
+    for (std::int32_t k : symbols) {
+        if ((std::uint32_t(k) & 1u) != trellis.union_of(state)) return std::nullopt;
+        state = trellis.next(state, k);
+    }
+    return state;
+}
+
+/// Decodes a TrellisCode with every decoder this build has, thread counts 1..3 and narrower xsimd arches.
+std::vector<std::pair<std::string, std::vector<std::int32_t>>> decode_every_way(const TrellisCode& code) {
+    std::vector<std::pair<std::string, std::vector<std::int32_t>>> results;
+    for (int threads : {1, 2, 3}) {
+        std::vector<std::int32_t> scalar(code.symbol_count()), simd(code.symbol_count());
+        code.decode(std::span<std::int32_t>(scalar), backend::scalar{}, threads);
+        code.decode(std::span<std::int32_t>(simd), backend::simd{}, threads);
+        results.emplace_back("scalar threads " + std::to_string(threads), std::move(scalar));
+        results.emplace_back("simd threads " + std::to_string(threads), std::move(simd));
+    }
+    const LaneStateMachine machine = code.trellis().lane_machine();
+    const RansStreamIndex index = context_rans::read_index(code.stream(), code.tables(), machine);
+    const detail::ContextDecodeTables bound(code.tables(), machine);
+    auto add_arch = [&](auto arch, const std::string& name) {
+        std::vector<std::int32_t> out(index.symbol_count);
+        for (std::size_t s = 0; s < index.segments.size(); ++s)
+            detail::context_decode_segment_on<decltype(arch)>(
+                bound, detail::segment_bytes(code.stream(), index, s),
+                std::span<std::int32_t>(out).subspan(index.segments[s].first_symbol, index.segments[s].symbol_count));
+        results.emplace_back(name, std::move(out));
+    };
+#if XSIMD_WITH_AVX2
+    add_arch(xsimd::avx2{}, "xsimd avx2");
+#endif
+#if XSIMD_WITH_SSE4_2
+    add_arch(xsimd::sse4_2{}, "xsimd sse4.2");
+#endif
+    (void)add_arch;
+    return results;
+}
+
+std::vector<float> gaussian(Random& random, std::size_t count, float scale) {
+    std::vector<float> values(count);
+    for (float& value : values) value = scale * random.normal();
+    return values;
+}
+
+}  // namespace
+
+TEST_CASE("trellis: Ungerboeck structure for every state count", "[trellis]") {
+    CHECK(error_id([] { Trellis(2); }) == errc::invalid_argument);
+    CHECK(error_id([] { Trellis(12); }) == errc::invalid_argument);
+    CHECK(error_id([] { Trellis(512); }) == errc::invalid_argument);
+    for (int states = 4; states <= 256; states *= 2) {
+        INFO(states << " states");
+        const Trellis trellis(states);
+        std::vector<int> entering(std::size_t(states), 0);
+        std::vector<int> entering_union(std::size_t(states), -1), entering_branch(std::size_t(states), -1);
+        int even_states = 0;
+        for (unsigned s = 0; s < unsigned(states); ++s) {
+            even_states += trellis.union_of(s) == 0;
+            REQUIRE(trellis.next_by_branch(s, 0) != trellis.next_by_branch(s, 1));
+            for (unsigned branch = 0; branch < 2; ++branch) {
+                const unsigned next = trellis.next_by_branch(s, branch);
+                // The two branches entering a state come from one union, with different branch bits.
+                if (entering[next]++ == 0) {
+                    entering_union[next] = int(trellis.union_of(s));
+                    entering_branch[next] = int(branch);
+                } else {
+                    CHECK(entering_union[next] == int(trellis.union_of(s)));
+                    CHECK(entering_branch[next] != int(branch));
+                }
+                // A grid index of the state's union with that branch bit leads there.
+                const std::int32_t k = std::int32_t(trellis.union_of(s)) + 2 * std::int32_t(branch) - 8;
+                CHECK(trellis.next(s, k) == next);
+            }
+        }
+        for (int count : entering) CHECK(count == 2);
+        CHECK(even_states == states / 2);
+        // The decoder's machine is the same trellis.
+        const LaneStateMachine machine = trellis.lane_machine();
+        REQUIRE(machine.state_count() == unsigned(states));
+        for (unsigned s = 0; s < unsigned(states); ++s) {
+            CHECK(machine.context(s) == trellis.union_of(s));
+            for (std::int32_t m = -3; m <= 3; ++m) CHECK(machine.next(s, m) == trellis.next(s, 2 * m + std::int32_t(trellis.union_of(s))));
+        }
+    }
+}
+
+TEST_CASE("trellis: the Viterbi search finds the brute-force optimum of squared error + mu bits", "[trellis]") {
+    Random random(31);
+    for (int trial = 0; trial < 400; ++trial) {
+        const int states = 4 << random.below(7);
+        const Trellis trellis(states);
+        const int precision = 12 + int(random.below(5));
+        const bool with_rate = random.below(5) != 0;
+        const double mu = with_rate ? std::vector<double>{0.05, 0.3, 1.0, 3.0}[random.below(4)] : 0.0;
+        const float spread = 0.5f + 6.0f * random.uniform();
+        const CdfTableSet tables({random_table(random, 0, 2 + random.below(12), precision), random_table(random, 0, 2 + random.below(12), precision)});
+        const TrellisRateModel rates = with_rate ? TrellisRateModel(tables, mu) : TrellisRateModel();
+        const std::size_t length = 1 + random.below(12);
+        std::vector<float> values = gaussian(random, length, spread);
+        if (random.below(4) == 0) values[random.below(length)] = float(random.below(2) ? 60 : -60);  // deep in the escape range
+        const unsigned start = unsigned(random.below(unsigned(states)));
+        INFO("trial " << trial << ": " << states << " states, mu " << mu << ", length " << length << ", start " << start);
+
+        TrellisSearch search(trellis);
+        std::vector<std::int32_t> symbols(length);
+        const std::uint32_t end = search.run(values, start, rates, symbols);
+        const auto followed = follow(trellis, start, symbols);
+        REQUIRE(followed.has_value());
+        CHECK(*followed == end);
+        const double found = path_cost(values, symbols, with_rate ? &tables : nullptr, mu);
+
+        // Brute force: every branch sequence; each sample's point is any of its subset in a wide
+        // window (the cost is a sum, so each sample's best point per subset is found once).
+        std::vector<std::array<double, 4>> point_best(length);
+        for (std::size_t t = 0; t < length; ++t) {
+            point_best[t].fill(std::numeric_limits<double>::infinity());
+            const std::int32_t center = std::int32_t(std::floor(values[t]));
+            for (std::int32_t k = center - 80; k <= center + 80; ++k) {
+                double& slot = point_best[t][std::uint32_t(k) & 3u];
+                slot = std::min(slot, path_cost(std::span<const float>(&values[t], 1), std::span<const std::int32_t>(&k, 1), with_rate ? &tables : nullptr, mu));
+            }
+        }
+        double best = std::numeric_limits<double>::infinity();
+        for (std::uint32_t branches = 0; branches < (1u << length); ++branches) {
+            unsigned state = start;
+            double cost = 0.0;
+            for (std::size_t t = 0; t < length; ++t) {
+                cost += point_best[t][trellis.union_of(state) + 2 * ((branches >> t) & 1u)];
+                state = trellis.next_by_branch(state, (branches >> t) & 1u);
+            }
+            best = std::min(best, cost);
+        }
+        CHECK(found <= best + 1e-4 * (1.0 + best));
+        CHECK(found >= best - 1e-4 * (1.0 + best));
+
+        // The scalar add-compare-select picks the same path as the SIMD one.
+        TrellisSearch scalar(trellis);
+        scalar.force_scalar(true);
+        std::vector<std::int32_t> scalar_symbols(length);
+        CHECK(scalar.run(values, start, rates, scalar_symbols) == end);
+        CHECK(scalar_symbols == symbols);
+    }
+}
+
+TEST_CASE("trellis: long paths, scalar and SIMD search identical, chained sequences follow the trellis", "[trellis]") {
+    Random random(32);
+    const std::vector<float> values = gaussian(random, 20000, 9.0f);
+    for (int states : {4, 8, 32, 64, 256}) {
+        INFO(states << " states");
+        TrellisQuantizerOptions options;
+        options.states = states;
+        options.fit_passes = 1;
+        TrellisQuantizer quantizer(options);
+        quantizer.fit(values);
+        TrellisSearch simd(quantizer.trellis()), scalar(quantizer.trellis());
+        scalar.force_scalar(true);
+        std::vector<std::int32_t> a(values.size()), b(values.size());
+        CHECK(simd.run(values, 3, quantizer.rate_model(), a) == scalar.run(values, 3, quantizer.rate_model(), b));
+        CHECK(a == b);
+        // Column after column (the LDLQ use): each sequence starts where the previous one ended.
+        std::vector<std::int32_t> chained(values.size());
+        unsigned state = 0;
+        for (std::size_t first = 0; first < values.size(); first += 768) {
+            const std::size_t count = std::min<std::size_t>(768, values.size() - first);
+            state = quantizer.quantize_sequence(std::span<const float>(values).subspan(first, count), state,
+                                                std::span<std::int32_t>(chained).subspan(first, count), simd);
+        }
+        const auto end = follow(quantizer.trellis(), 0, chained);
+        REQUIRE(end.has_value());
+        CHECK(*end == state);
+    }
+}
+
+TEST_CASE("trellis: encode -> rANS -> decode reproduces the encoder's reconstruction exactly", "[trellis]") {
+    Random random(33);
+    for (int trial = 0; trial < 12; ++trial) {
+        TrellisQuantizerOptions options;
+        options.states = 4 << random.below(7);
+        options.table_precision = 12 + int(random.below(5));
+        options.segment_size = 32 * std::uint32_t(1 + random.below(trial < 6 ? 40 : 3000));
+        options.fit_passes = 1 + int(random.below(2));
+        options.threads = 1 + int(random.below(3));
+        const std::size_t count = trial == 0 ? 0 : trial == 1 ? 1 + random.below(40) : 1000 + random.below(60000);
+        const float step = 0.02f + 0.5f * random.uniform();
+        std::vector<float> weights = gaussian(random, count, 1.0f);
+        if (count > 10) weights[random.below(count)] = 40.0f;  // an outlier: escaped symbols
+        std::vector<float> values(count);
+        for (std::size_t i = 0; i < count; ++i) values[i] = weights[i] / step;
+        INFO("trial " << trial << ": " << options.states << " states, precision " << options.table_precision << ", segment "
+                      << options.segment_size << ", " << count << " values, step " << step);
+        TrellisQuantizer quantizer(options);
+        quantizer.fit(values);
+        const std::vector<std::int32_t> symbols = quantizer.quantize_stream(values);
+        std::vector<float> reconstruction(count);
+        for (std::size_t i = 0; i < count; ++i) reconstruction[i] = float(symbols[i]) * step;
+
+        const TrellisCode code = TrellisCode::encode(symbols, quantizer.trellis(), options.table_precision, options.segment_size, options.threads);
+        ByteWriter writer;
+        code.write(writer);
+        CHECK(writer.size() == code.byte_size());
+        ByteReader reader(writer.bytes(), "test");
+        const TrellisCode read = TrellisCode::read(reader);
+        CHECK(reader.at_end());
+        REQUIRE(read.symbol_count() == count);
+        for (const auto& [name, decoded] : decode_every_way(read)) {
+            INFO(name);
+            REQUIRE(decoded == symbols);
+            for (std::size_t i = 0; i < count; ++i) REQUIRE(float(decoded[i]) * step == reconstruction[i]);
+        }
+        // Neither the quantizer nor the coder depends on the thread count.
+        TrellisQuantizerOptions other = options;
+        other.threads = options.threads == 1 ? 3 : 1;
+        TrellisQuantizer again(other);
+        again.fit(values);
+        CHECK(again.quantize_stream(values) == symbols);
+        CHECK(TrellisCode::encode(symbols, quantizer.trellis(), options.table_precision, options.segment_size, 2).stream().size() ==
+              code.stream().size());
+        const TrellisCode two_threads = TrellisCode::encode(symbols, quantizer.trellis(), options.table_precision, options.segment_size, 2);
+        CHECK(std::equal(two_threads.stream().begin(), two_threads.stream().end(), code.stream().begin(), code.stream().end()));
+    }
+}
+
+TEST_CASE("trellis: rate-distortion near the Gaussian bound (ideal and written bits)", "[trellis]") {
+    Random random(34);
+    const std::vector<float> weights = gaussian(random, 1 << 17, 1.0f);
+    const double variance = [&] {
+        double sum = 0.0;
+        for (float w : weights) sum += double(w) * w;
+        return sum / double(weights.size());
+    }();
+    // About 4 bits per weight: ECSQ's step halved (TCQ's unions are twice as coarse as its grid).
+    const float step = EntropyCodedScalar::step_for_target_bits(weights, 4.0) / 2;
+    std::vector<float> values(weights.size());
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = weights[i] / step;
+    auto gap = [&](double bits, std::span<const std::int32_t> symbols, float symbol_step) {
+        double squared = 0.0;
+        for (std::size_t i = 0; i < weights.size(); ++i) {
+            const double error = double(weights[i]) - double(float(symbols[i]) * symbol_step);
+            squared += error * error;
+        }
+        return 0.5 * std::log2(squared / double(weights.size()) / (variance * std::exp2(-2.0 * bits)));
+    };
+    EntropyCodedScalar ecsq(2 * step);
+    ecsq.quantize(TensorView<const float>(weights.data(), Shape{1, std::int64_t(weights.size())}));
+    const double ecsq_gap = gap(ecsq.entropy_bits_per_weight(), ecsq.symbols(), 2 * step);
+    CHECK(ecsq_gap > 0.22);
+    for (const auto& [states, limit] : {std::pair{8, 0.095}, std::pair{32, 0.075}, std::pair{256, 0.05}}) {
+        TrellisQuantizerOptions options;
+        options.states = states;
+        TrellisQuantizer quantizer(options);
+        quantizer.fit(values);
+        const std::vector<std::int32_t> symbols = quantizer.quantize_stream(values);
+        const TrellisCode code = TrellisCode::encode(symbols, quantizer.trellis(), options.table_precision, options.segment_size);
+        const double ideal = TrellisQuantizer::ideal_bits(symbols, code.tables()) / double(symbols.size());
+        const double written = 8.0 * double(code.byte_size()) / double(symbols.size());
+        const double ideal_gap = gap(ideal, symbols, step), written_gap = gap(written, symbols, step);
+        std::printf("trellis RD: %d states, %.4f bits/weight ideal (gap %.4f), %.4f written (gap %.4f); ECSQ gap %.4f\n", states, ideal, ideal_gap,
+                    written, written_gap, ecsq_gap);
+        CHECK(ideal > 3.8);
+        CHECK(ideal < 4.2);
+        CHECK(ideal_gap < limit);
+        CHECK(written_gap < limit + 0.015);  // 131k weights: ~300 bytes of tables, states and headers
+    }
+}
+
+namespace {
+
+/// Every decoder of a raw context stream (scalar, simd, thread counts, narrower arches).
+std::vector<std::pair<std::string, std::vector<std::int32_t>>> decode_stream_every_way(std::span<const std::uint8_t> stream, const CdfTableSet& tables,
+                                                                                       const LaneStateMachine& machine) {
+    std::vector<std::pair<std::string, std::vector<std::int32_t>>> results;
+    for (int threads : {1, 3}) {
+        results.emplace_back("scalar threads " + std::to_string(threads), context_rans::decode(stream, tables, machine, backend::scalar{}, threads));
+        results.emplace_back("simd threads " + std::to_string(threads), context_rans::decode(stream, tables, machine, backend::simd{}, threads));
+    }
+    const RansStreamIndex index = context_rans::read_index(stream, tables, machine);
+    const detail::ContextDecodeTables bound(tables, machine);
+    auto add_arch = [&](auto arch, const std::string& name) {
+        std::vector<std::int32_t> out(index.symbol_count);
+        for (std::size_t s = 0; s < index.segments.size(); ++s)
+            detail::context_decode_segment_on<decltype(arch)>(bound, detail::segment_bytes(stream, index, s),
+                                                              std::span<std::int32_t>(out).subspan(index.segments[s].first_symbol,
+                                                                                                   index.segments[s].symbol_count));
+        results.emplace_back(name, std::move(out));
+    };
+#if XSIMD_WITH_AVX2
+    add_arch(xsimd::avx2{}, "xsimd avx2");
+#endif
+#if XSIMD_WITH_SSE4_2
+    add_arch(xsimd::sse4_2{}, "xsimd sse4.2");
+#endif
+    (void)add_arch;
+    return results;
+}
+
+/// Values that follow `machine` lane by lane (state 0 at every segment start), symbols drawn from
+/// their context's table, a fraction `outside` of them escaped.
+std::vector<std::int32_t> machine_values(Random& random, const LaneStateMachine& machine, const CdfTableSet& tables, std::size_t count,
+                                         std::uint32_t segment_size, double outside) {
+    std::vector<std::int32_t> values(count);
+    std::uint32_t states[32] = {};
+    const std::int64_t stride = machine.value_stride();
+    for (std::size_t i = 0; i < count; ++i) {
+        if (i % segment_size == 0) std::fill(std::begin(states), std::end(states), 0u);
+        std::uint32_t& state = states[i % 32];
+        const std::uint32_t context = machine.context(state);
+        const CdfTable& table = tables[context];
+        const std::int64_t addend = machine.addend(context);
+        // Symbols whose value stays inside int32.
+        const std::int64_t lowest = std::max<std::int64_t>(std::numeric_limits<std::int32_t>::min(),
+                                                           (std::int64_t(std::numeric_limits<std::int32_t>::min()) - addend + stride - 1) / stride);
+        const std::int64_t highest = std::min<std::int64_t>(std::numeric_limits<std::int32_t>::max(),
+                                                            (std::int64_t(std::numeric_limits<std::int32_t>::max()) - addend) / stride);
+        std::int64_t symbol;
+        const std::uint32_t bin = table.bin_at_slot(std::uint32_t(random.below(std::uint64_t(1) << table.precision())));
+        if (random.uniform() < outside || bin == table.escape_bin()) {
+            const int choice = int(random.below(3));
+            symbol = choice == 0 ? lowest : choice == 1 ? highest : std::int64_t(table.offset()) + table.support() + std::int64_t(random.below(1000));
+        } else {
+            symbol = std::int64_t(table.offset()) + bin;
+        }
+        symbol = std::clamp(symbol, lowest, highest);
+        values[i] = std::int32_t(stride * symbol + addend);
+        state = machine.next(state, std::int32_t(symbol));
+    }
+    return values;
+}
+
+}  // namespace
+
+TEST_CASE("context_rans: random machines, tables and values round-trip on every decoder", "[context_rans]") {
+    Random random(35);
+    int layouts_seen[3] = {0, 0, 0};
+    for (int trial = 0; trial < 90; ++trial) {
+        const std::size_t states = 1 + random.below(trial % 2 ? 300 : 8);
+        const std::size_t contexts = 1 + random.below(trial % 3 == 0 ? 40 : 4);  // > 16 contexts: gathered, not permuted
+        const int precision = 12 + int(random.below(5));
+        std::vector<CdfTable> channel_tables;
+        std::vector<std::int32_t> addends;
+        for (std::size_t c = 0; c < contexts; ++c) {
+            const std::size_t support = random.below(5) == 0 ? 257 + random.below(1500) : 1 + random.below(60);
+            channel_tables.push_back(random_table(random, std::int32_t(random.below(200)) - 100, std::min<std::size_t>(support, (1u << precision) - 1), precision));
+            addends.push_back(std::int32_t(random.below(7)) - 3);
+        }
+        const CdfTableSet tables(std::move(channel_tables));
+        ++layouts_seen[int(tables.decode_tables().layout)];
+        std::vector<std::uint16_t> state_contexts(states), next(2 * states);
+        for (auto& context : state_contexts) context = std::uint16_t(random.below(contexts));
+        for (auto& state : next) state = std::uint16_t(random.below(states));
+        const LaneStateMachine machine(state_contexts, next, 1 + std::int32_t(random.below(4)), addends);
+        RangeCoderOptions options;
+        options.segment_size = 32 * std::uint32_t(1 + random.below(random.below(2) ? 8 : 600));
+        options.threads = 1 + int(random.below(3));
+        const std::size_t count = random.below(4) == 0 ? random.below(100) : random.below(30000);
+        const double outside = random.below(3) == 0 ? 0.0 : random.below(2) ? 0.001 : 0.2;
+        const std::vector<std::int32_t> values = machine_values(random, machine, tables, count, options.segment_size, outside);
+        INFO("trial " << trial << ": " << states << " states, " << contexts << " contexts, stride " << machine.value_stride() << ", precision "
+                      << precision << ", " << count << " values, segment " << options.segment_size);
+        const std::vector<std::uint8_t> stream = context_rans::encode(values, tables, machine, options);
+        for (const auto& [name, decoded] : decode_stream_every_way(stream, tables, machine)) {
+            INFO(name);
+            REQUIRE(decoded == values);
+        }
+        options.threads = 4;
+        CHECK(context_rans::encode(values, tables, machine, options) == stream);
+        // The machine's serialization round-trips.
+        ByteWriter writer;
+        machine.write(writer);
+        ByteReader reader(writer.bytes(), "machine");
+        CHECK(LaneStateMachine::read(reader) == machine);
+    }
+    CHECK(layouts_seen[int(detail::RansSlotLayout::packed)] > 5);
+    CHECK(layouts_seen[int(detail::RansSlotLayout::byte_bins)] > 5);
+    CHECK(layouts_seen[int(detail::RansSlotLayout::word_bins)] > 5);
+}
+
+TEST_CASE("context_rans: misuse and foreign streams give the right error ids", "[context_rans]") {
+    Random random(36);
+    const Trellis trellis(8);
+    const LaneStateMachine machine = trellis.lane_machine();
+    const CdfTableSet tables({random_table(random, 0, 20, 14), random_table(random, 0, 20, 14)});
+    const std::vector<std::int32_t> values = machine_values(random, machine, tables, 5000, 1024, 0.01);
+    RangeCoderOptions options;
+    options.segment_size = 1024;
+    const std::vector<std::uint8_t> stream = context_rans::encode(values, tables, machine, options);
+    // A value off its union's coset; segment sizes that break the lanes; tables of another count.
+    std::vector<std::int32_t> off = values;
+    off[77] += 1;
+    CHECK(error_id([&] { context_rans::encode(off, tables, machine, options); }) == errc::invalid_argument);
+    options.segment_size = 48;
+    CHECK(error_id([&] { context_rans::encode(values, tables, machine, options); }) == errc::invalid_argument);
+    options.segment_size = 1024;
+    CHECK(error_id([&] { context_rans::encode(values, CdfTableSet({tables[0]}), machine, options); }) == errc::invalid_argument);
+    // Decoding with another machine or other tables, or into the wrong size.
+    CHECK(error_id([&] { context_rans::decode(stream, tables, Trellis(16).lane_machine(), backend::simd{}); }) == errc::invalid_argument);
+    CHECK(error_id([&] { context_rans::decode(stream, CdfTableSet({tables[1], tables[0]}), machine, backend::simd{}); }) == errc::invalid_argument);
+    std::vector<std::int32_t> short_out(values.size() - 1);
+    CHECK(error_id([&] { context_rans::decode(stream, tables, machine, std::span<std::int32_t>(short_out), backend::scalar{}); }) == errc::invalid_argument);
+    // Values of a context that leave int32.
+    const LaneStateMachine wide({0}, {0, 0}, 1 << 16, {0});
+    CHECK(error_id([&] { context_rans::encode({}, CdfTableSet({CdfTable::uniform(1 << 20, 4, 12)}), wide); }) == errc::invalid_argument);
+
+    auto patched = [&](std::size_t at, const void* bytes, std::size_t size) {
+        std::vector<std::uint8_t> copy = stream;
+        std::memcpy(copy.data() + at, bytes, size);
+        const std::uint32_t crc = detail::context_stream_checksum(copy);
+        std::memcpy(copy.data() + context_rans::checksum_offset, &crc, 4);
+        return copy;
+    };
+    const std::uint8_t bad_magic = 'X', bad_version = 2, bad_lanes = 16;
+    CHECK(error_id([&] { context_rans::decode(patched(0, &bad_magic, 1), tables, machine, backend::scalar{}); }) == errc::corrupt);
+    CHECK(error_id([&] { context_rans::decode(patched(4, &bad_version, 1), tables, machine, backend::scalar{}); }) == errc::unsupported);
+    CHECK(error_id([&] { context_rans::decode(patched(6, &bad_lanes, 1), tables, machine, backend::scalar{}); }) == errc::unsupported);
+    // Hostile counts: 2^64 - 1 symbols, a segment size off the lanes, a huge segment count.
+    const std::uint64_t huge = ~std::uint64_t(0);
+    const std::uint32_t odd_segment = 1000, many_segments = 0xFFFFFFFFu;
+    CHECK(error_id([&] { context_rans::decode(patched(20, &huge, 8), tables, machine, backend::simd{}); }) == errc::corrupt);
+    CHECK(error_id([&] { context_rans::decode(patched(28, &odd_segment, 4), tables, machine, backend::simd{}); }) == errc::corrupt);
+    CHECK(error_id([&] { context_rans::decode(patched(32, &many_segments, 4), tables, machine, backend::simd{}); }) == errc::corrupt);
+    std::vector<std::uint8_t> longer = stream;
+    longer.push_back(0);
+    CHECK(error_id([&] { context_rans::decode(longer, tables, machine, backend::scalar{}); }) == errc::corrupt);
+}
+
+TEST_CASE("trellis: every truncation and random corruption of a trellis code fails safely", "[trellis]") {
+    Random random(37);
+    TrellisQuantizerOptions options;
+    options.states = 32;
+    options.segment_size = 256;
+    options.fit_passes = 1;
+    std::vector<float> values = gaussian(random, 900, 6.0f);
+    values[5] = 300.0f;  // escapes
+    TrellisQuantizer quantizer(options);
+    quantizer.fit(values);
+    const std::vector<std::int32_t> symbols = quantizer.quantize_stream(values);
+    const TrellisCode code = TrellisCode::encode(symbols, quantizer.trellis(), 12, options.segment_size);
+    ByteWriter writer;
+    code.write(writer);
+    const std::vector<std::uint8_t> bytes = writer.bytes();
+
+    for (std::size_t length = 0; length < bytes.size(); ++length) {
+        const std::vector<std::uint8_t> cut(bytes.begin(), bytes.begin() + std::ptrdiff_t(length));
+        ByteReader reader(cut, "truncated");
+        CHECK_THROWS_AS(TrellisCode::read(reader), nwc::error);
+    }
+
+    // Flips anywhere: read() rejects (checksums) or the decoders agree. With the stream's checksum
+    // patched, flips in the stream must still throw or decode identically on both decoders.
+    const std::size_t stream_at = bytes.size() - code.stream().size();
+    int rejected = 0, accepted = 0;
+    for (int trial = 0; trial < 2000; ++trial) {
+        std::vector<std::uint8_t> flipped = bytes;
+        const bool in_stream = trial % 2 == 0;
+        for (int f = 0, flips = 1 + int(random.below(3)); f < flips; ++f) {
+            const std::size_t at = in_stream ? stream_at + context_rans::header_bytes + random.below(code.stream().size() - context_rans::header_bytes)
+                                             : random.below(flipped.size());
+            flipped[at] ^= std::uint8_t(1 + random.below(255));
+        }
+        if (flipped == bytes) continue;
+        if (in_stream) {
+            const std::uint32_t crc = detail::context_stream_checksum(std::span<const std::uint8_t>(flipped).subspan(stream_at));
+            std::memcpy(flipped.data() + stream_at + context_rans::checksum_offset, &crc, 4);
+        }
+        std::optional<TrellisCode> read;
+        try {
+            ByteReader reader(flipped, "flipped");
+            read = TrellisCode::read(reader);
+        } catch (const nwc::error&) {
+            ++rejected;
+            continue;
+        }
+        std::optional<std::vector<std::int32_t>> scalar, simd;
+        try {
+            scalar.emplace(read->symbol_count());
+            read->decode(std::span<std::int32_t>(*scalar), backend::scalar{});
+        } catch (const nwc::error&) {
+            scalar.reset();
+        }
+        try {
+            simd.emplace(read->symbol_count());
+            read->decode(std::span<std::int32_t>(*simd), backend::simd{}, 2);
+        } catch (const nwc::error&) {
+            simd.reset();
+        }
+        REQUIRE(scalar.has_value() == simd.has_value());
+        if (scalar) {
+            REQUIRE(*scalar == *simd);
+            ++accepted;
+        } else {
+            ++rejected;
+        }
+    }
+    std::printf("trellis corruption: %d of 2000 corruptions rejected, %d decoded (identically on both decoders)\n", rejected, accepted);
+    CHECK(rejected > 1000);
+
+    // Hostile headers of the trellis code itself.
+    auto with_byte = [&](std::size_t at, std::uint8_t value) {
+        std::vector<std::uint8_t> copy = bytes;
+        copy[at] = value;
+        return copy;
+    };
+    auto read_id = [&](const std::vector<std::uint8_t>& input) {
+        return error_id([&] {
+            ByteReader reader(input, "hostile");
+            TrellisCode::read(reader);
+        });
+    };
+    CHECK(read_id(with_byte(0, 'X')) == errc::corrupt);
+    CHECK(read_id(with_byte(4, 9)) == errc::unsupported);
+    CHECK(read_id(with_byte(6, 9)) == errc::corrupt);   // 512 states
+    CHECK(read_id(with_byte(6, 4)) == errc::corrupt);   // another trellis than the stream's
+    CHECK(read_id(with_byte(7, 1)) == errc::corrupt);   // reserved byte
+    std::vector<std::uint8_t> huge_stream = bytes;
+    const std::uint64_t huge = std::uint64_t(1) << 62;
+    std::memcpy(huge_stream.data() + stream_at - 8, &huge, 8);
+    CHECK(read_id(huge_stream) == errc::truncated);
+    std::vector<std::int32_t> wrong_size(symbols.size() + 1);
+    CHECK(error_id([&] { code.decode(std::span<std::int32_t>(wrong_size)); }) == errc::invalid_argument);
+}
+
+TEST_CASE("trellis: column after column with error feedback, in 32-column strips, codes and decodes exactly", "[trellis]") {
+    // The per-column (LDLQ) use: column c is the next path of lane c % 32, its start state the end
+    // state of column c - 32; stream index of (r, c) = (c / 32) 32 m + 32 r + c % 32, so each strip of
+    // 32 columns is stored row by row. Segments hold whole strips, where every lane restarts at 0.
+    Random random(38);
+    const std::size_t rows = 50, cols = 96, strip = 32 * rows;
+    TrellisQuantizerOptions options;
+    options.states = 32;
+    options.segment_size = std::uint32_t(2 * strip);
+    std::vector<float> weights = gaussian(random, rows * cols, 1.0f);
+    const float step = 0.1f;
+    TrellisQuantizer quantizer(options);
+    {
+        std::vector<float> values(weights.size());
+        for (std::size_t i = 0; i < values.size(); ++i) values[i] = weights[i] / step;
+        quantizer.fit(values);
+    }
+    TrellisSearch search(quantizer.trellis());
+    std::vector<std::int32_t> stream(rows * cols);
+    std::vector<std::uint32_t> lane_states(32, 0);
+    std::vector<float> previous_error(rows, 0.0f), column(rows);
+    std::vector<std::int32_t> column_symbols(rows);
+    for (std::size_t c = 0; c < cols; ++c) {
+        const std::size_t first = (c / 32) * strip;
+        if (first % options.segment_size == 0 && c % 32 == 0) std::fill(lane_states.begin(), lane_states.end(), 0u);
+        // Feedback: the column moves by half the previous column's error (what LDLQ would add).
+        for (std::size_t r = 0; r < rows; ++r) column[r] = (weights[r * cols + c] + 0.5f * previous_error[r]) / step;
+        std::uint32_t& state = lane_states[c % 32];
+        state = quantizer.quantize_sequence(column, state, column_symbols, search);
+        for (std::size_t r = 0; r < rows; ++r) {
+            stream[first + 32 * r + c % 32] = column_symbols[r];
+            previous_error[r] = column[r] * step - float(column_symbols[r]) * step;
+        }
+    }
+    const TrellisCode code = TrellisCode::encode(stream, quantizer.trellis(), options.table_precision, options.segment_size);
+    for (const auto& [name, decoded] : decode_every_way(code)) {
+        INFO(name);
+        REQUIRE(decoded == stream);
+    }
+}
