@@ -160,9 +160,10 @@ Fields small_directory_fields(const ContainerReader& reader) {
             {"method 1", text("raw")},
             {"codec 0 size", varint(9)},
             {"codec 0 crc", u32(reader.codec_entry(0).crc)},
-            {"w shared", varint(0)},
-            {"w suffix size", varint(1)},
-            {"w suffix", text("w")},
+            {"w prefix", varint(0)},
+            {"w suffix", varint(0)},
+            {"w middle size", varint(1)},
+            {"w middle", text("w")},
             {"w type", {0x21}},  // F16, rank 2
             {"w dim 0", varint(4)},
             {"w dim 1", varint(8)},
@@ -173,9 +174,10 @@ Fields small_directory_fields(const ContainerReader& reader) {
             {"w segments", varint(2)},
             {"w segment 0", varint(3)},
             {"w crc", u32(reader.entry(0).crc)},
-            {"norm shared", varint(0)},
-            {"norm suffix size", varint(4)},
-            {"norm suffix", text("norm")},
+            {"norm prefix", varint(0)},
+            {"norm suffix", varint(0)},
+            {"norm middle size", varint(4)},
+            {"norm middle", text("norm")},
             {"norm type", {0x10}},  // F32, rank 1
             {"norm dim 0", varint(3)},
             {"norm method", varint(1)},
@@ -300,7 +302,7 @@ TEST_CASE("container: many tensors round trip, and serialization is byte-identic
 
     // The empty container is valid too: header, a 4-byte directory, footer.
     const std::vector<std::uint8_t> empty = ContainerWriter().serialize();
-    CHECK(empty.size() == 36);
+    CHECK(empty.size() == 36);  // 16 + 4 + 16
     CHECK(ContainerReader::from_bytes(empty).tensor_count() == 0);
 }
 
@@ -409,9 +411,10 @@ TEST_CASE("container: the worked example of docs/format/container.md, byte for b
         0x00, 0x00, 0x3f, 0x01, 0x02, 0x02, 0x1b, 0x7b, 0x22, 0x73, 0x6f, 0x75, 0x72, 0x63, 0x65, 0x5f,  //
         0x66, 0x6f, 0x72, 0x6d, 0x61, 0x74, 0x22, 0x3a, 0x22, 0x6c, 0x6c, 0x61, 0x6d, 0x61, 0x32, 0x63,  //
         0x22, 0x7d, 0x03, 0x6e, 0x77, 0x63, 0x03, 0x72, 0x61, 0x77, 0x04, 0xf4, 0x8c, 0x30, 0x29, 0x00,  //
-        0x01, 0x77, 0x21, 0x04, 0x08, 0x00, 0x01, 0x03, 0x04, 0x02, 0x03, 0x14, 0x63, 0x67, 0x32, 0x00,  //
-        0x04, 0x6e, 0x6f, 0x72, 0x6d, 0x10, 0x02, 0x01, 0x00, 0x00, 0x08, 0x01, 0x98, 0xa1, 0x4b, 0x07,  //
-        0x4d, 0x00, 0x00, 0x00, 0x5a, 0xcc, 0x63, 0xf0, 0xc8, 0x3e, 0x96, 0x47, 0x4e, 0x57, 0x43, 0x1a};
+        0x00, 0x01, 0x77, 0x21, 0x04, 0x08, 0x00, 0x01, 0x03, 0x04, 0x02, 0x03, 0x14, 0x63, 0x67, 0x32,  //
+        0x00, 0x00, 0x04, 0x6e, 0x6f, 0x72, 0x6d, 0x10, 0x02, 0x01, 0x00, 0x00, 0x08, 0x01, 0x98, 0xa1,  //
+        0x4b, 0x07, 0x4f, 0x00, 0x00, 0x00, 0x65, 0x5b, 0x05, 0x3d, 0x9f, 0xca, 0x68, 0x1e, 0x4e, 0x57,  //
+        0x43, 0x1a};
     CHECK(writer.serialize() == expected);
     CHECK(crc32c(std::vector<std::uint8_t>{0x0A, 0x14, 0x1E, 0xAA, 0xBB, 0xCC, 0xDD}) == 0x32676314u);
 }
@@ -549,15 +552,18 @@ TEST_CASE("container: hostile directories with valid CRCs give clean errors", "[
         {"codec larger by one", {{"codec 0 size", varint(10)}}, errc::corrupt},
         {"codec smaller by one", {{"codec 0 size", varint(8)}}, errc::corrupt},
         {"codec of 2^62 bytes", {{"codec 0 size", varint(1ull << 62)}}, errc::corrupt},
-        {"first name sharing a byte", {{"w shared", varint(1)}}, errc::corrupt},
-        {"name sharing more than the previous has", {{"norm shared", varint(2)}}, errc::corrupt},
-        {"name not sharing what it could", {{"norm suffix size", varint(2)}, {"norm suffix", text("wx")}}, errc::corrupt},
-        {"name of 4097 bytes", {{"w suffix size", varint(4097)}}, errc::corrupt},
-        {"name past the directory", {{"w suffix size", varint(4000)}}, errc::truncated},
-        {"empty name", {{"w suffix size", varint(0)}, {"w suffix", {}}}, errc::corrupt},
-        {"name with a control character", {{"w suffix", {0x07}}}, errc::corrupt},
-        {"name that is not UTF-8", {{"w suffix", {0xC0}}}, errc::corrupt},
-        {"the same name twice", {{"norm shared", varint(1)}, {"norm suffix size", varint(0)}, {"norm suffix", {}}}, errc::corrupt},
+        {"first name sharing a prefix byte", {{"w prefix", varint(1)}}, errc::corrupt},
+        {"first name sharing a suffix byte", {{"w suffix", varint(1)}}, errc::corrupt},
+        {"name sharing more than the previous has", {{"norm prefix", varint(2)}}, errc::corrupt},
+        {"prefix and suffix overlapping", {{"norm prefix", varint(1)}, {"norm suffix", varint(1)}}, errc::corrupt},
+        {"name not sharing the prefix it could", {{"norm middle size", varint(2)}, {"norm middle", text("wx")}}, errc::corrupt},
+        {"name not sharing the suffix it could", {{"norm middle size", varint(2)}, {"norm middle", text("xw")}}, errc::corrupt},
+        {"name of 4097 bytes", {{"w middle size", varint(4097)}}, errc::corrupt},
+        {"name past the directory", {{"w middle size", varint(4000)}}, errc::truncated},
+        {"empty name", {{"w middle size", varint(0)}, {"w middle", {}}}, errc::corrupt},
+        {"name with a control character", {{"w middle", {0x07}}}, errc::corrupt},
+        {"name that is not UTF-8", {{"w middle", {0xC0}}}, errc::corrupt},
+        {"the same name twice", {{"norm prefix", varint(1)}, {"norm middle size", varint(0)}, {"norm middle", {}}}, errc::corrupt},
         {"unknown dtype", {{"w type", {0x2F}}}, errc::unsupported},
         {"rank 9", {{"w type", {0x91}}}, errc::unsupported},
         {"dimension of 2^63", {{"w dim 0", varint(1ull << 63)}}, errc::corrupt},

@@ -7,12 +7,13 @@
 //   [header 16 B][codec blobs][tensor 0 metadata][pad][tensor 0 payload]...[directory][footer 16 B]
 //
 // Regions come in the order they were added, so a writer streams them to disk and writes the
-// directory (varints, front-coded names) and the footer that locates it last. Offsets are not
+// directory (varints, names coded against the previous one) and the footer that locates it last. Offsets are not
 // stored: they follow from the sizes by one rule (regions packed back to back, except that a
 // payload of at least 4 KiB starts at a multiple of 64), so each content has exactly one encoding
 // and regions can neither overlap nor alias.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -44,8 +45,8 @@ inline constexpr std::uint32_t max_tensors = 1u << 20;
 inline constexpr std::uint32_t max_codecs = 1u << 12;
 inline constexpr std::uint32_t max_methods = 1u << 8;
 inline constexpr std::size_t max_name_bytes = 4096;
-/// All tensor names together: front coding lets a few directory bytes stand for a long name, so
-/// what a reader allocates for names is capped on its own.
+/// All tensor names together: names share bytes with the previous one, so a few directory bytes can
+/// stand for a long name, and what a reader allocates for names is capped on its own.
 inline constexpr std::uint64_t max_total_name_bytes = 64u << 20;
 inline constexpr std::size_t max_method_bytes = 32;
 inline constexpr std::uint32_t max_file_metadata_bytes = 64u << 20;
@@ -55,7 +56,7 @@ inline constexpr std::uint64_t max_segments = 1u << 26;
 /// Elements of one tensor; decoders still bound what they allocate by their payload size.
 inline constexpr std::int64_t max_elements = std::int64_t(1) << 40;
 /// Smallest directory records, to check counts against the bytes that remain before allocating.
-inline constexpr std::size_t min_method_record_bytes = 2, min_codec_record_bytes = 5, min_tensor_record_bytes = 12;
+inline constexpr std::size_t min_method_record_bytes = 2, min_codec_record_bytes = 5, min_tensor_record_bytes = 13;
 }  // namespace container_format
 
 /// What the caller hands to the writers' add_tensor.
@@ -151,6 +152,14 @@ constexpr std::uint64_t container_payload_offset(std::uint64_t cursor, std::uint
     return (cursor + container_format::payload_alignment - 1) / container_format::payload_alignment * container_format::payload_alignment;
 }
 
+/// The most bytes a tensor's metadata and payload take in the file (padding included, which depends
+/// on where the tensor lands): for estimates that add tensors up without laying them out. The exact
+/// size of a whole file comes from ContainerLayout::file_size().
+constexpr std::uint64_t container_tensor_bytes_bound(std::uint64_t metadata_size, std::uint64_t payload_size) noexcept {
+    const bool aligned = payload_size >= container_format::aligned_payload_bytes;
+    return metadata_size + payload_size + (aligned ? container_format::payload_alignment - 1 : 0);
+}
+
 // LEB128: 7 bits per byte, low groups first, the high bit set on every byte but the last.
 inline void put_varint(ByteWriter& out, std::uint64_t value) {
     while (value >= 0x80) {
@@ -180,11 +189,21 @@ inline std::uint64_t get_varint(ByteReader& in, std::string_view what) {
     }
 }
 
-/// Bytes two names share at their start (what front coding leaves out).
-inline std::size_t shared_prefix(std::string_view a, std::string_view b) noexcept {
-    std::size_t length = 0;
-    while (length < a.size() && length < b.size() && a[length] == b[length]) ++length;
-    return length;
+/// How a tensor name is coded against the previous one: the bytes they share at the start, then
+/// the bytes the rest of each shares at the end (model names differ in a layer number or a
+/// projection in the middle: "model.layers.3.self_attn.k_proj.weight" after "...q_proj.weight"
+/// costs the one byte "k").
+struct NameSharing {
+    std::size_t prefix = 0;
+    std::size_t suffix = 0;
+    bool operator==(const NameSharing&) const = default;
+};
+inline NameSharing name_sharing(std::string_view previous, std::string_view name) noexcept {
+    NameSharing shared;
+    while (shared.prefix < previous.size() && shared.prefix < name.size() && previous[shared.prefix] == name[shared.prefix]) ++shared.prefix;
+    const std::size_t room = std::min(previous.size(), name.size()) - shared.prefix;
+    while (shared.suffix < room && previous[previous.size() - 1 - shared.suffix] == name[name.size() - 1 - shared.suffix]) ++shared.suffix;
+    return shared;
 }
 
 // Names end up in messages and terminals: valid UTF-8 (no overlongs, no surrogates), no C0/DEL.

@@ -5,8 +5,8 @@
 // it is the size-only mode: describe the codecs and tensors by their sizes, read file_size(), and
 // never hold a payload (what rate control needs to aim at a whole-file size).
 //
-// Directory records are encoded as tensors arrive (a name is front-coded against the previous one,
-// a method refers to the table of methods in order of first use), so the directory is held as the
+// Directory records are encoded as tensors arrive (a name keeps only what it does not share with
+// the previous one, a method refers to the table of methods in order of first use), so the directory is held as the
 // bytes it will be written as, and file_size() costs nothing.
 #pragma once
 
@@ -194,10 +194,12 @@ private:
 
     std::vector<std::uint8_t> encode_record(const ContainerTensorInfo& tensor, std::size_t method, std::uint32_t crc) const {
         ByteWriter out;
-        const std::size_t shared = detail::shared_prefix(m_previous_name, tensor.name);
-        detail::put_varint(out, shared);
-        detail::put_varint(out, tensor.name.size() - shared);
-        out.put_bytes({reinterpret_cast<const std::uint8_t*>(tensor.name.data()) + shared, tensor.name.size() - shared});
+        const detail::NameSharing shared = detail::name_sharing(m_previous_name, tensor.name);
+        const std::size_t middle = tensor.name.size() - shared.prefix - shared.suffix;
+        detail::put_varint(out, shared.prefix);
+        detail::put_varint(out, shared.suffix);
+        detail::put_varint(out, middle);
+        out.put_bytes({reinterpret_cast<const std::uint8_t*>(tensor.name.data()) + shared.prefix, middle});
         out.put_u8(std::uint8_t(unsigned(tensor.original_dtype) | unsigned(tensor.shape.rank()) << 4));
         for (std::int64_t dim : tensor.shape.dims()) detail::put_varint(out, std::uint64_t(dim));
         detail::put_varint(out, method);

@@ -6,8 +6,9 @@
 //    directory with a ByteReader: every count is checked against its limit and against the
 //    directory bytes that remain before anything is allocated, and every region against the
 //    canonical layout (so regions lie between the header and the directory and never overlap).
-//  - Front-coded names let a few bytes stand for a long name: the total of name bytes has its own
-//    limit, as does the total of segments, so what open() allocates is bounded whatever the file.
+//  - Names share bytes with the previous name, so a few bytes can stand for a long name: the total
+//    of name bytes has its own limit, as does the total of segments, so what open() allocates is
+//    bounded whatever the file.
 //  - A tensor's metadata and payload are checked against their CRC-32C on the first access to
 //    either, codec blobs on theirs, never on open: reading one tensor never reads another's
 //    bytes. verify() checks all of them and the zero padding (`nwc inspect --verify`, tests).
@@ -285,19 +286,21 @@ private:
         const std::size_t name_at = in.offset();
         static const std::string no_name;
         const std::string& previous = m_entries.empty() ? no_name : m_entries.back().name;
-        const std::uint64_t shared = detail::get_varint(in, "name prefix size");
-        const std::uint64_t suffix_size = detail::get_varint(in, "name suffix size");
-        if (shared > previous.size() || suffix_size > format::max_name_bytes - shared)
-            fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, ": name of ", shared, " + ", suffix_size, " bytes (the previous has ",
-                 previous.size(), ", a name at most ", format::max_name_bytes, ")");
-        const auto suffix = in.get_bytes(std::size_t(suffix_size));
-        if (shared < previous.size() && !suffix.empty() && suffix[0] == std::uint8_t(previous[std::size_t(shared)]))
-            fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, " shares more than ", shared, " bytes with the previous name");
-        m_name_bytes += shared + suffix_size;
+        const std::uint64_t prefix = detail::get_varint(in, "name prefix size");
+        const std::uint64_t suffix = detail::get_varint(in, "name suffix size");
+        const std::uint64_t middle_size = detail::get_varint(in, "name middle size");
+        if (prefix > previous.size() || suffix > previous.size() - prefix || middle_size > format::max_name_bytes - prefix - suffix)
+            fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, ": name of ", prefix, " + ", middle_size, " + ", suffix,
+                 " bytes (the previous has ", previous.size(), ", a name at most ", format::max_name_bytes, ")");
+        const auto middle = in.get_bytes(std::size_t(middle_size));
+        m_name_bytes += prefix + middle_size + suffix;
         if (m_name_bytes > format::max_total_name_bytes) fail(errc::limit, m_context, ": names take more than ", format::max_total_name_bytes, " bytes");
-        record.name.reserve(std::size_t(shared + suffix_size));
-        record.name.assign(previous, 0, std::size_t(shared));
-        record.name.append(reinterpret_cast<const char*>(suffix.data()), suffix.size());
+        record.name.reserve(std::size_t(prefix + middle_size + suffix));
+        record.name.assign(previous, 0, std::size_t(prefix));
+        record.name.append(reinterpret_cast<const char*>(middle.data()), middle.size());
+        record.name.append(previous, previous.size() - std::size_t(suffix), std::size_t(suffix));
+        if (detail::name_sharing(previous, record.name) != detail::NameSharing{std::size_t(prefix), std::size_t(suffix)})
+            fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, " does not share all it could with the previous name");
         if (!detail::is_valid_tensor_name(record.name))
             fail(errc::corrupt, m_context, ": tensor #", index, " has an invalid name (empty, not UTF-8 or control characters) at offset ", name_at);
         const std::string context = m_context + ": tensor '" + record.name + "'";

@@ -52,7 +52,7 @@ CompressedModel compress_to_bits_target(const CodecType& codec, const ModelFile&
     probe.measure = false;
     const CompressedModel first = codec.with_options(probe).compress_model(model, {}, progress);
     const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
-    // Sizes per tensor and bits with the container's 64-byte alignment of each region (metadata, payload).
+    // Sizes per tensor and bits, with the most padding the container can add before the payload.
     constexpr std::uint64_t rtn_metadata_bytes = 24;
     std::vector<std::array<std::uint64_t, 9>> sizes(model.tensors.size());
     std::vector<std::size_t> coded;
@@ -62,9 +62,8 @@ CompressedModel compress_to_bits_target(const CodecType& codec, const ModelFile&
         coded.push_back(i);
         const Shape& shape = model.tensors[i].shape;
         for (int bits = 2; bits <= 8; ++bits)
-            sizes[i][std::size_t(bits)] = align_region(rtn_metadata_bytes) +
-                                          align_region(RtnMethod::stored_bytes(shape[0], shape[1], bits, base.group_size, base.weights_per_segment) -
-                                                       rtn_metadata_bytes);
+            sizes[i][std::size_t(bits)] = container_tensor_bytes_bound(
+                rtn_metadata_bytes, RtnMethod::stored_bytes(shape[0], shape[1], bits, base.group_size, base.weights_per_segment) - rtn_metadata_bytes);
         overhead -= double(sizes[i][4]);
     }
     std::vector<int> bits(model.tensors.size(), 4);
