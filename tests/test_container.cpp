@@ -64,7 +64,7 @@ Content many_tensors_content() {
             tensor.codec_index = index % 5 == 0 ? -1 : (index % 2 ? 0 : (index % 3 ? 1 : 2));
             tensor.metadata = random_bytes(random, index % 4 == 1 ? 0 : std::size_t(random.below(100)));
             const int segments = int(random.below(5));
-            const std::size_t largest = index % 6 == 2 ? 9000 : 200;  // some payloads >= 4 KiB, aligned
+            const std::size_t largest = index % 6 == 2 ? 50000 : 200;  // some payloads >= 64 KiB, aligned
             for (int k = 0; k < segments; ++k) tensor.add_segment(random_bytes(random, std::size_t(random.below(largest))));
         }
         content.tensors.push_back(std::move(tensor));
@@ -250,7 +250,7 @@ TEST_CASE("container: many tensors round trip, and serialization is byte-identic
         CHECK(entry.shape == expected.shape);
         CHECK(entry.method == expected.method);
         CHECK(entry.codec_index == expected.codec_index);
-        // The layout rule: payloads of 4 KiB or more start at a multiple of 64, the rest are packed.
+        // The layout rule: payloads of 64 KiB or more start at a multiple of 64, the rest are packed.
         if (entry.payload_size >= container_format::aligned_payload_bytes) {
             CHECK(entry.payload_offset % container_format::payload_alignment == 0);
             ++aligned;
@@ -641,14 +641,14 @@ TEST_CASE("container: hostile directories with valid CRCs give clean errors", "[
 }
 
 TEST_CASE("container: a layout other than the canonical one is rejected", "[container][hostile]") {
-    // One aligned payload (>= 4 KiB) after a small region, and a small one after it.
+    // One aligned payload (>= 64 KiB) after a small region, and a packed one after it.
     ContainerWriter writer;
-    writer.add_tensor(ContainerTensor{"a", dtype::f32, Shape{3}, "rtn", -1, {1, 2, 3}, std::vector<std::uint8_t>(4096, 7), {}});
-    writer.add_tensor(ContainerTensor{"b", dtype::f32, Shape{3}, "rtn", -1, {4}, std::vector<std::uint8_t>(4095, 8), {}});
+    writer.add_tensor(ContainerTensor{"a", dtype::f32, Shape{3}, "rtn", -1, {1, 2, 3}, std::vector<std::uint8_t>(65536, 7), {}});
+    writer.add_tensor(ContainerTensor{"b", dtype::f32, Shape{3}, "rtn", -1, {4}, std::vector<std::uint8_t>(65535, 8), {}});
     const std::vector<std::uint8_t> bytes = writer.serialize();
     const ContainerReader reader = ContainerReader::from_bytes(bytes);
     REQUIRE(reader.entry(0).payload_offset == 64);  // 16 + 3 = 19, aligned up to 64
-    REQUIRE(reader.entry(1).payload_offset == 64 + 4096 + 1);  // 4095 bytes: packed
+    REQUIRE(reader.entry(1).payload_offset == 64 + 65536 + 1);  // 65535 bytes: packed
     read_everything(reader);
 
     const std::size_t directory_at = bytes.size() - 16 - directory_size_of(bytes);
@@ -663,7 +663,7 @@ TEST_CASE("container: a layout other than the canonical one is rejected", "[cont
     for (const auto& [what, changed] : std::vector<std::pair<std::string, std::vector<std::uint8_t>>>{
              {"no padding before the aligned payload", spliced(19, -45)},
              {"64 more bytes of padding", spliced(19, 64)},
-             {"padding before a packed payload", spliced(64 + 4096 + 1, 3)},
+             {"padding before a packed payload", spliced(64 + 65536 + 1, 3)},
              {"a gap before the directory", spliced(directory_at, 1)}}) {
         INFO(what);
         std::string message;
