@@ -52,6 +52,13 @@ const std::vector<Tensor<float>>& reference() {
     return tensors;
 }
 
+/// The directory's size, from the footer (the last 16 bytes: u32 size, u32 CRC, u32 CRC, end marker).
+std::uint64_t directory_size(const std::vector<std::uint8_t>& bytes) {
+    std::uint32_t size;
+    std::memcpy(&size, bytes.data() + bytes.size() - 16, 4);
+    return size;
+}
+
 /// True for the bytes of original() that only align regions (zero, covered by no CRC).
 const std::vector<bool>& padding() {
     static const std::vector<bool> mask = [] {
@@ -60,9 +67,8 @@ const std::vector<bool>& padding() {
         const auto cover = [&](std::uint64_t offset, std::uint64_t size) {
             for (std::uint64_t at = offset; at < offset + size; ++at) unused[std::size_t(at)] = false;
         };
-        std::uint64_t directory_size;
-        std::memcpy(&directory_size, original().data() + 24, 8);
-        cover(0, 40 + directory_size);
+        cover(0, 16);  // the header; then the directory and the footer, at the end
+        cover(original().size() - 16 - directory_size(original()), directory_size(original()) + 16);
         for (std::size_t index = 0; index < reader.codec_count(); ++index) cover(reader.codec_entry(index).offset, reader.codec_entry(index).size);
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             const ContainerEntry& entry = reader.entry(index);
@@ -143,13 +149,12 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 void put_u32_at(std::vector<std::uint8_t>& bytes, std::size_t at, std::uint32_t value) { std::memcpy(bytes.data() + at, &value, 4); }
 
-/// Recomputes the header's and the directory's CRCs, so damage reaches the directory parser.
+/// Recomputes the directory's and the footer's CRCs, so damage reaches the directory parser.
 void fix_container_crcs(std::vector<std::uint8_t>& bytes) {
-    std::uint64_t directory_size;
-    std::memcpy(&directory_size, bytes.data() + 24, 8);
-    if (directory_size > bytes.size() - 40) return;
-    put_u32_at(bytes, 32, crc32c({bytes.data() + 40, std::size_t(directory_size)}));
-    put_u32_at(bytes, 36, crc32c({bytes.data(), 36}));
+    const std::size_t footer = bytes.size() - 16;
+    if (directory_size(bytes) > footer - 16) return;
+    put_u32_at(bytes, footer + 4, crc32c({bytes.data() + footer - directory_size(bytes), std::size_t(directory_size(bytes))}));
+    put_u32_at(bytes, footer + 8, crc32c({bytes.data() + footer, 8}, crc32c({bytes.data(), 16})));
 }
 
 }  // namespace
@@ -196,7 +201,7 @@ TEST_CASE("corruption: every truncation, through the whole decode", "[corruption
     std::map<std::string, int> outcomes;
     for (std::size_t length = 0; length < original().size(); length += position_stride)
         ++outcomes[outcome_of(std::vector<std::uint8_t>(original().begin(), original().begin() + std::ptrdiff_t(length)))];
-    // A truncated file padded back to its size with zeros: the header no longer says "short".
+    // A truncated file padded back to its size with zeros: its size no longer says "short" (its footer is gone).
     for (std::size_t length = 0; length < original().size(); length += 61 * position_stride) {
         std::vector<std::uint8_t> bytes = original();
         std::fill(bytes.begin() + std::ptrdiff_t(length), bytes.end(), std::uint8_t(0));
@@ -208,9 +213,9 @@ TEST_CASE("corruption: every truncation, through the whole decode", "[corruption
 
 TEST_CASE("corruption: directory damage with recomputed CRCs, through the whole decode", "[corruption][hostile]") {
     const auto start = std::chrono::steady_clock::now();
-    std::uint64_t directory_size;
-    std::memcpy(&directory_size, original().data() + 24, 8);
-    REQUIRE(directory_size > 0);
+    const std::uint64_t directory_bytes = directory_size(original());
+    const std::size_t directory_at = original().size() - 16 - std::size_t(directory_bytes);
+    REQUIRE(directory_bytes > 0);
     Random random(99);
     std::map<std::string, int> outcomes;
     const int rounds = int(6000 / position_stride);
@@ -218,13 +223,13 @@ TEST_CASE("corruption: directory damage with recomputed CRCs, through the whole 
         std::vector<std::uint8_t> bytes = original();
         const int hits = 1 + int(random.below(3));
         for (int hit = 0; hit < hits; ++hit) {
-            const std::size_t at = 40 + std::size_t(random.below(directory_size));
+            const std::size_t at = directory_at + std::size_t(random.below(directory_bytes));
             bytes[at] = random.below(2) ? std::uint8_t(random.below(256)) : std::uint8_t(bytes[at] ^ (1u << random.below(8)));
         }
         fix_container_crcs(bytes);
         ++outcomes[outcome_of(std::move(bytes), true)];
     }
-    report("random directory damage, header and directory CRCs fixed up", outcomes, seconds_since(start));
+    report("random directory damage, directory and footer CRCs fixed up", outcomes, seconds_since(start));
 }
 
 namespace {

@@ -3,5 +3,6 @@
 #pragma once
 
 #include "nwc/io/container_format.hpp"
+#include "nwc/io/container_layout.hpp"
 #include "nwc/io/container_reader.hpp"
 #include "nwc/io/container_writer.hpp"

@@ -12,7 +12,8 @@
 //   secant corrections of sequential compression (sequential_pipeline.hpp).
 // - An integer knob (rtn, gptq bits) belongs to a method whose sizes follow from the shape alone
 //   (SizePredictingMethod): one measurement-free pass gives the container's fixed overhead, every
-//   tensor's size at every bit width follows exactly, and bits are chosen PER TENSOR: all at the
+//   tensor's size at every bit width follows (exactly, but for the container's alignment padding,
+//   counted at its most), and bits are chosen PER TENSOR: all at the
 //   largest b whose file fits, then tensors, largest step first, move to b + 1 while the file still
 //   fits. With one tensor, or a target outside the knob's range, the target may stay out of reach:
 //   the report says so.
@@ -124,13 +125,13 @@ CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFi
     const int lowest = int(std::ceil(std::isnan(target.knob_min) ? knob.lowest : target.knob_min));
     const int highest = int(std::floor(std::isnan(target.knob_max) ? knob.highest : target.knob_max));
     require(lowest <= highest, errc::invalid_argument, "rate control: empty ", knob.option, " range [", lowest, ", ", highest, "]");
-    // Bytes of a tensor at knob k with the container's 64-byte alignment of each region
+    // Bytes of a tensor at knob k with the most padding the container can add before its payload
     // (metadata, then the payload of all segments).
     const auto aligned_bytes = [&](const Shape& shape, double value) {
         const std::vector<std::uint64_t> sizes = *codec.predicted_sizes(shape, codec.with_knob(value).options());
         std::uint64_t payload = 0;
         for (std::size_t k = 1; k < sizes.size(); ++k) payload += sizes[k];
-        return align_region(sizes[0]) + align_region(payload);
+        return container_tensor_bytes_bound(sizes[0], payload);
     };
     std::vector<std::vector<std::uint64_t>> sizes(model.tensors.size());  // [tensor][knob - lowest]
     std::vector<std::size_t> coded;
