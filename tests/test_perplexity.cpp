@@ -47,7 +47,7 @@ const PerplexityResult& fp32_result() {
 
 }  // namespace
 
-TEST_CASE("perplexity: windows of 512, the partial tail dropped", "[perplexity]") {
+TEST_CASE("perplexity: windows of 512, the partial tail dropped", "[perplexity][data]") {
     std::vector<int> tokens(1300, 7);
     const auto windows = cut_windows(tokens, 512);
     REQUIRE(windows.size() == 2);
@@ -62,7 +62,7 @@ TEST_CASE("perplexity: windows of 512, the partial tail dropped", "[perplexity]"
     CHECK_THROWS_AS(evaluate_perplexity(model, tokens, too_long), nwc::error);
 }
 
-TEST_CASE("perplexity: the result does not depend on the thread count", "[perplexity]") {
+TEST_CASE("perplexity: the result does not depend on the thread count", "[perplexity][data]") {
     const LlamaModel model(stories_weights());
     PerplexityOptions options;
     options.max_windows = 3;
@@ -75,7 +75,7 @@ TEST_CASE("perplexity: the result does not depend on the thread count", "[perple
     CHECK(one.prediction_count == 3 * 511);
 }
 
-TEST_CASE("perplexity: fp32 anchor, 127,512 tokens, 249 windows, NLL 1.83765", "[perplexity][anchor]") {
+TEST_CASE("perplexity: fp32 anchor, 127,512 tokens, 249 windows, NLL 1.83765", "[perplexity][anchor][data]") {
     const PerplexityResult& result = fp32_result();
     CHECK(result.token_count == 127512);
     if (full_size_checks) {
@@ -119,7 +119,7 @@ TEST_CASE("Q4_0 reference: ggml's rounding on hand-checked blocks", "[q4_0]") {
     CHECK(q4_0_bits(64, 172) == 64 * (6 * 16 + 172 * 4));
 }
 
-TEST_CASE("perplexity: Q4_0 anchor, every 2-D matrix (tied embedding included), NLL 1.95774", "[perplexity][anchor][q4_0]") {
+TEST_CASE("perplexity: Q4_0 anchor, every 2-D matrix (tied embedding included), NLL 1.95774", "[perplexity][anchor][q4_0][data]") {
     LlamaWeights weights = stories_weights();
     std::int64_t bits = 0, quantized = 0;
     weights.for_each_tensor([&](const std::string&, Tensor<float>& tensor, const Shape& shape) {
