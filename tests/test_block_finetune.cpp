@@ -8,7 +8,7 @@
 
 #include "llm_test_support.hpp"
 #include "nwc/llm/block_finetune.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/sequential_compression.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/quant/round_to_nearest.hpp"

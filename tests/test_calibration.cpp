@@ -9,7 +9,7 @@
 
 #include "llm_test_support.hpp"
 #include "nwc/llm/calibration.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 
 using nwc::Shape;
 using nwc::Tensor;

@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nwc/core/file_io.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/io/safetensors.hpp"
 #include "requirements.hpp"
 

@@ -13,8 +13,8 @@
 
 #include "llm_test_support.hpp"
 #include "nwc/io/safetensors.hpp"
-#include "nwc/llm/hf_llama.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/hf_llama.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/llama_model.hpp"
 
 using nwc::errc;

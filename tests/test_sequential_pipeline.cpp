@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "nwc/llm/hf_llama.hpp"
+#include "nwc/io/hf_llama.hpp"
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/pipeline/pipeline.hpp"

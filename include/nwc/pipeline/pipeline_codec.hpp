@@ -37,7 +37,7 @@
 #include "nwc/pipeline/method_ecsq.hpp"
 #include "nwc/pipeline/method_nwc.hpp"
 #include "nwc/pipeline/method_rtn.hpp"
-#include "nwc/pipeline/model_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/version.hpp"
 
