@@ -8,10 +8,11 @@
 #include <vector>
 
 #include "llm_test_support.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/perplexity.hpp"
-#include "nwc/llm/reference_quantizers.hpp"
+#include "nwc/quant/round_to_nearest.hpp"
 
+using nwc::RoundToNearest;
 using nwc::Shape;
 using nwc::Tensor;
 using namespace nwc::llm;
@@ -39,6 +40,11 @@ PerplexityOptions protocol_options() {
     if (!full_size_checks) options.max_windows = slice_windows;
     return options;
 }
+
+// llama.cpp's Q4_0 round trip of a [rows, cols] matrix: blocks of 32 along every row, a shorter
+// last block with a scale of its own (stories260K's down_proj has 172 columns; ggml would refuse).
+Tensor<float> q4_0_round_trip(const Tensor<float>& matrix) { return RoundToNearest::q4_0().quantize(matrix.view()); }
+std::int64_t q4_0_bits(std::int64_t rows, std::int64_t cols) { return RoundToNearest::q4_0().payload_bits(rows, cols); }
 
 const PerplexityResult& fp32_result() {
     static const PerplexityResult result = evaluate_perplexity(LlamaModel(stories_weights()), evaluation_tokens(), protocol_options());
@@ -101,7 +107,7 @@ TEST_CASE("Q4_0 reference: ggml's rounding on hand-checked blocks", "[q4_0]") {
     block[4] = -0.76f; // -1.52 + 8.5 = 6.98 -> 6 -> -1
     // max is the FIRST value of largest magnitude: 4 (second) does not replace -4.
     block[5] = 4.0f;   // 8 + 8.5 -> 15 -> 3.5
-    const Tensor<float> q = quantize_dequantize_q4_0(block.view());
+    const Tensor<float> q = q4_0_round_trip(block);
     CHECK(q[0] == -4.0f);
     CHECK(q[1] == 3.5f);
     CHECK(q[2] == 0.5f);
@@ -112,7 +118,7 @@ TEST_CASE("Q4_0 reference: ggml's rounding on hand-checked blocks", "[q4_0]") {
     // An all-zero block stays zero; a short tail block (12 values) gets its own scale.
     Tensor<float> tail(Shape{2, 44});
     for (int i = 0; i < 88; ++i) tail[i] = i < 44 ? 0.0f : (i % 44 < 32 ? 100.0f : 0.125f * float(i % 44 - 32));
-    const Tensor<float> tail_q = quantize_dequantize_q4_0(tail.view());
+    const Tensor<float> tail_q = q4_0_round_trip(tail);
     for (int i = 0; i < 44; ++i) CHECK(tail_q[i] == 0.0f);
     CHECK(tail_q[44 + 43] == Approx(11 * 0.125f).epsilon(1e-3));  // the tail's max maps exactly to -8 d
     CHECK(q4_0_bits(4096, 4096) * 2 == 9 * 4096 * 4096);          // 4.5 bits per weight
@@ -124,7 +130,7 @@ TEST_CASE("perplexity: Q4_0 anchor, every 2-D matrix (tied embedding included), 
     std::int64_t bits = 0, quantized = 0;
     weights.for_each_tensor([&](const std::string&, Tensor<float>& tensor, const Shape& shape) {
         if (shape.rank() != 2) return;
-        tensor = quantize_dequantize_q4_0(tensor.view());
+        tensor = q4_0_round_trip(tensor);
         bits += q4_0_bits(shape.rows(), shape.cols());
         quantized += shape.numel();
     });
