@@ -31,6 +31,15 @@ namespace container_format {
 inline constexpr std::uint8_t magic[8] = {0x89, 'N', 'W', 'C', '\r', '\n', 0x1A, '\n'};
 inline constexpr std::uint32_t version = 1;
 inline constexpr std::size_t header_bytes = 40;
+/// The header's CRC-32C sits here and covers the bytes before it.
+inline constexpr std::size_t header_checksum_offset = 36;
+/// Smallest directory records, the bounds of counts read before the records (ByteReader::get_count):
+/// a codec is u64 offset, u64 size, u32 CRC; a tensor at least a 1-byte name and method, rank 0 and
+/// one segment (2+1 name, dtype, rank, 1+1 method, codec i32, 2 x (u64, u64, u32) regions, u32
+/// segment count, one u64 segment size); a segment size is a u64.
+inline constexpr std::size_t codec_record_bytes = 20;
+inline constexpr std::size_t min_tensor_record_bytes = 63;
+inline constexpr std::size_t segment_record_bytes = 8;
 inline constexpr std::uint64_t region_alignment = 64;
 
 inline constexpr std::uint32_t max_tensors = 1u << 20;

@@ -181,7 +181,8 @@ private:
         const std::uint64_t directory_size = header.get_u64();
         const std::uint32_t directory_crc = header.get_u32();
         const std::uint32_t header_crc = header.get_u32();
-        if (enforce_checksums && crc32c(m_bytes.first(36)) != header_crc) fail(errc::corrupt, m_context, ": header CRC-32C mismatch (bytes 0-35)");
+        if (enforce_checksums && crc32c(m_bytes.first(format::header_checksum_offset)) != header_crc)
+            fail(errc::corrupt, m_context, ": header CRC-32C mismatch (bytes 0-", format::header_checksum_offset - 1, ")");
         if (version != format::version) fail(errc::unsupported, m_context, ": container version ", version, " (this build reads version ", format::version, ")");
         if (flags != 0) fail(errc::unsupported, m_context, ": unknown header flags ", flags, " at offset 12");
         if (stated_size > file_size) fail(errc::truncated, m_context, ": header says ", stated_size, " bytes but the file has ", file_size);
@@ -196,8 +197,8 @@ private:
         // Offsets in messages are file offsets: the reader spans the file up to the directory's end.
         ByteReader in(m_bytes.first(std::size_t(m_directory_end)), m_context + " directory");
         in.skip(format::header_bytes);
-        const std::uint32_t codec_count = in.get_count(20, format::max_codecs, "codec");
-        const std::uint32_t tensor_count = in.get_count(63, format::max_tensors, "tensor");  // 63: the smallest tensor record
+        const std::uint32_t codec_count = in.get_count(format::codec_record_bytes, format::max_codecs, "codec");
+        const std::uint32_t tensor_count = in.get_count(format::min_tensor_record_bytes, format::max_tensors, "tensor");
         m_file_metadata = in.get_string(format::max_file_metadata_bytes);
         std::uint64_t cursor = m_directory_end;
         m_codecs.resize(codec_count);
@@ -262,7 +263,7 @@ private:
             if (record.codec_index != -1) fail(errc::corrupt, context, ": a raw tensor refers to codec ", record.codec_index);
             if (record.payload_size != raw_bytes) fail(errc::corrupt, context, ": raw payload of ", record.payload_size, " bytes, its shape needs ", raw_bytes);
         }
-        const std::uint32_t segment_count = in.get_count(8, format::max_segments, "segment");
+        const std::uint32_t segment_count = in.get_count(format::segment_record_bytes, format::max_segments, "segment");
         if (segment_count == 0) fail(errc::corrupt, context, ": payload has no segment (offset ", in.offset() - 4, ")");
         record.segment_bounds.resize(std::size_t(segment_count) + 1);
         for (std::uint32_t k = 0; k < segment_count; ++k) {
