@@ -89,7 +89,7 @@ TEST_CASE("model_file: what is not a model is an nwc::error naming it", "[model_
     const auto empty_directory = directory.path() / "empty";
     std::filesystem::create_directories(empty_directory);
     CHECK(error_of([&] { load_model_file(empty_directory); }) == errc::unsupported);  // no config.json
-    for (const std::string text : {std::string(), std::string("{\"dim\": 32}"), std::string(64, 'x')}) {
+    for (const std::string& text : {std::string(), std::string("{\"dim\": 32}"), std::string(64, 'x')}) {
         write_text(directory.path() / "text.bin", text);
         CHECK(error_of([&] { load_model_file(directory.path() / "text.bin"); }) == errc::unsupported);
     }
