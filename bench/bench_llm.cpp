@@ -13,7 +13,7 @@
 
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/random.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 
 using namespace nwc;

@@ -13,7 +13,7 @@
 #include <string>
 
 #include "nwc/core/error.hpp"
-#include "nwc/llm/model_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/llm/sequential_compression.hpp"
 #include "nwc/llm/tokenizer.hpp"
@@ -51,7 +51,7 @@ int main(int argc, char** argv) try {
     }
     auto get = [&](const std::string& key, const std::string& fallback) { return settings.count(key) ? settings[key] : fallback; };
 
-    const LlamaWeights weights = read_llama_weights(argv[1]);
+    const LlamaWeights weights = nwc::read_llama_weights(argv[1]);
     const Tokenizer tokenizer = Tokenizer::read(argv[2], weights.config.vocab_size);
     const std::vector<int> calibration = tokenize_for_evaluation(tokenizer, read_text(argv[3]));
     const std::vector<int> evaluation = tokenize_for_evaluation(tokenizer, read_text(argv[4]));

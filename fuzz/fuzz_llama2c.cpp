@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "fuzz_support.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     nwc::fuzz::rejects_cleanly([&] {

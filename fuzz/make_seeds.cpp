@@ -11,7 +11,7 @@
 #include "nwc/core/file_io.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/io/safetensors_writer.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/quant/trellis_quantizer.hpp"
 #include "rans_fuzz_tables.hpp"

@@ -16,9 +16,11 @@
 #
 # A test file opts out of the sanitizer run with a line "// nwc-ctest-labels: no_asan" (see
 # tests/CMakeLists.txt): for tests too slow under ASan, never to hide a sanitizer report.
-# A GPU test with no GPU exits 77 and ctest counts it as skipped, not failed. Every sanitizer
-# report fails its step: ASan/UBSan and TSan halt the test (exit != 0), libFuzzer exits non-zero on
-# a crash, leak, timeout or out-of-memory and saves the input under build-fuzz/artifacts/.
+# A test that cannot run (no GPU; test cases tagged [data] without the data, [tool] in build-asan/
+# where the nwc program is not built) exits 77 and ctest counts it as skipped, not failed or
+# passed (tests/CMakeLists.txt). Every sanitizer report fails its step: ASan/UBSan and TSan halt
+# the test (exit != 0), libFuzzer exits non-zero on a crash, leak, timeout or out-of-memory and
+# saves the input under build-fuzz/artifacts/.
 #
 # Options: --release-only, --asan-only, --tsan-only, --fuzz-only (one step), --no-fuzz.
 # Environment: see scripts/common.sh, plus

@@ -11,10 +11,11 @@
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/llm/llama_weights.hpp"
+#include "requirements.hpp"
 
 namespace nwc::llm::testing {
 
-inline std::filesystem::path data_path(const std::string& name) { return std::filesystem::path(NWC_DATA_DIR) / name; }
+using nwc::testing::data_path;
 
 inline std::string read_text(const std::string& name) {
     const std::vector<std::uint8_t> bytes = read_file(data_path(name));

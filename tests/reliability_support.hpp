@@ -13,7 +13,7 @@
 #include "nwc/codec/trainer.hpp"
 #include "nwc/codec/training_corpus.hpp"
 #include "nwc/core/random.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 
 namespace nwc::reliability {

@@ -8,7 +8,7 @@
 
 #include "llm_test_support.hpp"
 #include "nwc/llm/block_finetune.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/sequential_compression.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
@@ -60,7 +60,7 @@ Tensor<float> rtn3(const Tensor<float>& weight) { return nwc::RoundToNearest({3,
 
 }  // namespace
 
-TEST_CASE("block fine-tuning: the tape block equals LlamaModel::forward_block", "[block_finetune]") {
+TEST_CASE("block fine-tuning: the tape block equals LlamaModel::forward_block", "[block_finetune][data]") {
     SECTION("random tiny model with grouped-query attention") {
         const LlamaModel model(random_llama_weights(tiny_config(), 5));
         for (int layer = 0; layer < 2; ++layer) {
@@ -90,7 +90,7 @@ TEST_CASE("block fine-tuning: the tape block equals LlamaModel::forward_block", 
     }
 }
 
-TEST_CASE("block fine-tuning: lowers the block error on held-out windows after 3-bit q/k/v", "[block_finetune]") {
+TEST_CASE("block fine-tuning: lowers the block error on held-out windows after 3-bit q/k/v", "[block_finetune][data]") {
     const LlamaModel& model = stories().model;
     const int window = full_size_checks ? 128 : 32, training_count = full_size_checks ? 16 : 4, held_out = 4;
     std::vector<std::span<const int>> windows = cut_windows(stories().calibration, window);
@@ -128,7 +128,7 @@ TEST_CASE("block fine-tuning: lowers the block error on held-out windows after 3
     CHECK(result.validation_mse_after <= result.validation_history.front());
 }
 
-TEST_CASE("sequential compression: an identity encoder leaves the model unchanged", "[block_finetune]") {
+TEST_CASE("sequential compression: an identity encoder leaves the model unchanged", "[block_finetune][data]") {
     const LlamaWeights original = random_llama_weights(tiny_config(/*tied=*/false), 77);
     LlamaModel model{LlamaWeights(original)};
     nwc::Random random(78);
@@ -168,7 +168,7 @@ TEST_CASE("sequential compression: an identity encoder leaves the model unchange
     }
 }
 
-TEST_CASE("sequential compression: 3-bit RTN with fine-tuning is the same for 1 and 2 threads", "[block_finetune]") {
+TEST_CASE("sequential compression: 3-bit RTN with fine-tuning is the same for 1 and 2 threads", "[block_finetune][data]") {
     const QuantizeFunction rtn = [](const std::string&, const Tensor<float>& weight, const Tensor<double>*) { return rtn3(weight); };
     auto run = [&](int threads) {
         LlamaModel model(random_llama_weights(tiny_config(/*tied=*/true), 91));

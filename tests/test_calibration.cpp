@@ -9,7 +9,7 @@
 
 #include "llm_test_support.hpp"
 #include "nwc/llm/calibration.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 
 using nwc::Shape;
 using nwc::Tensor;
@@ -98,7 +98,7 @@ TEST_CASE("calibration: identical Hessians for any thread count", "[calibration]
     for (std::size_t i = 0; i < one.inputs().size(); ++i) REQUIRE(one.inputs()[i].hessian.values() == three.inputs()[i].hessian.values());
 }
 
-TEST_CASE("calibration: stories260K Hessians on the calibration text are symmetric PSD", "[calibration]") {
+TEST_CASE("calibration: stories260K Hessians on the calibration text are symmetric PSD", "[calibration][data]") {
     const LlamaModel model(read_llama2c(data_path("stories260K.bin")).weights);
     const std::vector<int> tokens =
         tokenize_for_evaluation(Tokenizer::read(data_path("tok512.bin"), 512), read_text("tinystories_calib.txt"));

@@ -1,6 +1,7 @@
 // The `nwc` program's compress / decompress / inspect commands, driven as a user drives them:
 // exit codes, --help, --json, atomic outputs. The binary is found next to the test program
-// (build/tests/nwc_test_cli -> build/tools/nwc); the test is skipped when it was not built.
+// (build/tests/nwc_test_cli -> build/tools/nwc); the test is skipped (exit 77, tests/requirements.hpp)
+// when it was not built.
 // nwc-ctest-labels: data
 #include <catch2/catch.hpp>
 
@@ -15,16 +16,15 @@
 #include <nlohmann/json.hpp>
 
 #include "nwc/core/file_io.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/io/safetensors.hpp"
+#include "requirements.hpp"
 
 namespace {
 
-std::filesystem::path data(const std::string& name) { return std::filesystem::path(NWC_DATA_DIR) / name; }
+std::filesystem::path data(const std::string& name) { return nwc::testing::data_path(name); }
 
-std::filesystem::path program() {
-    return std::filesystem::read_symlink("/proc/self/exe").parent_path().parent_path() / "tools" / "nwc";
-}
+std::filesystem::path program() { return nwc::testing::nwc_program(); }
 
 struct Result {
     int status = -1;
@@ -56,11 +56,7 @@ struct TempDir {
 
 }  // namespace
 
-TEST_CASE("nwc compress, inspect and decompress as a user runs them", "[cli]") {
-    if (!std::filesystem::exists(program())) {
-        WARN("the nwc program was not built (" << program() << "): skipped");
-        return;
-    }
+TEST_CASE("nwc compress, inspect and decompress as a user runs them", "[cli][data][tool]") {
     const TempDir temp;
     const std::string model = "'" + data("stories260K.bin").string() + "'";
 

@@ -41,6 +41,16 @@ TEST_CASE("half: rounding to nearest even, overflow, subnormals", "[half]") {
     }
 }
 
+TEST_CASE("half: is_finite is false exactly for infinities and NaNs", "[half]") {
+    for (std::uint32_t bits = 0; bits < 65536; ++bits) {
+        const half value{std::uint16_t(bits)};
+        REQUIRE(is_finite(value) == std::isfinite(to_float(value)));
+    }
+    CHECK(is_finite(half{half_max_finite_bits}));
+    CHECK(to_float(half{half_max_finite_bits}) == 65504.0f);
+    CHECK_FALSE(is_finite(to_half(65520.0f)));
+}
+
 TEST_CASE("bfloat16: round trip and rounding", "[half]") {
     for (std::uint32_t bits = 0; bits < 65536; ++bits) {
         const bfloat16 value{std::uint16_t(bits)};

@@ -23,7 +23,7 @@
 
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/random.hpp"
-#include "nwc/pipeline/model_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "reliability_support.hpp"
 
 using namespace nwc;

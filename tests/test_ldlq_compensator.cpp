@@ -21,6 +21,7 @@
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
 #include "nwc/quant/scalar_quantizers.hpp"
+#include "requirements.hpp"
 
 using namespace nwc;
 
@@ -45,7 +46,7 @@ Tensor<float> gaussian_matrix(std::int64_t rows, std::int64_t cols, std::uint64_
 }
 
 Tensor<float> mt3_matrix(const std::string& name) {
-    static const SafetensorsFile file = SafetensorsFile::open(std::filesystem::path(NWC_DATA_DIR) / "mt3.safetensors");
+    static const SafetensorsFile file = SafetensorsFile::open(nwc::testing::data_path("mt3.safetensors"));
     return file.read_float32(name);
 }
 
@@ -148,7 +149,7 @@ struct ChunkRecorder {
 static_assert(BlockQuantizer<ChunkRecorder> && !ColumnQuantizer<ChunkRecorder>);
 }  // namespace
 
-TEST_CASE("ldlq: LDLQ + RTN (GPTQ) and LDLQ + ECSQ beat plain quantization on real MT3 matrices", "[ldlq]") {
+TEST_CASE("ldlq: LDLQ + RTN (GPTQ) and LDLQ + ECSQ beat plain quantization on real MT3 matrices", "[ldlq][data]") {
     for (const std::string name : {"encoder.layers_0.attention.query.weight", "decoder.layers_3.mlp.wi_0.weight", "encoder.layers_5.mlp.wo.weight"}) {
         const Tensor<float> weights = mt3_matrix(name);
         const Eigen::MatrixXf hessian = synthetic_hessian(weights.cols(), 1234);
@@ -232,7 +233,7 @@ TEST_CASE("ldlq: the factorization is U D U^T of the damped H and equals GPTQ's 
     }
 }
 
-TEST_CASE("ldlq: the LDLQ sweep reproduces GPTQ's sweep via the Cholesky factor of H^-1", "[ldlq]") {
+TEST_CASE("ldlq: the LDLQ sweep reproduces GPTQ's sweep via the Cholesky factor of H^-1", "[ldlq][data]") {
     const Tensor<float> weights = mt3_matrix("encoder.layers_1.attention.key.weight");
     const Eigen::MatrixXf hessian = synthetic_hessian(weights.cols(), 99);
     SECTION("same decisions => same compensated inputs (decisions replayed from the LDLQ run)") {
@@ -309,7 +310,7 @@ TEST_CASE("ldlq: damping retries for a singular or indefinite H, plain coding wh
     }
 }
 
-TEST_CASE("ldlq: results are bit-identical for any thread count", "[ldlq]") {
+TEST_CASE("ldlq: results are bit-identical for any thread count", "[ldlq][data]") {
     const Tensor<float> weights = mt3_matrix("decoder.layers_2.self_attention.out.weight");  // 512 x 384
     const Eigen::MatrixXf hessian = synthetic_hessian(weights.cols(), 31);
     for (auto mode : {FeedbackMode::per_column, FeedbackMode::per_block}) {

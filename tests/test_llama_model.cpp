@@ -13,8 +13,8 @@
 
 #include "llm_test_support.hpp"
 #include "nwc/io/safetensors.hpp"
-#include "nwc/llm/hf_llama.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/hf_llama.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/llama_model.hpp"
 
 using nwc::errc;
@@ -150,7 +150,7 @@ double max_difference(const Activations& a, const Activations& b) { return doubl
 
 }  // namespace
 
-TEST_CASE("llama2.c file: stories260K's header, names and shapes", "[llama2c]") {
+TEST_CASE("llama2.c file: stories260K's header, names and shapes", "[llama2c][data]") {
     const LlamaConfig& c = stories().weights.config;
     CHECK(c.dim == 64);
     CHECK(c.hidden_dim == 172);
@@ -173,7 +173,7 @@ TEST_CASE("llama2.c file: stories260K's header, names and shapes", "[llama2c]") 
     CHECK_THROWS_AS(stories().weights.tensor("model.layers.x.mlp.down_proj.weight"), nwc::error);
 }
 
-TEST_CASE("llama2.c file: stories260K round-trips byte for byte, in memory and on disk", "[llama2c]") {
+TEST_CASE("llama2.c file: stories260K round-trips byte for byte, in memory and on disk", "[llama2c][data]") {
     const std::vector<std::uint8_t> original = nwc::read_file(data_path("stories260K.bin"));
     CHECK(serialize_llama2c(stories()) == original);
     TemporaryDirectory directory("llama2c");
@@ -208,7 +208,7 @@ TEST_CASE("llama2.c file: a separate classifier is written with a negative vocab
     CHECK(serialize_llama2c(back) == bytes);
 }
 
-TEST_CASE("llama2.c file: hostile headers and sizes are refused", "[llama2c][hostile]") {
+TEST_CASE("llama2.c file: hostile headers and sizes are refused", "[llama2c][hostile][data]") {
     const std::vector<std::uint8_t> good = nwc::read_file(data_path("stories260K.bin"));
     CHECK(llama2c_error({}) == errc::truncated);
     CHECK(llama2c_error({good.begin(), good.begin() + 27}) == errc::truncated);
@@ -235,7 +235,7 @@ TEST_CASE("llama2.c file: hostile headers and sizes are refused", "[llama2c][hos
     CHECK_THROWS_AS(read_llama2c(data_path("no_such_model.bin")), nwc::error);
 }
 
-TEST_CASE("llama model: the batched forward pass matches run.c token by token", "[forward]") {
+TEST_CASE("llama model: the batched forward pass matches run.c token by token", "[forward][data]") {
     for (const bool shared : {true, false}) {
         const LlamaWeights weights = random_llama_weights(small_config(shared), shared ? 1 : 2);
         const LlamaModel model(weights);
@@ -295,7 +295,7 @@ TEST_CASE("HF layout: the q/k permutation is transformers' and inverts exactly",
     CHECK(permute_rows_from_hf(hf.view(), 2).values() == rows.values());
 }
 
-TEST_CASE("HF layout: stories260K written as safetensors + config.json reads back to identical logits", "[hf]") {
+TEST_CASE("HF layout: stories260K written as safetensors + config.json reads back to identical logits", "[hf][data]") {
     TemporaryDirectory directory("hf");
     write_hf_llama(directory.path(), stories().weights);
     const nlohmann::json config = nlohmann::json::parse(std::ifstream(directory.path() / "config.json"));
@@ -326,7 +326,7 @@ TEST_CASE("HF layout: stories260K written as safetensors + config.json reads bac
     CHECK(untied_back.classifier[5] == nwc::to_float(nwc::to_half(untied.classifier[5])));
 }
 
-TEST_CASE("HF layout: bad configs and missing or misshapen tensors are refused", "[hf][hostile]") {
+TEST_CASE("HF layout: bad configs and missing or misshapen tensors are refused", "[hf][hostile][data]") {
     auto config_error = [](nlohmann::json root) {
         try {
             parse_hf_config(root, "test config");

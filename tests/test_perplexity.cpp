@@ -8,10 +8,11 @@
 #include <vector>
 
 #include "llm_test_support.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/perplexity.hpp"
-#include "nwc/llm/reference_quantizers.hpp"
+#include "nwc/quant/round_to_nearest.hpp"
 
+using nwc::RoundToNearest;
 using nwc::Shape;
 using nwc::Tensor;
 using namespace nwc::llm;
@@ -40,6 +41,11 @@ PerplexityOptions protocol_options() {
     return options;
 }
 
+// llama.cpp's Q4_0 round trip of a [rows, cols] matrix: blocks of 32 along every row, a shorter
+// last block with a scale of its own (stories260K's down_proj has 172 columns; ggml would refuse).
+Tensor<float> q4_0_round_trip(const Tensor<float>& matrix) { return RoundToNearest::q4_0().quantize(matrix.view()); }
+std::int64_t q4_0_bits(std::int64_t rows, std::int64_t cols) { return RoundToNearest::q4_0().payload_bits(rows, cols); }
+
 const PerplexityResult& fp32_result() {
     static const PerplexityResult result = evaluate_perplexity(LlamaModel(stories_weights()), evaluation_tokens(), protocol_options());
     return result;
@@ -47,7 +53,7 @@ const PerplexityResult& fp32_result() {
 
 }  // namespace
 
-TEST_CASE("perplexity: windows of 512, the partial tail dropped", "[perplexity]") {
+TEST_CASE("perplexity: windows of 512, the partial tail dropped", "[perplexity][data]") {
     std::vector<int> tokens(1300, 7);
     const auto windows = cut_windows(tokens, 512);
     REQUIRE(windows.size() == 2);
@@ -62,7 +68,7 @@ TEST_CASE("perplexity: windows of 512, the partial tail dropped", "[perplexity]"
     CHECK_THROWS_AS(evaluate_perplexity(model, tokens, too_long), nwc::error);
 }
 
-TEST_CASE("perplexity: the result does not depend on the thread count", "[perplexity]") {
+TEST_CASE("perplexity: the result does not depend on the thread count", "[perplexity][data]") {
     const LlamaModel model(stories_weights());
     PerplexityOptions options;
     options.max_windows = 3;
@@ -75,7 +81,7 @@ TEST_CASE("perplexity: the result does not depend on the thread count", "[perple
     CHECK(one.prediction_count == 3 * 511);
 }
 
-TEST_CASE("perplexity: fp32 anchor, 127,512 tokens, 249 windows, NLL 1.83765", "[perplexity][anchor]") {
+TEST_CASE("perplexity: fp32 anchor, 127,512 tokens, 249 windows, NLL 1.83765", "[perplexity][anchor][data]") {
     const PerplexityResult& result = fp32_result();
     CHECK(result.token_count == 127512);
     if (full_size_checks) {
@@ -101,7 +107,7 @@ TEST_CASE("Q4_0 reference: ggml's rounding on hand-checked blocks", "[q4_0]") {
     block[4] = -0.76f; // -1.52 + 8.5 = 6.98 -> 6 -> -1
     // max is the FIRST value of largest magnitude: 4 (second) does not replace -4.
     block[5] = 4.0f;   // 8 + 8.5 -> 15 -> 3.5
-    const Tensor<float> q = quantize_dequantize_q4_0(block.view());
+    const Tensor<float> q = q4_0_round_trip(block);
     CHECK(q[0] == -4.0f);
     CHECK(q[1] == 3.5f);
     CHECK(q[2] == 0.5f);
@@ -112,19 +118,19 @@ TEST_CASE("Q4_0 reference: ggml's rounding on hand-checked blocks", "[q4_0]") {
     // An all-zero block stays zero; a short tail block (12 values) gets its own scale.
     Tensor<float> tail(Shape{2, 44});
     for (int i = 0; i < 88; ++i) tail[i] = i < 44 ? 0.0f : (i % 44 < 32 ? 100.0f : 0.125f * float(i % 44 - 32));
-    const Tensor<float> tail_q = quantize_dequantize_q4_0(tail.view());
+    const Tensor<float> tail_q = q4_0_round_trip(tail);
     for (int i = 0; i < 44; ++i) CHECK(tail_q[i] == 0.0f);
     CHECK(tail_q[44 + 43] == Approx(11 * 0.125f).epsilon(1e-3));  // the tail's max maps exactly to -8 d
     CHECK(q4_0_bits(4096, 4096) * 2 == 9 * 4096 * 4096);          // 4.5 bits per weight
     CHECK(q4_0_bits(64, 172) == 64 * (6 * 16 + 172 * 4));
 }
 
-TEST_CASE("perplexity: Q4_0 anchor, every 2-D matrix (tied embedding included), NLL 1.95774", "[perplexity][anchor][q4_0]") {
+TEST_CASE("perplexity: Q4_0 anchor, every 2-D matrix (tied embedding included), NLL 1.95774", "[perplexity][anchor][q4_0][data]") {
     LlamaWeights weights = stories_weights();
     std::int64_t bits = 0, quantized = 0;
     weights.for_each_tensor([&](const std::string&, Tensor<float>& tensor, const Shape& shape) {
         if (shape.rank() != 2) return;
-        tensor = quantize_dequantize_q4_0(tensor.view());
+        tensor = q4_0_round_trip(tensor);
         bits += q4_0_bits(shape.rows(), shape.cols());
         quantized += shape.numel();
     });

@@ -16,12 +16,13 @@
 #include "nwc/llm/calibration.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/pipeline/pipeline.hpp"
+#include "requirements.hpp"
 
 using namespace nwc;
 
 namespace {
 
-std::filesystem::path data(const std::string& name) { return std::filesystem::path(NWC_DATA_DIR) / name; }
+std::filesystem::path data(const std::string& name) { return nwc::testing::data_path(name); }
 
 struct TempDir {
     std::filesystem::path path = std::filesystem::temp_directory_path() / ("nwc_pipeline_test_" + std::to_string(::getpid()));
@@ -137,7 +138,7 @@ TEST_CASE("codes pack and unpack at every width", "[pipeline]") {
     CHECK_THROWS_AS(detail::unpack_codes(packed, 3, back, "test"), error);
 }
 
-TEST_CASE("model files are detected by content", "[pipeline]") {
+TEST_CASE("model files are detected by content", "[pipeline][data]") {
     CHECK(detect_model_format(data("mt3.safetensors")) == ModelFormat::safetensors);
     CHECK(detect_model_format(data("stories260K.bin")) == ModelFormat::llama2c);
     CHECK_THROWS_AS(detect_model_format(data("tok512.bin")), error);
@@ -160,7 +161,7 @@ TEST_CASE("model files are detected by content", "[pipeline]") {
     CHECK(llm::read_llama2c(temp().path / "from_hf.bin").weights.config == a.config);
 }
 
-TEST_CASE("llama2.c round trip is exact without compression loss in raw tensors and RoPE tables", "[pipeline]") {
+TEST_CASE("llama2.c round trip is exact without compression loss in raw tensors and RoPE tables", "[pipeline][data]") {
     // The raw path (1-D norms) and the RoPE corrections must reproduce the source bytes exactly.
     const ModelFile& model = stories();
     const auto path = temp().path / "stories_copy.bin";
@@ -169,7 +170,7 @@ TEST_CASE("llama2.c round trip is exact without compression loss in raw tensors 
     CHECK(!model.rope_corrections.values().empty());
 }
 
-TEST_CASE("whole real safetensors files round trip with rtn", "[pipeline]") {
+TEST_CASE("whole real safetensors files round trip with rtn", "[pipeline][data]") {
     for (const char* name : {"mt3.safetensors", "gptneo125m_attn.safetensors"}) {
         INFO(name);
         const ModelFile gptneo = std::string(name) == "mt3.safetensors" ? ModelFile{} : load_model_file(data(name));
@@ -210,7 +211,7 @@ TEST_CASE("whole real safetensors files round trip with rtn", "[pipeline]") {
     }
 }
 
-TEST_CASE("every method gives the same bytes on repeated runs and for 1 or 2 threads", "[pipeline]") {
+TEST_CASE("every method gives the same bytes on repeated runs and for 1 or 2 threads", "[pipeline][data]") {
     const ModelFile subset = first_tensors(mt3(), 6);
     const HessianLookup none;
     for (std::string method : {"rtn", "gptq", "ecsq", "nwc"}) {
@@ -234,7 +235,7 @@ TEST_CASE("every method gives the same bytes on repeated runs and for 1 or 2 thr
     }
 }
 
-TEST_CASE("error feedback lowers the proxy loss on real matrices with real Hessians", "[pipeline]") {
+TEST_CASE("error feedback lowers the proxy loss on real matrices with real Hessians", "[pipeline][data]") {
     const auto lookup = hessian_lookup(stories_hessians());
     const auto report = [&](std::string method, bool ldlq) {
         MethodOptions options = options_for(method);
@@ -261,7 +262,7 @@ TEST_CASE("error feedback lowers the proxy loss on real matrices with real Hessi
     CHECK(nwc_ldlq.tensors[2].used_feedback);
 }
 
-TEST_CASE("stories260K at about 4 bits per weight with every method decompresses to a llama2.c model", "[pipeline]") {
+TEST_CASE("stories260K at about 4 bits per weight with every method decompresses to a llama2.c model", "[pipeline][data]") {
     const auto lookup = hessian_lookup(stories_hessians());
     for (std::string method : {"rtn", "gptq", "ecsq", "nwc"}) {
         INFO(method);
@@ -284,7 +285,7 @@ TEST_CASE("stories260K at about 4 bits per weight with every method decompresses
     }
 }
 
-TEST_CASE("ecsq and nwc rate control land within 1% on a real safetensors file", "[pipeline]") {
+TEST_CASE("ecsq and nwc rate control land within 1% on a real safetensors file", "[pipeline][data]") {
     const ModelFile subset = first_tensors(mt3(), 12);
     for (double target : {3.0, 5.0}) {
         const CompressedModel compressed = compress_to_target(DefaultCodec(options_for("ecsq")), subset, {}, RateTarget{target});
@@ -304,7 +305,7 @@ TEST_CASE("ecsq and nwc rate control land within 1% on a real safetensors file",
     CHECK(!low.report.note.empty());
 }
 
-TEST_CASE("corrupt or hostile method data gives nwc::error", "[pipeline]") {
+TEST_CASE("corrupt or hostile method data gives nwc::error", "[pipeline][data]") {
     const ModelFile subset = first_tensors(mt3(), 2);
     for (std::string method : {"rtn", "ecsq", "nwc"}) {
         INFO(method);
@@ -348,7 +349,7 @@ TEST_CASE("corrupt or hostile method data gives nwc::error", "[pipeline]") {
     }
 }
 
-TEST_CASE("outputs are written atomically", "[pipeline]") {
+TEST_CASE("outputs are written atomically", "[pipeline][data]") {
     const ModelFile subset = first_tensors(mt3(), 3);
     const CompressedModel compressed = DefaultCodec(options_for("rtn")).compress_model(subset);
     const auto path = temp().path / "atomic.nwc";

@@ -1,5 +1,6 @@
 // safetensors: round trips on the real model files, deterministic writing, and hostile headers
 // (every one an nwc::error with the right id, never a crash).
+// nwc-ctest-labels: data
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -13,12 +14,11 @@
 
 #include "nwc/core/random.hpp"
 #include "nwc/io/safetensors.hpp"
+#include "requirements.hpp"
 
 using namespace nwc;
 
 namespace {
-
-const std::filesystem::path data_dir = NWC_DATA_DIR;
 
 // The id of the nwc::error `body` throws, or nothing; any other exception escapes and fails the test.
 template <class Body>
@@ -94,11 +94,7 @@ TEST_CASE("safetensors: the real model files open, round trip and rewrite byte-i
         dtype type;
     };
     for (const Expected expected : {Expected{"gptneo125m_attn.safetensors", 48, dtype::bf16}, Expected{"mt3.safetensors", 147, dtype::f16}}) {
-        const auto path = data_dir / expected.file;
-        if (!std::filesystem::exists(path)) {
-            WARN("skipped: " << path << " not found");
-            continue;
-        }
+        const auto path = nwc::testing::data_path(expected.file);
         INFO(expected.file);
         const SafetensorsFile original = SafetensorsFile::open(path);
         REQUIRE(original.tensor_count() == expected.tensors);

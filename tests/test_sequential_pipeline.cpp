@@ -11,17 +11,18 @@
 #include <string>
 #include <vector>
 
-#include "nwc/llm/hf_llama.hpp"
+#include "nwc/io/hf_llama.hpp"
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 #include "nwc/pipeline/sequential_pipeline.hpp"
+#include "requirements.hpp"
 
 using namespace nwc;
 
 namespace {
 
-std::filesystem::path data(const std::string& name) { return std::filesystem::path(NWC_DATA_DIR) / name; }
+std::filesystem::path data(const std::string& name) { return nwc::testing::data_path(name); }
 
 const ModelFile& stories() {
     static const ModelFile model = load_model_file(data("stories260K.bin"));
@@ -70,7 +71,7 @@ MethodOptions method(std::string which, int bits = 3) {
 
 }  // namespace
 
-TEST_CASE("sequential compression writes a container that decodes to the coded model", "[sequential]") {
+TEST_CASE("sequential compression writes a container that decodes to the coded model", "[sequential][data]") {
     llm::SequentialCompressionReport details;
     const DefaultCodec codec(method("rtn"));
     const CompressedModel compressed = compress_model_sequentially(codec, stories(), calibration_tokens(), small_run(2), {}, &details);
@@ -104,7 +105,7 @@ TEST_CASE("sequential compression writes a container that decodes to the coded m
         if (step.finetuned) CHECK(step.block_mse_finetuned <= step.block_mse_coded);
 }
 
-TEST_CASE("sequential compression gives the same bytes for any thread count", "[sequential]") {
+TEST_CASE("sequential compression gives the same bytes for any thread count", "[sequential][data]") {
     const DefaultCodec codec(method("ecsq"));
     const auto one = compress_model_sequentially(codec, stories(), calibration_tokens(), small_run(1)).writer.serialize();
     MethodOptions threaded = method("ecsq");
@@ -113,7 +114,7 @@ TEST_CASE("sequential compression gives the same bytes for any thread count", "[
     CHECK(one == two);
 }
 
-TEST_CASE("fine-tuning lowers the perplexity of a 3-bit model", "[sequential]") {
+TEST_CASE("fine-tuning lowers the perplexity of a 3-bit model", "[sequential][data]") {
     const DefaultCodec codec(method("rtn", 3));
     llm::SequentialCompressionOptions with = small_run(2), without = small_run(2);
     without.finetune = false;
@@ -123,7 +124,7 @@ TEST_CASE("fine-tuning lowers the perplexity of a 3-bit model", "[sequential]") 
     CHECK(tuned < plain);
 }
 
-TEST_CASE("sequential rate control lands within 1% of the target", "[sequential]") {
+TEST_CASE("sequential rate control lands within 1% of the target", "[sequential][data]") {
     const llm::LlamaModel network(*llama_weights_of(stories()));
     llm::CalibrationOptions calibration;
     calibration.threads = 2;
@@ -141,7 +142,7 @@ TEST_CASE("sequential rate control lands within 1% of the target", "[sequential]
     }
 }
 
-TEST_CASE("a Hugging Face model is compressed in its own layout", "[sequential]") {
+TEST_CASE("a Hugging Face model is compressed in its own layout", "[sequential][data]") {
     const std::filesystem::path directory = std::filesystem::temp_directory_path() / ("nwc_sequential_hf_" + std::to_string(::getpid()));
     llm::write_hf_llama(directory, *llama_weights_of(stories()));
     const ModelFile hf = load_model_file(directory);

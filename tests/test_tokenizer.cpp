@@ -95,7 +95,7 @@ errc parse_error(const std::vector<std::uint8_t>& bytes, std::int64_t vocab_size
 
 }  // namespace
 
-TEST_CASE("tokenizer: tok512.bin loads and serializes back to the same bytes", "[tokenizer]") {
+TEST_CASE("tokenizer: tok512.bin loads and serializes back to the same bytes", "[tokenizer][data]") {
     const Tokenizer& t = stories_tokenizer();
     CHECK(t.vocab_size() == 512);
     CHECK(t.max_token_length() == 7);
@@ -108,7 +108,7 @@ TEST_CASE("tokenizer: tok512.bin loads and serializes back to the same bytes", "
     CHECK(t.serialize() == nwc::read_file(data_path("tok512.bin")));
 }
 
-TEST_CASE("tokenizer: known ids, derived with a separate Python port of run.c's encode", "[tokenizer]") {
+TEST_CASE("tokenizer: known ids, derived with a separate Python port of run.c's encode", "[tokenizer][data]") {
     const Tokenizer& t = stories_tokenizer();
     CHECK(t.encode("", true) == std::vector<int>{1});
     CHECK(t.encode("", false).empty());
@@ -126,7 +126,7 @@ TEST_CASE("tokenizer: known ids, derived with a separate Python port of run.c's 
     CHECK(t.encode("Lily", false, true) == std::vector<int>{317, 2});
 }
 
-TEST_CASE("tokenizer: the heap merge equals run.c's rescanning merge on random texts", "[tokenizer]") {
+TEST_CASE("tokenizer: the heap merge equals run.c's rescanning merge on random texts", "[tokenizer][data]") {
     const Tokenizer& t = stories_tokenizer();
     const std::string text = read_text("tinystories_eval.txt");
     nwc::Random random(11);
@@ -143,7 +143,7 @@ TEST_CASE("tokenizer: the heap merge equals run.c's rescanning merge on random t
     }
 }
 
-TEST_CASE("tokenizer: the evaluation text gives the protocol's 127,512 tokens", "[tokenizer]") {
+TEST_CASE("tokenizer: the evaluation text gives the protocol's 127,512 tokens", "[tokenizer][data]") {
     const std::vector<int> tokens = stories_tokenizer().encode(read_text("tinystories_eval.txt"), true);
     CHECK(tokens.size() == 127512);
     CHECK(tokens.front() == 1);
@@ -155,7 +155,7 @@ TEST_CASE("tokenizer: the evaluation text gives the protocol's 127,512 tokens", 
     CHECK(tokens[line_tokens.size()] == 13);
 }
 
-TEST_CASE("tokenizer: decode strips the space after BOS and turns <0xXX> into bytes", "[tokenizer]") {
+TEST_CASE("tokenizer: decode strips the space after BOS and turns <0xXX> into bytes", "[tokenizer][data]") {
     const Tokenizer& t = stories_tokenizer();
     for (const std::string text : {"Once upon a time, there was a little girl named Lily.", "Hello\n\nworld", "The café costs 5€ — naïve 🙂!"}) {
         const std::vector<int> tokens = t.encode(text, true);

@@ -13,7 +13,7 @@
 #include "arguments.hpp"
 #include "commands.hpp"
 #include "nwc/core/file_io.hpp"
-#include "nwc/llm/model_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "pipeline_cli.hpp"
@@ -45,7 +45,7 @@ options:
 
 double perplexity_of(const std::string& model_path, const std::string& tokenizer_path, const std::vector<std::uint8_t>& text, int threads,
                      double& mean_nll) {
-    const llm::LlamaModel model(llm::read_llama_weights(model_path));
+    const llm::LlamaModel model(read_llama_weights(model_path));
     const llm::Tokenizer tokenizer = llm::Tokenizer::read(tokenizer_path, model.config().vocab_size);
     const std::vector<int> tokens = llm::tokenize_for_evaluation(tokenizer, {reinterpret_cast<const char*>(text.data()), text.size()});
     llm::PerplexityOptions options;
@@ -94,7 +94,7 @@ int run_demo(const std::vector<std::string>& raw_arguments) {
     const double after = perplexity_of(decoded, tokenizer, text, int(arguments.get_integer("threads", 0)), nll_after);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-    const llm::LlamaModel original(llm::read_llama_weights(model));
+    const llm::LlamaModel original(read_llama_weights(model));
     std::int64_t weights = 0;
     original.weights().for_each_tensor([&](const std::string&, const Tensor<float>& tensor, const Shape&) { weights += tensor.numel(); });
     const auto original_bytes = std::filesystem::file_size(model), compressed_bytes = std::filesystem::file_size(compressed);

@@ -12,7 +12,7 @@
 #include "arguments.hpp"
 #include "commands.hpp"
 #include "nwc/core/file_io.hpp"
-#include "nwc/llm/model_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
@@ -65,14 +65,14 @@ int run_eval(const std::vector<std::string>& arguments) {
     // equals `nwc eval` of its decompressed output (tests/test_pipeline.cpp checks it).
     const bool compressed = std::filesystem::path(model_path).extension() == ".nwc";
     const auto load = [&]() -> llm::LlamaWeights {
-        if (!compressed) return llm::read_llama_weights(model_path);
+        if (!compressed) return read_llama_weights(model_path);
         const ContainerReader reader = ContainerReader::open(model_path);
         const ModelFile decoded = DefaultCodec::decompress_model(reader, options.threads);
         std::optional<llm::LlamaWeights> weights = llama_weights_of(decoded, model_path);
         require(weights.has_value(), errc::unsupported, "'", model_path, "' does not hold a Llama model");
         return std::move(*weights);
     };
-    const char* format_text = compressed ? "nwc" : llm::format_name(llm::detect_llama_format(model_path));
+    const char* format_text = compressed ? "nwc" : model_format_name(detect_model_format(model_path)).data();
     const llm::LlamaModel model(load());
     const llm::Tokenizer tokenizer = llm::Tokenizer::read(args.get("tokenizer"), model.config().vocab_size);
     const std::vector<std::uint8_t> text = read_file(args.get("text"));

@@ -79,10 +79,9 @@ public:
     std::int64_t step_count() const noexcept { return m_step_count; }
     std::span<Parameter<Scalar>* const> parameters() const noexcept { return m_parameters; }
 
-    /// Optimizer state for checkpoints: moments of parameter i and the step count.
+    /// Optimizer state (tests check it): the first and second moments of parameter i.
     Matrix& first_moment(std::size_t i) { return m_first_moments.at(i); }
     Matrix& second_moment(std::size_t i) { return m_second_moments.at(i); }
-    void set_step_count(std::int64_t count) noexcept { m_step_count = count; }
 
 private:
     std::vector<Parameter<Scalar>*> m_parameters;

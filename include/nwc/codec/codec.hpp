@@ -29,6 +29,7 @@
 #include "nwc/core/half.hpp"
 #include "nwc/core/tensor.hpp"
 #include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/prior_kernels.hpp"
 #include "nwc/nn/residual_mlp.hpp"
 
 namespace nwc {
@@ -172,13 +173,13 @@ public:
     const std::string& provenance() const noexcept { return m_provenance; }
     void set_provenance(std::string provenance) { m_provenance = std::move(provenance); }
     /// The trained prior's parameters (FactorizedPrior::parameters() order, each tensor row-major;
-    /// prior_groups x latents x 58 floats), or empty. Not needed to code: they let the integer
-    /// tables be rebuilt (another precision or tail mass) without retraining.
+    /// prior_groups x latents x prior_parameters_per_channel (58) floats), or empty. Not needed to
+    /// code: they let the integer tables be rebuilt (another precision or tail mass) without retraining.
     std::span<const float> prior_parameters() const noexcept { return m_prior_parameters; }
     void set_prior_parameters(std::vector<float> values) {
-        require(values.empty() || values.size() == std::size_t(architecture().prior_groups() * architecture().latents * 58),
-                errc::invalid_argument, "NeuralCodec: ", values.size(), " prior parameters for ", architecture().prior_groups(), " x ",
-                architecture().latents, " channels of 58");
+        const std::size_t expected = std::size_t(architecture().prior_groups() * architecture().latents * detail::prior_parameters_per_channel);
+        require(values.empty() || values.size() == expected, errc::invalid_argument, "NeuralCodec: ", values.size(), " prior parameters for ",
+                architecture().prior_groups(), " x ", architecture().latents, " channels of ", detail::prior_parameters_per_channel);
         m_prior_parameters = std::move(values);
     }
 

@@ -219,7 +219,7 @@ inline NeuralCodec parse_codec(std::span<const std::uint8_t> bytes, std::string_
             " bytes, the architecture needs ", expected);
     ByteReader encoder_reader(encoder_bytes, std::string(context) + " (encoder)");
     ResidualMLP<float> encoder = detail::read_network_weights(encoder_reader, encoder_shape, decoder.weight_dtype(), "encoder");
-    const std::size_t expected_prior = std::size_t(decoder.architecture().prior_groups() * decoder.architecture().latents * 58);
+    const std::size_t expected_prior = std::size_t(decoder.architecture().prior_groups() * decoder.architecture().latents * detail::prior_parameters_per_channel);
     require(prior_parameters.empty() || prior_parameters.size() == expected_prior, errc::corrupt, context, ": ", prior_parameters.size(),
             " prior parameters at offset ", prior_at + 8, ", the architecture needs 0 or ", expected_prior);
     for (std::size_t i = 0; i < prior_parameters.size(); ++i)

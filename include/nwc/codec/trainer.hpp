@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <numbers>
 #include <string>
 #include <vector>
 
@@ -96,7 +97,6 @@ public:
     const TrainingOptions& options() const noexcept { return m_options; }
     CodecModel& model() noexcept { return m_model; }
     const CodecModel& model() const noexcept { return m_model; }
-    std::int64_t steps_done() const noexcept { return m_steps_done; }
 
     /// The learning rate of 0-based step `step`.
     double learning_rate_at(std::int64_t step) const {
@@ -105,7 +105,7 @@ public:
         const double span = double(std::max<std::int64_t>(1, m_options.steps - m_options.warmup_steps));
         const double progress = std::min(1.0, double(step - m_options.warmup_steps) / span);
         const double floor = peak * m_options.final_learning_rate_fraction;
-        return floor + 0.5 * (peak - floor) * (1.0 + std::cos(3.141592653589793 * progress));
+        return floor + 0.5 * (peak - floor) * (1.0 + std::cos(std::numbers::pi * progress));
     }
 
     /// One optimizer step.

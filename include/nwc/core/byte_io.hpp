@@ -42,10 +42,6 @@ public:
         static_assert(std::is_trivially_copyable_v<T>);
         put_raw(values.data(), values.size_bytes());
     }
-    /// Overwrites a u32 written earlier at `offset` (for sizes known only later).
-    void patch_u32(std::size_t offset, std::uint32_t value) { std::memcpy(m_bytes.data() + offset, &value, sizeof value); }
-    void patch_u64(std::size_t offset, std::uint64_t value) { std::memcpy(m_bytes.data() + offset, &value, sizeof value); }
-
     std::size_t size() const noexcept { return m_bytes.size(); }
     const std::vector<std::uint8_t>& bytes() const noexcept { return m_bytes; }
     std::vector<std::uint8_t> take() noexcept { return std::move(m_bytes); }
@@ -107,13 +103,6 @@ public:
                  " but only ", remaining(), " remain");
         return count;
     }
-    /// Throws errc::corrupt unless `actual == expected`.
-    void expect_u32(std::uint32_t expected, std::string_view what) {
-        const std::size_t at = m_offset;
-        const std::uint32_t actual = get_u32();
-        if (actual != expected) fail(errc::corrupt, m_context, ": ", what, " at offset ", at, " is ", actual, ", expected ", expected);
-    }
-
     void skip(std::size_t count) { get_bytes(count); }
     std::size_t offset() const noexcept { return m_offset; }
     std::size_t remaining() const noexcept { return m_bytes.size() - m_offset; }

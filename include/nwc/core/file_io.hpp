@@ -104,7 +104,6 @@ public:
         }
         m_written += bytes.size();
     }
-    std::uint64_t bytes_written() const noexcept { return m_written; }
 
     /// Flushes, closes and renames over the target. Only after this does the target change.
     void commit() {

@@ -24,6 +24,16 @@ struct bfloat16 {
     std::uint16_t bits = 0;
 };
 
+/// Fields of a binary16's bits: sign, 5 exponent bits (all ones: infinity or NaN), 10 mantissa bits.
+inline constexpr std::uint16_t half_sign_mask = 0x8000u;
+inline constexpr std::uint16_t half_exponent_mask = 0x7C00u;
+inline constexpr std::uint16_t half_magnitude_mask = 0x7FFFu;  ///< everything but the sign
+inline constexpr std::uint16_t half_max_finite_bits = 0x7BFFu;  ///< 65504, the largest finite half
+
+/// Whether `value` is finite: neither an infinity nor a NaN (the bits a decoder must check before
+/// it trusts a stored scale).
+NWC_HOST_DEVICE constexpr bool is_finite(half value) { return (value.bits & half_exponent_mask) != half_exponent_mask; }
+
 // std::bit_cast is a host-only constexpr function to nvcc, so device code uses CUDA's intrinsics.
 NWC_HOST_DEVICE inline std::uint32_t float_bits(float value) {
 #if defined(__CUDA_ARCH__)
@@ -40,12 +50,9 @@ NWC_HOST_DEVICE inline float float_from_bits(std::uint32_t bits) {
 #endif
 }
 
-/// False for infinities and NaNs (exponent bits all ones).
-NWC_HOST_DEVICE constexpr bool is_finite(half value) noexcept { return (value.bits & 0x7C00u) != 0x7C00u; }
-
 /// binary16 -> float (exact: every half is a float).
 NWC_HOST_DEVICE inline float to_float(half value) {
-    const std::uint32_t sign = std::uint32_t(value.bits & 0x8000u) << 16;
+    const std::uint32_t sign = std::uint32_t(value.bits & half_sign_mask) << 16;
     const std::uint32_t exponent = (value.bits >> 10) & 0x1Fu;
     std::uint32_t mantissa = value.bits & 0x3FFu;
     if (exponent == 0x1F) return float_from_bits(sign | 0x7F800000u | (mantissa << 13));
@@ -64,13 +71,13 @@ NWC_HOST_DEVICE inline float to_float(half value) {
 /// float -> binary16, round to nearest even; overflow gives infinity.
 NWC_HOST_DEVICE inline half to_half(float value) {
     const std::uint32_t bits = float_bits(value);
-    const std::uint16_t sign = std::uint16_t((bits >> 16) & 0x8000u);
+    const std::uint16_t sign = std::uint16_t((bits >> 16) & half_sign_mask);
     const std::uint32_t magnitude = bits & 0x7FFFFFFFu;
     if (magnitude >= 0x7F800000u) {  // inf or NaN
         const std::uint16_t nan_bit = magnitude > 0x7F800000u ? std::uint16_t(0x200u | ((magnitude >> 13) & 0x3FFu)) : 0;
-        return half{std::uint16_t(sign | 0x7C00u | nan_bit)};
+        return half{std::uint16_t(sign | half_exponent_mask | nan_bit)};
     }
-    if (magnitude >= 0x477FF000u) return half{std::uint16_t(sign | 0x7C00u)};  // rounds past 65504
+    if (magnitude >= 0x477FF000u) return half{std::uint16_t(sign | half_exponent_mask)};  // rounds past 65504
     if (magnitude < 0x38800000u) {                                              // below the smallest normal half
         if (magnitude < 0x33000000u) return half{sign};                          // rounds to zero
         const std::uint32_t exponent = magnitude >> 23;

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <numbers>
 
 namespace nwc {
 
@@ -38,7 +39,7 @@ public:
         const double u1 = (double(next_u64() >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
         const double u2 = double(next_u64() >> 11) * 0x1.0p-53;
         const double radius = std::sqrt(-2.0 * std::log(u1));
-        const double angle = 6.283185307179586 * u2;
+        const double angle = 2.0 * std::numbers::pi * u2;
         m_spare = float(radius * std::sin(angle));
         m_has_spare = true;
         return float(radius * std::cos(angle));

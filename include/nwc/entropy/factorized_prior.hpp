@@ -51,7 +51,7 @@ public:
     using Parameter = autograd::Parameter<Scalar>;
     using Matrix = RowMajorMatrix<Scalar>;
     static constexpr int layer_count = detail::prior_layer_count;
-    static constexpr int parameters_per_channel = 58;
+    static constexpr int parameters_per_channel = detail::prior_parameters_per_channel;  // 58
     static constexpr double init_scale = 10.0;
     static constexpr double likelihood_bound = 1e-9;
     /// Widest table build_tables() makes; wider densities send their tails to the escape bin.

@@ -2,14 +2,16 @@
 // backward, and the numerically careful likelihood and its gradient.
 //
 // Points are processed as Eigen column arrays (all points of one channel, unit by unit), so the
-// tanh and the multiply-adds are vectorized; a channel's 58 weights are scalars. Backward
-// recomputes nothing: the forward pass keeps each layer's inputs and tanh values (25 arrays of the
-// point count per channel, reused across channels and steps).
+// tanh and the multiply-adds are vectorized; a channel's 58 weights (prior_parameters_per_channel)
+// are scalars. Backward recomputes nothing: the forward pass keeps each layer's inputs and tanh
+// values (25 arrays of the point count per channel, reused across channels and steps).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <numbers>
 #include <utility>
 #include <vector>
 
@@ -22,6 +24,19 @@ namespace nwc::detail {
 inline constexpr int prior_layer_count = 5;
 /// Units per layer boundary: filters (3, 3, 3, 3) between a scalar input and a scalar logit.
 inline constexpr std::array<int, prior_layer_count + 1> prior_widths = {1, 3, 3, 3, 3, 1};
+/// The widest layer boundary: per-layer arrays hold prior_max_units biases and factors and
+/// prior_max_units^2 matrix entries (unused entries of narrower layers stay 0).
+inline constexpr int prior_max_units = 3;
+inline constexpr std::size_t prior_max_matrix = std::size_t(prior_max_units * prior_max_units);
+/// Parameters of one channel: per layer k an out x in matrix and out biases, and out factors for
+/// every layer but the last (58 for filters (3, 3, 3, 3)).
+inline constexpr int prior_parameters_per_channel = [] {
+    int count = 0;
+    for (std::size_t k = 0; k < prior_widths.size() - 1; ++k)
+        count += prior_widths[k + 1] * prior_widths[k] + prior_widths[k + 1] + (k + 2 < prior_widths.size() ? prior_widths[k + 1] : 0);
+    return count;
+}();
+static_assert(*std::max_element(prior_widths.begin(), prior_widths.end()) == prior_max_units);
 
 inline double stable_sigmoid(double x) {
     if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
@@ -41,7 +56,7 @@ inline double sign_trick_difference(double lower, double upper) {
 /// upstream gradient. Below the bound the gradient passes only when it raises the likelihood.
 inline std::pair<double, double> bits_gradient(double lower, double upper, double upstream, double bound) {
     const double likelihood = sign_trick_difference(lower, upper);
-    const double dlikelihood = -upstream / (std::max(likelihood, bound) * 0.6931471805599453);
+    const double dlikelihood = -upstream / (std::max(likelihood, bound) * std::numbers::ln2);
     if (likelihood < bound && !(dlikelihood < 0.0)) return {0.0, 0.0};
     // sigmoid'(x) = s (1 - s) with s = sigmoid(-|x|), exact in the tails.
     auto derivative = [](double x) {
@@ -54,21 +69,21 @@ inline std::pair<double, double> bits_gradient(double lower, double upper, doubl
 /// One channel's weights, raw and transformed (softplus(H), sigmoid(H) = softplus'(H), tanh(f)).
 template <class S>
 struct PriorChannelWeights {
-    std::array<std::array<S, 9>, prior_layer_count> matrix{};
-    std::array<std::array<S, 3>, prior_layer_count> bias{};
-    std::array<std::array<S, 3>, prior_layer_count - 1> factor{};
-    std::array<std::array<S, 9>, prior_layer_count> softplus_matrix{};
-    std::array<std::array<S, 9>, prior_layer_count> sigmoid_matrix{};
-    std::array<std::array<S, 3>, prior_layer_count - 1> tanh_factor{};
+    std::array<std::array<S, prior_max_matrix>, prior_layer_count> matrix{};
+    std::array<std::array<S, prior_max_units>, prior_layer_count> bias{};
+    std::array<std::array<S, prior_max_units>, prior_layer_count - 1> factor{};
+    std::array<std::array<S, prior_max_matrix>, prior_layer_count> softplus_matrix{};
+    std::array<std::array<S, prior_max_matrix>, prior_layer_count> sigmoid_matrix{};
+    std::array<std::array<S, prior_max_units>, prior_layer_count - 1> tanh_factor{};
 
     void prepare() {
         for (std::size_t k = 0; k < matrix.size(); ++k)
-            for (std::size_t i = 0; i < 9; ++i) {
+            for (std::size_t i = 0; i < prior_max_matrix; ++i) {
                 softplus_matrix[k][i] = S(stable_softplus(double(matrix[k][i])));
                 sigmoid_matrix[k][i] = S(stable_sigmoid(double(matrix[k][i])));
             }
         for (std::size_t k = 0; k < factor.size(); ++k)
-            for (std::size_t i = 0; i < 3; ++i) tanh_factor[k][i] = S(std::tanh(double(factor[k][i])));
+            for (std::size_t i = 0; i < prior_max_units; ++i) tanh_factor[k][i] = S(std::tanh(double(factor[k][i])));
     }
 };
 
@@ -76,17 +91,17 @@ struct PriorChannelWeights {
 template <class S>
 struct PriorActivations {
     using Array = Eigen::Array<S, Eigen::Dynamic, 1>;
-    std::array<std::array<Array, 3>, prior_layer_count> inputs;      ///< inputs[k][i]: unit i into layer k
-    std::array<std::array<Array, 3>, prior_layer_count - 1> tanh_z;  ///< tanh of layer k's pre-activation j
+    std::array<std::array<Array, prior_max_units>, prior_layer_count> inputs;      ///< inputs[k][i]: unit i into layer k
+    std::array<std::array<Array, prior_max_units>, prior_layer_count - 1> tanh_z;  ///< tanh of layer k's pre-activation j
     Array logits;
 };
 
 /// Parameter gradients of one channel and the gradient w.r.t. the points.
 template <class S>
 struct PriorChannelGradients {
-    std::array<std::array<S, 9>, prior_layer_count> matrix{};
-    std::array<std::array<S, 3>, prior_layer_count> bias{};
-    std::array<std::array<S, 3>, prior_layer_count - 1> factor{};
+    std::array<std::array<S, prior_max_matrix>, prior_layer_count> matrix{};
+    std::array<std::array<S, prior_max_units>, prior_layer_count> bias{};
+    std::array<std::array<S, prior_max_units>, prior_layer_count - 1> factor{};
     Eigen::Array<S, Eigen::Dynamic, 1> dpoints;
 
     void clear() {
@@ -125,7 +140,7 @@ template <class S>
 void prior_backward(const PriorChannelWeights<S>& weights, const PriorActivations<S>& activations,
                     const Eigen::Array<S, Eigen::Dynamic, 1>& dlogits, PriorChannelGradients<S>& gradients) {
     using Array = Eigen::Array<S, Eigen::Dynamic, 1>;
-    std::array<Array, 3> doutputs, dinputs, dz;
+    std::array<Array, prior_max_units> doutputs, dinputs, dz;
     doutputs[0] = dlogits;
     for (int k = prior_layer_count - 1; k >= 0; --k) {
         const auto kk = std::size_t(k);

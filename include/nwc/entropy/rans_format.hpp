@@ -112,7 +112,7 @@ public:
     std::int32_t read_value(std::int32_t offset, std::uint32_t support) {
         int zeros = 0;
         while (get_bit() == 0)
-            if (++zeros > 33) fail(errc::corrupt, where(), "escape code longer than 67 bits");
+            if (++zeros > int(rans::max_escape_code_bits / 2)) fail(errc::corrupt, where(), "escape code longer than ", rans::max_escape_code_bits, " bits");
         std::uint64_t value = 1;
         for (int bit = 0; bit < zeros; ++bit) value = (value << 1) | get_bit();
         const std::uint64_t code = value - 1;

@@ -44,6 +44,8 @@ namespace nwc {
 
 /// The largest safetensors header (JSON) accepted, in bytes: the reference implementation's limit.
 inline constexpr std::uint64_t safetensors_max_header_bytes = 100'000'000;
+/// Bytes of the u64 header length N that starts the file; the JSON header follows at this offset.
+inline constexpr std::size_t safetensors_length_bytes = sizeof(std::uint64_t);
 
 /// One tensor of a safetensors file, as its header describes it.
 struct SafetensorsTensorInfo {
@@ -182,20 +184,21 @@ inline void check_safetensors_tiling(const std::vector<SafetensorsTensorInfo>& t
 
 inline SafetensorsHeader parse_safetensors(std::span<const std::uint8_t> file, const std::string& context) {
     SafetensorsHeader header;
-    if (file.size() < 8) fail(errc::truncated, context, ": ", file.size(), " bytes, too short for the 8-byte header length");
-    std::memcpy(&header.header_size, file.data(), 8);
+    constexpr std::size_t json_at = safetensors_length_bytes;
+    if (file.size() < json_at) fail(errc::truncated, context, ": ", file.size(), " bytes, too short for the ", json_at, "-byte header length");
+    std::memcpy(&header.header_size, file.data(), json_at);
     const std::uint64_t n = header.header_size;
     if (n > safetensors_max_header_bytes) fail(errc::limit, context, ": header length ", n, " exceeds the limit of ", safetensors_max_header_bytes, " bytes");
-    if (n > file.size() - 8) fail(errc::truncated, context, ": header length ", n, " but only ", file.size() - 8, " bytes follow the length field");
-    if (n == 0 || file[8] != '{') fail(errc::corrupt, context, ": header does not start with '{' at file offset 8");
-    const std::uint64_t data_start = 8 + n;
+    if (n > file.size() - json_at) fail(errc::truncated, context, ": header length ", n, " but only ", file.size() - json_at, " bytes follow the length field");
+    if (n == 0 || file[json_at] != '{') fail(errc::corrupt, context, ": header does not start with '{' at file offset ", json_at);
+    const std::uint64_t data_start = json_at + n;
     const std::uint64_t buffer_size = file.size() - data_start;
 
-    const char* text = reinterpret_cast<const char*>(file.data() + 8);
+    const char* text = reinterpret_cast<const char*>(file.data() + json_at);
     // nlohmann's lexer takes a NUL byte for the end of input and would ignore whatever follows; JSON
     // never contains a raw NUL, so one anywhere in the header is corruption, not padding.
     if (const void* nul = std::memchr(text, 0, std::size_t(n)); nul != nullptr)
-        fail(errc::corrupt, context, ": header is not valid JSON near file offset ", 8 + (static_cast<const char*>(nul) - text), " (NUL byte)");
+        fail(errc::corrupt, context, ": header is not valid JSON near file offset ", json_at + std::size_t(static_cast<const char*>(nul) - text), " (NUL byte)");
     nlohmann::json root;
     try {
         root = nlohmann::json::parse(text, text + n, SafetensorsJsonGuard(context));
@@ -272,7 +275,7 @@ public:
     /// N, the length of the JSON header.
     std::uint64_t header_size() const noexcept { return m_header.header_size; }
     /// File offset of the data buffer (8 + N).
-    std::uint64_t data_offset() const noexcept { return 8 + m_header.header_size; }
+    std::uint64_t data_offset() const noexcept { return safetensors_length_bytes + m_header.header_size; }
     std::uint64_t file_size() const noexcept { return m_bytes.size(); }
     /// The whole file.
     std::span<const std::uint8_t> bytes() const noexcept { return m_bytes; }

@@ -24,6 +24,7 @@
 #include "nwc/core/error.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/tensor.hpp"
+#include "nwc/io/safetensors_reader.hpp"  // the format constants
 #include "nwc/io/tensor_bytes.hpp"
 
 namespace nwc {
@@ -110,11 +111,13 @@ private:
         } catch (const nlohmann::json::exception& problem) {
             fail(errc::invalid_argument, "safetensors writer: a tensor name or metadata string is not valid UTF-8 (", problem.what(), ")");
         }
-        text.append((8 - text.size() % 8) % 8, ' ');
-        std::vector<std::uint8_t> bytes(8 + text.size());
+        // The buffer starts at length field + JSON: aligned when the JSON length is (see the header comment).
+        constexpr std::size_t alignment = safetensors_length_bytes;
+        text.append((alignment - text.size() % alignment) % alignment, ' ');
+        std::vector<std::uint8_t> bytes(safetensors_length_bytes + text.size());
         const std::uint64_t length = text.size();
-        std::memcpy(bytes.data(), &length, 8);  // little-endian host (byte_io.hpp asserts it)
-        std::memcpy(bytes.data() + 8, text.data(), text.size());
+        std::memcpy(bytes.data(), &length, safetensors_length_bytes);  // little-endian host (byte_io.hpp asserts it)
+        std::memcpy(bytes.data() + safetensors_length_bytes, text.data(), text.size());
         return bytes;
     }
     template <class Sink>

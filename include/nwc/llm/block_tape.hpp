@@ -138,11 +138,6 @@ public:
         return tape.value(record_vars(tape, BlockStage::input, input, input, constant_vars(tape)).output);
     }
 
-    /// Writes the linear weights back into `weights` (the norm scales are never changed).
-    void write_to(LlamaLayerWeights& weights) const {
-        for (BlockLinear linear : block_linears) block_linear_weight(weights, linear).matrix() = m_weights[std::size_t(linear)].value;
-    }
-
 private:
     struct Pieces {
         autograd::Var attention_output, attention_residual, ffn_hidden, output;

@@ -1,14 +1,14 @@
 // The weights of a Llama-architecture language model, with Hugging Face names.
 //
-// One structure serves every file format: llama2.c's flat file (llama2c_file.hpp), Hugging Face's
-// safetensors + config.json (hf_llama.hpp) and, through `named_tensors()`, the compression
+// One structure serves every file format: llama2.c's flat file (io/llama2c_file.hpp), Hugging Face's
+// safetensors + config.json (io/hf_llama.hpp) and, through `named_tensors()`, the compression
 // pipeline, which sees the model as a list of named 2-D and 1-D float tensors exactly as it sees a
 // safetensors file. Matrices have torch.nn.Linear's layout [out, in].
 //
 // Read me first -- the one convention that differs between formats: the rows of q_proj and k_proj
 // are stored here in llama2.c's (and Meta's) order, where RoPE rotates the pairs of rows (2i, 2i+1)
 // of every head. Hugging Face checkpoints permute those rows for their `rotate_half` RoPE, which
-// pairs (i, i + head_size/2); hf_llama.hpp applies that permutation on write and undoes it on read.
+// pairs (i, i + head_size/2); io/hf_llama.hpp applies that permutation on write and undoes it on read.
 #pragma once
 
 #include <algorithm>

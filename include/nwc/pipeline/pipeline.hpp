@@ -9,7 +9,7 @@
 #include "nwc/pipeline/method_ecsq.hpp"
 #include "nwc/pipeline/method_nwc.hpp"
 #include "nwc/pipeline/method_rtn.hpp"
-#include "nwc/pipeline/model_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 #include "nwc/pipeline/rate_control.hpp"
 #include "nwc/pipeline/sequential_pipeline.hpp"

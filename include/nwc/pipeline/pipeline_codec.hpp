@@ -43,8 +43,8 @@
 #include "nwc/core/backend.hpp"
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/container.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/pipeline/builtin_methods.hpp"
-#include "nwc/pipeline/model_file.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/version.hpp"
 

@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "nwc/llm/hf_llama.hpp"
+#include "nwc/io/hf_llama.hpp"
 #include "nwc/llm/sequential_compression.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 #include "nwc/pipeline/rate_control.hpp"

@@ -194,8 +194,8 @@ private:
 
     static half scale_from_std(double standard_deviation) {
         half scale = to_half(float(standard_deviation));
-        if ((scale.bits & 0x7FFFu) == 0) return to_half(1.0f);   // zero, constant or tiny column
-        if ((scale.bits & 0x7C00u) == 0x7C00u) scale.bits = 0x7BFF;  // beyond fp16: the largest finite half
+        if ((scale.bits & half_magnitude_mask) == 0) return to_half(1.0f);  // zero, constant or tiny column
+        if (!is_finite(scale)) scale.bits = half_max_finite_bits;            // beyond fp16: the largest finite half
         return scale;
     }
 
@@ -215,12 +215,20 @@ private:
     ChunkerOptions m_options;
 };
 
+/// Bits of one packed importance level (0..Chunker::max_level), and levels per byte.
+inline constexpr int level_bits = 2;
+inline constexpr std::size_t levels_per_byte = 8 / level_bits;
+static_assert(Chunker::max_level < (1 << level_bits));
+
+/// Bytes of `count` packed levels.
+constexpr std::size_t packed_level_bytes(std::size_t count) noexcept { return (count + levels_per_byte - 1) / levels_per_byte; }
+
 /// Packs levels (0..3) four to a byte: column j in byte j / 4, bits 2 (j % 4) .. 2 (j % 4) + 1.
 inline std::vector<std::uint8_t> pack_levels(std::span<const std::uint8_t> levels) {
-    std::vector<std::uint8_t> packed((levels.size() + 3) / 4, 0);
+    std::vector<std::uint8_t> packed(packed_level_bytes(levels.size()), 0);
     for (std::size_t j = 0; j < levels.size(); ++j) {
         NWC_ASSERT(levels[j] <= Chunker::max_level);
-        packed[j / 4] = std::uint8_t(packed[j / 4] | (levels[j] << (2 * (j % 4))));
+        packed[j / levels_per_byte] = std::uint8_t(packed[j / levels_per_byte] | (levels[j] << (level_bits * (j % levels_per_byte))));
     }
     return packed;
 }
@@ -228,12 +236,13 @@ inline std::vector<std::uint8_t> pack_levels(std::span<const std::uint8_t> level
 /// Unpacks `count` levels; throws errc::corrupt if the unused bits of the last byte are not zero
 /// and errc::truncated if `packed` is not exactly ceil(count / 4) bytes.
 inline std::vector<std::uint8_t> unpack_levels(std::span<const std::uint8_t> packed, std::size_t count) {
-    require(packed.size() == (count + 3) / 4, errc::truncated, "importance levels: ", packed.size(), " bytes for ", count, " levels (expected ",
-            (count + 3) / 4, ")");
+    require(packed.size() == packed_level_bytes(count), errc::truncated, "importance levels: ", packed.size(), " bytes for ", count,
+            " levels (expected ", packed_level_bytes(count), ")");
+    constexpr unsigned level_mask = (1u << level_bits) - 1;
     std::vector<std::uint8_t> levels(count);
-    for (std::size_t j = 0; j < count; ++j) levels[j] = std::uint8_t((packed[j / 4] >> (2 * (j % 4))) & 3u);
-    if (count % 4 != 0)
-        require((packed.back() >> (2 * (count % 4))) == 0, errc::corrupt, "importance levels: padding bits of the last byte are not zero (byte ",
+    for (std::size_t j = 0; j < count; ++j) levels[j] = std::uint8_t((packed[j / levels_per_byte] >> (level_bits * (j % levels_per_byte))) & level_mask);
+    if (count % levels_per_byte != 0)
+        require((packed.back() >> (level_bits * (count % levels_per_byte))) == 0, errc::corrupt, "importance levels: padding bits of the last byte are not zero (byte ",
                 packed.size() - 1, " is ", int(packed.back()), ")");
     return levels;
 }
@@ -248,13 +257,13 @@ inline void write_scales(ByteWriter& writer, std::span<const half> scales) {
 /// finite, positive fp16 value (errc::corrupt names the index and byte offset otherwise).
 inline std::vector<half> read_scales(ByteReader& reader, std::size_t expected_count) {
     const std::size_t at = reader.offset();
-    const std::uint32_t count = reader.get_count(2, 1u << 30, "scale");
+    const std::uint32_t count = reader.get_count(sizeof(half), 1u << 30, "scale");
     require(count == expected_count, errc::corrupt, reader.context(), ": ", count, " scales at offset ", at, ", expected ", expected_count);
     std::vector<half> scales(count);
     for (std::uint32_t i = 0; i < count; ++i) {
         const std::size_t offset = reader.offset();
         scales[i].bits = reader.get_u16();
-        const bool positive_finite = (scales[i].bits & 0x8000u) == 0 && (scales[i].bits & 0x7C00u) != 0x7C00u && scales[i].bits != 0;
+        const bool positive_finite = (scales[i].bits & half_sign_mask) == 0 && is_finite(scales[i]) && scales[i].bits != 0;
         require(positive_finite, errc::corrupt, reader.context(), ": scale ", i, " at offset ", offset, " is 0x", std::hex, scales[i].bits,
                 std::dec, " (must be a finite positive fp16 value)");
     }
@@ -275,7 +284,7 @@ inline std::vector<std::uint8_t> read_levels(ByteReader& reader, std::size_t exp
     require(count == expected_count, errc::corrupt, reader.context(), ": ", count, " importance levels at offset ", at, ", expected ", expected_count);
     const std::size_t bytes_at = reader.offset();
     try {
-        return unpack_levels(reader.get_bytes((std::size_t(count) + 3) / 4), count);
+        return unpack_levels(reader.get_bytes(packed_level_bytes(count)), count);
     } catch (const error& failure) {
         fail(failure.id(), reader.context(), " at offset ", bytes_at, ": ", failure.message());
     }

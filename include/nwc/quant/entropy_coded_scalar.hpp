@@ -75,14 +75,18 @@ struct SymbolHistogram {
 };
 
 namespace detail {
-/// Dense histogram of symbols; errc::limit if they span more than 2^24 values.
+/// Widest symbol range histogram_of counts densely (2^24 u64 counts, 128 MiB); a wider one means a step
+/// far too small for the weights.
+inline constexpr std::int64_t max_symbol_span = std::int64_t(1) << 24;
+
+/// Dense histogram of symbols; errc::limit if they span more than max_symbol_span values.
 inline SymbolHistogram histogram_of(std::span<const std::int32_t> symbols) {
     SymbolHistogram histogram;
     if (symbols.empty()) return histogram;
     const auto [low, high] = std::minmax_element(symbols.begin(), symbols.end());
     const std::int64_t span = std::int64_t(*high) - *low + 1;
-    require(span <= (std::int64_t(1) << 24), errc::limit, "ECSQ: symbols span ", span, " values (", *low, " .. ", *high,
-            "), more than 2^24: the step is too small");
+    require(span <= max_symbol_span, errc::limit, "ECSQ: symbols span ", span, " values (", *low, " .. ", *high, "), more than ",
+            max_symbol_span, ": the step is too small");
     histogram.offset = *low;
     histogram.counts.assign(std::size_t(span), 0);
     for (std::int32_t symbol : symbols) ++histogram.counts[std::size_t(symbol - *low)];

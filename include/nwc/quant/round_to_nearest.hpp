@@ -65,7 +65,7 @@ RtnGroupScale rtn_group_scale(const Values& values, std::int64_t count, int bits
     }
     const float d = scheme == RoundingScheme::signed_max ? max / -float(1 << (bits - 1)) : amax / float((1 << (bits - 1)) - 1);
     const half scale = to_half(d);
-    require((scale.bits & 0x7C00u) != 0x7C00u, errc::invalid_argument, "RoundToNearest: group scale ", d, " exceeds the fp16 range");
+    require(is_finite(scale), errc::invalid_argument, "RoundToNearest: group scale ", d, " exceeds the fp16 range");
     return {scale, d != 0.0f ? 1.0f / d : 0.0f};
 }
 
@@ -87,6 +87,9 @@ inline float rtn_value(int code, half scale, int bits) noexcept { return float(c
 /// Round-to-nearest group quantizer with fp16 group scales; a ColumnQuantizer for LDLQ.
 class RoundToNearest {
 public:
+    /// Bits of a group's fp16 scale.
+    static constexpr int scale_bits = 16;
+
     explicit RoundToNearest(RoundToNearestOptions options = {}) : m_options(options) {
         require(options.bits >= 2 && options.bits <= 8, errc::invalid_argument, "RoundToNearest: ", options.bits, " bits (2..8 are supported)");
         require(options.group_size >= 1 && options.group_size <= 65536, errc::invalid_argument, "RoundToNearest: group size ", options.group_size,
@@ -102,7 +105,12 @@ public:
     int bits() const noexcept { return m_options.bits; }
     int group_size() const noexcept { return m_options.group_size; }
     /// Code bits plus the fp16 scale shared by a group: b + 16 / G.
-    double bits_per_weight() const noexcept { return bits() + 16.0 / group_size(); }
+    double bits_per_weight() const noexcept { return bits() + double(scale_bits) / group_size(); }
+    /// Bits of the codes and scales of a rows x cols matrix, exact when G does not divide cols (a
+    /// row's shorter last group has a scale of its own): Q4_0 stores 16 + 4 n bits per group of n.
+    std::int64_t payload_bits(std::int64_t rows, std::int64_t cols) const noexcept {
+        return rows * ((cols + group_size() - 1) / group_size() * scale_bits + cols * bits());
+    }
 
     // --- the LDLQ quantizer concept (quantizer_concept.hpp) ---
     int column_group() const noexcept { return m_options.group_size; }

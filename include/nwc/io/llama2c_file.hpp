@@ -14,6 +14,10 @@
 //
 // The two RoPE tables are unused by llama2.c's forward pass (run.c recomputes the rotation); they
 // are kept in Llama2cModel only so that read -> write reproduces a file byte for byte.
+//
+// The functions keep the nwc::llm namespace of the LlamaWeights they read and write; the header
+// lives in io/ with the other file formats (docs/ARCHITECTURE.md, dependency order). To open a
+// model whatever its format, use load_model_file or read_llama_weights (model_file.hpp).
 #pragma once
 
 #include <cmath>
@@ -40,8 +44,12 @@ struct Llama2cModel {
     Tensor<float> rope_imag;  ///< freq_cis_imag [seq_len, head_size/2] (sin)
 };
 
-/// Bytes of the int32 header.
-inline constexpr std::size_t llama2c_header_bytes = 7 * 4;
+/// Fields of the int32 header (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len) and its bytes.
+inline constexpr std::size_t llama2c_header_fields = 7;
+inline constexpr std::size_t llama2c_header_bytes = llama2c_header_fields * sizeof(std::int32_t);
+/// What run.c hard-codes, so what every llama2.c file implies: RoPE base and RMSNorm epsilon.
+inline constexpr float llama2c_rope_theta = 10000.0f;
+inline constexpr float llama2c_norm_eps = 1e-5f;
 
 /// The RoPE tables as llama2.c's export computes them (precompute_freqs_cis in float32):
 /// angle(pos, i) = pos / theta^(2i / head_size). Used when writing weights that came without tables.
@@ -78,7 +86,7 @@ void for_each_llama2c_section(Weights& weights, Table& rope_real, Table& rope_im
 /// Parses and fully validates the header; `file_size` must be exactly what it implies.
 inline LlamaConfig parse_llama2c_header(std::span<const std::uint8_t> bytes, std::string_view context) {
     ByteReader reader(bytes, context);
-    std::int32_t fields[7];
+    std::int32_t fields[llama2c_header_fields];
     for (auto& field : fields) field = reader.get_i32();
     LlamaConfig config;
     config.dim = fields[0];
@@ -101,7 +109,7 @@ inline LlamaConfig parse_llama2c_header(std::span<const std::uint8_t> bytes, std
     floats += layers * (2 * dim + 2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim);
     floats += dim + std::int64_t(config.seq_len) * config.head_size();
     if (!config.shared_classifier) floats += std::int64_t(config.vocab_size) * dim;
-    const std::uint64_t expected = llama2c_header_bytes + std::uint64_t(floats) * 4;
+    const std::uint64_t expected = llama2c_header_bytes + std::uint64_t(floats) * sizeof(float);
     if (bytes.size() < expected)
         fail(errc::truncated, context, ": the header (dim ", dim, ", hidden_dim ", hidden, ", n_layers ", layers, ", vocab_size ", signed_vocab,
              ", seq_len ", config.seq_len, ") implies ", expected, " bytes but the file has ", bytes.size());
@@ -175,9 +183,9 @@ inline void write_llama2c(const std::filesystem::path& path, const Llama2cModel&
 /// are computed as llama2.c's export computes them. llama2.c itself supports only rope_theta 10000
 /// and norm_eps 1e-5, so other values are refused (errc::unsupported).
 inline void write_llama2c(const std::filesystem::path& path, const LlamaWeights& weights, std::uint64_t max_bytes = UINT64_MAX) {
-    require(weights.config.rope_theta == 10000.0f && weights.config.norm_eps == 1e-5f, errc::unsupported,
-            "llama2.c files imply rope_theta 10000 and norm_eps 1e-5; this model has ", weights.config.rope_theta, " and ",
-            weights.config.norm_eps);
+    require(weights.config.rope_theta == llama2c_rope_theta && weights.config.norm_eps == llama2c_norm_eps, errc::unsupported,
+            "llama2.c files imply rope_theta ", llama2c_rope_theta, " and norm_eps ", llama2c_norm_eps, "; this model has ",
+            weights.config.rope_theta, " and ", weights.config.norm_eps);
     const auto [real, imag] = llama2c_rope_tables(weights.config);
     AtomicFileWriter writer(path, max_bytes);
     emit_llama2c(weights, real, imag, [&](std::span<const std::uint8_t> part) { writer.write(part); });

@@ -8,13 +8,15 @@
 // the same on write and the inverse on read, so a model written here runs unchanged in
 // transformers, a real HF checkpoint reads back into llama2.c's convention, and write -> read
 // gives back the same floats (a permutation moves values, it never rounds them).
+//
+// The functions keep the nwc::llm namespace of the LlamaWeights they read and write; the header
+// lives in io/ with the other file formats (docs/ARCHITECTURE.md, dependency order).
 #pragma once
 
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -184,60 +186,97 @@ inline void write_hf_llama(const std::filesystem::path& directory, const LlamaWe
     write_file_atomic(directory / "config.json", {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
 }
 
-/// Reads a Llama model in HF layout from a directory (config.json plus model.safetensors or
-/// model.safetensors.index.json) or from a .safetensors file with config.json beside it.
-/// Every expected tensor must be present with its shape; extra tensors are errc::unsupported
-/// except rotary_emb.inv_freq buffers and a redundant lm_head.weight of a tied model.
-inline LlamaWeights read_hf_llama(const std::filesystem::path& path) {
-    const bool is_directory = std::filesystem::is_directory(path);
-    const std::filesystem::path directory = is_directory ? path : path.parent_path();
-    const std::filesystem::path config_path = (directory.empty() ? std::filesystem::path(".") : directory) / "config.json";
-    require(std::filesystem::exists(config_path), errc::io, "'", config_path.string(), "' not found (an HF model needs its config.json)");
-    const LlamaConfig config = parse_hf_config(detail::read_json_file(config_path), nwc::detail::concat("'", config_path.string(), "'"));
+/// The files of an HF model: its config.json and its safetensors shards, in reading order.
+struct HfModelFiles {
+    std::filesystem::path config;
+    std::vector<std::filesystem::path> shards;  ///< the file given, model.safetensors, or the index's files by name
+};
 
-    std::vector<std::filesystem::path> shard_paths;
+/// The files of the HF model at `path`: a directory (config.json plus model.safetensors or a
+/// model.safetensors.index.json) or a .safetensors file with config.json beside it. errc::io when
+/// config.json or the weights are missing, errc::corrupt for a bad index (shard names must be
+/// plain file names: an index cannot point outside its directory).
+inline HfModelFiles hf_model_files(const std::filesystem::path& path) {
+    const bool is_directory = std::filesystem::is_directory(path);
+    std::filesystem::path directory = is_directory ? path : path.parent_path();
+    if (directory.empty()) directory = ".";
+    HfModelFiles files{directory / "config.json", {}};
+    require(std::filesystem::exists(files.config), errc::io, "'", files.config.string(), "' not found (an HF model needs its config.json)");
     if (!is_directory) {
-        shard_paths.push_back(path);
+        files.shards.push_back(path);
     } else if (std::filesystem::exists(directory / "model.safetensors")) {
-        shard_paths.push_back(directory / "model.safetensors");
+        files.shards.push_back(directory / "model.safetensors");
     } else {
         const auto index_path = directory / "model.safetensors.index.json";
         require(std::filesystem::exists(index_path), errc::io, "'", directory.string(), "' has neither model.safetensors nor model.safetensors.index.json");
         const nlohmann::json index = detail::read_json_file(index_path);
         const auto map = index.find("weight_map");
         require(map != index.end() && map->is_object(), errc::corrupt, "'", index_path.string(), "': no \"weight_map\" object");
-        std::set<std::string> files;
+        std::set<std::string> names;
         for (const auto& [name, file] : map->items()) {
             require(file.is_string(), errc::corrupt, "'", index_path.string(), "': weight_map[\"", name, "\"] is not a file name");
             const std::string& file_name = file.get_ref<const std::string&>();
-            require(file_name.find('/') == std::string::npos && file_name.find('\\') == std::string::npos && file_name != ".." && !file_name.empty(),
+            require(!file_name.empty() && file_name.find('/') == std::string::npos && file_name.find('\\') == std::string::npos && file_name != "..",
                     errc::corrupt, "'", index_path.string(), "': shard name '", file_name, "' must be a plain file name");
-            files.insert(file_name);
+            names.insert(file_name);
         }
-        for (const auto& file : files) shard_paths.push_back(directory / file);
+        for (const auto& name : names) files.shards.push_back(directory / name);
+    }
+    return files;
+}
+
+/// Puts HF-named tensors into LlamaWeights, undoing the q/k permutation: the one mapping of every
+/// reader of the layout (read_hf_llama here, llama_weights_of in model_file.hpp). What is not a
+/// weight (rotary_emb.inv_freq buffers, a tied model's redundant lm_head.weight) is skipped;
+/// foreign names are errc::unsupported, repeats, wrong shapes and missing tensors errc::corrupt.
+class HfWeightsAssembler {
+public:
+    explicit HfWeightsAssembler(const LlamaConfig& config) : m_weights(LlamaWeights::zeros(config)) {}
+
+    /// False for the buffers the checkpoint may carry that are not weights.
+    bool is_weight(std::string_view name) const {
+        return !name.ends_with("rotary_emb.inv_freq") && !(m_weights.config.shared_classifier && name == "lm_head.weight");
     }
 
-    LlamaWeights weights = LlamaWeights::zeros(config);
-    std::set<std::string> loaded;
-    for (const auto& shard_path : shard_paths) {
-        const SafetensorsFile shard = SafetensorsFile::open(shard_path);
-        for (const auto& info : shard.tensors()) {
-            const std::string context = nwc::detail::concat("'", shard_path.string(), "': tensor '", info.name, "'");
-            if (info.name.ends_with("rotary_emb.inv_freq") || (config.shared_classifier && info.name == "lm_head.weight")) continue;
-            require(weights.contains(info.name), errc::unsupported, context, " is not part of a Llama model");
-            require(loaded.insert(info.name).second, errc::corrupt, context, " appears in two shards");
-            Tensor<float>& target = weights.tensor(info.name);
-            require(info.shape == target.shape(), errc::corrupt, context, " has ", LlamaWeights::describe(info.shape), ", config.json implies ",
-                    LlamaWeights::describe(target.shape()));
-            Tensor<float> values = shard.read_float32(info.name);
-            if (const int heads = detail::rope_heads_of(config, info.name); heads > 0) values = permute_rows_from_hf(values.view(), heads);
-            target = std::move(values);
-        }
+    /// Checks `name` and `shape` against the config, then stores read() (a Tensor<float> in HF row
+    /// order); the values are read only once the name and shape are known to be right.
+    template <class Read>
+    void add(const std::string& name, const Shape& shape, Read&& read, std::string_view context) {
+        require(m_weights.contains(name), errc::unsupported, context, ": tensor '", name, "' is not part of a Llama model");
+        require(m_loaded.insert(name).second, errc::corrupt, context, ": tensor '", name, "' appears twice");
+        Tensor<float>& target = m_weights.tensor(name);
+        require(shape == target.shape(), errc::corrupt, context, ": tensor '", name, "' has ", LlamaWeights::describe(shape),
+                ", config.json implies ", LlamaWeights::describe(target.shape()));
+        Tensor<float> values = read();
+        const int heads = detail::rope_heads_of(m_weights.config, name);
+        target = heads > 0 ? permute_rows_from_hf(values.view(), heads) : std::move(values);
     }
-    weights.for_each_tensor([&](const std::string& name, const Tensor<float>&, const Shape&) {
-        require(loaded.contains(name), errc::corrupt, "HF model '", path.string(), "': tensor '", name, "' is missing");
-    });
-    return weights;
+
+    /// The weights; errc::corrupt naming `context` if a tensor never came.
+    LlamaWeights finish(std::string_view context) && {
+        m_weights.for_each_tensor([&](const std::string& name, const Tensor<float>&, const Shape&) {
+            require(m_loaded.contains(name), errc::corrupt, context, ": tensor '", name, "' is missing");
+        });
+        return std::move(m_weights);
+    }
+
+private:
+    LlamaWeights m_weights;
+    std::set<std::string> m_loaded;
+};
+
+/// Reads the weights of a Llama model in HF layout (see hf_model_files for what `path` may be).
+/// To open a model whatever its format, use load_model_file or read_llama_weights (model_file.hpp).
+inline LlamaWeights read_hf_llama(const std::filesystem::path& path) {
+    const HfModelFiles files = hf_model_files(path);
+    HfWeightsAssembler assembler(parse_hf_config(detail::read_json_file(files.config), nwc::detail::concat("'", files.config.string(), "'")));
+    for (const auto& shard_path : files.shards) {
+        const SafetensorsFile shard = SafetensorsFile::open(shard_path);
+        const std::string context = nwc::detail::concat("'", shard_path.string(), "'");
+        for (const auto& info : shard.tensors())
+            if (assembler.is_weight(info.name)) assembler.add(info.name, info.shape, [&] { return shard.read_float32(info.name); }, context);
+    }
+    return std::move(assembler).finish(nwc::detail::concat("HF model '", path.string(), "'"));
 }
 
 }  // namespace nwc::llm

@@ -1,4 +1,6 @@
-// nwc::ModelFile: any supported model file as one ordered list of named tensors, and back.
+// nwc::ModelFile: any supported model file as one ordered list of named tensors, and back. The one
+// entry point that opens a model file: load_model_file (tensors as stored), llama_weights_of /
+// read_llama_weights (a Llama model as LlamaWeights, for the forward pass).
 //
 // Read me first:
 // - Three sources, detected by CONTENT, never by extension (detect_model_format):
@@ -22,7 +24,6 @@
 //   does, so it loads in transformers next to hf_config_json()). Both writes are atomic.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -37,9 +38,10 @@
 #include "nwc/core/error.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/tensor.hpp"
+#include "nwc/io/hf_llama.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/io/safetensors.hpp"
-#include "nwc/llm/hf_llama.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/llm/llama_weights.hpp"
 
 namespace nwc {
 
@@ -118,11 +120,13 @@ inline llm::LlamaConfig llama_config_from_json(const nlohmann::json& value, std:
     return config;
 }
 
+// The u64 header length, then a JSON object ("{}" at least) that fits in the file.
 inline bool looks_like_safetensors(std::span<const std::uint8_t> bytes) noexcept {
-    if (bytes.size() < 10) return false;
+    constexpr std::size_t shortest_json = 2;
+    if (bytes.size() < safetensors_length_bytes + shortest_json) return false;
     std::uint64_t header = 0;
-    std::memcpy(&header, bytes.data(), 8);
-    return header >= 2 && header <= bytes.size() - 8 && bytes[8] == '{';
+    std::memcpy(&header, bytes.data(), safetensors_length_bytes);
+    return header >= shortest_json && header <= bytes.size() - safetensors_length_bytes && bytes[safetensors_length_bytes] == '{';
 }
 
 inline bool looks_like_llama2c(std::span<const std::uint8_t> bytes) {
@@ -160,36 +164,13 @@ inline void add_safetensors_tensors(ModelFile& model, const SafetensorsFile& fil
 }
 
 inline ModelFile load_hf_llama(const std::filesystem::path& path) {
-    const bool is_directory = std::filesystem::is_directory(path);
-    const std::filesystem::path directory = is_directory ? path : (path.has_parent_path() ? path.parent_path() : ".");
-    const std::filesystem::path config_path = directory / "config.json";
-    require(std::filesystem::exists(config_path), errc::io, "'", directory.string(), "' has no config.json (an HF model directory needs one)");
-    nlohmann::json config = llm::detail::read_json_file(config_path);
-    llm::parse_hf_config(config, "'" + config_path.string() + "'");  // refuses what cannot be written back
-    std::vector<std::filesystem::path> shards;
-    if (!is_directory) shards.push_back(path);
-    else if (std::filesystem::exists(directory / "model.safetensors")) shards.push_back(directory / "model.safetensors");
-    else {
-        const auto index_path = directory / "model.safetensors.index.json";
-        require(std::filesystem::exists(index_path), errc::io, "'", directory.string(), "' has neither model.safetensors nor model.safetensors.index.json");
-        const nlohmann::json index = llm::detail::read_json_file(index_path);
-        const auto map = index.find("weight_map");
-        require(map != index.end() && map->is_object(), errc::corrupt, "'", index_path.string(), "': no \"weight_map\" object");
-        std::vector<std::string> names;
-        for (const auto& [name, file] : map->items()) {
-            require(file.is_string(), errc::corrupt, "'", index_path.string(), "': weight_map[\"", name, "\"] is not a file name");
-            const std::string& file_name = file.get_ref<const std::string&>();
-            require(!file_name.empty() && file_name.find('/') == std::string::npos && file_name.find('\\') == std::string::npos && file_name != "..",
-                    errc::corrupt, "'", index_path.string(), "': shard name '", file_name, "' must be a plain file name");
-            if (std::find(names.begin(), names.end(), file_name) == names.end()) names.push_back(file_name);
-        }
-        std::sort(names.begin(), names.end());
-        for (const auto& name : names) shards.push_back(directory / name);
-    }
+    const llm::HfModelFiles files = llm::hf_model_files(path);
+    nlohmann::json config = llm::detail::read_json_file(files.config);
+    llm::parse_hf_config(config, "'" + files.config.string() + "'");  // refuses what cannot be written back
     ModelFile model;
     model.format = ModelFormat::hf_llama;
     nlohmann::json metadata = nlohmann::json::object();
-    for (const auto& shard_path : shards) {
+    for (const auto& shard_path : files.shards) {
         const SafetensorsFile shard = SafetensorsFile::open(shard_path);
         for (const auto& [key, value] : shard.metadata()) metadata[key] = value;
         for (const auto& info : shard.tensors())
@@ -239,23 +220,15 @@ inline llm::LlamaWeights llama2c_weights_of(const ModelFile& model, std::string_
 }
 
 inline llm::LlamaWeights hf_weights_of(const ModelFile& model, std::string_view context) {
-    const llm::LlamaConfig config = llm::parse_hf_config(model.source.at("hf_config"), context);
-    llm::LlamaWeights weights = llm::LlamaWeights::zeros(config);
-    std::vector<std::string> loaded;
+    llm::HfWeightsAssembler assembler(llm::parse_hf_config(model.source.at("hf_config"), context));
     for (const ModelTensor& tensor : model.tensors) {
-        if (tensor.name.ends_with("rotary_emb.inv_freq") || (config.shared_classifier && tensor.name == "lm_head.weight")) continue;
-        require(weights.contains(tensor.name), errc::unsupported, context, ": tensor '", tensor.name, "' is not part of a Llama model");
-        Tensor<float>& target = weights.tensor(tensor.name);
-        require(tensor.shape == target.shape() && tensor.is_floating(), errc::corrupt, context, ": tensor '", tensor.name,
-                "' has the wrong shape or dtype for its config.json");
-        const int heads = llm::detail::rope_heads_of(config, tensor.name);
-        target = heads > 0 ? llm::permute_rows_from_hf(tensor.values.view(), heads) : Tensor<float>(tensor.shape, tensor.values.values());
-        loaded.push_back(tensor.name);
+        if (!assembler.is_weight(tensor.name)) continue;
+        assembler.add(tensor.name, tensor.shape, [&] {
+            require(tensor.is_floating(), errc::corrupt, context, ": tensor '", tensor.name, "' is stored as ", dtype_name(tensor.original_dtype));
+            return Tensor<float>(tensor.shape, tensor.values.values());
+        }, context);
     }
-    weights.for_each_tensor([&](const std::string& name, const Tensor<float>&, const Shape&) {
-        require(std::find(loaded.begin(), loaded.end(), name) != loaded.end(), errc::corrupt, context, ": tensor '", name, "' is missing");
-    });
-    return weights;
+    return std::move(assembler).finish(context);
 }
 
 }  // namespace detail
@@ -297,6 +270,16 @@ inline std::optional<llm::LlamaWeights> llama_weights_of(const ModelFile& model,
     if (model.format == ModelFormat::llama2c) return detail::llama2c_weights_of(model, context);
     if (model.format == ModelFormat::hf_llama) return detail::hf_weights_of(model, context);
     return std::nullopt;
+}
+
+/// The weights of the Llama model at `path` (llama2.c file, HF directory, or .safetensors file with
+/// a Llama config.json beside it; detected as load_model_file does). errc::unsupported for a
+/// model that is not a Llama model.
+inline llm::LlamaWeights read_llama_weights(const std::filesystem::path& path) {
+    const std::string context = "'" + path.string() + "'";
+    std::optional<llm::LlamaWeights> weights = llama_weights_of(load_model_file(path), context);
+    require(weights.has_value(), errc::unsupported, context, " is a safetensors file without a Llama config.json beside it, not a Llama model");
+    return std::move(*weights);
 }
 
 /// Whether write_model_file can write `model` as a llama2.c `.bin`.

@@ -1,0 +1,113 @@
+// io/model_file.hpp, the one loader of a model file: the format comes from the content (never the
+// name), read_llama_weights equals each format's own reader, and anything that is not a model is
+// an nwc::error with the right id. Synthetic models only (the real files: tests/test_pipeline.cpp).
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "llm_test_support.hpp"
+#include "nwc/io/model_file.hpp"
+
+using namespace nwc;
+using nwc::llm::testing::random_llama_weights;
+using nwc::llm::testing::TemporaryDirectory;
+
+namespace {
+
+llm::LlamaConfig small_config() {
+    llm::LlamaConfig config;
+    config.dim = 32;
+    config.hidden_dim = 56;
+    config.n_layers = 2;
+    config.n_heads = 4;
+    config.n_kv_heads = 2;
+    config.vocab_size = 300;
+    config.seq_len = 48;
+    return config;
+}
+
+void check_same_weights(const llm::LlamaWeights& a, const llm::LlamaWeights& b) {
+    REQUIRE(a.config == b.config);
+    a.for_each_tensor([&](const std::string& name, const Tensor<float>& tensor, const Shape&) { REQUIRE(tensor.values() == b.tensor(name).values()); });
+}
+
+template <class Body>
+std::optional<errc> error_of(Body&& body) {
+    try {
+        body();
+    } catch (const nwc::error& problem) {
+        return problem.id();
+    }
+    return std::nullopt;
+}
+
+void write_text(const std::filesystem::path& path, const std::string& text) {
+    write_file_atomic(path, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+}
+
+}  // namespace
+
+TEST_CASE("model_file: the format comes from the content, never from the name", "[model_file]") {
+    const TemporaryDirectory directory("model_file_detect");
+    const llm::LlamaWeights weights = random_llama_weights(small_config(), 3);
+
+    // A llama2.c file named like a safetensors file, and a safetensors file named like a llama2.c one.
+    const auto llama2c = directory.path() / "looks_like.safetensors";
+    llm::write_llama2c(llama2c, weights);
+    CHECK(detect_model_format(llama2c) == ModelFormat::llama2c);
+    check_same_weights(read_llama_weights(llama2c), llm::read_llama2c(llama2c).weights);
+
+    const auto plain = directory.path() / "plain" / "weights.bin";
+    std::filesystem::create_directories(plain.parent_path());
+    SafetensorsWriter writer;
+    writer.add_float32("encoder.weight", weights.layers[0].wq.view(), dtype::bf16);
+    writer.write(plain);
+    CHECK(detect_model_format(plain) == ModelFormat::safetensors);
+    const ModelFile loaded = load_model_file(plain);
+    REQUIRE(loaded.tensors.size() == 1);
+    CHECK(loaded.tensors[0].original_dtype == dtype::bf16);
+    CHECK_FALSE(llama_weights_of(loaded).has_value());
+    CHECK(error_of([&] { read_llama_weights(plain); }) == errc::unsupported);  // not a Llama model
+
+    // Hugging Face: the directory, or its safetensors file with config.json beside it.
+    const auto hf = directory.path() / "hf";
+    llm::write_hf_llama(hf, weights, dtype::f16);
+    CHECK(detect_model_format(hf) == ModelFormat::hf_llama);
+    CHECK(detect_model_format(hf / "model.safetensors") == ModelFormat::hf_llama);
+    for (const auto& path : {hf, hf / "model.safetensors"}) check_same_weights(read_llama_weights(path), llm::read_hf_llama(path));
+}
+
+TEST_CASE("model_file: what is not a model is an nwc::error naming it", "[model_file][hostile]") {
+    const TemporaryDirectory directory("model_file_bad");
+    const llm::LlamaWeights weights = random_llama_weights(small_config(), 4);
+    const auto llama2c = directory.path() / "model.bin";
+    llm::write_llama2c(llama2c, weights);
+
+    CHECK(error_of([&] { detect_model_format(directory.path() / "missing.bin"); }) == errc::io);
+    const auto empty_directory = directory.path() / "empty";
+    std::filesystem::create_directories(empty_directory);
+    CHECK(error_of([&] { load_model_file(empty_directory); }) == errc::unsupported);  // no config.json
+    for (const std::string& text : {std::string(), std::string("{\"dim\": 32}"), std::string(64, 'x')}) {
+        write_text(directory.path() / "text.bin", text);
+        CHECK(error_of([&] { load_model_file(directory.path() / "text.bin"); }) == errc::unsupported);
+    }
+    // A llama2.c file cut short or with a byte too many no longer matches its header.
+    std::vector<std::uint8_t> bytes = read_file(llama2c);
+    bytes.pop_back();
+    write_file_atomic(directory.path() / "cut.bin", bytes);
+    CHECK(error_of([&] { load_model_file(directory.path() / "cut.bin"); }) == errc::unsupported);
+    bytes.push_back(0);
+    bytes.push_back(0);
+    write_file_atomic(directory.path() / "long.bin", bytes);
+    CHECK(error_of([&] { load_model_file(directory.path() / "long.bin"); }) == errc::unsupported);
+
+    // An HF directory whose config.json is not a Llama model, or which has no weights.
+    const auto hf = directory.path() / "hf";
+    llm::write_hf_llama(hf, weights);
+    write_text(hf / "config.json", R"({"model_type": "gpt2", "hidden_size": 32})");
+    CHECK(error_of([&] { load_model_file(hf); }) == errc::unsupported);
+    std::filesystem::remove(hf / "model.safetensors");
+    CHECK(error_of([&] { load_model_file(hf); }) == errc::io);
+}
