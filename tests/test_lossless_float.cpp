@@ -2,9 +2,8 @@
 // values and the real GPT-Neo (bf16) and MT3 (f16) weights; scalar == SIMD (every xsimd
 // architecture this build has) and identical bytes for any thread count; every plane mode; and
 // hostile metadata and segments (truncated, corrupt, forged with valid CRCs) failing with
-// nwc::error naming what and where. Missing real data: the program exits 77 (skipped).
+// nwc::error naming what and where. Missing real data: the [data] case is left out and the program exits 77 (tests/requirements.hpp).
 // nwc-ctest-labels: data
-#define CATCH_CONFIG_EXTERNAL_INTERFACES  // the listener that turns "data missing" into exit 77
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -21,28 +20,11 @@
 #include "nwc/core/random.hpp"
 #include "nwc/entropy/lossless_float.hpp"
 #include "nwc/io/safetensors.hpp"
+#include "requirements.hpp"
 
 using namespace nwc;
 
 namespace {
-
-// ---- skipping: a test case whose data is missing records it; if nothing failed, the program
-// exits 77 after Catch2 has printed its summary, which ctest reports as "skipped".
-bool data_missing = false;
-std::uint64_t failed_assertions = 0;
-
-struct SkipListener : Catch::TestEventListenerBase {
-    using TestEventListenerBase::TestEventListenerBase;
-    void testRunStarting(const Catch::TestRunInfo&) override {
-        std::atexit([] {
-            if (!data_missing || failed_assertions != 0) return;
-            std::fflush(nullptr);
-            std::_Exit(77);
-        });
-    }
-    void testRunEnded(const Catch::TestRunStats& stats) override { failed_assertions = stats.totals.assertions.failed; }
-};
-CATCH_REGISTER_LISTENER(SkipListener)
 
 template <class T>
 std::vector<std::uint8_t> bytes_of(const std::vector<T>& values) {
@@ -241,12 +223,7 @@ TEST_CASE("lossless_float: SIMD merge and narrowing equal the scalar reference o
 
 TEST_CASE("lossless_float: real GPT-Neo (bf16) and MT3 (f16) weights round-trip within their entropy", "[lossless_float][data]") {
     for (const char* name : {"gptneo125m_attn.safetensors", "mt3.safetensors"}) {
-        const std::filesystem::path path = std::filesystem::path(NWC_DATA_DIR) / name;
-        if (!std::filesystem::exists(path)) {
-            WARN("skipped: " << path << " not found");
-            data_missing = true;
-            continue;
-        }
+        const std::filesystem::path path = nwc::testing::data_path(name);
         INFO(name);
         const SafetensorsFile file = SafetensorsFile::open(path);
         std::uint64_t original = 0, stored = 0;
