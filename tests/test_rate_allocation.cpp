@@ -147,7 +147,7 @@ TEST_CASE("rate allocation: more budget never costs more than the dual gap", "[r
         }
     }
     INFO(violations << " of " << steps << " budget steps raised the loss");
-    CHECK(violations * 50 <= steps);  // measured: 101 of 22726
+    CHECK(violations * 50 <= steps);  // measured: 98 of 22726
 }
 
 TEST_CASE("rate allocation: near-optimal on realistic step grids", "[rate_allocation]") {
@@ -157,6 +157,7 @@ TEST_CASE("rate allocation: near-optimal on realistic step grids", "[rate_alloca
     // sum_i min_k (loss + lambda bytes) - lambda budget, a lower bound of the optimum.
     nwc::Random random(5);
     double worst_gap = 0.0;
+    int most_exchanges = 0;
     for (int trial = 0; trial < 30; ++trial) {
         std::vector<OperatingCurve> curves(16);
         for (auto& curve : curves) {
@@ -182,8 +183,9 @@ TEST_CASE("rate allocation: near-optimal on realistic step grids", "[rate_alloca
         }
         REQUIRE(result.loss >= dual - 1e-12);
         worst_gap = std::max(worst_gap, result.loss / dual - 1.0);
+        most_exchanges = std::max(most_exchanges, result.exchanges);
     }
-    INFO("worst gap to the dual bound " << worst_gap);
+    INFO("worst gap to the dual bound " << worst_gap << "; at most " << most_exchanges << " exchanges");
     CHECK(worst_gap < 0.01);  // measured: 0.47 % (part of it is the integrality gap the optimum has too)
 }
 
