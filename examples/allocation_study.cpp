@@ -10,7 +10,9 @@
 //       scales (column,row,tensor), ldlq (0,1), models (mse,hessian), finetune (0,1),
 //       embed_ldlq (1), norms (fp16|fp32|int8), table (hist16|hist8), scale_for (per-tensor
 //       overrides part:scale,... for every matrix whose name contains `part`, e.g.
-//       scale_for=k_proj:row,embed:column), show_steps (0)
+//       scale_for=k_proj:row,embed:column), show_steps (0), closed_form (1), from_plain (1),
+//       rates (4,3: normalization mode), sequential mode: scale, model, seq_ldlq (1),
+//       seq_alloc (slope|global), seq_target (block|model), seq_windows (32), seq_window (256)
 //
 // Everything that is tuned (Hessians, sensitivities, steps) uses the calibration text; the
 // evaluation text is only scored. Rates are IDEAL symbol entropies plus side information, all of
@@ -585,9 +587,10 @@ void run_sequential() {
     const LossModel model = get("model", "hessian") == "mse" ? LossModel::mse : LossModel::hessian;
     for (const std::string& target_text : get_list("targets", "4,3")) {
         const double target = std::stod(target_text), budget = matrix_budget_bits(target);
-        const Allocation allocation = allocate(config, model, budget);
-        std::printf("\n## Sequential coding at %.2f bits per weight: %s%s, %s allocation\n", target, scale_name(config.scale),
-                    config.ldlq ? " +LDLQ" : "", model_name(model));
+        const bool global = get("seq_alloc", "slope") == "global";
+        const Allocation allocation = global ? global_step(global_step_for(config, budget)) : allocate(config, model, budget);
+        std::printf("\n## Sequential coding at %.2f bits per weight: %s%s, %s\n", target, scale_name(config.scale), config.ldlq ? " +LDLQ" : "",
+                    global ? "one global step" : model_name(model));
         for (const std::string& finetune_text : get_list("finetune", "0,1")) {
             double factor = 1.0;
             for (int pass = 0; pass < 2; ++pass) {
