@@ -59,14 +59,14 @@ namespace detail {
 template <class T>
 __global__ void denormalize_kernel(const float* chunks, const std::int32_t* chunk_columns, const std::int32_t* chunk_in_column,
                                    std::int64_t chunk_count, int chunk_size, std::int64_t rows, std::int64_t cols, float alpha,
-                                   const float* scales, bool per_column, T* out) {
+                                   const float* scales, NormalizationAxis axis, T* out) {
     const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= chunk_count * chunk_size) return;
     const std::int64_t chunk = i / chunk_size;
     const std::int64_t row = std::int64_t(chunk_in_column[chunk]) * chunk_size + i % chunk_size;
     if (row >= rows) return;  // the tail padding of a column's last chunk
     const std::int64_t column = chunk_columns[chunk];
-    const float scale = scales[per_column ? column : row];
+    const float scale = scales[scale_index(axis, row, column)];
     out[row * cols + column] = from_float<T>((chunks[i] / alpha) * scale);
 }
 
@@ -128,7 +128,7 @@ DeviceBuffer<T> decompress_nwc(const ContainerReader& reader, const Plan& plan, 
     constexpr int threads = 256;
     denormalize_kernel<T><<<blocks_for(chunk_count * d, threads), threads, 0, stream>>>(
         chunks.data(), device_columns.data(), device_in_column.data(), chunk_count, int(d), layout.rows, layout.cols, layout.alpha,
-        device_scales.data(), layout.axis == NormalizationAxis::per_column, output.data());
+        device_scales.data(), layout.axis, output.data());
     NWC_CUDA_CHECK_LAUNCH("denormalize_kernel");
     // The temporaries above are freed when this returns: wait for the work that uses them.
     NWC_CUDA_CHECK(cudaStreamSynchronize(stream));

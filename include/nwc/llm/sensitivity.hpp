@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,6 +49,10 @@ struct SensitivityOptions {
     int pairs = 4;                   ///< antithetic noise pairs per tensor
     double relative_noise = 0.02;    ///< sigma / RMS of the tensor (quadratic regime, see above)
     bool include_vectors = true;     ///< also the 1-D norm scales (when no names are given)
+    /// Also measure, for matrices, noise shaped as per-row and per-column normalized quantization
+    /// leaves it (standard deviation proportional to the row's / column's scale, same mean
+    /// variance): which normalization axis costs the model least (3x the passes).
+    bool shaped = false;
     std::uint64_t seed = 0x53656E73;
     int threads = 1;                 ///< windows in parallel (0: all hardware threads)
 };
@@ -61,6 +66,10 @@ struct TensorSensitivity {
     double sensitivity = 0.0;     ///< S: mean NLL rise per unit of per-weight noise variance
     double standard_error = 0.0;  ///< of S over the pairs (0 with one pair)
     std::vector<double> per_pair; ///< S of each pair
+    /// S for noise shaped per row / per column (options.shaped; NaN when not measured), per unit of
+    /// MEAN per-weight variance, so each multiplies that axis's per-weight MSE like `sensitivity`.
+    double per_row_sensitivity = std::numeric_limits<double>::quiet_NaN();
+    double per_column_sensitivity = std::numeric_limits<double>::quiet_NaN();
 
     /// The predicted rise of the mean NLL for a coding error of per-weight mean square `mse`.
     double predicted_loss(double mse) const noexcept { return sensitivity * mse; }
@@ -103,6 +112,33 @@ inline double window_nll_from(const LlamaModel& model, Activations hidden, int f
         total += max + std::log((row - max).exp().sum()) - row(window[std::size_t(t) + 1]);
     }
     return total;
+}
+
+/// Per-weight noise gains of per-row and per-column shaped noise for matrix `weights`: the row's
+/// (column's) standard deviation over the root mean square of all of them, so the mean variance
+/// stays that of uniform noise (a zero row gets no noise, as its quantization has no error).
+inline std::vector<std::vector<double>> shape_gains(const Tensor<float>& weights) {
+    const std::int64_t rows = weights.rows(), cols = weights.cols();
+    std::vector<std::vector<double>> gains;
+    for (const bool by_row : {true, false}) {
+        const std::int64_t groups = by_row ? rows : cols, members = by_row ? cols : rows;
+        std::vector<double> mean(std::size_t(groups), 0.0), variance(std::size_t(groups), 0.0);
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t c = 0; c < cols; ++c) mean[std::size_t(by_row ? r : c)] += double(weights(r, c)) / double(members);
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t c = 0; c < cols; ++c) {
+                const std::size_t g = std::size_t(by_row ? r : c);
+                variance[g] += (double(weights(r, c)) - mean[g]) * (double(weights(r, c)) - mean[g]) / double(members);
+            }
+        double mean_variance = 0.0;
+        for (double value : variance) mean_variance += value / double(groups);
+        std::vector<double> gain(std::size_t(rows * cols), 1.0);
+        if (mean_variance > 0.0)
+            for (std::int64_t r = 0; r < rows; ++r)
+                for (std::int64_t c = 0; c < cols; ++c) gain[std::size_t(r * cols + c)] = std::sqrt(variance[std::size_t(by_row ? r : c)] / mean_variance);
+        gains.push_back(std::move(gain));
+    }
+    return gains;
 }
 
 }  // namespace detail
@@ -189,17 +225,28 @@ inline SensitivityReport measure_sensitivities(const LlamaModel& model, std::spa
             result.noise_std = options.relative_noise * (result.rms > 0.0 ? result.rms : 1.0);
             const double variance = result.noise_std * result.noise_std;
             Tensor<float> noise(original.shape()), perturbed(original.shape());
+            // Noise shapes: uniform, then (matrices, options.shaped) per row and per column, all from
+            // the same draws so their differences are measured with little noise of their own.
+            const bool shaped = options.shaped && original.shape().rank() == 2;
+            const std::vector<std::vector<double>> gains = shaped ? detail::shape_gains(original) : std::vector<std::vector<double>>{};
+            std::vector<double> shaped_sums(gains.size(), 0.0);
             for (int pair = 0; pair < options.pairs; ++pair) {
                 Random random = root.split(job.index).split(std::uint64_t(pair));
                 for (float& value : noise.values()) value = float(result.noise_std * double(random.normal()));
-                double sum = 0.0;
-                for (const float sign : {1.0f, -1.0f}) {
-                    for (std::int64_t i = 0; i < result.weights; ++i) perturbed.data()[i] = original.data()[i] + sign * noise.data()[i];
-                    working.replace_weight(job.name, perturbed);
-                    sum += mean_nll(working, states, stage);
-                }
-                result.per_pair.push_back((sum / 2.0 - base) / variance);
+                const auto pair_response = [&](const std::vector<double>* gain) {
+                    double sum = 0.0;
+                    for (const float sign : {1.0f, -1.0f}) {
+                        for (std::int64_t i = 0; i < result.weights; ++i)
+                            perturbed.data()[i] = original.data()[i] + sign * noise.data()[i] * (gain ? float((*gain)[std::size_t(i)]) : 1.0f);
+                        working.replace_weight(job.name, perturbed);
+                        sum += mean_nll(working, states, stage);
+                    }
+                    return (sum / 2.0 - base) / variance;
+                };
+                result.per_pair.push_back(pair_response(nullptr));
+                for (std::size_t g = 0; g < gains.size(); ++g) shaped_sums[g] += pair_response(&gains[g]) / double(options.pairs);
             }
+            if (shaped) result.per_row_sensitivity = shaped_sums[0], result.per_column_sensitivity = shaped_sums[1];
             working.replace_weight(job.name, original);
             double mean = 0.0, spread = 0.0;
             for (double value : result.per_pair) mean += value / double(options.pairs);

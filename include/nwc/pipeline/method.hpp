@@ -125,6 +125,14 @@ inline constexpr bool uses_codec_blob = [] {
     else return false;
 }();
 
+/// Whether M normalizes by MethodOptions::axis (M::uses_normalization_axis, false when absent):
+/// allocation then also chooses the axis per tensor.
+template <class M>
+inline constexpr bool uses_normalization_axis = [] {
+    if constexpr (requires { M::uses_normalization_axis; }) return bool(M::uses_normalization_axis);
+    else return false;
+}();
+
 /// A method whose sizes follow from the shape and options alone (rtn, gptq): rate control sizes
 /// every operating point exactly, without coding.
 template <class M>
@@ -152,6 +160,8 @@ struct MethodList {
         return ((name == Methods::name ? (f(std::type_identity<Methods>{}), true) : false) || ...);
     }
     static bool contains(std::string_view name) noexcept { return ((name == Methods::name) || ...); }
+    template <class M>
+    static constexpr bool holds = (std::is_same_v<M, Methods> || ...);
     /// This list with more methods after its own: Codec<Backend, Selection, BuiltinMethods::append<MyMethod>>.
     template <Method... Extra>
     using append = MethodList<Methods..., Extra...>;

@@ -44,6 +44,9 @@ struct MethodOptions {
     int group_size = 32;     ///< rtn, gptq: weights of a row sharing one fp16 scale
     float step = 0.5f;       ///< ecsq: quantizer step on normalized (unit-variance) weights
     float alpha = 1.0f;      ///< nwc: rate knob, the normalized weights are scaled by alpha before g_a
+    /// Vectors the selection codes (norm scales): the ecsq step on them, relative to their standard
+    /// deviation (1/64: ~8 bits each, an error no calibration loss can see).
+    float vector_step = 1.0f / 64.0f;
     bool ldlq = true;        ///< use the Hessian's feedback (LDLQ / GPTQ) when a Hessian is given
     NormalizationAxis axis = NormalizationAxis::per_column;  ///< ecsq, nwc
     double damping = 0.01;   ///< LDLQ damping relative to mean(diag H)
@@ -65,6 +68,7 @@ struct MethodOptions {
         require(bits >= 2 && bits <= 8, errc::invalid_argument, "--bits ", bits, " is outside 2..8");
         require(group_size >= 1 && group_size <= 65536, errc::invalid_argument, "group size ", group_size, " is outside 1..65536");
         require(std::isfinite(step) && step > 0.0f, errc::invalid_argument, "ECSQ step ", step, " must be finite and positive");
+        require(std::isfinite(vector_step) && vector_step > 0.0f, errc::invalid_argument, "vector step ", vector_step, " must be finite and positive");
         require(std::isfinite(alpha) && alpha > 0.0f, errc::invalid_argument, "nwc alpha ", alpha, " must be finite and positive");
         require(damping >= 0.0 && std::isfinite(damping), errc::invalid_argument, "LDLQ damping ", damping, " must be >= 0");
         require(ldlq_block_size >= 1 && nwc_block_columns >= 1 && threads >= 0, errc::invalid_argument, "LDLQ block sizes must be positive");

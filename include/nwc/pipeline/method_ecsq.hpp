@@ -3,11 +3,12 @@
 // the rANS coder with ONE CdfTable built from this tensor's own histogram; optional LDLQ
 // (per-column feedback) when a Hessian is given.
 //
-// Metadata: MethodPrefix (span = rows per segment), u8 axis (0 per column, 1 per row), u8 zero,
+// Metadata: MethodPrefix (span = rows per segment), u8 axis (0 per column, 1 per row, 2 per tensor), u8 zero,
 // u16 zero, f32 Δ, the scales (u32 count + fp16 each, write_scales), the CdfTableSet of one
 // channel (CdfTableSet::write, with its own CRC). Payload segment k = one rANS stream
 // (docs/format/rans.md) of the row-major symbols of rows [k span, min((k + 1) span, m)).
-// Value = symbol * (Δ * s), the product Δ * s taken in float as the encoder took it.
+// Value = symbol * (Δ * s), the product Δ * s taken in float as the encoder took it. A vector
+// (rank 1, n elements: norm scales) is coded as a 1 x n matrix.
 #pragma once
 
 #include <algorithm>
@@ -33,6 +34,7 @@ struct EcsqMethod {
     static constexpr std::string_view name = "ecsq";
     static constexpr MethodKnob knob{
         .option = "step", .integer = false, .rate_grows = false, .lowest = 0x1p-12, .highest = 16.0, .guess_intercept = 2.047, .guess_slope = -1.0};
+    static constexpr bool uses_normalization_axis = true;
     static double knob_value(const MethodOptions& options) noexcept { return options.step; }
     static void set_knob(MethodOptions& options, double value) noexcept { options.step = float(value); }
 
@@ -100,19 +102,21 @@ struct EcsqMethod {
 
     /// Parses and validates the metadata of `entry`.
     static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, DecodeResources&, const std::string& context) {
-        detail::require_matrix(entry.shape, context);
+        // A vector (norm scales) is coded as one row.
+        const bool vector = entry.shape.rank() == 1 && entry.shape[0] > 0;
+        if (!vector) detail::require_matrix(entry.shape, context);
         ByteReader in(metadata, context + " metadata");
         const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback);
         Layout layout;
-        layout.rows = entry.shape[0];
-        layout.cols = entry.shape[1];
+        layout.rows = vector ? 1 : entry.shape[0];
+        layout.cols = vector ? entry.shape[0] : entry.shape[1];
         const std::uint8_t axis = in.get_u8();
-        require(axis <= 1, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
+        require(axis <= last_normalization_axis, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
         layout.axis = NormalizationAxis(axis);
         require(in.get_u8() == 0 && in.get_u16() == 0, errc::corrupt, context, ": reserved bytes 17-19 are not zero");
         const float step = in.get_f32();
         require(std::isfinite(step) && step > 0.0f, errc::corrupt, context, ": step ", step, " at offset 20 is not finite and positive");
-        const std::vector<half> scales = read_scales(in, std::size_t(layout.axis == NormalizationAxis::per_column ? layout.cols : layout.rows));
+        const std::vector<half> scales = read_scales(in, std::size_t(scale_count(layout.axis, layout.rows, layout.cols)));
         layout.steps.resize(scales.size());
         for (std::size_t i = 0; i < scales.size(); ++i) layout.steps[i] = step * to_float(scales[i]);
         layout.tables = CdfTableSet::read(in);
@@ -139,10 +143,9 @@ struct EcsqMethod {
             const RansSegment& info = index.segments[s];
             rans::decode_segment(bytes, index, layout.tables, s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);
         }
-        const bool by_column = layout.axis == NormalizationAxis::per_column;
         for (std::int64_t r = 0; r < rows; ++r)
             for (std::int64_t c = 0; c < cols; ++c)
-                output(first + r, c) = float(symbols[std::size_t(r * cols + c)]) * layout.steps[std::size_t(by_column ? c : first + r)];
+                output(first + r, c) = float(symbols[std::size_t(r * cols + c)]) * layout.steps[std::size_t(scale_index(layout.axis, first + r, c))];
     }
 };
 

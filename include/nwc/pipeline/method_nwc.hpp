@@ -90,6 +90,7 @@ struct NwcMethod {
     /// Far below 1 the codec's distortion explodes long before its rate falls: pick another codec.
     static constexpr MethodKnob knob{.option = "alpha", .integer = false, .rate_grows = true, .lowest = 0.25, .highest = 16.0};
     static constexpr bool uses_codec_blob = true;
+    static constexpr bool uses_normalization_axis = true;
     static double knob_value(const MethodOptions& options) noexcept { return options.alpha; }
     static void set_knob(MethodOptions& options, double value) noexcept { options.alpha = float(value); }
     /// The alpha stored in a coded tensor's metadata (NaN if it is too short to hold it).
@@ -257,7 +258,7 @@ struct NwcMethod {
         layout.rows = entry.shape[0];
         layout.cols = entry.shape[1];
         const std::uint8_t axis = in.get_u8();
-        require(axis <= 1, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
+        require(axis <= last_normalization_axis, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
         layout.axis = NormalizationAxis(axis);
         require(in.get_u8() == 0 && in.get_u16() == 0, errc::corrupt, context, ": reserved bytes 17-19 are not zero");
         layout.alpha = in.get_f32();
@@ -267,7 +268,7 @@ struct NwcMethod {
         const CodecArchitecture& arch = decoder.architecture();
         require(layout.chunk_size == arch.chunk_size && layout.latents == arch.latents, errc::corrupt, context, ": coded with chunks of ", layout.chunk_size,
                 " and ", layout.latents, " latents, the embedded codec has ", arch.chunk_size, " and ", arch.latents);
-        layout.scales = read_scales(in, std::size_t(layout.axis == NormalizationAxis::per_column ? layout.cols : layout.rows));
+        layout.scales = read_scales(in, std::size_t(scale_count(layout.axis, layout.rows, layout.cols)));
         layout.levels = read_levels(in, std::size_t(layout.cols));
         for (std::uint8_t level : layout.levels)
             require(level < arch.levels, errc::corrupt, context, ": importance level ", int(level), " but the codec has ", arch.levels, " levels");

@@ -51,15 +51,28 @@
 namespace nwc {
 
 /// Which tensors a method codes: floating-point matrices with both sides >= min_dimension.
+/// Vectors (norm scales, biases) of at least min_dimension elements are coded too, by ecsq at a
+/// fine step (MethodOptions::vector_step): ~8 bits each instead of 32 raw.
 struct DefaultTensorSelection {
     static constexpr std::int64_t min_dimension = 16;
     static bool is_coded(const Shape& shape, dtype type) noexcept {
         return is_floating_dtype(type) && shape.rank() == 2 && shape[0] >= min_dimension && shape[1] >= min_dimension;
     }
+    static bool is_vector_coded(const Shape& shape, dtype type) noexcept {
+        return is_floating_dtype(type) && shape.rank() == 1 && shape[0] >= min_dimension;
+    }
 };
 
 /// The Hessian H = X^T X / N of the input of weight `name`, or null (see llm::LinearHessians).
 using HessianLookup = std::function<const Tensor<double>*(std::string_view name)>;
+
+/// One tensor's override of the codec's options: what rate allocation chooses per tensor.
+struct TensorSetting {
+    double knob = std::numeric_limits<double>::quiet_NaN();  ///< the method's knob; NaN: the codec's
+    std::optional<NormalizationAxis> axis;                    ///< empty: the codec's
+    /// Predicted rise of the calibration NLL per unit of per-weight squared error (NaN: unknown).
+    double sensitivity = std::numeric_limits<double>::quiet_NaN();
+};
 
 /// What compressing a model did.
 struct ModelReport {
@@ -74,8 +87,8 @@ struct ModelReport {
     bool target_met = true;
     int passes = 1;    ///< full compressions run (rate search)
     std::string note;  ///< why a target was missed, if it was
-    double knob = std::numeric_limits<double>::quiet_NaN();  ///< ecsq step / nwc alpha chosen by rate control (else NaN)
-    std::vector<double> knob_per_tensor;  ///< the knob per model tensor when set per tensor (rate control's rtn / gptq bits), else empty
+    double knob = std::numeric_limits<double>::quiet_NaN();  ///< the global knob rate control chose, or (allocation) the common factor on every tensor's (else NaN)
+    std::vector<TensorSetting> tensor_settings;  ///< per model tensor when set per tensor (rate control, allocation), else empty
 
     /// 8 x file bytes / weights of the input: the rate of the whole file.
     double bits_per_weight() const noexcept { return weight_count > 0 ? 8.0 * double(file_bytes) / double(weight_count) : 0.0; }
@@ -154,6 +167,12 @@ public:
         methods::visit(options.method, [&]<class M>(std::type_identity<M>) { M::set_knob(options, value); });
         return options;
     }
+    /// `options` with a tensor's setting applied (what is not set stays).
+    static MethodOptions options_with(MethodOptions options, const TensorSetting& setting) {
+        if (!std::isnan(setting.knob)) options = options_with_knob(std::move(options), setting.knob);
+        if (setting.axis) options.axis = *setting.axis;
+        return options;
+    }
     /// The knob of the configured method, its value, and a copy of this codec with another value.
     MethodKnob knob() const { return knob_of(m_options.method); }
     double knob_value() const { return dispatch([&]<class M>(std::type_identity<M>) { return M::knob_value(m_options); }); }
@@ -170,6 +189,10 @@ public:
         });
     }
 
+    /// Whether the configured method normalizes by MethodOptions::axis.
+    bool uses_normalization_axis() const {
+        return dispatch([&]<class M>(std::type_identity<M>) { return nwc::uses_normalization_axis<M>; });
+    }
     bool predicts_sizes() const {
         return dispatch([&]<class M>(std::type_identity<M>) { return SizePredictingMethod<M>; });
     }
@@ -220,14 +243,14 @@ public:
         return output;
     }
 
-    /// Compresses every tensor of `model`; `knob_per_tensor` (model tensor order), when not empty,
-    /// sets the method's knob per tensor (rate control's per-tensor bits or steps).
+    /// Compresses every tensor of `model`; `settings` (model tensor order), when not empty, override
+    /// the method's knob and normalization per tensor (rate control's bits, allocated steps).
     CompressedModel compress_model(const ModelFile& model, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
-                                   std::span<const double> knob_per_tensor = {}) const {
+                                   std::span<const TensorSetting> settings = {}) const {
         const auto start = std::chrono::steady_clock::now();
         const std::size_t count = model.tensors.size();
-        require(knob_per_tensor.empty() || knob_per_tensor.size() == count, errc::invalid_argument, "compress_model: ", knob_per_tensor.size(),
-                " knob values for ", count, " tensors");
+        require(settings.empty() || settings.size() == count, errc::invalid_argument, "compress_model: ", settings.size(), " tensor settings for ",
+                count, " tensors");
         const int threads = resolve_thread_count(m_options.threads);
         const int outer = int(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, std::int64_t(count))));
         MethodOptions inner = m_options;
@@ -236,12 +259,12 @@ public:
         std::vector<TensorReport> reports(count);
         detail::run_with_progress(std::int64_t(count), outer, progress, "compress", count, model.weight_count(), [&](std::int64_t i) {
             const ModelTensor& tensor = model.tensors[std::size_t(i)];
-            const MethodOptions options = knob_per_tensor.empty() ? inner : options_with_knob(inner, knob_per_tensor[std::size_t(i)]);
+            const MethodOptions options = settings.empty() ? inner : options_with(inner, settings[std::size_t(i)]);
             const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
             tensors[std::size_t(i)] = compress_model_tensor(tensor, hessian, options, reports[std::size_t(i)]);
             return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
         });
-        return assemble_model(model, std::move(tensors), std::move(reports), start, knob_per_tensor);
+        return assemble_model(model, std::move(tensors), std::move(reports), start, settings);
     }
 
     /// The last step of compress_model(), public for drivers that code the tensors themselves
@@ -249,7 +272,7 @@ public:
     /// from compress() of this codec) with the file metadata, the codec blob and the llama2.c
     /// RoPE corrections, and the model report.
     CompressedModel assemble_model(const ModelFile& model, std::vector<ContainerTensor> tensors, std::vector<TensorReport> reports,
-                                   std::chrono::steady_clock::time_point start, std::span<const double> knob_per_tensor = {}) const {
+                                   std::chrono::steady_clock::time_point start, std::span<const TensorSetting> settings = {}) const {
         require(tensors.size() == model.tensors.size() && reports.size() == tensors.size(), errc::invalid_argument, "assemble_model: ",
                 tensors.size(), " tensors and ", reports.size(), " reports for a model of ", model.tensors.size());
         CompressedModel result;
@@ -267,7 +290,7 @@ public:
         report.setting = setting();
         report.weight_count = model.weight_count();
         report.file_bytes = result.writer.serialized_size();
-        report.knob_per_tensor.assign(knob_per_tensor.begin(), knob_per_tensor.end());
+        report.tensor_settings.assign(settings.begin(), settings.end());
         for (const TensorReport& tensor : report.tensors) {
             report.squared_error += tensor.squared_error;
             report.squared_norm += tensor.squared_norm;
@@ -358,6 +381,20 @@ private:
     ContainerTensor compress_with(std::string name, TensorView<const float> weights, const Tensor<double>* hessian, dtype original_dtype,
                                   const MethodOptions& options, TensorReport* report, Tensor<float>* reconstruction = nullptr) const {
         const auto start = std::chrono::steady_clock::now();
+        if constexpr (requires { Selection::is_vector_coded(weights.shape(), original_dtype); } && methods::template holds<EcsqMethod>) {
+            if (Selection::is_vector_coded(weights.shape(), original_dtype)) {
+                MethodOptions vector = options;
+                vector.method = std::string(EcsqMethod::name);
+                vector.axis = NormalizationAxis::per_tensor;
+                vector.step = options.vector_step;
+                const TensorView<const float> row(weights.data(), Shape{1, weights.numel()});
+                ContainerTensor tensor = encode_matrix(std::move(name), row, nullptr, original_dtype, vector, report, reconstruction, start);
+                tensor.shape = weights.shape();
+                if (report) report->shape = weights.shape();
+                if (reconstruction && !reconstruction->values().empty()) *reconstruction = Tensor<float>(weights.shape(), std::move(reconstruction->values()));
+                return tensor;
+            }
+        }
         if (!Selection::is_coded(weights.shape(), original_dtype)) {
             ContainerTensor tensor = make_raw_tensor(std::move(name), weights, original_dtype);
             if (reconstruction) *reconstruction = Tensor<float>(weights.shape(), std::vector<float>(weights.data(), weights.data() + weights.numel()));
@@ -367,6 +404,12 @@ private:
             }
             return tensor;
         }
+        return encode_matrix(std::move(name), weights, hessian, original_dtype, options, report, reconstruction, start);
+    }
+
+    ContainerTensor encode_matrix(std::string name, TensorView<const float> weights, const Tensor<double>* hessian, dtype original_dtype,
+                                  const MethodOptions& options, TensorReport* report, Tensor<float>* reconstruction,
+                                  std::chrono::steady_clock::time_point start) const {
         detail::require_hessian_fits(hessian, weights.cols(), name);
         EncodedMatrix encoded;
         std::int32_t codec_index = -1;

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "nwc/pipeline/allocation.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 
 namespace nwc {
@@ -40,6 +41,10 @@ struct RateTarget {
     int max_passes = 14;           ///< full compressions for a continuous knob
     /// Range of the knob searched; NaN: the method's own (MethodKnob::lowest / highest).
     double knob_min = std::numeric_limits<double>::quiet_NaN(), knob_max = std::numeric_limits<double>::quiet_NaN();
+    /// With sensitivities: per-tensor settings by allocation.hpp, then one common factor on every
+    /// continuous knob for the exact bytes. Without: one knob for the whole file (equal error).
+    const TensorSensitivities* sensitivities = nullptr;
+    AllocationOptions allocation;
 };
 
 namespace detail {
@@ -137,7 +142,7 @@ CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFi
     std::vector<std::size_t> coded;
     double overhead = double(first.report.file_bytes);
     for (std::size_t i = 0; i < model.tensors.size(); ++i) {
-        if (first.report.tensors[i].method == "raw") continue;
+        if (first.report.tensors[i].method != codec.options().method) continue;  // raw, or a vector coded by ecsq
         coded.push_back(i);
         for (int value = lowest; value <= highest; ++value) sizes[i].push_back(aligned_bytes(model.tensors[i].shape, value));
         overhead -= double(aligned_bytes(model.tensors[i].shape, codec.knob_value()));
@@ -171,12 +176,54 @@ CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFi
             }
         }
     }
-    const std::vector<double> knob_per_tensor(chosen.begin(), chosen.end());
-    CompressedModel result = codec.compress_model(model, hessians, progress, knob_per_tensor);
+    std::vector<TensorSetting> settings(chosen.size());
+    for (std::size_t i = 0; i < chosen.size(); ++i) settings[i].knob = chosen[i];
+    CompressedModel result = codec.compress_model(model, hessians, progress, settings);
     int high = low;
     for (std::size_t i : coded) high = std::max(high, chosen[i]);
     result.report.setting = low == high ? detail::concat(knob.option, "=", low) : detail::concat(knob.option, "=", low, "..", high);
     result.report.passes = 2;
+    return result;
+}
+
+/// "step=0.21..0.93": the range of the knobs `settings` set (the codec's setting if none).
+template <class CodecType>
+std::string settings_text(const CodecType& codec, std::span<const TensorSetting> settings) {
+    double low = INFINITY, high = -INFINITY;
+    for (const TensorSetting& setting : settings)
+        if (!std::isnan(setting.knob)) low = std::min(low, setting.knob), high = std::max(high, setting.knob);
+    if (!(low <= high)) return codec.setting();
+    const std::string from = codec.with_knob(low).setting(), to = codec.with_knob(high).setting();
+    return low == high ? from : from + ".." + to.substr(to.find('=') + 1);
+}
+
+/// Allocation (allocation.hpp), then one common factor 2^u on every allocated continuous knob,
+/// searched like a global knob until the file lands on the target.
+template <class CodecType>
+CompressedModel compress_allocated(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
+                                   const ProgressCallback& progress) {
+    const MethodKnob knob = codec.knob();
+    const std::vector<TensorSetting> allocated =
+        allocate_settings(codec, model, *target.sensitivities, target.bits_per_weight, target.allocation, progress).settings;
+    CompressedModel result;
+    if (knob.integer) {
+        result = codec.compress_model(model, hessians, progress, allocated);
+        result.report.passes = 2;
+    } else {
+        const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
+        MethodOptions quick = codec.options();
+        quick.measure = false;
+        const CodecType pass = codec.with_options(quick);
+        KnobSearch search(target_bytes, target.tolerance, target.max_passes, [&](double u) {
+            return double(pass.compress_model(model, hessians, progress, scaled_settings(allocated, u)).report.file_bytes);
+        });
+        search.bracket_and_narrow(0.0, -4.0, 4.0, knob.rate_grows);
+        const std::vector<TensorSetting> settings = scaled_settings(allocated, search.best_u());
+        result = codec.compress_model(model, hessians, progress, settings);
+        result.report.passes = search.passes() + 2;
+        result.report.knob = std::exp2(search.best_u());
+    }
+    result.report.setting = settings_text(codec, result.report.tensor_settings) + " (allocated)";
     return result;
 }
 
@@ -194,7 +241,9 @@ CompressedModel compress_to_target(const CodecType& codec, const ModelFile& mode
     const MethodKnob knob = codec.knob();
     const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
     CompressedModel result;
-    if (knob.integer) {
+    if (target.sensitivities != nullptr) {
+        result = detail::compress_allocated(codec, model, hessians, target, progress);
+    } else if (knob.integer) {
         require(codec.predicts_sizes(), errc::invalid_argument, "rate control: method '",
                 codec.options().method, "' has an integer knob but does not predict its sizes");
         result = detail::compress_to_integer_target(codec, model, hessians, target, progress);

@@ -10,10 +10,11 @@
 // - llama2.c models are coded in their own row order. Hugging Face models store q/k rows permuted
 //   for their RoPE layout: the driver codes the tensor as the file holds it (so the container
 //   decodes to the same file layout) and hands the reconstruction back in llama2.c order.
-// - Rate control (compress_sequentially_to_target): the knob is searched with ordinary passes
-//   (Hessians of the original model, no fine-tuning: cheap), then the sequential pass runs at that
-//   knob. Fine-tuned weights code to slightly different sizes, so ecsq / nwc then correct the knob
-//   by secant steps on sequential passes until the file is within the tolerance (at most
+// - Rate control (compress_sequentially_to_target): the knob (or, with sensitivities, the
+//   allocated per-tensor settings and their common factor) is searched with ordinary passes
+//   (Hessians of the original model, no fine-tuning: cheap), then the sequential pass runs there.
+//   Fine-tuned weights code to slightly different sizes, so continuous knobs are then corrected by
+//   secant steps on sequential passes until the file is within the tolerance (at most
 //   `max_corrections`). rtn / gptq sizes do not depend on the values: their per-tensor bits carry
 //   over exactly.
 // - Determinism: everything is the same bits for any thread count (the parts guarantee it).
@@ -36,19 +37,19 @@ namespace nwc {
 
 /// Compresses a llama2.c or Hugging Face Llama `model` sequentially with `codec` (its method and
 /// options; LDLQ feedback follows codec.options().ldlq), calibrating on `calibration_tokens`
-/// (tokenize_for_evaluation). `knob_per_tensor` (model tensor order), when not empty, sets the
-/// method's knob per tensor (rtn / gptq bits chosen by rate control). `details`, when given,
+/// (tokenize_for_evaluation). `settings` (model tensor order), when not empty, override the
+/// method's knob and normalization per tensor (rtn / gptq bits, allocated steps). `details`, when given,
 /// receives the per-step block errors and fine-tuning results.
 template <class CodecType>
 CompressedModel compress_model_sequentially(const CodecType& codec, const ModelFile& model, std::span<const int> calibration_tokens,
-                                            const llm::SequentialCompressionOptions& options, std::span<const double> knob_per_tensor = {},
+                                            const llm::SequentialCompressionOptions& options, std::span<const TensorSetting> settings = {},
                                             llm::SequentialCompressionReport* details = nullptr) {
     const auto start = std::chrono::steady_clock::now();
     std::optional<llm::LlamaWeights> weights = llama_weights_of(model);
     require(weights.has_value(), errc::unsupported, "sequential compression needs a llama2.c or Hugging Face Llama model, not a plain ",
             model_format_name(model.format), " file");
-    require(knob_per_tensor.empty() || knob_per_tensor.size() == model.tensors.size(), errc::invalid_argument, "sequential compression: ",
-            knob_per_tensor.size(), " knob values for ", model.tensors.size(), " tensors");
+    require(settings.empty() || settings.size() == model.tensors.size(), errc::invalid_argument, "sequential compression: ", settings.size(),
+            " tensor settings for ", model.tensors.size(), " tensors");
     const llm::LlamaConfig config = weights->config;
     llm::LlamaModel network(std::move(*weights));
     const bool hf_layout = model.format == ModelFormat::hf_llama;
@@ -63,7 +64,7 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
         return std::size_t(tensor - model.tensors.data());
     };
     const auto coder_for = [&](std::size_t index) {
-        MethodOptions chosen = knob_per_tensor.empty() ? codec.options() : CodecType::options_with_knob(codec.options(), knob_per_tensor[index]);
+        MethodOptions chosen = settings.empty() ? codec.options() : CodecType::options_with(codec.options(), settings[index]);
         chosen.measure = true;  // the reconstruction is what the next layers are tuned against
         return codec.with_options(chosen);
     };
@@ -93,7 +94,7 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
     // carries) is coded as compress_model() would, without a Hessian.
     for (std::size_t index = 0; index < count; ++index)
         if (!coded[index]) tensors[index] = coder_for(index).compress(model.tensors[index], nullptr, reports[index]);
-    return codec.assemble_model(model, std::move(tensors), std::move(reports), start, knob_per_tensor);
+    return codec.assemble_model(model, std::move(tensors), std::move(reports), start, settings);
 }
 
 /// Sequential compression landing within target.tolerance of target.bits_per_weight (see the
@@ -117,7 +118,7 @@ CompressedModel compress_sequentially_to_target(const CodecType& codec, const Mo
     };
     const MethodKnob knob = codec.knob();
     if (knob.integer) {
-        CompressedModel result = compress_model_sequentially(codec, model, calibration_tokens, options, searched.report.knob_per_tensor, details);
+        CompressedModel result = compress_model_sequentially(codec, model, calibration_tokens, options, searched.report.tensor_settings, details);
         result.report.setting = searched.report.setting;
         return finish(std::move(result), searched.report.passes + 1);
     }
@@ -127,10 +128,16 @@ CompressedModel compress_sequentially_to_target(const CodecType& codec, const Mo
     std::optional<CompressedModel> best;
     llm::SequentialCompressionReport best_details, candidate_details;
     double slope = 0.0;
+    // Allocated settings move by one common factor 2^u from those the search chose; a global knob is u itself.
+    const std::vector<TensorSetting>& allocated = searched.report.tensor_settings;
+    const bool per_tensor = !allocated.empty();
     detail::KnobSearch search(target_bytes, target.tolerance, max_corrections + 1, [&](double u) {
-        CompressedModel result =
-            compress_model_sequentially(codec.with_knob(std::exp2(u)), model, calibration_tokens, options, {}, &candidate_details);
-        result.report.knob = std::exp2(u);
+        CompressedModel result = per_tensor ? compress_model_sequentially(codec, model, calibration_tokens, options, scaled_settings(allocated, u),
+                                                                          &candidate_details)
+                                            : compress_model_sequentially(codec.with_knob(std::exp2(u)), model, calibration_tokens, options, {},
+                                                                          &candidate_details);
+        result.report.knob = per_tensor ? searched.report.knob * std::exp2(u) : std::exp2(u);
+        if (per_tensor) result.report.setting = detail::settings_text(codec, result.report.tensor_settings) + " (allocated)";
         const double bytes = double(result.report.file_bytes);
         if (!best || std::fabs(bytes / target_bytes - 1.0) < std::fabs(double(best->report.file_bytes) / target_bytes - 1.0)) {
             if (!best) {
@@ -143,7 +150,7 @@ CompressedModel compress_sequentially_to_target(const CodecType& codec, const Mo
         }
         return bytes;
     });
-    search.secant(std::log2(searched.report.knob), [&] { return slope; }, max_corrections);
+    search.secant(per_tensor ? 0.0 : std::log2(searched.report.knob), [&] { return slope; }, max_corrections);
     if (details != nullptr) *details = std::move(best_details);
     return finish(std::move(*best), searched.report.passes + search.passes());
 }

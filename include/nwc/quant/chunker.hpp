@@ -36,9 +36,24 @@ namespace nwc {
 
 /// Which axis shares one normalization scale.
 enum class NormalizationAxis : std::uint8_t {
-    per_column = 0,  ///< one scale per input feature (the paper's choice, the default)
+    per_column = 0,  ///< one scale per input feature (the paper's choice)
     per_row = 1,     ///< one scale per output row (the reference scripts' --row_normalize)
+    per_tensor = 2,  ///< one scale for the whole matrix (uniform absolute precision: the least MSE)
 };
+inline constexpr std::uint8_t last_normalization_axis = std::uint8_t(NormalizationAxis::per_tensor);
+
+/// Scales an m x n matrix normalized along `axis` needs: n, m or 1.
+constexpr std::int64_t scale_count(NormalizationAxis axis, std::int64_t rows, std::int64_t cols) noexcept {
+    return axis == NormalizationAxis::per_column ? cols : axis == NormalizationAxis::per_row ? rows : 1;
+}
+/// Which scale weight (row, col) uses.
+NWC_HOST_DEVICE constexpr std::int64_t scale_index(NormalizationAxis axis, std::int64_t row, std::int64_t col) noexcept {
+    return axis == NormalizationAxis::per_column ? col : axis == NormalizationAxis::per_row ? row : 0;
+}
+/// "per column", "per row", "per tensor".
+constexpr const char* axis_name(NormalizationAxis axis) noexcept {
+    return axis == NormalizationAxis::per_column ? "per column" : axis == NormalizationAxis::per_row ? "per row" : "per tensor";
+}
 
 /// Fractions of columns promoted to each importance level (nested: level 3 columns are also in the
 /// top fraction of levels 2 and 1).
@@ -86,29 +101,26 @@ public:
     std::int64_t chunks_per_column(std::int64_t rows) const noexcept { return (rows + chunk_size() - 1) / chunk_size(); }
     /// Chunks of an m x n matrix.
     std::int64_t chunk_count(std::int64_t rows, std::int64_t cols) const noexcept { return chunks_per_column(rows) * cols; }
-    /// Scales an m x n matrix needs: n (per_column) or m (per_row).
-    std::int64_t scale_count(std::int64_t rows, std::int64_t cols) const noexcept {
-        return axis() == NormalizationAxis::per_column ? cols : rows;
-    }
+    /// Scales an m x n matrix needs: n (per_column), m (per_row) or 1 (per_tensor).
+    std::int64_t scale_count(std::int64_t rows, std::int64_t cols) const noexcept { return nwc::scale_count(axis(), rows, cols); }
 
-    /// The fp16 scale of every column (or row): its population standard deviation, rounded to fp16
+    /// The fp16 scale of every column (or row, or the whole matrix): its population standard deviation, rounded to fp16
     /// (see the header comment for zero and huge values). Throws invalid_argument on a non-finite weight.
     std::vector<half> compute_scales(TensorView<const float> weights) const {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
-        const bool by_column = axis() == NormalizationAxis::per_column;
-        const std::int64_t groups = by_column ? cols : rows, members = by_column ? rows : cols;
+        const std::int64_t groups = scale_count(rows, cols), members = rows * cols / std::max<std::int64_t>(groups, 1);
         // Two passes (mean, then squared deviations) in double: no cancellation when |mean| >> std.
         std::vector<double> mean(std::size_t(groups), 0.0), squares(std::size_t(groups), 0.0);
         for (std::int64_t r = 0; r < rows; ++r)
             for (std::int64_t c = 0; c < cols; ++c) {
                 const double value = weights(r, c);
                 require(std::isfinite(value), errc::invalid_argument, "Chunker: weight (", r, ", ", c, ") is not finite");
-                mean[std::size_t(by_column ? c : r)] += value;
+                mean[std::size_t(scale_index(axis(), r, c))] += value;
             }
         for (double& value : mean) value /= double(std::max<std::int64_t>(members, 1));
         for (std::int64_t r = 0; r < rows; ++r)
             for (std::int64_t c = 0; c < cols; ++c) {
-                const std::size_t group = std::size_t(by_column ? c : r);
+                const std::size_t group = std::size_t(scale_index(axis(), r, c));
                 const double deviation = double(weights(r, c)) - mean[group];
                 squares[group] += deviation * deviation;
             }
@@ -203,11 +215,10 @@ private:
         const std::int64_t rows = input.rows(), cols = input.cols();
         NWC_ASSERT(output.rows() == rows && output.cols() == cols);
         require(std::int64_t(scales.size()) == scale_count(rows, cols), errc::invalid_argument, "Chunker: ", scales.size(), " scales for a ", rows,
-                " x ", cols, " matrix normalized ", axis() == NormalizationAxis::per_column ? "per column" : "per row");
-        const bool by_column = axis() == NormalizationAxis::per_column;
+                " x ", cols, " matrix normalized ", axis_name(axis()));
         for (std::int64_t r = 0; r < rows; ++r)
             for (std::int64_t c = 0; c < cols; ++c) {
-                const float scale = to_float(scales[std::size_t(by_column ? c : r)]);
+                const float scale = to_float(scales[std::size_t(scale_index(axis(), r, c))]);
                 output(r, c) = divide ? input(r, c) / scale : input(r, c) * scale;
             }
     }

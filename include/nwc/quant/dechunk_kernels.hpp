@@ -37,7 +37,7 @@ struct DechunkSource {
     std::span<const std::int64_t> columns; ///< output column of each chunk column, increasing
     std::int64_t column_stride = 0;        ///< values per chunk column (chunks_per_column * chunk_size >= rows)
     float alpha = 1.0f;                    ///< the rate knob the encoder multiplied by
-    std::span<const half> scales;          ///< one per output column (per_column) or row (per_row)
+    std::span<const half> scales;          ///< one per output column (per_column), row (per_row) or one (per_tensor)
     NormalizationAxis axis = NormalizationAxis::per_column;
 };
 
@@ -46,12 +46,11 @@ template <class T>
 void dechunk_denormalize(const DechunkSource& source, TensorView<T> output, backend::scalar) {
     const std::int64_t rows = output.rows();
     NWC_ASSERT(source.column_stride >= rows && std::int64_t(source.chunks.size()) >= std::int64_t(source.columns.size()) * source.column_stride);
-    const bool by_column = source.axis == NormalizationAxis::per_column;
     for (std::size_t k = 0; k < source.columns.size(); ++k) {
         const std::int64_t c = source.columns[k];
         const float* values = source.chunks.data() + std::int64_t(k) * source.column_stride;
         for (std::int64_t r = 0; r < rows; ++r) {
-            const float scale = to_float(source.scales[std::size_t(by_column ? c : r)]);
+            const float scale = to_float(source.scales[std::size_t(scale_index(source.axis, r, c))]);
             output(r, c) = from_float<T>((values[r] / source.alpha) * scale);
         }
     }
@@ -78,10 +77,10 @@ void tile_run(const DechunkSource& source, std::size_t k, TensorView<T> output) 
     constexpr std::int64_t lanes = std::int64_t(Batch::size);
     static_assert(tile_columns % lanes == 0);
     const std::int64_t rows = output.rows(), first_column = source.columns[k];
-    const bool by_column = source.axis == NormalizationAxis::per_column;
+    const bool by_column = source.axis == NormalizationAxis::per_column, by_row = source.axis == NormalizationAxis::per_row;
     alignas(64) float column_scales[tile_columns];
-    if (by_column)
-        for (std::int64_t j = 0; j < tile_columns; ++j) column_scales[j] = to_float(source.scales[std::size_t(first_column + j)]);
+    for (std::int64_t j = 0; j < tile_columns; ++j)
+        column_scales[j] = to_float(source.scales[std::size_t(by_column ? first_column + j : 0)]);  // per_tensor: the one scale
     alignas(64) float tile[tile_rows][tile_columns];
     const float* base = source.chunks.data() + std::int64_t(k) * source.column_stride;
     const Batch alpha(source.alpha);
@@ -93,8 +92,7 @@ void tile_run(const DechunkSource& source, std::size_t k, TensorView<T> output) 
         }
         for (std::int64_t r = 0; r < count; ++r) {
             for (std::int64_t j = 0; j < tile_columns; j += lanes) {
-                const Batch scale = by_column ? Batch::load_aligned(column_scales + j)
-                                              : Batch(to_float(source.scales[std::size_t(row0 + r)]));
+                const Batch scale = by_row ? Batch(to_float(source.scales[std::size_t(row0 + r)])) : Batch::load_aligned(column_scales + j);
                 ((Batch::load_aligned(&tile[r][j]) / alpha) * scale).store_aligned(&tile[r][j]);
             }
             store_row(&tile[r][0], tile_columns, &output(row0 + r, first_column));

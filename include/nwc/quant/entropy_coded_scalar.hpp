@@ -105,7 +105,7 @@ inline std::int32_t ecsq_symbol(float value, float step) {
 struct EntropyCodedScalarOptions {
     float step = 0.25f;  ///< Δ on normalized weights
     NormalizationAxis axis = NormalizationAxis::per_column;
-    std::vector<half> scales;  ///< normalization scales (one per column or row, see axis); empty = all 1
+    std::vector<half> scales;  ///< normalization scales (one per column, row or tensor, see axis); empty = all 1
 };
 
 /// Uniform scalar quantizer whose symbols are entropy coded; a ColumnQuantizer for LDLQ.
@@ -125,8 +125,7 @@ public:
     int row_group() const noexcept { return 1; }
 
     void reset(std::int64_t rows, std::int64_t cols) {
-        const bool by_column = m_options.axis == NormalizationAxis::per_column;
-        const std::int64_t expected = by_column ? cols : rows;
+        const std::int64_t expected = scale_count(m_options.axis, rows, cols);
         require(m_options.scales.empty() || std::int64_t(m_options.scales.size()) == expected, errc::invalid_argument, "ECSQ: ",
                 m_options.scales.size(), " scales for a ", rows, " x ", cols, " matrix (expected ", expected, ")");
         m_rows = rows;
@@ -205,7 +204,7 @@ public:
 
 private:
     float step_at(std::int64_t row, std::int64_t col) const noexcept {
-        return m_steps[std::size_t(m_options.axis == NormalizationAxis::per_column ? col : row)];
+        return m_steps[std::size_t(scale_index(m_options.axis, row, col))];
     }
 
     EntropyCodedScalarOptions m_options;
