@@ -12,7 +12,8 @@
 //   symbol), else a u8/u16 bin per slot plus the bin's (frequency, cumulative) entry (two).
 // - Renormalization is lane-ordered: the lanes with x < 2^16 take the next words in lane order.
 //   On AVX-512 that is a masked expand (vpexpandd) of 16 zero-extended words per register and a
-//   masked shift-or: no branch. Other instruction sets use a portable per-lane loop.
+//   masked shift-or; on AVX2 a permute by a 256-entry table of lane ranks and a blend: no branch.
+//   Other instruction sets use a portable per-lane loop.
 // - xsimd 8.1's own gathers fall back to element inserts (its AVX2/AVX-512 overloads carry an
 //   ill-formed enable_if), so the gathers here are intrinsics on x86 with an xsimd fallback.
 // - The fast loop needs 2 x lanes readable bytes after the next word, and stops at the first step
@@ -126,6 +127,38 @@ NWC_FORCE_INLINE std::size_t renormalize(LaneRegisters<Arch, Registers>& states,
     }
     return taken;
 }
+#if defined(__AVX2__)
+/// Per 8-bit mask of the lanes that need a word, each lane's rank among them (one byte per lane):
+/// AVX2 has no expand instruction, so a permute by these indices does it.
+constexpr std::array<std::uint64_t, 256> make_expand_indices() noexcept {
+    std::array<std::uint64_t, 256> table{};
+    for (unsigned mask = 0; mask < 256; ++mask) {
+        std::uint64_t packed = 0, rank = 0;
+        for (unsigned lane = 0; lane < 8; ++lane)
+            if ((mask >> lane) & 1u) packed |= (rank++) << (8 * lane);
+        table[mask] = packed;
+    }
+    return table;
+}
+inline constexpr std::array<std::uint64_t, 256> expand_indices = make_expand_indices();
+
+template <class Arch, std::size_t Registers>
+NWC_FORCE_INLINE std::size_t renormalize(LaneRegisters<Arch, Registers>& states, const std::uint8_t* words, xsimd::avx2) noexcept {
+    const __m256i below_bound = _mm256_set1_epi32(std::int32_t(rans::state_lower_bound - 1));
+    std::size_t taken = 0;
+    for (std::size_t r = 0; r < Registers; ++r) {
+        const __m256i lanes = states[r];
+        const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(lanes, below_bound), lanes);  // x < 2^16, unsigned
+        const unsigned mask = unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
+        const __m256i next_words = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(words + 2 * taken)));
+        const __m256i ranks = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(std::int64_t(expand_indices[mask])));
+        const __m256i renormalized = _mm256_or_si256(_mm256_slli_epi32(lanes, 16), _mm256_permutevar8x32_epi32(next_words, ranks));
+        states[r] = _mm256_blendv_epi8(lanes, renormalized, need);
+        taken += std::size_t(std::popcount(mask));
+    }
+    return taken;
+}
+#endif
 #if defined(__AVX512F__)
 template <class Arch, std::size_t Registers>
 NWC_FORCE_INLINE std::size_t renormalize(LaneRegisters<Arch, Registers>& states, const std::uint8_t* words, xsimd::avx512f) noexcept {
