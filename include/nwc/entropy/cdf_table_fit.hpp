@@ -3,10 +3,9 @@
 //
 // Read me first:
 // - Payload = sum over symbols of their code length under the integer table (escaped symbols:
-//   the escape bin plus their Elias-gamma code), in Q16 fixed point: every decision is integer
-//   arithmetic on integer counts, so the choice (and the bytes) are the same on every machine.
-//   The rANS coder adds its own overhead on top (docs/bench/range_coder.md), the same for all
-//   candidates of one precision.
+//   the escape bin plus their Elias-gamma code) plus the rANS coder's estimated loss at the
+//   table's precision, in Q16 fixed point: every decision is integer arithmetic on integer
+//   counts, so the choice (and the bytes) are the same on every machine.
 // - Candidates, per precision and support window (the full range of the counts, and the
 //   narrowest windows that leave 1, 4 or 16 symbols to the escape code):
 //   frequencies (the exact histogram table), code_lengths at resolutions 2^-0 .. 2^-8 bits
@@ -19,6 +18,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <span>
 #include <vector>
@@ -32,9 +32,10 @@ namespace nwc {
 
 /// Options of fit_compact_table.
 struct CompactTableFitOptions {
-    /// Precisions to try (12..16). 16 resolves the rarest symbols best; the rANS coder itself loses
-    /// ~0.1% more at 16 than at <= 15 (docs/bench/range_coder.md), which this fit does not see.
-    std::vector<int> precisions = {15};
+    /// Precisions to try (12..16): a higher one resolves rare symbols better, but the rANS coder
+    /// itself loses more (its states' lower bound 2^16 gets close to the table total), which the
+    /// fit adds to each candidate's payload from detail::coder_loss_q16.
+    std::vector<int> precisions = {12, 13, 14, 15, 16};
     /// Also try supports that leave a few outliers to the escape code.
     bool try_escapes = true;
 };
@@ -44,7 +45,7 @@ struct CompactTableFit {
     CompactCdfTable compact;
     CdfTable table;
     std::uint64_t table_bytes = 0;
-    std::uint64_t payload_q16 = 0;  ///< payload bits * 2^16
+    std::uint64_t payload_q16 = 0;  ///< payload bits * 2^16, with the coder's estimated loss (detail::coder_loss_q16)
     double payload_bits() const noexcept { return double(payload_q16) / 65536.0; }
     double total_bits() const noexcept { return 8.0 * double(table_bytes) + payload_bits(); }
 };
@@ -66,6 +67,12 @@ constexpr std::uint64_t log2_q16(compact_u128 value) noexcept {
     }
     return (std::uint64_t(whole) << 16) | fraction;
 }
+
+/// The rANS coder's own loss per symbol at precision 12..16, in Q16 bits: measured as the size
+/// over the ideal of one 16M-symbol segment of the bench workload (~4.3 bits per symbol;
+/// docs/bench/range_coder.md, BM_segment_overhead): 4.8e-5, 3.6e-4 and 4.7e-3 bits at 12, 14
+/// and 16, geometric in between. An estimate: it varies with the distribution.
+inline constexpr std::uint64_t coder_loss_q16[5] = {3, 9, 24, 85, 308};
 
 /// The counts of one fit: bins [first, last] of the histogram form the support, the rest escape.
 struct FitWindow {
@@ -127,8 +134,9 @@ public:
     std::uint64_t consider(const CompactCdfTable& compact) {
         CdfTable table = compact.table();
         const std::uint64_t bytes = compact.byte_size();
-        const std::uint64_t payload = payload_q16(m_window, table);
+        const std::uint64_t payload = payload_q16(m_window, table) + (m_window.inside + m_window.outside) * coder_loss_q16[m_precision - CdfTable::min_precision];
         const std::uint64_t total = (bytes << 19) + payload;
+        if (compact.kind == CompactCdfTable::Kind::parametric && total < m_best_parametric_total) m_best_parametric_total = total, m_best_parametric = compact;
         if (m_best.table_bytes == 0 || total < (m_best.table_bytes << 19) + m_best.payload_q16) {
             m_best.compact = compact;
             m_best.table = std::move(table);
@@ -165,6 +173,15 @@ public:
             compact.lengths.push_back(code_length_of(m_window.counts[i], m_window.largest, resolution, cap));
         compact.has_escape_length = m_window.outside != 0;
         if (compact.has_escape_length) compact.escape_length = code_length_of(m_window.outside, std::max(m_window.largest, m_window.outside), resolution, cap);
+        consider(compact);
+    }
+
+    /// The parametric table the descent found best here, kept for re-use at other precisions.
+    const CompactCdfTable& best_parametric() const noexcept { return m_best_parametric; }
+
+    /// A parametric description found at another precision, evaluated at this one.
+    void consider_parametric(CompactCdfTable compact) {
+        compact.precision = m_precision;
         consider(compact);
     }
 
@@ -242,6 +259,8 @@ private:
     const FitWindow& m_window;
     int m_precision;
     CompactTableFit& m_best;
+    CompactCdfTable m_best_parametric;
+    std::uint64_t m_best_parametric_total = ~std::uint64_t(0);
 };
 
 }  // namespace detail
@@ -271,8 +290,13 @@ inline CompactTableFit fit_compact_table(std::int32_t offset, std::span<const st
             }
             if (std::find(windows.begin(), windows.end(), narrowest) == windows.end()) windows.push_back(narrowest);
         }
+    // The parametric descent runs once per window, at the precision nearest 14 (its shape
+    // parameters do not depend on the precision); the other precisions re-evaluate what it found.
+    std::vector<int> precisions = options.precisions;
+    std::stable_sort(precisions.begin(), precisions.end(), [](int a, int b) { return std::abs(a - 14) < std::abs(b - 14); });
+    std::vector<std::pair<std::pair<std::size_t, std::size_t>, CompactCdfTable>> parametric;
     CompactTableFit best;
-    for (int precision : options.precisions) {
+    for (int precision : precisions) {
         require(precision >= CdfTable::min_precision && precision <= CdfTable::max_precision, errc::invalid_argument, "fit_compact_table: precision ",
                 precision, " outside [", CdfTable::min_precision, ", ", CdfTable::max_precision, "]");
         const std::size_t widest = std::min<std::size_t>(CdfTable::max_bins, std::size_t(1) << precision) - 1;
@@ -291,7 +315,13 @@ inline CompactTableFit fit_compact_table(std::int32_t offset, std::span<const st
             detail::TableFitter fitter(window, precision, best);
             fitter.fit_frequencies();
             for (int resolution = 0; resolution <= 8; ++resolution) fitter.fit_code_lengths(resolution);
-            fitter.fit_parametric();
+            const auto found = std::find_if(parametric.begin(), parametric.end(), [&](const auto& entry) { return entry.first == std::pair{low, high}; });
+            if (found != parametric.end()) {
+                fitter.consider_parametric(found->second);
+            } else {
+                fitter.fit_parametric();
+                parametric.emplace_back(std::pair{low, high}, fitter.best_parametric());
+            }
         }
     }
     return best;
