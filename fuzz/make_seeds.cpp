@@ -2,6 +2,8 @@
 // fuzz target (corpus/<reader>/seed_*). Deterministic (nwc::Random), so rerunning it rewrites the
 // checked-in seeds byte for byte:
 //     nwc_make_seeds fuzz/corpus
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -9,6 +11,8 @@
 
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/core/file_io.hpp"
+#include "nwc/entropy/cdf_table_fit.hpp"
+#include "nwc/entropy/compact_cdf_table.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/io/safetensors_writer.hpp"
 #include "nwc/io/llama2c_file.hpp"
@@ -43,12 +47,22 @@ void rans_seeds(const fs::path& folder) {
             std::vector<std::int32_t> symbols(std::size_t(200 * channels));
             for (auto& symbol : symbols)
                 symbol = random.uniform() < outside ? std::int32_t(random.below(2000)) - 1000 : std::int32_t(random.below(5)) - 2;
+            // Short segments of 1 lane, then one long segment of 4-16 lanes; checksum and fingerprint with the escapes.
             RangeCoderOptions options;
             options.segment_size = 64 * channels;
-            std::vector<std::uint8_t> input{std::uint8_t(k)};
-            const std::vector<std::uint8_t> stream = rans::encode(symbols, sets[k], options);
-            input.insert(input.end(), stream.begin(), stream.end());
-            write_seed(folder, "seed_tables" + std::to_string(k) + (outside > 0 ? "_escapes" : "") + ".rans", input);
+            options.checksum = outside > 0;
+            options.table_fingerprint = outside > 0;
+            for (std::uint32_t segment_size : {64 * channels, 8192 * channels}) {
+                options.segment_size = segment_size;
+                const std::size_t count = segment_size > 64 * channels ? 8192 * channels : 200 * channels;
+                std::vector<std::int32_t> segment_symbols(count);
+                for (std::size_t i = 0; i < count; ++i) segment_symbols[i] = symbols[i % symbols.size()];
+                std::vector<std::uint8_t> input{std::uint8_t(k)};
+                const std::vector<std::uint8_t> stream = rans::encode(segment_symbols, sets[k], options);
+                input.insert(input.end(), stream.begin(), stream.end());
+                write_seed(folder, "seed_tables" + std::to_string(k) + (outside > 0 ? "_escapes" : "") + (count > symbols.size() ? "_long" : "") + ".rans",
+                           input);
+            }
         }
     }
 }
@@ -75,6 +89,31 @@ void trellis_code_seeds(const fs::path& folder) {
             write_seed(folder, "seed_" + std::to_string(states) + "_states" + (escapes ? "_escapes" : "") + ".tcq", writer.bytes());
             ++index;
         }
+void compact_table_seeds(const fs::path& folder) {
+    Random random(12);
+    // The three kinds: small heavy-tailed counts (fit_compact_table picks parametric), large bimodal
+    // counts (code lengths), and an arbitrary table kept exactly.
+    for (std::size_t samples : {2000u, 400000u}) {
+        std::vector<std::uint64_t> counts(41);
+        for (std::size_t i = 0; i < samples; ++i) {
+            const double value = samples < 10000 ? 3.0 * random.normal() * random.normal() : 3.0 * random.normal() + (random.below(3) == 0 ? 9.0 : 0.0);
+            ++counts[std::size_t(std::clamp(20 + std::lround(value), 0l, 40l))];
+        }
+        const CompactTableFit fit = fit_compact_table(-20, counts);
+        ByteWriter writer;
+        writer.put_u8(0);
+        fit.compact.write(writer);
+        write_seed(folder, "seed_" + std::to_string(samples) + (fit.compact.kind == CompactCdfTable::Kind::parametric ? "_parametric" : "_code_lengths") + ".bin",
+                   writer.bytes());
+    }
+    ByteWriter exact;
+    exact.put_u8(0);
+    CompactCdfTable::exact(CdfTable::from_probabilities(-3, std::vector<double>{0.1, 0.2, 0.4, 0.2, 0.1}, 0.01, 14)).write(exact);
+    write_seed(folder, "seed_frequencies.bin", exact.bytes());
+    ByteWriter set;
+    set.put_u8(1);
+    write_compact(fuzz::rans_table_sets()[2], set);
+    write_seed(folder, "seed_set.bin", set.bytes());
 }
 
 void codec_seeds(const fs::path& folder) {
@@ -139,6 +178,7 @@ int main(int argc, char** argv) {
         container_seeds(root / "container");
         rans_seeds(root / "rans");
         trellis_code_seeds(root / "trellis_code");
+        compact_table_seeds(root / "compact_cdf_table");
         codec_seeds(root / "codec_file");
         safetensors_seeds(root / "safetensors");
         llama2c_seeds(root / "llama2c");

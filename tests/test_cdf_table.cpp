@@ -1,13 +1,19 @@
 // CdfTable / CdfTableSet: quantization (exact totals, every bin >= 1, determinism, cost close to the
-// entropy), escape costs, slot lookup, and serialization with full validation of untrusted bytes.
+// entropy), escape costs, slot lookup, and serialization with full validation of untrusted bytes;
+// compact tables (CompactCdfTable): exact round trips of every kind, integer derivation pinned,
+// the fit's choice and its cost accounting, and safe failure on every corruption.
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <limits>
 #include <numeric>
 
+#include "nwc/entropy/range_coder.hpp"
+
 #include "nwc/core/random.hpp"
+#include "nwc/entropy/cdf_table_fit.hpp"
 #include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/compact_cdf_table.hpp"
 
 using namespace nwc;
 
@@ -28,6 +34,7 @@ std::vector<double> random_distribution(Random& random, std::size_t bins) {
             default: probabilities[i] = std::pow(10.0, -12.0 * random.uniform()); break;                   // huge range
         }
     }
+    if (std::all_of(probabilities.begin(), probabilities.end(), [](double p) { return p == 0.0; })) probabilities[0] = 1.0;
     return probabilities;
 }
 
@@ -290,4 +297,228 @@ TEST_CASE("cdf_table: a set needs one precision and at least one table", "[cdf_t
     double expected = 0.0;
     for (std::size_t i = 0; i < symbols.size(); ++i) expected += set[i % 2].ideal_bits(symbols[i]);
     CHECK(set.ideal_bits(symbols) == Approx(expected));
+}
+
+TEST_CASE("cdf_table: set fingerprints tell tables apart", "[cdf_table]") {
+    // The fingerprint is the CRC write() stores; a CRC over bytes ending in their own CRC would be
+    // one constant for every set.
+    const CdfTableSet a({CdfTable::uniform(0, 5, 14)}), b({CdfTable::uniform(0, 6, 14)}), c({CdfTable::uniform(1, 5, 14)});
+    CHECK(a.checksum() != b.checksum());
+    CHECK(a.checksum() != c.checksum());
+    CHECK(a.checksum() == CdfTableSet({CdfTable::uniform(0, 5, 14)}).checksum());
+}
+
+namespace {
+
+/// Writes `compact`, reads it back (with trailing bytes after it) and checks the table is the same.
+CompactCdfTable round_trip(const CompactCdfTable& compact) {
+    ByteWriter writer;
+    compact.write(writer);
+    REQUIRE(writer.size() == compact.byte_size());
+    writer.put_u8(0xA5);  // the table delimits itself
+    const std::vector<std::uint8_t> bytes = writer.take();
+    ByteReader reader(bytes, "compact test");
+    const CompactCdfTable back = CompactCdfTable::read(reader);
+    REQUIRE(reader.remaining() == 1);
+    REQUIRE(back.table() == compact.table());
+    return back;
+}
+
+CompactCdfTable random_compact(Random& random) {
+    CompactCdfTable compact;
+    compact.kind = CompactCdfTable::Kind(1 + random.below(2));
+    compact.precision = 12 + int(random.below(5));
+    compact.support = std::uint32_t(1 + random.below(random.below(4) == 0 ? 3000 : 60));
+    compact.offset = std::int32_t(random.below(4000)) - 2000;
+    compact.has_escape_length = random.below(2) != 0;
+    if (compact.kind == CompactCdfTable::Kind::code_lengths) {
+        compact.resolution = int(random.below(9));
+        const double slope = 0.05 + 4.0 * random.uniform();
+        const std::size_t mode = random.below(compact.support);
+        for (std::uint32_t bin = 0; bin < compact.support; ++bin) {
+            const double distance = std::abs(double(bin) - double(mode));
+            const double bits = random.below(2) ? slope * distance : slope * distance * distance / 8;
+            compact.lengths.push_back(std::uint32_t(std::min(bits, 80.0) * (1 << compact.resolution)) + std::uint32_t(random.below(3)));
+        }
+        compact.escape_length = std::uint32_t(random.below(40u << compact.resolution));
+    } else {
+        compact.center = std::uint32_t(random.below(4 * compact.support));
+        compact.quadratic = std::uint32_t(random.below(detail::max_float_code + 1));
+        compact.linear = random.below(3) == 0 ? 0 : std::uint32_t(random.below(detail::max_float_code + 1));
+        if (compact.quadratic == 0 && compact.linear == 0) compact.linear = 500;
+        compact.escape_length = std::uint32_t(random.below(40 * 16));
+    }
+    try {
+        (void)compact.table();
+    } catch (const nwc::error&) {  // e.g. a center far from a steep shape: every weight 0
+        return random_compact(random);
+    }
+    return compact;
+}
+
+}  // namespace
+
+TEST_CASE("compact_cdf_table: every kind round-trips to the exact same integer table", "[cdf_table][compact]") {
+    Random random(15);
+    for (int trial = 0; trial < 300; ++trial) {
+        // Any table, kept exactly (kind frequencies).
+        const CdfTable table = random_table(random);
+        const CompactCdfTable back = round_trip(CompactCdfTable::exact(table));
+        CHECK(back.table() == table);
+        // Derived kinds: the reader derives the encoder's table from the stored integers.
+        const CompactCdfTable derived = random_compact(random);
+        INFO("trial " << trial << " kind " << int(derived.kind) << " support " << derived.support << " precision " << derived.precision);
+        const CdfTable derived_table = derived.table();
+        check_invariants(derived_table);
+        round_trip(derived);
+    }
+    // A whole set, compactly.
+    std::vector<CdfTable> tables;
+    for (int channel = 0; channel < 6; ++channel) {
+        const auto probabilities = random_distribution(random, 3 + random.below(40));
+        tables.push_back(CdfTable::from_probabilities(-int(probabilities.size() / 2), probabilities, 1e-5, 16));
+    }
+    const CdfTableSet set(tables);
+    ByteWriter writer;
+    write_compact(set, writer);
+    ByteWriter full;
+    set.write(full);
+    std::printf("compact_cdf_table: 6 tables of precision 16, exact: %zu bytes compact, %zu bytes with CdfTableSet::write\n", writer.size(),
+                full.size());
+    CHECK(writer.size() < full.size());
+    ByteReader reader(writer.bytes(), "compact set");
+    CHECK(read_compact_set(reader) == set);
+    CHECK(reader.at_end());
+}
+
+TEST_CASE("compact_cdf_table: the integer derivation is pinned", "[cdf_table][compact]") {
+    // Stored tables must decode to the same integers forever: 2^62 2^(-j/256) from integer square roots.
+    CHECK(detail::exp2_fractions[0] == 4611686018427387904ull);
+    CHECK(detail::exp2_fractions[1] == 4599216278082138665ull);
+    CHECK(detail::exp2_fractions[128] == 3260954456333195525ull);
+    CHECK(detail::exp2_fractions[255] == 2312094783834258822ull);
+    for (std::size_t j = 0; j < 256; ++j) CHECK(std::abs(double(detail::exp2_fractions[j]) / std::exp2(62.0 - double(j) / 256) - 1) < 1e-15);
+    CHECK(detail::code_length_weight(256 * 3 + 128, 8) == detail::exp2_fractions[128] >> 3);
+    CHECK(detail::code_length_weight(63 * 4, 2) == 0);
+    CHECK(detail::log2_q16(1) == 0);
+    CHECK(detail::log2_q16(3) == 103872);  // 1.58496 in Q16, truncated
+    CHECK(detail::log2_q16(std::uint64_t(1) << 40) == std::uint64_t(40) << 16);
+    CHECK(detail::float_code_value(0) == 0);
+    CHECK(detail::float_code_value(1) == 32);
+    CHECK(detail::float_code_value(32 * 5 + 7 + 1) == std::uint64_t(39) << 5);
+    // A parametric Laplace table, pinned: center 3 bins in, B = 48 << 17 (1.5 bits per bin), escape at 8 bits.
+    CompactCdfTable laplace;
+    laplace.kind = CompactCdfTable::Kind::parametric;
+    laplace.precision = 12;
+    laplace.offset = -3;
+    laplace.support = 7;
+    laplace.center = 12;
+    laplace.linear = 32 * 17 + 16 + 1;
+    laplace.has_escape_length = true;
+    laplace.escape_length = 8 * 16;
+    const std::vector<std::uint32_t> expected{88, 250, 707, 1998, 707, 250, 88, 8};  // ratios 2^1.5, escape 2^-8 of the mode
+    const CdfTable table = laplace.table();
+    CHECK(std::vector<std::uint32_t>(table.frequencies().begin(), table.frequencies().end()) == expected);
+}
+
+TEST_CASE("compact_cdf_table: the fit minimizes table bytes + payload and accounts for it exactly", "[cdf_table][compact]") {
+    Random random(16);
+    for (int trial = 0; trial < 40; ++trial) {
+        // ECSQ-like counts: rounded Gaussian or Laplace samples with a few outliers.
+        const std::size_t samples = std::size_t(500) << random.below(8);
+        const double scale = 1.0 + 12.0 * random.uniform();
+        const bool gaussian = random.below(2) != 0;
+        std::vector<std::int32_t> symbols(samples);
+        for (auto& symbol : symbols) {
+            const double u = double(random.uniform()) - 0.5;
+            const double value = gaussian ? scale * random.normal() : -scale * std::copysign(std::log(1 - 2 * std::abs(u) + 1e-12), u);
+            symbol = std::int32_t(std::lround(value));
+        }
+        for (int outlier = 0; outlier < int(random.below(4)); ++outlier) symbols[random.below(samples)] = std::int32_t(random.below(400)) - 200;
+        const auto [low, high] = std::minmax_element(symbols.begin(), symbols.end());
+        std::vector<std::uint64_t> counts(std::size_t(*high - *low + 1));
+        for (std::int32_t symbol : symbols) ++counts[std::size_t(symbol - *low)];
+
+        const CompactTableFit fit = fit_compact_table(*low, counts, {.precisions = {14, 16}});
+        INFO("trial " << trial << ": " << samples << " samples, scale " << scale << (gaussian ? " gaussian" : " laplace") << ", kind "
+                      << int(fit.compact.kind));
+        CHECK(fit.table == fit.compact.table());
+        CHECK(fit.table_bytes == fit.compact.byte_size());
+        round_trip(fit.compact);
+        // The payload it reports is the symbols' code length under its table (escapes included),
+        // plus the coder's estimated loss at its precision.
+        const CdfTableSet set({fit.table});
+        const auto coder_loss = [&](int precision) { return double(samples * detail::coder_loss_q16[precision - 12]) / 65536; };
+        CHECK(std::abs(fit.payload_bits() - coder_loss(fit.table.precision()) - set.ideal_bits(symbols)) <= 1e-4 * set.ideal_bits(symbols) + 1.0);
+        // No candidate it considered does better: the exact histogram table and the full support.
+        const detail::FitWindow window = detail::make_window(*low, counts, 0, counts.size() - 1);
+        std::vector<std::uint64_t> weights(counts.begin(), counts.end());
+        weights.push_back(0);
+        for (int precision : {14, 16}) {
+            const CdfTable exact = CdfTable::from_weights(*low, weights, precision);
+            const double exact_total =
+                8.0 * double(CompactCdfTable::exact(exact).byte_size()) + double(detail::payload_q16(window, exact)) / 65536 + coder_loss(precision);
+            CHECK(fit.total_bits() <= exact_total + 1e-9);
+        }
+        // And the stream it codes decodes back.
+        CHECK(rans::decode(rans::encode(symbols, set), set) == symbols);
+    }
+    CHECK_THROWS_AS(fit_compact_table(0, std::vector<std::uint64_t>{0, 0}), nwc::error);
+    CHECK_THROWS_AS(fit_compact_table(0, std::vector<std::uint64_t>{1}, {.precisions = {17}}), nwc::error);
+}
+
+TEST_CASE("compact_cdf_table: truncated, corrupt and hostile bytes give nwc::error", "[cdf_table][compact]") {
+    Random random(17);
+    int accepted = 0, rejected = 0;
+    for (int trial = 0; trial < 60; ++trial) {
+        const CompactCdfTable compact = trial % 3 == 0 ? CompactCdfTable::exact(random_table(random)) : random_compact(random);
+        ByteWriter writer;
+        compact.write(writer);
+        const std::vector<std::uint8_t> bytes = writer.take();
+        for (std::size_t length = 0; length < bytes.size(); length += 1 + bytes.size() / 50) {
+            const std::vector<std::uint8_t> cut(bytes.begin(), bytes.begin() + std::ptrdiff_t(length));
+            ByteReader reader(cut, "cut compact table");
+            CHECK_THROWS_AS(CompactCdfTable::read(reader), nwc::error);
+        }
+        for (int flip = 0; flip < 20; ++flip) {
+            std::vector<std::uint8_t> flipped = bytes;
+            flipped[random.below(flipped.size())] ^= std::uint8_t(1 + random.below(255));
+            ByteReader reader(flipped, "flipped compact table");
+            try {
+                const CompactCdfTable back = CompactCdfTable::read(reader);
+                check_invariants(back.table());  // a different but valid table
+                ++accepted;
+            } catch (const nwc::error&) {
+                ++rejected;
+            }
+        }
+    }
+    std::printf("compact_cdf_table corruption: %d flips rejected, %d read as other valid tables\n", rejected, accepted);
+    auto id_of = [](std::initializer_list<std::uint8_t> bytes) {
+        const std::vector<std::uint8_t> data(bytes);
+        try {
+            ByteReader reader(data, "crafted compact table");
+            CompactCdfTable::read(reader);
+        } catch (const nwc::error& failure) {
+            return failure.id();
+        }
+        return errc::io;  // "did not throw"
+    };
+    // Bits: kind (2), precision - 12 (3), Exp-Golomb(3) zigzag offset, Exp-Golomb(3) support - 1, ...
+    CHECK(id_of({0b11000000, 0xFF}) == errc::corrupt);  // kind 3
+    CHECK(id_of({0b00101000, 0xFF}) == errc::corrupt);  // precision 17
+    // A support of 2^20 bins (far beyond 2^precision) announced in 4 bytes: rejected before allocating.
+    CHECK(id_of({0b01000100, 0b00000000, 0b00000000, 0b01000000, 0, 0, 0}) == errc::corrupt);
+    // code_lengths, support 1, every weight zero (length 2^20 in bin 0, no escape length): corrupt.
+    CompactCdfTable zero;
+    zero.kind = CompactCdfTable::Kind::code_lengths;
+    zero.support = 1;
+    zero.lengths = {std::uint32_t(detail::max_code_length)};
+    ByteWriter writer;
+    zero.write(writer);
+    ByteReader reader(writer.bytes(), "zero weights");
+    CHECK_THROWS_AS(CompactCdfTable::read(reader), nwc::error);
+    const std::vector<std::uint8_t> no_tables{0};
+    ByteReader set_reader(no_tables, "no tables");
+    CHECK_THROWS_AS(read_compact_set(set_reader), nwc::error);
 }

@@ -75,27 +75,27 @@ void check_rans() {
     nwc::Random random(1);
     for (const auto& [channels, precision] : {std::pair{16, 12}, std::pair{16, 16}, std::pair{3, 14}}) {
         const nwc::CdfTableSet tables = random_tables(random, channels, precision);
-        for (std::size_t count : {std::size_t(channels), std::size_t(channels) * 7, std::size_t(channels) * 40011}) {
+        // Segments of 1000 and 22000 symbols per channel: 1 to 32 lanes (rans::lane_count_for).
+        for (std::size_t count : {std::size_t(channels), std::size_t(channels) * 7, std::size_t(channels) * 40011})
+        for (std::uint32_t per_channel : {1000u, 22000u}) {
             std::vector<std::int32_t> symbols(count);
             for (auto& symbol : symbols) symbol = std::int32_t(std::lround(random.normal() * 2.5));
             symbols[count / 2] = 123456;  // escapes
             symbols[count - 1] = -99999;
             nwc::RangeCoderOptions options;
-            options.segment_size = std::uint32_t(channels * 1000);
+            options.segment_size = std::uint32_t(channels) * per_channel;
             const auto stream = nwc::rans::encode(symbols, tables, options);
             const auto cpu = nwc::rans::decode(stream, tables, nwc::backend::scalar{});
             const auto gpu = nwc::cuda::rans_decode(stream, tables);
             expect(cpu == symbols, "CPU rANS round trip");
             expect(gpu == cpu, "GPU rANS symbols == CPU (" + std::to_string(channels) + " channels, precision " + std::to_string(precision) +
-                                   ", " + std::to_string(count) + " symbols)");
-            // A flipped word inside the first segment: an error, never a crash (the CRC is fixed up so
-            // that the GPU's own checks are what catches it).
+                                   ", " + std::to_string(count) + " symbols, segments of " + std::to_string(options.segment_size) + ")");
+            // A flipped word inside the first segment: an error, never a crash (the stream has no
+            // CRC, so the GPU's own checks are what catches it).
             if (count > 1000) {
                 auto corrupt = stream;
                 const auto index = nwc::rans::read_index(stream, tables);
-                corrupt[index.segments[0].byte_offset + nwc::rans::segment_state_bytes + 10] ^= 0x5A;
-                const std::uint32_t crc = nwc::detail::rans_stream_checksum(corrupt);
-                std::memcpy(corrupt.data() + nwc::rans::checksum_offset, &crc, 4);
+                corrupt[index.segments[0].words_offset + 10] ^= 0x5A;
                 bool cpu_threw = false, gpu_threw = false;
                 try {
                     (void)nwc::rans::decode(corrupt, tables, nwc::backend::scalar{});

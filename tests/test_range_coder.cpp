@@ -1,6 +1,7 @@
-// rANS range coder: exact round trips of any int32 on every backend and thread count, identical
-// scalar/SIMD output, size within 0.5% of the ideal code length, and safe failure on every
-// truncation and on random corruption.
+// rANS range coder (stream version 2): exact round trips of any int32 on every backend, lane
+// count and thread count, identical scalar/SIMD output, the documented byte layout, size within
+// 0.5% of the ideal code length at 8192-symbol segments, and safe failure on every truncation,
+// on random corruption and on hostile headers.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -158,7 +159,7 @@ TEST_CASE("range_coder: extreme values and edge-case streams", "[range_coder]") 
                               CdfTable::uniform(int32_max, 1, 16), CdfTable::uniform(int32_min, 2, 16)});
     SECTION("empty stream") {
         const auto stream = rans::encode({}, tables);
-        CHECK(stream.size() == rans::header_bytes);
+        CHECK(stream == std::vector<std::uint8_t>{rans::version, 4, 0});  // version, precision 16 - 12, no symbols
         for (const auto& [name, decoded] : decode_every_way(stream, tables)) CHECK(decoded.empty());
     }
     SECTION("every symbol escaped, the int32 limits included") {
@@ -194,28 +195,86 @@ TEST_CASE("range_coder: the segment index locates every segment", "[range_coder]
     const auto stream = rans::encode(symbols, tables, options);
     const RansStreamIndex index = rans::read_index(stream, tables);
     REQUIRE(index.symbol_count == symbols.size());
+    REQUIRE(index.segment_size == 1000);
     REQUIRE(index.segments.size() == 11);
     CHECK(index.segments.back().symbol_count == 1);
-    std::uint64_t offset = rans::header_bytes + 11 * rans::index_entry_bytes;
+    // The documented header layout (docs/format/rans.md): version, flags, varint 10001, varint 1000.
+    CHECK(stream[0] == 2);
+    CHECK(stream[1] == tables.precision() - 12);
+    CHECK(stream[2] == (10001 & 0x7F) + 0x80);
+    CHECK(stream[3] == 10001 >> 7);
+    CHECK(stream[4] == (1000 & 0x7F) + 0x80);
+    CHECK(stream[5] == 1000 >> 7);
+    std::uint64_t offset = 6;
     for (std::size_t s = 0; s < index.segments.size(); ++s) {
         const RansSegment& segment = index.segments[s];
         CHECK(segment.first_symbol == s * 1000);
+        CHECK(segment.lane_count == 1);
         CHECK(segment.byte_offset == offset);
-        CHECK(segment.byte_offset % 4 == 0);
+        CHECK(segment.lanes_offset == offset + detail::varint_bytes(segment.word_count) + detail::varint_bytes(segment.escape_bytes));
+        CHECK(segment.words_offset == segment.lanes_offset + segment.lane_bytes);
+        CHECK(segment.byte_offset + segment.byte_size == segment.words_offset + 2 * segment.word_count + segment.escape_bytes);
         offset += segment.byte_size;
         std::vector<std::int32_t> alone(segment.symbol_count);
         rans::decode_segment(stream, index, tables, s, std::span<std::int32_t>(alone), backend::scalar{});
         CHECK(std::equal(alone.begin(), alone.end(), symbols.begin() + std::ptrdiff_t(segment.first_symbol)));
     }
     CHECK(offset == stream.size());
-    // The documented header layout (docs/format/rans.md).
-    CHECK(std::string(stream.begin(), stream.begin() + 4) == "NWRC");
-    CHECK(stream[4] == 1);
-    CHECK(stream[6] == 32);
-    CHECK(stream[7] == tables.precision());
-    CHECK(stream[8] == 4);
-    CHECK(detail::rans_stream_checksum(stream) == (std::uint32_t(stream[32]) | std::uint32_t(stream[33]) << 8 | std::uint32_t(stream[34]) << 16 |
-                                                   std::uint32_t(stream[35]) << 24));
+    // One segment is stored as segment size 0; options add the fingerprint and the CRC.
+    options.segment_size = 12000;
+    options.checksum = options.table_fingerprint = true;
+    const auto single = rans::encode(symbols, tables, options);
+    CHECK(single[1] == ((tables.precision() - 12) | rans::flag_table_fingerprint | rans::flag_checksum));
+    CHECK(single[4] == 0);
+    std::uint32_t fingerprint, crc;
+    std::memcpy(&fingerprint, single.data() + 5, 4);
+    std::memcpy(&crc, single.data() + single.size() - 4, 4);
+    CHECK(fingerprint == tables.checksum());
+    CHECK(crc == crc32c(std::span<const std::uint8_t>(single).first(single.size() - 4)));
+    const RansStreamIndex single_index = rans::read_index(single, tables);
+    CHECK(single_index.segments.size() == 1);
+    CHECK(single_index.segments[0].lane_count == 4);  // 10001 symbols: 4 lanes of >= 2048
+    CHECK(single_index.has_checksum);
+    CHECK(single_index.has_table_fingerprint);
+    CHECK(rans::decode(single, tables, backend::simd{}) == symbols);
+}
+
+TEST_CASE("range_coder: every lane count and segment size boundary round-trips, scalar == SIMD", "[range_coder]") {
+    CHECK(rans::lane_count_for(1) == 1);
+    CHECK(rans::lane_count_for(4095) == 1);
+    CHECK(rans::lane_count_for(4096) == 2);
+    CHECK(rans::lane_count_for(8191) == 2);
+    CHECK(rans::lane_count_for(8192) == 4);
+    CHECK(rans::lane_count_for(16384) == 8);
+    CHECK(rans::lane_count_for(32768) == 16);
+    CHECK(rans::lane_count_for(65535) == 16);
+    CHECK(rans::lane_count_for(65536) == 32);
+    CHECK(rans::lane_count_for(rans::max_segment_size) == 32);
+    Random random(27);
+    int lanes_seen[6] = {};
+    for (std::size_t channels : {1, 3, 16}) {
+        const CdfTableSet tables = random_tables(random, channels);
+        for (std::uint32_t lanes = 1; lanes <= 32; lanes *= 2) {
+            const std::size_t boundary = lanes == 1 ? 0 : std::size_t(lanes) * rans::symbols_per_lane;
+            for (std::size_t count : {boundary - 1, boundary, boundary + 1, boundary + lanes - 1, boundary + 7 * lanes + 3}) {
+                if (count > boundary + 100000 || count == 0) continue;
+                const std::vector<std::int32_t> symbols = draw_symbols(tables, random, count, random.below(2) ? 0.0 : 0.01);
+                RangeCoderOptions options;
+                options.segment_size = std::uint32_t((count + channels - 1) / channels * channels);
+                const auto stream = rans::encode(symbols, tables, options);
+                const RansStreamIndex index = rans::read_index(stream, tables);
+                REQUIRE(index.segments.size() == 1);
+                ++lanes_seen[std::countr_zero(index.segments[0].lane_count)];
+                INFO(channels << " channels, precision " << tables.precision() << ", " << count << " symbols, " << index.segments[0].lane_count
+                              << " lanes");
+                for (const auto& [name, decoded] : decode_every_way(stream, tables)) {
+                    INFO(name);
+                    REQUIRE(decoded == symbols);
+                }
+            }
+        }
+    }
+    for (int count : lanes_seen) CHECK(count > 0);
 }
 
 TEST_CASE("range_coder: size within 0.5% of the ideal code length on 1M symbols", "[range_coder]") {
@@ -234,7 +293,7 @@ TEST_CASE("range_coder: size within 0.5% of the ideal code length on 1M symbols"
     Random random(24);
     const auto symbols = draw_symbols(tables, random, 1 << 20, 0.0);
     const double ideal_bytes = tables.ideal_bits(symbols) / 8;
-    for (std::uint32_t segment_size : {65536u, 1u << 20}) {
+    for (std::uint32_t segment_size : {8192u, 65536u, 1u << 20}) {
         RangeCoderOptions options;
         options.segment_size = segment_size;
         const auto stream = rans::encode(symbols, tables, options);
@@ -251,34 +310,37 @@ TEST_CASE("range_coder: every truncation and random corruption fails safely", "[
     Random random(25);
     const CdfTableSet tables({CdfTable::uniform(-2, 5, 12), CdfTable::from_probabilities(0, std::vector<double>{0.7, 0.2, 0.1}, 0.02, 12),
                               CdfTable::uniform(-100, 300, 12)});
-    const auto symbols = draw_symbols(tables, random, 600, 0.05);
+    const auto symbols = draw_symbols(tables, random, 9000, 0.05);
     RangeCoderOptions options;
-    options.segment_size = 150;
+    options.segment_size = 4800;  // a segment of 2 lanes, then one of 1 lane
+    options.checksum = true;
     const auto stream = rans::encode(symbols, tables, options);
+    options.checksum = false;
+    const auto bare = rans::encode(symbols, tables, options);
+    REQUIRE(bare.size() + 4 == stream.size());
 
-    for (std::size_t length = 0; length < stream.size(); ++length) {
-        const std::vector<std::uint8_t> cut(stream.begin(), stream.begin() + std::ptrdiff_t(length));
-        CHECK_THROWS_AS(rans::decode(cut, tables, backend::scalar{}), nwc::error);
-        CHECK_THROWS_AS(rans::decode(cut, tables, backend::simd{}), nwc::error);
-        if (length >= rans::header_bytes) {  // past the checksum: the structure alone must reject it
-            CHECK_THROWS_AS(rans::read_index(cut, tables, false), nwc::error);
+    for (const auto* bytes : {&stream, &bare})
+        for (std::size_t length = 0; length < bytes->size(); ++length) {
+            const std::vector<std::uint8_t> cut(bytes->begin(), bytes->begin() + std::ptrdiff_t(length));
+            CHECK_THROWS_AS(rans::decode(cut, tables, backend::scalar{}), nwc::error);
+            CHECK_THROWS_AS(rans::decode(cut, tables, backend::simd{}), nwc::error);
+            CHECK_THROWS_AS(rans::read_index(cut, tables, false), nwc::error);  // the structure alone rejects it
         }
-    }
 
-    // Random byte flips: the checksum catches them; with the checksum patched to match, the
-    // decoders must still either throw or return a decode of the right length, and agree.
+    // Random byte flips: the checksum catches them; without it, the decoders must still either
+    // throw or return a decode of the right length, and agree.
     int rejected = 0, decoded_differently = 0;
     for (int trial = 0; trial < 3000; ++trial) {
-        std::vector<std::uint8_t> flipped = stream;
+        std::vector<std::uint8_t> flipped = bare, checked = stream;
         const int flips = 1 + int(random.below(3));
         for (int f = 0; f < flips; ++f) {
-            const std::size_t at = random.below(4) == 0 ? random.below(flipped.size()) : rans::header_bytes + random.below(flipped.size() - rans::header_bytes);
-            flipped[at] ^= std::uint8_t(1 + random.below(255));
+            const std::size_t at = random.below(bare.size());
+            const std::uint8_t mask = std::uint8_t(1 + random.below(255));
+            flipped[at] ^= mask;
+            checked[at] ^= mask;
         }
-        if (flipped == stream) continue;
-        CHECK_THROWS_AS(rans::decode(flipped, tables, backend::simd{}), nwc::error);
-        const std::uint32_t crc = detail::rans_stream_checksum(flipped);
-        std::memcpy(flipped.data() + rans::checksum_offset, &crc, 4);
+        if (flipped == bare) continue;
+        CHECK_THROWS_AS(rans::decode(checked, tables, backend::simd{}), nwc::error);
         std::optional<std::vector<std::int32_t>> scalar, simd;
         try {
             scalar = rans::decode(flipped, tables, backend::scalar{});
@@ -291,27 +353,31 @@ TEST_CASE("range_coder: every truncation and random corruption fails safely", "[
         REQUIRE(scalar.has_value() == simd.has_value());
         if (scalar) {
             REQUIRE(*scalar == *simd);
-            REQUIRE(scalar->size() == symbols.size());
             decoded_differently += *scalar != symbols;
         } else {
             ++rejected;
         }
     }
-    std::printf("range_coder corruption: %d of 3000 patched-checksum corruptions rejected by structure, %d decoded to other values\n", rejected,
-                decoded_differently);
+    std::printf("range_coder corruption: %d of 3000 corruptions of an unchecksummed stream rejected by structure, %d decoded to other values\n",
+                rejected, decoded_differently);
     CHECK(rejected > 1500);
 }
 
-TEST_CASE("range_coder: misuse and foreign streams give the right error ids", "[range_coder]") {
+TEST_CASE("range_coder: misuse, foreign streams and hostile headers give the right error ids", "[range_coder]") {
     Random random(26);
     const CdfTableSet tables = random_tables(random, 4);
-    const CdfTableSet other = random_tables(random, 4);
+    CdfTableSet other = random_tables(random, 4);
+    while (other.precision() != tables.precision()) other = random_tables(random, 4);
     const auto symbols = draw_symbols(tables, random, 1000, 0.01);
     const auto stream = rans::encode(symbols, tables);
     std::vector<std::int32_t> out(999);
     CHECK(error_id([&] { rans::decode(stream, tables, std::span<std::int32_t>(out), backend::simd{}); }) == errc::invalid_argument);
-    CHECK(error_id([&] { rans::decode(stream, other, backend::simd{}); }) == errc::invalid_argument);
     RangeCoderOptions options;
+    options.table_fingerprint = true;
+    CHECK(error_id([&] { rans::decode(rans::encode(symbols, tables, options), other, backend::simd{}); }) == errc::invalid_argument);
+    CHECK_THROWS_AS(rans::decode(stream, other, backend::simd{}), nwc::error);  // without a fingerprint: most likely corrupt
+    const CdfTableSet other_precision({CdfTable::uniform(0, 3, tables.precision() == 12 ? 13 : 12)});
+    CHECK(error_id([&] { rans::decode(stream, other_precision, backend::simd{}); }) == errc::invalid_argument);
     options.segment_size = 6;  // not a multiple of 4 channels
     CHECK(error_id([&] { rans::encode(symbols, tables, options); }) == errc::invalid_argument);
     options.segment_size = 0;
@@ -321,26 +387,40 @@ TEST_CASE("range_coder: misuse and foreign streams give the right error ids", "[
     auto patched = [&](std::size_t at, std::uint8_t value) {
         std::vector<std::uint8_t> bytes = stream;
         bytes[at] = value;
-        const std::uint32_t crc = detail::rans_stream_checksum(bytes);
-        std::memcpy(bytes.data() + rans::checksum_offset, &crc, 4);
         return bytes;
     };
-    CHECK(error_id([&] { rans::decode(patched(0, 'X'), tables, backend::scalar{}); }) == errc::corrupt);
-    CHECK(error_id([&] { rans::decode(patched(4, 2), tables, backend::scalar{}); }) == errc::unsupported);
-    CHECK(error_id([&] { rans::decode(patched(6, 16), tables, backend::scalar{}); }) == errc::unsupported);
-    CHECK(error_id([&] { rans::decode(patched(16, 0xFF), tables, backend::scalar{}); }) == errc::corrupt);  // symbol count
-    // A symbol count of 2^64 - 1 with segment size 4 and no segments must not wrap into "valid".
-    {
-        std::vector<std::uint8_t> empty = rans::encode({}, tables);
-        const std::uint64_t huge = ~std::uint64_t(0);
-        const std::uint32_t segment_size = 4;  // a multiple of the 4 channels
-        std::memcpy(empty.data() + 16, &huge, 8);
-        std::memcpy(empty.data() + 24, &segment_size, 4);
-        const std::uint32_t crc = detail::rans_stream_checksum(empty);
-        std::memcpy(empty.data() + rans::checksum_offset, &crc, 4);
-        CHECK(error_id([&] { rans::decode(empty, tables, backend::simd{}); }) == errc::corrupt);
+    CHECK(error_id([&] { rans::decode(patched(0, 3), tables, backend::scalar{}); }) == errc::unsupported);
+    CHECK(error_id([&] { rans::decode(patched(1, stream[1] | 0x20), tables, backend::scalar{}); }) == errc::corrupt);  // reserved flag
+    CHECK(error_id([&] { rans::decode(patched(1, 5), tables, backend::scalar{}); }) == errc::corrupt);                // precision 17
+    // A version 1 stream (its 36-byte header, magic "NWRC"): unsupported, with a clear message.
+    std::vector<std::uint8_t> version1{'N', 'W', 'R', 'C', 1, 0, 32, std::uint8_t(tables.precision()), 4, 0, 0, 0};
+    version1.resize(36 + 8 + 128, 0);
+    try {
+        rans::decode(version1, tables, backend::scalar{});
+        FAIL("a version 1 stream was accepted");
+    } catch (const nwc::error& failure) {
+        CHECK(failure.id() == errc::unsupported);
+        CHECK(std::string(failure.what()).find("version 1") != std::string::npos);
     }
+    auto header = [&](std::initializer_list<std::uint8_t> bytes) {
+        std::vector<std::uint8_t> result{rans::version, std::uint8_t(tables.precision() - 12)};
+        result.insert(result.end(), bytes);
+        return result;
+    };
+    // Symbol counts near 2^64 must not wrap into "valid", nor allocate an index for them.
+    const std::vector<std::uint8_t> huge_count = header({0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 4});
+    CHECK(error_id([&] { rans::read_index(huge_count, tables); }) == errc::truncated);
+    CHECK(error_id([&] { rans::read_index(header({0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x03, 4}), tables); }) == errc::corrupt);
+    CHECK(error_id([&] { rans::read_index(header({0x80, 0x80, 0x80, 0x80, 0x08, 0}), tables); }) == errc::corrupt);  // one segment > 2^24
+    CHECK(error_id([&] { rans::read_index(header({10, 5}), tables); }) == errc::corrupt);       // segment size not a multiple of 4
+    CHECK(error_id([&] { rans::read_index(header({10, 12}), tables); }) == errc::corrupt);      // segment size above the count
+    CHECK(error_id([&] { rans::read_index(header({0x80, 0}), tables); }) == errc::corrupt);     // a varint longer than its shortest form
+    CHECK(error_id([&] { rans::read_index(header({10, 0, 0, 0, 0x10}), tables); }) == errc::corrupt);  // a lane block cut short
+    CHECK(error_id([&] { rans::read_index(header({10, 0, 11, 0, 0}), tables); }) == errc::corrupt);       // 11 words for 10 symbols
     std::vector<std::uint8_t> longer = stream;
     longer.push_back(0);
     CHECK(error_id([&] { rans::decode(longer, tables, backend::scalar{}); }) == errc::corrupt);
+    // A lane block announcing a tail longer than its lane: gamma(11) = 0001011 for 10 symbols.
+    const std::vector<std::uint8_t> long_tail = header({10, 0, 0, 0, 0b00010110, 0b10000000});
+    CHECK(error_id([&] { rans::read_index(long_tail, tables); }) == errc::corrupt);
 }

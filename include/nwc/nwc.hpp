@@ -26,8 +26,11 @@
 #include "nwc/autograd/optimizer.hpp"
 #include "nwc/autograd/tape.hpp"
 
+#include "nwc/entropy/bit_io.hpp"
 #include "nwc/entropy/cdf_table.hpp"
+#include "nwc/entropy/cdf_table_fit.hpp"
 #include "nwc/entropy/cdf_table_set.hpp"
+#include "nwc/entropy/compact_cdf_table.hpp"
 #include "nwc/entropy/context_rans.hpp"
 #include "nwc/entropy/context_rans_lanes.hpp"
 #include "nwc/entropy/context_rans_simd.hpp"

@@ -98,9 +98,9 @@ DeviceBuffer<T> decompress_nwc(const ContainerReader& reader, const Plan& plan, 
         require(index.symbol_count == std::uint64_t(chunk_count * latents), errc::corrupt, plan.context, " segment ", s, ": ", index.symbol_count,
                 " symbols for ", chunk_count, " chunks of ", latents, " latents");
         const std::uint64_t stream_offset = std::uint64_t(bytes.data() - payload.data());
-        for (const RansSegment& segment : index.segments)
-            jobs[std::size_t(where.group)].push_back({stream_offset + segment.byte_offset, std::uint64_t(first_chunk * latents) + segment.first_symbol,
-                                                      segment.symbol_count, segment.word_count, segment.escape_bytes, 0});
+        for (std::size_t k = 0; k < index.segments.size(); ++k)
+            jobs[std::size_t(where.group)].push_back(
+                make_rans_job(bytes, index, k, stream_offset, std::uint64_t(first_chunk * latents) + index.segments[k].first_symbol));
     }
     const std::int64_t chunk_count = std::int64_t(levels.size());
     std::vector<float> scales(layout.scales.size());

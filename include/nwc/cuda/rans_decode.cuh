@@ -1,11 +1,14 @@
 // rANS decoding on the GPU (backend tag nwc::backend::cuda): one warp per segment.
 //
 // Read me first (the format is docs/format/rans.md; the reference is entropy/rans_lanes.hpp):
-// - A segment has 32 interleaved states: lane l of the warp holds state l and decodes symbols
-//   32 t + l, t = 0, 1, ... Lanes that need a word after their symbol take consecutive words in
-//   lane order: ballot(need) and popc(ballot & lanemask_lt) give each lane its word, exactly the
-//   lane-ordered renormalization the encoder assumed. The partial last step works the same way
+// - A segment has n = 1..32 interleaved states (rans::lane_count_for): lane l < n of the warp holds
+//   state l and decodes symbols n t + l, t = 0, 1, ...; the other lanes idle. Lanes that need a
+//   word after their symbol take consecutive words in lane order: ballot(need) and
+//   popc(ballot & lanemask_lt) give each lane its word, exactly the lane-ordered renormalization
+//   the encoder assumed. A lane does not renormalize on its tail (its last symbols, coded while
+//   its state was below 2^16) and must end at state 1. The partial last step works the same way
 //   with only the lanes that have a symbol.
+// - The host parses each segment's bit-packed lane block (initial states, tails) into its job.
 // - Tables: bin entries, bin bases, offsets and supports of all channels sit in shared memory
 //   (a few KiB); the slot -> bin table (channels << precision u16, up to 2 MiB at precision 16)
 //   goes to shared memory when it fits the budget, else it is read from global memory through the
@@ -32,21 +35,45 @@
 #include "nwc/cuda/device_buffer.cuh"
 #include "nwc/entropy/cdf_table_set.hpp"
 #include "nwc/entropy/rans_format.hpp"
+#include "nwc/entropy/rans_lanes.hpp"
 
 namespace nwc::cuda {
 
-/// One segment to decode: where its bytes are in the device byte buffer, where its symbols go.
+/// One segment to decode: where its words are in the device byte buffer, where its symbols go,
+/// and its lanes' initial states and tails (parsed on the host from the lane block).
 struct RansSegmentJob {
-    std::uint64_t byte_offset = 0;    ///< start of its 32 states in the device byte buffer
+    std::uint64_t words_offset = 0;   ///< start of its 16-bit words in the device byte buffer
     std::uint64_t first_output = 0;   ///< index of its first symbol in the output
     std::uint32_t symbol_count = 0;
     std::uint32_t word_count = 0;
-    std::uint32_t escape_bytes = 0;
+    std::uint32_t escape_bytes = 0;   ///< the escape bit stream follows the words
     std::uint32_t first_channel = 0;  ///< channel of its first symbol (0: segments start at channel 0)
+    std::uint32_t lane_count = 0;
+    std::uint32_t states[rans::max_lane_count] = {};
+    std::uint32_t renormalized[rans::max_lane_count] = {};  ///< per lane, its symbols before its tail
 };
 
+/// The job of segment `segment` of a stream whose index read_index() returned; the stream's first
+/// byte sits at `stream_offset` in the device byte buffer. Throws nwc::error(corrupt) for a bad lane block.
+inline RansSegmentJob make_rans_job(std::span<const std::uint8_t> stream, const RansStreamIndex& index, std::size_t segment,
+                                    std::uint64_t stream_offset, std::uint64_t first_output) {
+    const RansSegment& info = index.segments[segment];
+    RansSegmentJob job;
+    job.words_offset = stream_offset + info.words_offset;
+    job.first_output = first_output;
+    job.symbol_count = info.symbol_count;
+    job.word_count = info.word_count;
+    job.escape_bytes = info.escape_bytes;
+    nwc::detail::RansLaneStart start;
+    nwc::detail::read_lane_block(stream.subspan(info.lanes_offset, info.lane_bytes), info.symbol_count, info.lanes_offset, segment, start);
+    job.lane_count = start.lane_count;
+    std::copy(std::begin(start.states), std::end(start.states), job.states);
+    std::copy(std::begin(start.renormalized), std::end(start.renormalized), job.renormalized);
+    return job;
+}
+
 /// Per-segment outcome written by the kernel.
-enum class RansSegmentStatus : std::uint32_t { ok = 0, bad_initial_state, word_overrun, bad_end, bad_escape };
+enum class RansSegmentStatus : std::uint32_t { ok = 0, word_overrun, bad_end, bad_escape };
 
 /// The decode tables of one CdfTableSet in device memory.
 class DeviceRansTables {
@@ -169,20 +196,23 @@ __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJ
     __syncwarp();
 
     for (std::uint32_t j = blockIdx.x; j < job_count; j += gridDim.x) {
-        const RansSegmentJob job = jobs[j];
-        const std::uint8_t* states_at = bytes + job.byte_offset;
-        const std::uint8_t* words = states_at + rans::segment_state_bytes;
-        std::uint32_t x = load_u32(states_at + 4 * lane);
-        bool bad_state = x < rans::state_lower_bound;
-        EscapeBits escapes{words + 2 * std::uint64_t(job.word_count), 8 * std::uint64_t(job.escape_bytes)};
+        const RansSegmentJob& job = jobs[j];
+        const std::uint32_t lanes = job.lane_count, symbol_count = job.symbol_count, word_count = job.word_count;
+        const std::uint64_t first_output = job.first_output;
+        const std::uint32_t first_channel = job.first_channel;
+        const bool active = lane < lanes;
+        std::uint32_t x = active ? job.states[lane] : rans::initial_state;
+        const std::uint32_t renormalized = active ? job.renormalized[lane] : 0;
+        const std::uint8_t* words = bytes + job.words_offset;
+        EscapeBits escapes{words + 2 * std::uint64_t(word_count), 8 * std::uint64_t(job.escape_bytes)};
         std::uint64_t position = 0;
         bool overrun = false;
         const std::uint32_t slot_mask = (1u << tables.precision) - 1;
-        const std::uint32_t steps = (job.symbol_count + 31) / 32;
+        const std::uint32_t steps = (symbol_count + lanes - 1) / lanes;
         for (std::uint32_t step = 0; step < steps; ++step) {
-            const std::uint32_t i = step * 32 + lane;
-            const bool valid = i < job.symbol_count;
-            const std::uint32_t channel = (job.first_channel + i) % tables.channels;
+            const std::uint32_t i = step * lanes + lane;
+            const bool valid = active && i < symbol_count;
+            const std::uint32_t channel = (first_channel + i) % tables.channels;
             std::uint32_t bin = 0;
             if (valid) {
                 const std::uint32_t slot = x & slot_mask;
@@ -190,42 +220,40 @@ __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJ
                 const std::uint32_t entry = bin_entries[bin_bases[channel] + bin];
                 x = (entry >> 16) * (x >> tables.precision) + slot - (entry & 0xFFFFu);
                 // Escaped symbols are written by lane 0 below (one writer per element).
-                if (bin != supports[channel]) out[job.first_output + i] = std::int32_t(std::uint32_t(offsets[channel]) + bin);
+                if (bin != supports[channel]) out[first_output + i] = std::int32_t(std::uint32_t(offsets[channel]) + bin);
             }
             const std::uint32_t escaped = __ballot_sync(0xFFFFFFFFu, valid && bin == supports[channel]);
             if (escaped != 0 && lane == 0) {  // in symbol order, as the reference reads them
                 for (std::uint32_t mask = escaped; mask != 0; mask &= mask - 1) {
-                    const std::uint32_t k = __ffs(mask) - 1, c = (job.first_channel + step * 32 + k) % tables.channels;
-                    out[job.first_output + step * 32 + k] = escapes.read_value(offsets[c], supports[c]);
+                    const std::uint32_t k = __ffs(mask) - 1, c = (first_channel + step * lanes + k) % tables.channels;
+                    out[first_output + step * lanes + k] = escapes.read_value(offsets[c], supports[c]);
                 }
             }
-            const bool need = valid && x < rans::state_lower_bound;
+            const bool need = valid && x < rans::state_lower_bound && step < renormalized;
             const std::uint32_t needing = __ballot_sync(0xFFFFFFFFu, need);
             if (need) {
                 const std::uint64_t word = position + __popc(needing & ((1u << lane) - 1u));
-                if (word < job.word_count)
+                if (word < word_count)
                     x = (x << 16) | load_u16(words + 2 * word);
                 else
                     overrun = true;
             }
             position += __popc(needing);
         }
-        // The end: every word used, every state back at 2^16, the escape stream used up with zero padding.
-        bool bad_end = position != job.word_count || x != rans::state_lower_bound;
+        // The end: every word used, every lane back at state 1, the escape stream used up with zero padding.
+        bool bad_end = position != word_count || x != rans::initial_state;
         bool bad_escape = false;
         if (lane == 0) {
             bad_escape = escapes.failed || (escapes.position + 7) / 8 != job.escape_bytes;
             if (!bad_escape && escapes.position % 8 != 0)
                 bad_escape = (escapes.bytes[job.escape_bytes - 1] & (0xFFu >> (escapes.position % 8))) != 0;
         }
-        bad_state = __any_sync(0xFFFFFFFFu, bad_state);
         overrun = __any_sync(0xFFFFFFFFu, overrun);
         bad_end = __any_sync(0xFFFFFFFFu, bad_end);
         bad_escape = __any_sync(0xFFFFFFFFu, bad_escape);
         if (lane == 0)
-            status[j] = bad_state ? RansSegmentStatus::bad_initial_state
-                        : overrun  ? RansSegmentStatus::word_overrun
-                        : bad_end  ? RansSegmentStatus::bad_end
+            status[j] = overrun      ? RansSegmentStatus::word_overrun
+                        : bad_end    ? RansSegmentStatus::bad_end
                         : bad_escape ? RansSegmentStatus::bad_escape
                                      : RansSegmentStatus::ok;
     }
@@ -253,11 +281,11 @@ inline void rans_decode_segments(const std::uint8_t* device_bytes, std::span<con
     NWC_CUDA_CHECK_LAUNCH("rans_decode_kernel");
     NWC_CUDA_CHECK(cudaStreamSynchronize(stream));
     const std::vector<RansSegmentStatus> outcome = status.to_host();
-    static constexpr const char* reasons[] = {"", "an initial state is below 2^16", "it needs more words than the index announces",
-                                              "it does not end with all words used and every state at 2^16", "its escape stream is corrupt"};
+    static constexpr const char* reasons[] = {"", "it needs more words than the index announces",
+                                              "it does not end with all words used and every lane at state 1", "its escape stream is corrupt"};
     for (std::size_t j = 0; j < outcome.size(); ++j)
-        require(outcome[j] == RansSegmentStatus::ok, errc::corrupt, context, ": rANS segment job ", j, " (byte ", jobs[j].byte_offset,
-                "): ", reasons[std::min<std::uint32_t>(std::uint32_t(outcome[j]), 4)]);
+        require(outcome[j] == RansSegmentStatus::ok, errc::corrupt, context, ": rANS segment job ", j, " (words at byte ", jobs[j].words_offset,
+                "): ", reasons[std::min<std::uint32_t>(std::uint32_t(outcome[j]), 3)]);
 }
 
 /// Convenience: decodes a whole host stream on the GPU and returns the symbols on the host
@@ -265,8 +293,7 @@ inline void rans_decode_segments(const std::uint8_t* device_bytes, std::span<con
 inline std::vector<std::int32_t> rans_decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, cudaStream_t cuda_stream = nullptr) {
     const RansStreamIndex index = rans::read_index(stream, tables);
     std::vector<RansSegmentJob> jobs;
-    for (const RansSegment& segment : index.segments)
-        jobs.push_back({segment.byte_offset, segment.first_symbol, segment.symbol_count, segment.word_count, segment.escape_bytes, 0});
+    for (std::size_t s = 0; s < index.segments.size(); ++s) jobs.push_back(make_rans_job(stream, index, s, 0, index.segments[s].first_symbol));
     DeviceBuffer<std::uint8_t> bytes(stream);
     DeviceBuffer<std::int32_t> symbols(index.symbol_count);
     const DeviceRansTables device_tables(tables);

@@ -79,6 +79,17 @@ public:
         return CdfTable(offset, quantize(weights, precision), precision);
     }
 
+    /// The table of integer weights (escape bin last): steps 2 and 3 of from_probabilities(), all
+    /// integer arithmetic, so a decoder may derive a table from stored integers this way. Throws
+    /// nwc::error(invalid_argument) when every weight is zero or the shape is invalid (as above).
+    static CdfTable from_weights(std::int32_t offset, std::span<const std::uint64_t> weights, int precision) {
+        check_shape(offset, weights.size(), precision, "CdfTable::from_weights");
+        bool any = false;
+        for (std::uint64_t weight : weights) any = any || weight != 0;
+        require(any, errc::invalid_argument, "CdfTable::from_weights: all ", weights.size(), " weights are zero");
+        return CdfTable(offset, quantize(weights, precision), precision);
+    }
+
     /// Every value of [offset, offset + support) equally likely (support >= 1), the escape bin at frequency 1.
     static CdfTable uniform(std::int32_t offset, int support, int precision) {
         require(support >= 1, errc::invalid_argument, "CdfTable::uniform: support ", support, " must be >= 1");

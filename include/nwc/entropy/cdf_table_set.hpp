@@ -79,9 +79,11 @@ public:
         require((std::uint64_t(m_tables.size()) << precision) <= max_total_slots, errc::invalid_argument, "CdfTableSet: ", m_tables.size(),
                 " channels at precision ", precision, " exceed ", max_total_slots, " decoder slots");
         build_decode_tables();
+        // The CRC write() stores: a CRC over bytes that end with their own CRC would be the same
+        // constant (the CRC residue) for every set.
         ByteWriter writer;
         write(writer);
-        m_checksum = crc32c(writer.bytes());
+        m_checksum = crc32c(std::span<const std::uint8_t>(writer.bytes()).first(writer.size() - 4));
     }
 
     std::size_t channel_count() const noexcept { return m_tables.size(); }
@@ -89,7 +91,8 @@ public:
     bool empty() const noexcept { return m_tables.empty(); }
     const CdfTable& operator[](std::size_t channel) const noexcept { return m_tables[channel]; }
     std::span<const CdfTable> tables() const noexcept { return m_tables; }
-    /// CRC-32C of write()'s bytes: identifies the tables a stream was coded with.
+    /// CRC-32C of write()'s bytes before its own CRC (the CRC it stores): identifies the tables a
+    /// stream was coded with.
     std::uint32_t checksum() const noexcept { return m_checksum; }
 
     /// Ideal code length of a stream, symbol i under table i % channel_count(), in bits.

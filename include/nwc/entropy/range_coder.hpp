@@ -1,4 +1,5 @@
-// nwc::rans: the interleaved rANS range coder of latent tensors (32 lanes, 32-bit states, 16-bit words).
+// nwc::rans: the interleaved rANS range coder of latent tensors (1-32 lanes per segment by its
+// size, 32-bit states, 16-bit words).
 //
 // Usage:
 //     const CdfTableSet tables(...);                        // one CdfTable per channel
@@ -41,35 +42,24 @@ inline std::vector<std::uint8_t> encode(std::span<const std::int32_t> symbols, c
     const std::uint32_t segment_size = options.segment_size;
     require(segment_size >= 1 && segment_size <= max_segment_size && segment_size % channels == 0, errc::invalid_argument,
             "rans::encode: segment size ", segment_size, " must be a multiple of the ", channels, " channels in [1, ", max_segment_size, "]");
-    const std::uint64_t segment_count = (symbols.size() + segment_size - 1) / segment_size;
-    require(segment_count <= 0xFFFFFFFFu, errc::limit, "rans::encode: ", symbols.size(), " symbols need ", segment_count,
-            " segments, more than 2^32 - 1");
+    const std::size_t segment_count = (symbols.size() + segment_size - 1) / segment_size;
 
     std::vector<std::vector<std::uint8_t>> segment_bytes(segment_count);
-    std::vector<std::pair<std::uint32_t, std::uint32_t>> segment_sizes(segment_count);
     parallel_for(std::int64_t(segment_count), options.threads, [&](std::int64_t s) {
         const std::size_t first = std::size_t(s) * segment_size;
         const std::size_t count = std::min<std::size_t>(segment_size, symbols.size() - first);
-        segment_sizes[std::size_t(s)] =
-            detail::rans_encode_segment(tables.decode_tables(), symbols.subspan(first, count), segment_bytes[std::size_t(s)]);
+        detail::rans_encode_segment(tables.decode_tables(), symbols.subspan(first, count), segment_bytes[std::size_t(s)]);
     });
 
     ByteWriter header;
-    header.put_u32(magic);
-    header.put_u16(version);
-    header.put_u8(std::uint8_t(lane_count));
-    header.put_u8(std::uint8_t(tables.precision()));
-    header.put_u32(channels);
-    header.put_u32(tables.checksum());
-    header.put_u64(symbols.size());
-    header.put_u32(segment_size);
-    header.put_u32(std::uint32_t(segment_count));
-    header.put_u32(0);  // CRC-32C, patched below
-    for (const auto& [word_count, escape_bytes] : segment_sizes) {
-        header.put_u32(word_count);
-        header.put_u32(escape_bytes);
-    }
-    std::size_t total = header.size();
+    header.put_u8(version);
+    header.put_u8(std::uint8_t((tables.precision() - CdfTable::min_precision) | (options.table_fingerprint ? flag_table_fingerprint : 0) |
+                               (options.checksum ? flag_checksum : 0)));
+    detail::put_varint(header, symbols.size());
+    // 0: one segment of all symbols (what a caller gets whenever segment_size >= the symbol count).
+    if (!symbols.empty()) detail::put_varint(header, segment_count > 1 ? segment_size : 0);
+    if (options.table_fingerprint) header.put_u32(tables.checksum());
+    std::size_t total = header.size() + (options.checksum ? 4 : 0);
     for (const auto& bytes : segment_bytes) total += bytes.size();
     std::vector<std::uint8_t> stream;
     stream.reserve(total);
@@ -78,8 +68,11 @@ inline std::vector<std::uint8_t> encode(std::span<const std::int32_t> symbols, c
         stream.insert(stream.end(), bytes.begin(), bytes.end());
         std::vector<std::uint8_t>().swap(bytes);
     }
-    const std::uint32_t crc = detail::rans_stream_checksum(stream);
-    std::memcpy(stream.data() + checksum_offset, &crc, sizeof crc);
+    if (options.checksum) {
+        const std::uint32_t crc = crc32c(stream);
+        stream.resize(stream.size() + 4);
+        std::memcpy(stream.data() + stream.size() - 4, &crc, sizeof crc);
+    }
     return stream;
 }
 
@@ -92,7 +85,7 @@ void decode_segment(std::span<const std::uint8_t> stream, const RansStreamIndex&
     NWC_ASSERT(segment < index.segments.size());
     const RansSegment& info = index.segments[segment];
     NWC_ASSERT(info.byte_offset + info.byte_size <= stream.size());
-    NWC_ASSERT(tables.checksum() == index.tables_checksum);
+    NWC_ASSERT(tables.precision() == index.precision);
     require(out.size() == info.symbol_count, errc::invalid_argument, "rans::decode_segment: segment ", segment, " holds ", info.symbol_count,
             " symbols, output has room for ", out.size());
     detail::rans_decode_segment(tables.decode_tables(), detail::segment_bytes(stream, index, segment), out, backend);
@@ -116,7 +109,7 @@ void decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, std
 }
 
 /// Decodes a whole stream into a new vector (see decode above). A highly skewed table codes up to
-/// max_segment_size symbols in a 136-byte segment: callers that must bound memory check
+/// max_segment_size symbols in a segment of a few bytes: callers that must bound memory check
 /// read_index().symbol_count first.
 template <class Backend = backend::default_backend>
 std::vector<std::int32_t> decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, Backend backend = {}, int threads = 1) {

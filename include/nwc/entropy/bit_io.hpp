@@ -1,0 +1,160 @@
+// Bit-level and varint I/O for the entropy formats: rANS lane blocks and escape streams, compact
+// CDF tables.
+//
+// Read me first:
+// - Bits are MSB first: the first bit written is the top bit of the first byte; the last byte is
+//   zero-padded, and readers check that the padding is zero (one encoding per content).
+// - Codes: Elias-gamma of v >= 1 (n - 1 zeros, then the n bits of v, n = bit_width(v)), and
+//   Exp-Golomb of order k of v >= 0 (gamma of (v >> k) + 1, then the k low bits of v).
+// - Varints are LEB128 (7 bits per byte, low group first, top bit = more), shortest form only.
+// - Readers never read past their span and never loop on their own: every failure throws
+//   nwc::error(corrupt) with the reader's context, so hostile input costs O(its size).
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nwc/core/byte_io.hpp"
+#include "nwc/core/error.hpp"
+
+namespace nwc::detail {
+
+/// Appends bits MSB first.
+class BitWriter {
+public:
+    /// The low `count` (0..64) bits of `value`, most significant first.
+    void put(std::uint64_t value, int count) {
+        for (int bit = count - 1; bit >= 0; --bit) {
+            m_pending = std::uint8_t((m_pending << 1) | ((value >> bit) & 1u));
+            if (++m_bit_count % 8 == 0) m_bytes.push_back(m_pending), m_pending = 0;
+        }
+    }
+    /// Elias-gamma code of value >= 1: 2 bit_width(value) - 1 bits.
+    void put_gamma(std::uint64_t value) {
+        const int length = int(std::bit_width(value));
+        put(0, length - 1);
+        put(value, length);
+    }
+    /// Exp-Golomb code of order k (0..32) of value (< 2^63).
+    void put_exp_golomb(std::uint64_t value, int k) {
+        put_gamma((value >> k) + 1);
+        put(value, k);
+    }
+    std::uint64_t bit_count() const noexcept { return m_bit_count; }
+    /// The bytes, the last one zero-padded; the writer is empty afterwards.
+    std::vector<std::uint8_t> finish() {
+        if (m_bit_count % 8 != 0) m_bytes.push_back(std::uint8_t(m_pending << (8 - m_bit_count % 8)));
+        m_bit_count = 0;
+        m_pending = 0;
+        return std::move(m_bytes);
+    }
+
+private:
+    std::vector<std::uint8_t> m_bytes;
+    std::uint8_t m_pending = 0;
+    std::uint64_t m_bit_count = 0;
+};
+
+/// Bits of the codes above, for size estimates.
+constexpr int gamma_bits(std::uint64_t value) noexcept { return 2 * int(std::bit_width(value)) - 1; }
+constexpr int exp_golomb_bits(std::uint64_t value, int k) noexcept { return gamma_bits((value >> k) + 1) + k; }
+/// Zigzag: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ...
+constexpr std::uint64_t zigzag(std::int64_t value) noexcept {
+    return value >= 0 ? 2 * std::uint64_t(value) : 2 * (~std::uint64_t(value)) + 1;
+}
+constexpr std::int64_t unzigzag(std::uint64_t code) noexcept {
+    return (code & 1u) ? -std::int64_t(code >> 1) - 1 : std::int64_t(code >> 1);
+}
+
+/// Reads what BitWriter wrote from a bounded span; `context` names the structure in messages
+/// (the caller keeps it alive) and `byte_offset` is where the span starts in its file or stream.
+class BitReader {
+public:
+    BitReader(std::span<const std::uint8_t> bytes, std::string_view context, std::uint64_t byte_offset = 0) noexcept
+        : m_bytes(bytes), m_context(context), m_byte_offset(byte_offset) {}
+
+    std::uint32_t get_bit() {
+        if (m_position >= 8 * std::uint64_t(m_bytes.size())) fail_at("exhausted after ", m_bytes.size(), " bytes");
+        const std::uint32_t bit = (m_bytes[std::size_t(m_position / 8)] >> (7 - m_position % 8)) & 1u;
+        ++m_position;
+        return bit;
+    }
+    /// `count` (0..64) bits, most significant first.
+    std::uint64_t get(int count) {
+        std::uint64_t value = 0;
+        for (int bit = 0; bit < count; ++bit) value = (value << 1) | get_bit();
+        return value;
+    }
+    /// An Elias-gamma code of at most `max_bit_width` significant bits (<= 64).
+    std::uint64_t get_gamma(int max_bit_width = 64) {
+        int zeros = 0;
+        while (get_bit() == 0)
+            if (++zeros >= max_bit_width) fail_at("Elias-gamma code longer than ", 2 * max_bit_width - 1, " bits");
+        return (std::uint64_t(1) << zeros) | get(zeros);
+    }
+    /// An Exp-Golomb code of order k whose value fits `max_bit_width` bits (<= 63).
+    std::uint64_t get_exp_golomb(int k, int max_bit_width = 63) {
+        const std::uint64_t high = get_gamma(max_bit_width - k + 1) - 1;
+        if (k > 0 && int(std::bit_width(high)) + k > max_bit_width) fail_at("Exp-Golomb value wider than ", max_bit_width, " bits");
+        return (high << k) | get(k);
+    }
+    std::uint64_t bit_position() const noexcept { return m_position; }
+    /// Bytes used so far, the partial last one included.
+    std::size_t bytes_used() const noexcept { return std::size_t((m_position + 7) / 8); }
+    /// Throws unless the padding bits of the last byte used are zero.
+    void expect_zero_padding() const {
+        if (m_position % 8 != 0 && (m_bytes[std::size_t(m_position / 8)] & (0xFFu >> (m_position % 8))) != 0)
+            fail_at("nonzero padding bits");
+    }
+    /// Throws unless exactly all bytes were used, with zero padding.
+    void expect_end() const {
+        if (bytes_used() != m_bytes.size()) fail_at("it uses ", bytes_used(), " bytes but ", m_bytes.size(), " are announced");
+        expect_zero_padding();
+    }
+
+    template <class... Parts>
+    [[noreturn]] void fail_at(const Parts&... parts) const {
+        fail(errc::corrupt, m_context, " at byte ", m_byte_offset + m_position / 8, ": ", parts...);
+    }
+
+private:
+    std::span<const std::uint8_t> m_bytes;
+    std::string_view m_context;
+    std::uint64_t m_byte_offset;
+    std::uint64_t m_position = 0;
+};
+
+/// LEB128 varint.
+inline void put_varint(ByteWriter& writer, std::uint64_t value) {
+    while (value >= 0x80) {
+        writer.put_u8(std::uint8_t(value | 0x80));
+        value >>= 7;
+    }
+    writer.put_u8(std::uint8_t(value));
+}
+constexpr std::size_t varint_bytes(std::uint64_t value) noexcept {
+    std::size_t bytes = 1;
+    for (; value >= 0x80; value >>= 7) ++bytes;
+    return bytes;
+}
+/// Reads a varint in its shortest form; errc::corrupt for a longer form or more than 64 bits,
+/// errc::truncated at the end of the input.
+inline std::uint64_t get_varint(ByteReader& reader, std::string_view what) {
+    const std::size_t at = reader.offset();
+    std::uint64_t value = 0;
+    for (int shift = 0;; shift += 7) {
+        const std::uint8_t byte = reader.get_u8();
+        require(shift < 63 || byte <= 1, errc::corrupt, reader.context(), ": ", what, " at offset ", at, " is a varint of more than 64 bits");
+        value |= std::uint64_t(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) {
+            require(byte != 0 || shift == 0, errc::corrupt, reader.context(), ": ", what, " at offset ", at, " is a varint longer than its shortest form");
+            return value;
+        }
+    }
+}
+
+}  // namespace nwc::detail
