@@ -37,7 +37,7 @@ if(NWC_SANITIZE_THREAD)
   target_compile_options(nwc_project_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=thread -fno-omit-frame-pointer>)
   target_link_options(nwc_project_options INTERFACE $<$<LINK_LANGUAGE:CXX>:-fsanitize=thread>)
 endif()
-target_compile_definitions(nwc_project_options INTERFACE NWC_DATA_DIR="${NWC_DATA_DIR}")
+target_compile_definitions(nwc_project_options INTERFACE NWC_DATA_DIR="${NWC_DATA_DIR}" NWC_CODEC_DIR="${PROJECT_SOURCE_DIR}/codecs")
 
 if(NWC_ENABLE_CUDA)
   # nvcc: Eigen's CUDA support calls constexpr std::complex functions from device code, which nvcc

@@ -26,7 +26,9 @@ struct ToyMethod {
                                      .guess_intercept = -4.0, .guess_slope = 0.0};
     static double knob_value(const MethodOptions& options) { return options.step; }
     static void set_knob(MethodOptions& options, double value) { options.step = float(value); }
-    static double stored_knob(std::span<const std::uint8_t> metadata) { return detail::stored_f32(metadata, detail::method_prefix_bytes); }
+    static double stored_knob(std::span<const std::uint8_t> metadata) {
+        return detail::stored_after_prefix(metadata, [](ByteReader& in) { return double(in.get_f32()); });
+    }
 
     struct Layout {
         std::int64_t rows = 0, cols = 0, rows_per_segment = 1;
@@ -201,7 +203,7 @@ TEST_CASE("a reader without the method refuses its tensors clearly", "[method_po
 TEST_CASE("corrupt toy metadata and segments give errors naming the tensor", "[method_policy]") {
     const ToyCodec codec(toy_options(1e-3f));
     ContainerTensor tensor = codec.compress("w", toy_model().tensors[0].values.view());
-    tensor.metadata[detail::method_prefix_bytes + 3] = 0xFF;  // the step's sign and exponent: a NaN
+    tensor.metadata[tensor.metadata.size() - 1] = 0xFF;  // the step's sign and exponent (its last byte): a NaN
     ContainerWriter writer;
     writer.add_tensor(std::move(tensor));
     const ContainerReader reader = ContainerReader::from_bytes(writer.serialize());

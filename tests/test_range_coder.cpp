@@ -211,7 +211,7 @@ TEST_CASE("range_coder: the segment index locates every segment", "[range_coder]
         CHECK(segment.first_symbol == s * 1000);
         CHECK(segment.lane_count == 1);
         CHECK(segment.byte_offset == offset);
-        CHECK(segment.lanes_offset == offset + detail::varint_bytes(segment.word_count) + detail::varint_bytes(segment.escape_bytes));
+        CHECK(segment.lanes_offset == offset + detail::varint_size(segment.word_count) + detail::varint_size(segment.escape_bytes));
         CHECK(segment.words_offset == segment.lanes_offset + segment.lane_bytes);
         CHECK(segment.byte_offset + segment.byte_size == segment.words_offset + 2 * segment.word_count + segment.escape_bytes);
         offset += segment.byte_size;

@@ -48,7 +48,8 @@ int run_inspect(const std::vector<std::string>& raw_arguments) {
         const ContainerEntry& entry = reader.entry(index);
         if (entry.name == detail::rope_corrections_name) continue;
         const auto metadata = reader.metadata(index);
-        const auto [relative_mse, proxy_loss] = entry.method == "raw" ? std::pair<double, double>{0.0, NAN} : detail::stored_measurements(metadata);
+        const detail::StoredDiagnostics stored = entry.method == "raw" ? detail::StoredDiagnostics{0.0, NAN, NAN} : detail::stored_diagnostics(metadata);
+        const double relative_mse = stored.relative_mse, proxy_loss = stored.proxy_loss;
         const std::int64_t count = entry.shape.numel();
         weights += count;
         rows.push_back({entry.name, shape_text(entry.shape), std::string(dtype_name(entry.original_dtype)), entry.method,

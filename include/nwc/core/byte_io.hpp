@@ -132,4 +132,38 @@ private:
     std::string m_context;
 };
 
+namespace detail {
+
+/// LEB128 varint: 7 bits per byte, low groups first, the high bit set on every byte but the last.
+inline void put_varint(ByteWriter& out, std::uint64_t value) {
+    while (value >= 0x80) {
+        out.put_u8(std::uint8_t(value | 0x80));
+        value >>= 7;
+    }
+    out.put_u8(std::uint8_t(value));
+}
+/// Bytes put_varint writes for `value`.
+constexpr std::uint64_t varint_size(std::uint64_t value) noexcept {
+    std::uint64_t size = 1;
+    for (; value >= 0x80; value >>= 7) ++size;
+    return size;
+}
+/// Reads a varint in its shortest form (errc::corrupt for a longer one or for more than 64 bits,
+/// so that every value has exactly one encoding; errc::truncated at the end of the input).
+inline std::uint64_t get_varint(ByteReader& in, std::string_view what) {
+    const std::size_t at = in.offset();
+    std::uint64_t value = 0;
+    for (int shift = 0;; shift += 7) {
+        const std::uint8_t byte = in.get_u8();
+        if (shift == 63 && byte > 1) fail(errc::corrupt, in.context(), ": ", what, " at offset ", at, " does not fit in 64 bits");
+        value |= std::uint64_t(byte & 0x7Fu) << shift;
+        if ((byte & 0x80u) == 0) {
+            if (byte == 0 && shift > 0) fail(errc::corrupt, in.context(), ": ", what, " at offset ", at, " is not in its shortest form");
+            return value;
+        }
+    }
+}
+
+}  // namespace detail
+
 }  // namespace nwc

@@ -1,4 +1,4 @@
-// Bit-level and varint I/O for the entropy formats: rANS lane blocks and escape streams, compact
+// Bit-level I/O for the entropy formats (varints live in core/byte_io.hpp): rANS lane blocks and escape streams, compact
 // CDF tables.
 //
 // Read me first:
@@ -127,34 +127,5 @@ private:
     std::uint64_t m_byte_offset;
     std::uint64_t m_position = 0;
 };
-
-/// LEB128 varint.
-inline void put_varint(ByteWriter& writer, std::uint64_t value) {
-    while (value >= 0x80) {
-        writer.put_u8(std::uint8_t(value | 0x80));
-        value >>= 7;
-    }
-    writer.put_u8(std::uint8_t(value));
-}
-constexpr std::size_t varint_bytes(std::uint64_t value) noexcept {
-    std::size_t bytes = 1;
-    for (; value >= 0x80; value >>= 7) ++bytes;
-    return bytes;
-}
-/// Reads a varint in its shortest form; errc::corrupt for a longer form or more than 64 bits,
-/// errc::truncated at the end of the input.
-inline std::uint64_t get_varint(ByteReader& reader, std::string_view what) {
-    const std::size_t at = reader.offset();
-    std::uint64_t value = 0;
-    for (int shift = 0;; shift += 7) {
-        const std::uint8_t byte = reader.get_u8();
-        require(shift < 63 || byte <= 1, errc::corrupt, reader.context(), ": ", what, " at offset ", at, " is a varint of more than 64 bits");
-        value |= std::uint64_t(byte & 0x7F) << shift;
-        if (!(byte & 0x80)) {
-            require(byte != 0 || shift == 0, errc::corrupt, reader.context(), ": ", what, " at offset ", at, " is a varint longer than its shortest form");
-            return value;
-        }
-    }
-}
 
 }  // namespace nwc::detail

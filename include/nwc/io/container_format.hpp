@@ -160,35 +160,6 @@ constexpr std::uint64_t container_tensor_bytes_bound(std::uint64_t metadata_size
     return metadata_size + payload_size + (aligned ? container_format::payload_alignment - 1 : 0);
 }
 
-// LEB128: 7 bits per byte, low groups first, the high bit set on every byte but the last.
-inline void put_varint(ByteWriter& out, std::uint64_t value) {
-    while (value >= 0x80) {
-        out.put_u8(std::uint8_t(value | 0x80));
-        value >>= 7;
-    }
-    out.put_u8(std::uint8_t(value));
-}
-constexpr std::uint64_t varint_size(std::uint64_t value) noexcept {
-    std::uint64_t size = 1;
-    for (; value >= 0x80; value >>= 7) ++size;
-    return size;
-}
-/// Reads a varint in its shortest form (errc::corrupt for a longer one or for more than 64 bits,
-/// so that every value has exactly one encoding).
-inline std::uint64_t get_varint(ByteReader& in, std::string_view what) {
-    const std::size_t at = in.offset();
-    std::uint64_t value = 0;
-    for (int shift = 0;; shift += 7) {
-        const std::uint8_t byte = in.get_u8();
-        if (shift == 63 && byte > 1) fail(errc::corrupt, in.context(), ": ", what, " at offset ", at, " does not fit in 64 bits");
-        value |= std::uint64_t(byte & 0x7Fu) << shift;
-        if ((byte & 0x80u) == 0) {
-            if (byte == 0 && shift > 0) fail(errc::corrupt, in.context(), ": ", what, " at offset ", at, " is not in its shortest form");
-            return value;
-        }
-    }
-}
-
 /// How a tensor name is coded against the previous one: the bytes they share at the start, then
 /// the bytes the rest of each shares at the end (model names differ in a layer number or a
 /// projection in the middle: "model.layers.3.self_attn.k_proj.weight" after "...q_proj.weight"

@@ -71,6 +71,7 @@ struct EncodedMatrix {
 /// What a method may need beyond its options when encoding.
 struct MethodResources {
     std::shared_ptr<const NeuralCodec> neural_codec;  ///< the trained codec (nwc)
+    bool embed_codec = false;  ///< MethodOptions::embed_codec
 };
 
 /// Codec blobs of one container, parsed once per decode and shared by its tensors.
@@ -132,6 +133,15 @@ inline constexpr bool uses_normalization_axis = [] {
     if constexpr (requires { M::uses_normalization_axis; }) return bool(M::uses_normalization_axis);
     else return false;
 }();
+
+/// A method that splits its bytes into ByteAccount categories (else its metadata counts as
+/// "metadata" and its payload as "payload").
+template <class M>
+concept AccountingMethod = Method<M> && requires(const typename M::Layout& layout, std::size_t size, std::span<const std::uint8_t> bytes,
+                                                 ByteAccount& account) {
+    M::account_metadata(layout, size, account);
+    M::account_segment(layout, size, bytes, account);
+};
 
 /// A method whose sizes follow from the shape and options alone (rtn, gptq): rate control sizes
 /// every operating point exactly, without coding.

@@ -2,9 +2,9 @@
 // common metadata prefix, bit packing and error measurement. Byte layouts: docs/format/methods.md.
 //
 // Read me first:
-// - Every coded tensor's metadata starts with the same 16-byte prefix (MethodPrefix): a layout
-//   version, flags, the measured relative MSE and proxy loss (f32, NaN when unknown) and the
-//   segment span. The two measurements sit at fixed offsets, so a rate search can encode with them
+// - Every coded tensor's metadata starts with the same prefix (MethodPrefix): a layout version,
+//   flags, the diagnostics (relative MSE, proxy loss, sensitivity; bfloat16, NaN when unknown) and
+//   the segment span. The diagnostics sit at a fixed offset, so a rate search can encode with them
 //   unknown and the final pass fill them in without changing a single size.
 // - Segments: a tensor's payload is cut into segments of whole rows (rtn, gptq, ecsq) or whole
 //   columns (nwc), `span` of them per segment (the last may hold fewer). Each segment decodes on its
@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <limits>
 #include <span>
 #include <string>
@@ -26,7 +27,9 @@
 
 #include "nwc/core/byte_io.hpp"
 #include "nwc/core/error.hpp"
+#include "nwc/core/half.hpp"
 #include "nwc/core/tensor.hpp"
+#include "nwc/entropy/range_coder.hpp"
 #include "nwc/io/container_format.hpp"
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
@@ -48,6 +51,9 @@ struct MethodOptions {
     /// deviation (1/64: ~8 bits each, an error no calibration loss can see).
     float vector_step = 1.0f / 64.0f;
     bool ldlq = true;        ///< use the Hessian's feedback (LDLQ / GPTQ) when a Hessian is given
+    /// nwc: embed the codec's decoder even when it ships with the library (a self-contained file,
+    /// 9-20 KB more); off, a shipped codec is referenced by the SHA-256 of its decoder (36 bytes).
+    bool embed_codec = false;
     NormalizationAxis axis = NormalizationAxis::per_column;  ///< ecsq, nwc
     double damping = 0.01;   ///< LDLQ damping relative to mean(diag H)
     int ldlq_block_size = 128;  ///< rtn, gptq, ecsq: columns per LDLQ block (exact feedback inside a block too)
@@ -77,6 +83,32 @@ struct MethodOptions {
     }
 };
 
+/// Bytes of a file by what they are for (nwc inspect --breakdown): "payload" for the coded bits
+/// themselves, and side information under "scales", "levels", "tables", "framing" (stream headers,
+/// segment indexes, lane states, escapes), "metadata" (the rest of a method's metadata),
+/// "directory", "header", "padding", "codecs" (codec blobs), "passthrough" (raw tensors).
+struct ByteAccount {
+    std::map<std::string, std::uint64_t, std::less<>> bytes;
+
+    void add(std::string_view category, std::uint64_t count) {
+        if (count == 0) return;
+        const auto found = bytes.find(category);
+        if (found == bytes.end()) bytes.emplace(std::string(category), count);
+        else found->second += count;
+    }
+    std::uint64_t total() const noexcept {
+        std::uint64_t sum = 0;
+        for (const auto& [category, count] : bytes) sum += count;
+        return sum;
+    }
+    std::uint64_t of(std::string_view category) const {
+        const auto found = bytes.find(category);
+        return found == bytes.end() ? 0 : found->second;
+    }
+    /// Everything but the payload.
+    std::uint64_t side_information() const { return total() - of("payload"); }
+};
+
 /// What compressing one tensor did.
 struct TensorReport {
     std::string name;
@@ -101,28 +133,32 @@ struct TensorReport {
 
 namespace detail {
 
-inline constexpr std::uint8_t method_layout_version = 1;
+inline constexpr std::uint8_t method_layout_version = 2;
 /// Decoders refuse (errc::limit) a coded tensor with more weights per payload byte than this
 /// before allocating its output: a small hostile file cannot ask for a huge allocation.
 inline constexpr std::int64_t max_weights_per_payload_byte = 8192;
-inline constexpr std::size_t method_prefix_bytes = 16;
 inline constexpr std::uint8_t flag_feedback = 1;        ///< LDLQ / GPTQ feedback applied
 inline constexpr std::uint8_t flag_hessian_levels = 2;  ///< nwc: importance levels from diag(H)
+/// Where the diagnostics sit in every coded tensor's metadata (after version and flags), and their size.
+inline constexpr std::size_t diagnostics_offset = 2;
+inline constexpr std::size_t diagnostics_bytes = 6;
 
-/// The 16 bytes every coded tensor's metadata starts with.
+/// What every coded tensor's metadata starts with: u8 layout version, u8 flags, the diagnostics
+/// (relative MSE, proxy loss, sensitivity as bfloat16: for nwc inspect only, NaN when unknown; at a
+/// fixed offset and size so the final pass of a rate search fills them in without moving a byte),
+/// then the segment span as a varint.
 struct MethodPrefix {
     std::uint8_t flags = 0;
     float relative_mse = std::numeric_limits<float>::quiet_NaN();
     float proxy_loss = std::numeric_limits<float>::quiet_NaN();
+    float sensitivity = std::numeric_limits<float>::quiet_NaN();
     std::uint32_t span = 1;  ///< rows (rtn, gptq, ecsq) or columns (nwc) per segment
 
     void write(ByteWriter& out) const {
         out.put_u8(method_layout_version);
         out.put_u8(flags);
-        out.put_u16(0);
-        out.put_f32(relative_mse);
-        out.put_f32(proxy_loss);
-        out.put_u32(span);
+        for (const float value : {relative_mse, proxy_loss, sensitivity}) out.put_u16(to_bfloat16(value).bits);
+        put_varint(out, span);
     }
     static MethodPrefix read(ByteReader& in, std::uint8_t allowed_flags) {
         MethodPrefix prefix;
@@ -131,29 +167,55 @@ struct MethodPrefix {
                 int(method_layout_version), ")");
         prefix.flags = in.get_u8();
         require((prefix.flags & ~allowed_flags) == 0, errc::corrupt, in.context(), ": unknown flags 0x", std::hex, int(prefix.flags), " at offset 1");
-        require(in.get_u16() == 0, errc::corrupt, in.context(), ": reserved bytes 2-3 are not zero");
-        prefix.relative_mse = in.get_f32();
-        prefix.proxy_loss = in.get_f32();
-        prefix.span = in.get_u32();
-        require(prefix.span >= 1, errc::corrupt, in.context(), ": segment span 0 at offset 12");
+        for (float* value : {&prefix.relative_mse, &prefix.proxy_loss, &prefix.sensitivity}) *value = to_float(bfloat16{in.get_u16()});
+        const std::uint64_t span = get_varint(in, "segment span");
+        require(span >= 1 && span <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt, in.context(), ": segment span ", span, " at offset 8");
+        prefix.span = std::uint32_t(span);
         return prefix;
     }
 };
 
-/// Overwrites the two measurements of a metadata block written with MethodPrefix (same size).
-inline void patch_measurements(std::vector<std::uint8_t>& metadata, double relative_mse, double proxy_loss) {
-    NWC_ASSERT(metadata.size() >= method_prefix_bytes);
-    const float values[2] = {float(relative_mse), float(proxy_loss)};
-    std::memcpy(metadata.data() + 4, values, sizeof values);
+/// Overwrites the diagnostics of a metadata block written with MethodPrefix (same size); NaN
+/// arguments leave their field as it is.
+inline void patch_diagnostics(std::vector<std::uint8_t>& metadata, double relative_mse, double proxy_loss, double sensitivity) {
+    NWC_ASSERT(metadata.size() >= diagnostics_offset + diagnostics_bytes);
+    const double values[3] = {relative_mse, proxy_loss, sensitivity};
+    for (std::size_t k = 0; k < 3; ++k) {
+        if (std::isnan(values[k])) continue;
+        const std::uint16_t bits = to_bfloat16(float(values[k])).bits;
+        std::memcpy(metadata.data() + diagnostics_offset + 2 * k, &bits, 2);
+    }
 }
 
-/// The measurements stored in a coded tensor's metadata (NaN when absent or not a coded tensor).
-inline std::pair<double, double> stored_measurements(std::span<const std::uint8_t> metadata) noexcept {
-    constexpr double unknown = std::numeric_limits<double>::quiet_NaN();
-    if (metadata.size() < method_prefix_bytes || metadata[0] != method_layout_version) return {unknown, unknown};
-    float values[2];
-    std::memcpy(values, metadata.data() + 4, sizeof values);
-    return {double(values[0]), double(values[1])};
+/// What a coded tensor's metadata records about it (NaN when absent or not a coded tensor).
+struct StoredDiagnostics {
+    double relative_mse = std::numeric_limits<double>::quiet_NaN();
+    double proxy_loss = std::numeric_limits<double>::quiet_NaN();
+    double sensitivity = std::numeric_limits<double>::quiet_NaN();
+};
+inline StoredDiagnostics stored_diagnostics(std::span<const std::uint8_t> metadata) noexcept {
+    StoredDiagnostics result;
+    if (metadata.size() < diagnostics_offset + diagnostics_bytes || metadata[0] != method_layout_version) return result;
+    double* fields[3] = {&result.relative_mse, &result.proxy_loss, &result.sensitivity};
+    for (std::size_t k = 0; k < 3; ++k) {
+        std::uint16_t bits;
+        std::memcpy(&bits, metadata.data() + diagnostics_offset + 2 * k, 2);
+        *fields[k] = to_float(bfloat16{bits});
+    }
+    return result;
+}
+
+/// The value a method stores right after the prefix (`read` parses it from a ByteReader), NaN if
+/// the metadata does not parse that far: a method's stored_knob.
+template <class Read>
+double stored_after_prefix(std::span<const std::uint8_t> metadata, Read&& read) noexcept {
+    try {
+        ByteReader in(metadata, "metadata");
+        MethodPrefix::read(in, 0xFF);
+        return read(in);
+    } catch (const error&) {
+        return std::numeric_limits<double>::quiet_NaN();
+    }
 }
 
 /// "step=0.4675": a method's knob as reports print it.
@@ -163,13 +225,14 @@ inline std::string knob_text(const char* key, double value) {
     return buffer;
 }
 
-/// The f32 at `offset` of a coded tensor's metadata (a method's knob), NaN if out of range or not
-/// a metadata block this build writes.
-inline double stored_f32(std::span<const std::uint8_t> metadata, std::size_t offset) noexcept {
-    if (metadata.size() < offset + 4 || metadata[0] != method_layout_version) return std::numeric_limits<double>::quiet_NaN();
-    float value;
-    std::memcpy(&value, metadata.data() + offset, 4);
-    return value;
+/// Splits a rANS stream into "payload" (its renormalization words) and "framing" (header, index,
+/// lane states, escapes, padding).
+inline void account_rans_stream(std::span<const std::uint8_t> stream, const CdfTableSet& tables, ByteAccount& account) {
+    const RansStreamIndex index = rans::read_index(stream, tables);
+    std::uint64_t words = 0;
+    for (const RansSegment& segment : index.segments) words += 2 * std::uint64_t(segment.word_count);
+    account.add("payload", words);
+    account.add("framing", stream.size() - words);
 }
 
 /// Whole rows per segment of about `weights_per_segment` weights (at least one row).

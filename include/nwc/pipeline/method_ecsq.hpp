@@ -1,12 +1,13 @@
-// The "ecsq" method: per-column (or per-row) fp16 normalization scales s (nwc::Chunker), one
-// uniform step Δ on the normalized weights, symbol = round(w / (Δ s)), symbols entropy coded by
-// the rANS coder with ONE CdfTable built from this tensor's own histogram; optional LDLQ
+// The "ecsq" method: fp16 normalization scales s (nwc::Chunker: one per tensor, row or column),
+// one uniform step Δ on the normalized weights, symbol = round(w / (Δ s)), symbols entropy coded
+// by the rANS coder with ONE table fitted to this tensor's own histogram (a compact table:
+// fit_compact_table picks the form that minimizes table + payload bytes); optional LDLQ
 // (per-column feedback) when a Hessian is given.
 //
-// Metadata: MethodPrefix (span = rows per segment), u8 axis (0 per column, 1 per row, 2 per tensor), u8 zero,
-// u16 zero, f32 Δ, the scales (u32 count + fp16 each, write_scales), the CdfTableSet of one
-// channel (CdfTableSet::write, with its own CRC). Payload segment k = one rANS stream
-// (docs/format/rans.md) of the row-major symbols of rows [k span, min((k + 1) span, m)).
+// Metadata: MethodPrefix (span = rows per segment), u8 axis (0 per column, 1 per row, 2 per
+// tensor), f32 Δ, the fp16 scales (1, m or n of them: write_scales), the compact table
+// (CompactCdfTable::write). Payload segment k = one rANS stream (docs/format/rans.md) of the
+// row-major symbols of rows [k span, min((k + 1) span, m)).
 // Value = symbol * (Δ * s), the product Δ * s taken in float as the encoder took it. A vector
 // (rank 1, n elements: norm scales) is coded as a 1 x n matrix.
 #pragma once
@@ -20,6 +21,8 @@
 #include "nwc/core/byte_io.hpp"
 #include "nwc/core/error.hpp"
 #include "nwc/core/tensor.hpp"
+#include "nwc/entropy/cdf_table_fit.hpp"
+#include "nwc/entropy/compact_cdf_table.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/pipeline/method.hpp"
@@ -43,8 +46,9 @@ struct EcsqMethod {
         std::int64_t rows = 0, cols = 0;
         NormalizationAxis axis = NormalizationAxis::per_column;
         std::int64_t rows_per_segment = 1;
-        std::vector<float> steps;  ///< Δ * s per column (per_column) or row (per_row)
+        std::vector<float> steps;  ///< Δ * s per column (per_column), row (per_row) or tensor (per_tensor)
         CdfTableSet tables;
+        std::uint64_t scale_bytes = 0, table_bytes = 0;  ///< of the metadata (for accounting)
 
         std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(rows, rows_per_segment)); }
         std::int64_t segment_weights(std::size_t segment) const noexcept {
@@ -53,7 +57,12 @@ struct EcsqMethod {
     };
 
     /// The step stored in a coded tensor's metadata (NaN if it is too short to hold it).
-    static double stored_knob(std::span<const std::uint8_t> metadata) noexcept { return detail::stored_f32(metadata, detail::method_prefix_bytes + 4); }
+    static double stored_knob(std::span<const std::uint8_t> metadata) noexcept {
+        return detail::stored_after_prefix(metadata, [](ByteReader& in) {
+            in.get_u8();
+            return double(in.get_f32());
+        });
+    }
 
     /// Codes W (m x n) with step options.step on the normalized weights.
     template <class Resources>
@@ -74,7 +83,9 @@ struct EcsqMethod {
         result.used_hessian = feedback;
         result.setting = knob_setting<EcsqMethod>(options.step);
 
-        const CdfTableSet tables({quantizer.histogram().to_cdf_table(16)});
+        const SymbolHistogram histogram = quantizer.histogram();
+        const CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts);
+        const CdfTableSet tables({fit.table});
         const std::int64_t span = std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment));
         ContainerTensor& tensor = result.tensor;
         tensor.method = std::string(name);
@@ -84,11 +95,9 @@ struct EcsqMethod {
         prefix.span = std::uint32_t(span);
         prefix.write(metadata);
         metadata.put_u8(std::uint8_t(options.axis));
-        metadata.put_u8(0);
-        metadata.put_u16(0);
         metadata.put_f32(options.step);
         write_scales(metadata, quantizer.options().scales);
-        tables.write(metadata);
+        fit.compact.write(metadata);
         tensor.metadata = metadata.take();
         const std::span<const std::int32_t> symbols = quantizer.symbols();
         for (std::int64_t first = 0; first < rows; first += span) {
@@ -110,22 +119,34 @@ struct EcsqMethod {
         Layout layout;
         layout.rows = vector ? 1 : entry.shape[0];
         layout.cols = vector ? entry.shape[0] : entry.shape[1];
+        const std::size_t axis_at = in.offset();
         const std::uint8_t axis = in.get_u8();
-        require(axis <= last_normalization_axis, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
+        require(axis <= last_normalization_axis, errc::corrupt, context, ": normalization axis ", int(axis), " at offset ", axis_at);
         layout.axis = NormalizationAxis(axis);
-        require(in.get_u8() == 0 && in.get_u16() == 0, errc::corrupt, context, ": reserved bytes 17-19 are not zero");
         const float step = in.get_f32();
-        require(std::isfinite(step) && step > 0.0f, errc::corrupt, context, ": step ", step, " at offset 20 is not finite and positive");
+        require(std::isfinite(step) && step > 0.0f, errc::corrupt, context, ": step ", step, " at offset ", axis_at + 1, " is not finite and positive");
+        const std::size_t scales_at = in.offset();
         const std::vector<half> scales = read_scales(in, std::size_t(scale_count(layout.axis, layout.rows, layout.cols)));
+        const std::size_t table_at = in.offset();
         layout.steps.resize(scales.size());
         for (std::size_t i = 0; i < scales.size(); ++i) layout.steps[i] = step * to_float(scales[i]);
-        layout.tables = CdfTableSet::read(in);
-        require(layout.tables.channel_count() == 1, errc::corrupt, context, ": ", layout.tables.channel_count(), " CDF tables, ecsq uses one");
+        layout.tables = CdfTableSet({CompactCdfTable::read(in).table()});
+        layout.scale_bytes = table_at - scales_at;
+        layout.table_bytes = in.offset() - table_at;
         in.expect_end();
         layout.rows_per_segment = std::min<std::int64_t>(prefix.span, layout.rows);
         require(entry.segment_count() == layout.segment_count(), errc::corrupt, context, ": ", entry.segment_count(), " segments, ", layout.rows,
                 " rows in spans of ", layout.rows_per_segment, " need ", layout.segment_count());
         return layout;
+    }
+
+    static void account_metadata(const Layout& layout, std::size_t size, ByteAccount& account) {
+        account.add("scales", layout.scale_bytes);
+        account.add("tables", layout.table_bytes);
+        account.add("metadata", size - layout.scale_bytes - layout.table_bytes);
+    }
+    static void account_segment(const Layout& layout, std::size_t, std::span<const std::uint8_t> bytes, ByteAccount& account) {
+        detail::account_rans_stream(bytes, layout.tables, account);
     }
 
     /// Decodes segment `segment` into its rows of `output`.

@@ -1,7 +1,8 @@
 // The "nwc" method: Chunker normalization (fp16 scale per column or row), chunks of d weights of
 // one column, importance levels from diag(H) (all 0 without a Hessian), the neural codec
 // (symbols = round(g_a(alpha x, level) - median)), rANS with the codec's integer tables. Decoding
-// uses the decoder half embedded in the container (ContainerWriter::add_codec).
+// uses the decoder half the container embeds (ContainerWriter::add_codec), or, for a codec that
+// ships with the library, the one a 36-byte reference names (codec_reference.hpp).
 //
 // Rate knob alpha: the encoder sees alpha * x, the decoder's output is divided by alpha. alpha > 1
 // spreads the latents over more integers (more bits, less error), alpha < 1 fewer; alpha = 1 is the
@@ -12,9 +13,9 @@
 // (a chunk lies in one column, so any block width works); the Hessian is moved into the normalized domain
 // (H' = S H S for per-column scales S, so tr(dW H dW^T) is unchanged).
 //
-// Metadata: MethodPrefix (span = columns per span), u8 axis, u8 zero, u16 zero, f32 alpha,
-// u32 chunk size d, u32 latents M, the scales (write_scales), the levels (write_levels, one per
-// column). Segments: for each span of columns [k span, min((k + 1) span, n)), for each prior group
+// Metadata: MethodPrefix (span = columns per span), u8 axis, f32 alpha, varint chunk size d,
+// varint latents M, the fp16 scales (write_scales: 1, m or n), and, when the prefix has
+// flag_hessian_levels, the levels (write_levels, one per column; all 0 otherwise). Segments: for each span of columns [k span, min((k + 1) span, n)), for each prior group
 // g of the codec (one per level, or one shared) that a column of the span uses, in increasing g:
 // one rANS stream (the codec's tables of group g, M channels) of the symbols of the chunks of
 // those columns, in column order (ceil(m / d) chunks per column, M symbols per chunk). The segment
@@ -35,6 +36,7 @@
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/codec/codec_file.hpp"
+#include "nwc/codec/codec_reference.hpp"
 #include "nwc/pipeline/method.hpp"
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/dechunk_kernels.hpp"
@@ -94,7 +96,12 @@ struct NwcMethod {
     static double knob_value(const MethodOptions& options) noexcept { return options.alpha; }
     static void set_knob(MethodOptions& options, double value) noexcept { options.alpha = float(value); }
     /// The alpha stored in a coded tensor's metadata (NaN if it is too short to hold it).
-    static double stored_knob(std::span<const std::uint8_t> metadata) noexcept { return detail::stored_f32(metadata, detail::method_prefix_bytes + 4); }
+    static double stored_knob(std::span<const std::uint8_t> metadata) noexcept {
+        return detail::stored_after_prefix(metadata, [](ByteReader& in) {
+            in.get_u8();
+            return double(in.get_f32());
+        });
+    }
 
     /// Decoding parameters of one tensor.
     struct Layout {
@@ -105,6 +112,7 @@ struct NwcMethod {
         std::int64_t columns_per_segment = 1;
         std::vector<half> scales;
         std::vector<std::uint8_t> levels;  ///< per column
+        std::uint64_t scale_bytes = 0, level_bytes = 0;  ///< of the metadata (for accounting)
         /// Segment k: the columns of span `span` whose level uses prior group `group`.
         struct Segment {
             std::int64_t span = 0;
@@ -220,13 +228,11 @@ struct NwcMethod {
         prefix.span = std::uint32_t(span);
         prefix.write(metadata);
         metadata.put_u8(std::uint8_t(options.axis));
-        metadata.put_u8(0);
-        metadata.put_u16(0);
         metadata.put_f32(options.alpha);
-        metadata.put_u32(std::uint32_t(d));
-        metadata.put_u32(std::uint32_t(latents));
+        detail::put_varint(metadata, std::uint64_t(d));
+        detail::put_varint(metadata, std::uint64_t(latents));
         write_scales(metadata, scales);
-        write_levels(metadata, levels);
+        if (hessian != nullptr) write_levels(metadata, levels);
         tensor.metadata = metadata.take();
         const std::int64_t column_symbols = per_column * latents;
         std::vector<std::int32_t> gathered;
@@ -242,34 +248,45 @@ struct NwcMethod {
         return result;
     }
 
-    /// The decoder half the container embeds for this method's tensors.
-    static std::vector<std::uint8_t> codec_blob(const MethodResources& resources) { return serialize_codec_decoder(resources.neural_codec->decoder()); }
+    /// What the container holds for this method's tensors: a reference (codec_reference.hpp) when
+    /// the codec ships with the library and resources.embed_codec is off, else the decoder half.
+    static std::vector<std::uint8_t> codec_blob(const MethodResources& resources) {
+        std::vector<std::uint8_t> decoder = serialize_codec_decoder(resources.neural_codec->decoder());
+        if (!resources.embed_codec && codec_is_shipped(decoder)) return codec_reference_blob(decoder);
+        return decoder;
+    }
 
     /// Parses and validates the metadata of `entry` (and, once per container, the codec it refers to).
     static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, DecodeResources& resources, const std::string& context) {
         detail::require_matrix(entry.shape, context);
         Layout layout;
         layout.decoder = resources.codec_blob<NeuralDecoder>(entry.codec_index, [](std::span<const std::uint8_t> blob, const std::string& where) {
-            return parse_codec_decoder(blob, where);
+            return resolve_codec_blob(blob, where);
         });
         const NeuralDecoder& decoder = *layout.decoder;
         ByteReader in(metadata, context + " metadata");
         const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, detail::flag_feedback | detail::flag_hessian_levels);
         layout.rows = entry.shape[0];
         layout.cols = entry.shape[1];
+        const std::size_t axis_at = in.offset();
         const std::uint8_t axis = in.get_u8();
-        require(axis <= last_normalization_axis, errc::corrupt, context, ": normalization axis ", int(axis), " at offset 16");
+        require(axis <= last_normalization_axis, errc::corrupt, context, ": normalization axis ", int(axis), " at offset ", axis_at);
         layout.axis = NormalizationAxis(axis);
-        require(in.get_u8() == 0 && in.get_u16() == 0, errc::corrupt, context, ": reserved bytes 17-19 are not zero");
         layout.alpha = in.get_f32();
-        require(std::isfinite(layout.alpha) && layout.alpha > 0.0f, errc::corrupt, context, ": alpha ", layout.alpha, " at offset 20 is not finite and positive");
-        layout.chunk_size = in.get_u32();
-        layout.latents = in.get_u32();
+        require(std::isfinite(layout.alpha) && layout.alpha > 0.0f, errc::corrupt, context, ": alpha ", layout.alpha, " at offset ", axis_at + 1,
+                " is not finite and positive");
+        layout.chunk_size = std::int64_t(std::min<std::uint64_t>(detail::get_varint(in, "chunk size"), 1u << 20));
+        layout.latents = std::int64_t(std::min<std::uint64_t>(detail::get_varint(in, "latent count"), 1u << 20));
         const CodecArchitecture& arch = decoder.architecture();
         require(layout.chunk_size == arch.chunk_size && layout.latents == arch.latents, errc::corrupt, context, ": coded with chunks of ", layout.chunk_size,
                 " and ", layout.latents, " latents, the embedded codec has ", arch.chunk_size, " and ", arch.latents);
+        const std::size_t scales_at = in.offset();
         layout.scales = read_scales(in, std::size_t(scale_count(layout.axis, layout.rows, layout.cols)));
-        layout.levels = read_levels(in, std::size_t(layout.cols));
+        const std::size_t levels_at = in.offset();
+        layout.levels = (prefix.flags & detail::flag_hessian_levels) ? read_levels(in, std::size_t(layout.cols))
+                                                                     : std::vector<std::uint8_t>(std::size_t(layout.cols), 0);
+        layout.scale_bytes = levels_at - scales_at;
+        layout.level_bytes = in.offset() - levels_at;
         for (std::uint8_t level : layout.levels)
             require(level < arch.levels, errc::corrupt, context, ": importance level ", int(level), " but the codec has ", arch.levels, " levels");
         in.expect_end();
@@ -279,6 +296,15 @@ struct NwcMethod {
         require(entry.segment_count() == layout.segment_count(), errc::corrupt, context, ": ", entry.segment_count(), " segments, ", layout.cols,
                 " columns in spans of ", layout.columns_per_segment, " with their levels need ", layout.segment_count());
         return layout;
+    }
+
+    static void account_metadata(const Layout& layout, std::size_t size, ByteAccount& account) {
+        account.add("scales", layout.scale_bytes);
+        account.add("levels", layout.level_bytes);
+        account.add("metadata", size - layout.scale_bytes - layout.level_bytes);
+    }
+    static void account_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, ByteAccount& account) {
+        detail::account_rans_stream(bytes, layout.decoder->all_tables()[std::size_t(layout.segments[segment].group)], account);
     }
 
     /// Decodes segment `segment` into its columns of `output`.

@@ -4,11 +4,11 @@
 // one writes exactly rtn's bytes under its own name. Their sizes follow from the shape and the
 // bits alone (predicted_sizes), which rate control uses to choose bits per tensor exactly.
 //
-// Metadata (24 bytes): MethodPrefix (span = rows per segment), u8 bits, u8 rounding scheme,
-// u16 zero, u32 group size. Payload segment k = rows [k span, min((k + 1) span, m)): the fp16
+// Metadata: MethodPrefix (span = rows per segment), u8 bits, u8 rounding scheme, varint group
+// size. Payload segment k = rows [k span, min((k + 1) span, m)): the fp16
 // scales of those rows (row-major, ceil(n / G) per row), then their codes, row-major, packed
 // `bits` bits each LSB first, zero-padded to a byte. Value = (code - 2^(bits-1)) * scale.
-// Bits per weight: bits + 16 / G (Q4_0: 4.5) plus 3 bytes of metadata per tensor.
+// Bits per weight: bits + 16 / G (Q4_0: 4.5) plus about 12 bytes of metadata per tensor.
 #pragma once
 
 #include <algorithm>
@@ -54,23 +54,34 @@ struct GroupRoundingMethod {
         }
     };
 
-    static constexpr std::size_t metadata_bytes = detail::method_prefix_bytes + 8;
+    /// The metadata: MethodPrefix, u8 bits, u8 rounding scheme, varint group size.
+    static std::vector<std::uint8_t> metadata_of(std::uint8_t flags, std::int64_t span, int bits, int group_size) {
+        ByteWriter metadata;
+        detail::MethodPrefix prefix;
+        prefix.flags = flags;
+        prefix.span = std::uint32_t(span);
+        prefix.write(metadata);
+        metadata.put_u8(std::uint8_t(bits));
+        metadata.put_u8(std::uint8_t(RoundingScheme::signed_max));
+        detail::put_varint(metadata, std::uint64_t(group_size));
+        return metadata.take();
+    }
 
     /// The sizes coding an m x n matrix with `options` gives: metadata, then each segment (exact,
     /// whatever the values: rate control sizes operating points with it).
     static std::vector<std::uint64_t> predicted_sizes(const Shape& shape, const MethodOptions& options) {
         const std::int64_t rows = shape[0], cols = shape[1];
-        const Layout layout{rows, cols, options.bits, options.group_size, detail::rows_per_segment(cols, options.weights_per_segment),
+        const Layout layout{rows, cols, options.bits, options.group_size, std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment)),
                             (cols + options.group_size - 1) / options.group_size};
-        std::vector<std::uint64_t> sizes{metadata_bytes};
+        std::vector<std::uint64_t> sizes{metadata_of(0, layout.rows_per_segment, options.bits, options.group_size).size()};
         for (std::int64_t first = 0; first < rows; first += layout.rows_per_segment)
             sizes.push_back(layout.segment_bytes(std::min(layout.rows_per_segment, rows - first)));
         return sizes;
     }
 
-    /// The bits stored in a coded tensor's metadata (NaN if it is too short to hold them).
+    /// The bits stored in a coded tensor's metadata (NaN if it does not parse that far).
     static double stored_knob(std::span<const std::uint8_t> metadata) noexcept {
-        return metadata.size() >= metadata_bytes ? double(metadata[detail::method_prefix_bytes]) : std::numeric_limits<double>::quiet_NaN();
+        return detail::stored_after_prefix(metadata, [](ByteReader& in) { return double(in.get_u8()); });
     }
 
     /// Codes W (m x n); GPTQ feedback for gptq when options.ldlq and a Hessian are both there.
@@ -97,16 +108,7 @@ struct GroupRoundingMethod {
                       quantizer.groups_per_row()};
         ContainerTensor& tensor = result.tensor;
         tensor.method = std::string(name);
-        ByteWriter metadata;
-        detail::MethodPrefix prefix;
-        prefix.flags = result.used_feedback ? detail::flag_feedback : 0;
-        prefix.span = std::uint32_t(layout.rows_per_segment);
-        prefix.write(metadata);
-        metadata.put_u8(std::uint8_t(options.bits));
-        metadata.put_u8(std::uint8_t(RoundingScheme::signed_max));
-        metadata.put_u16(0);
-        metadata.put_u32(std::uint32_t(options.group_size));
-        tensor.metadata = metadata.take();
+        tensor.metadata = metadata_of(result.used_feedback ? detail::flag_feedback : 0, layout.rows_per_segment, options.bits, options.group_size);
         for (std::int64_t first = 0; first < rows; first += layout.rows_per_segment) {
             const std::int64_t count = std::min(layout.rows_per_segment, rows - first);
             ByteWriter segment;
@@ -130,8 +132,7 @@ struct GroupRoundingMethod {
         require(layout.bits >= 2 && layout.bits <= 8, errc::corrupt, context, ": ", layout.bits, " bits per code (2..8)");
         const std::uint8_t scheme = in.get_u8();
         require(scheme <= std::uint8_t(RoundingScheme::absmax), errc::unsupported, context, ": rounding scheme ", int(scheme));
-        require(in.get_u16() == 0, errc::corrupt, context, ": reserved bytes 18-19 are not zero");
-        const std::uint32_t group = in.get_u32();
+        const std::uint64_t group = detail::get_varint(in, "group size");
         require(group >= 1 && group <= 65536, errc::corrupt, context, ": group size ", group, " (1..65536)");
         in.expect_end();
         layout.group_size = int(group);
@@ -140,6 +141,15 @@ struct GroupRoundingMethod {
         require(entry.segment_count() == layout.segment_count(), errc::corrupt, context, ": ", entry.segment_count(), " segments, ", layout.rows,
                 " rows in spans of ", layout.rows_per_segment, " need ", layout.segment_count());
         return layout;
+    }
+
+    static void account_metadata(const Layout&, std::size_t size, ByteAccount& account) { account.add("metadata", size); }
+    /// A segment is its rows' fp16 group scales, then their packed codes.
+    static void account_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, ByteAccount& account) {
+        const std::int64_t first = std::int64_t(segment) * layout.rows_per_segment;
+        const std::uint64_t scales = std::uint64_t(std::min(layout.rows_per_segment, layout.rows - first) * layout.groups_per_row) * 2;
+        account.add("scales", std::min<std::uint64_t>(scales, bytes.size()));
+        account.add("payload", bytes.size() - std::min<std::uint64_t>(scales, bytes.size()));
     }
 
     /// Decodes segment `segment` into its rows of `output` (m x n).

@@ -140,6 +140,7 @@ public:
     /// `codec`: the trained codec, for methods that need one (nwc).
     explicit Codec(MethodOptions options = {}, std::shared_ptr<const NeuralCodec> codec = nullptr) : m_options(std::move(options)) {
         m_resources.neural_codec = std::move(codec);
+        m_resources.embed_codec = m_options.embed_codec;
         m_options.validate();
         const bool known = methods::visit(m_options.method, [&]<class M>(std::type_identity<M>) {
             if constexpr (uses_codec_blob<M>)
@@ -166,6 +167,10 @@ public:
     static MethodOptions options_with_knob(MethodOptions options, double value) {
         methods::visit(options.method, [&]<class M>(std::type_identity<M>) { M::set_knob(options, value); });
         return options;
+    }
+    /// Stores `setting`'s sensitivity in a coded tensor's diagnostics (for nwc inspect).
+    static void record_sensitivity(ContainerTensor& tensor, const TensorSetting& setting) {
+        if (tensor.method != "raw" && !std::isnan(setting.sensitivity)) detail::patch_diagnostics(tensor.metadata, NAN, NAN, setting.sensitivity);
     }
     /// `options` with a tensor's setting applied (what is not set stays).
     static MethodOptions options_with(MethodOptions options, const TensorSetting& setting) {
@@ -216,6 +221,50 @@ public:
         return setting;
     }
 
+    /// Every byte of a container by category (ByteAccount; the categories sum to the file size),
+    /// and each tensor's own metadata and payload bytes. Parses every coded tensor's metadata and
+    /// stream indexes (errors as decoding gives them), decodes nothing.
+    struct FileAccount {
+        ByteAccount total;
+        std::vector<ByteAccount> tensors;  ///< directory order
+    };
+    static FileAccount account(const ContainerReader& reader) {
+        const ContainerAccounting parts = reader.accounting();
+        FileAccount result;
+        result.total.add("header", parts.header_footer);
+        result.total.add("directory", parts.directory);
+        result.total.add("padding", parts.padding);
+        result.total.add("codecs", parts.codec_blobs);
+        DecodeResources resources(reader);
+        for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+            const ContainerEntry& entry = reader.entry(index);
+            ByteAccount tensor;
+            if (entry.method == "raw") {
+                tensor.add("passthrough", entry.metadata_size + entry.payload_size);
+            } else {
+                const Plan plan = detail::make_decode_plan(reader, index, resources, methods{});
+                std::visit(
+                    [&]<class Parsed>(const Parsed& parsed) {
+                        if constexpr (!std::is_same_v<Parsed, detail::RawPlan>) {
+                            using M = detail::method_of_t<Parsed>;
+                            if constexpr (AccountingMethod<M>) {
+                                M::account_metadata(parsed.layout, entry.metadata_size, tensor);
+                                for (std::size_t segment = 0; segment < plan.segments; ++segment)
+                                    M::account_segment(parsed.layout, segment, reader.segment(index, segment), tensor);
+                            } else {
+                                tensor.add("metadata", entry.metadata_size);
+                                tensor.add("payload", entry.payload_size);
+                            }
+                        }
+                    },
+                    plan.layout);
+            }
+            for (const auto& [category, count] : tensor.bytes) result.total.add(category, count);
+            result.tensors.push_back(std::move(tensor));
+        }
+        return result;
+    }
+
     /// Compresses one tensor (any shape; matrices the selection accepts are coded, the rest stored
     /// raw as `original_dtype`). Tensors of a method with a codec blob refer to container codec 0.
     /// `reconstruction`, when given, receives what the decoder will produce (needs
@@ -262,6 +311,7 @@ public:
             const MethodOptions options = settings.empty() ? inner : options_with(inner, settings[std::size_t(i)]);
             const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
             tensors[std::size_t(i)] = compress_model_tensor(tensor, hessian, options, reports[std::size_t(i)]);
+            if (!settings.empty()) record_sensitivity(tensors[std::size_t(i)], settings[std::size_t(i)]);
             return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
         });
         return assemble_model(model, std::move(tensors), std::move(reports), start, settings);
@@ -429,7 +479,7 @@ private:
             local.proxy_loss = measure.proxy_loss();
             local.squared_error = measure.squared_error;
             local.squared_norm = measure.squared_norm;
-            detail::patch_measurements(tensor.metadata, local.relative_mse, local.proxy_loss);
+            detail::patch_diagnostics(tensor.metadata, local.relative_mse, local.proxy_loss, NAN);
             if (reconstruction) *reconstruction = std::move(encoded.reconstruction);
         }
         if (report) {

@@ -84,6 +84,7 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
             tensors[index] = coder_for(index).compress(name, weight.view(), hessian, &reports[index], tensor.original_dtype, &reconstruction);
         }
         require(reconstruction.shape() == weight.shape(), errc::invalid_argument, "sequential compression: no reconstruction of '", name, "'");
+        if (!settings.empty()) CodecType::record_sensitivity(tensors[index], settings[index]);
         coded[index] = true;
         return reconstruction;
     };

@@ -258,20 +258,19 @@ inline std::vector<std::uint8_t> unpack_levels(std::span<const std::uint8_t> pac
     return levels;
 }
 
-/// Writes scales: u32 count, then count fp16 values (u16 bits).
+/// Writes scales: count fp16 values (u16 bits), nothing else.
 inline void write_scales(ByteWriter& writer, std::span<const half> scales) {
-    writer.put_u32(std::uint32_t(scales.size()));
     for (half scale : scales) writer.put_u16(scale.bits);
 }
 
-/// Reads what write_scales wrote; the count must equal `expected_count` and every scale must be a
-/// finite, positive fp16 value (errc::corrupt names the index and byte offset otherwise).
-inline std::vector<half> read_scales(ByteReader& reader, std::size_t expected_count) {
-    const std::size_t at = reader.offset();
-    const std::uint32_t count = reader.get_count(sizeof(half), 1u << 30, "scale");
-    require(count == expected_count, errc::corrupt, reader.context(), ": ", count, " scales at offset ", at, ", expected ", expected_count);
+/// Reads `count` scales written by write_scales (the count follows from the shape and axis, so it is
+/// not stored); every scale must be a finite, positive fp16 value (errc::corrupt names the index and
+/// byte offset otherwise, errc::truncated if the bytes run out, checked before allocating).
+inline std::vector<half> read_scales(ByteReader& reader, std::size_t count) {
+    require(reader.remaining() / sizeof(half) >= count, errc::truncated, reader.context(), ": ", count, " scales at offset ", reader.offset(),
+            " need ", count * sizeof(half), " bytes, ", reader.remaining(), " remain");
     std::vector<half> scales(count);
-    for (std::uint32_t i = 0; i < count; ++i) {
+    for (std::size_t i = 0; i < count; ++i) {
         const std::size_t offset = reader.offset();
         scales[i].bits = reader.get_u16();
         const bool positive_finite = (scales[i].bits & half_sign_mask) == 0 && is_finite(scales[i]) && scales[i].bits != 0;
@@ -281,18 +280,11 @@ inline std::vector<half> read_scales(ByteReader& reader, std::size_t expected_co
     return scales;
 }
 
-/// Writes levels: u32 count, then ceil(count / 4) packed bytes.
-inline void write_levels(ByteWriter& writer, std::span<const std::uint8_t> levels) {
-    writer.put_u32(std::uint32_t(levels.size()));
-    const auto packed = pack_levels(levels);
-    writer.put_bytes(packed);
-}
+/// Writes levels: ceil(count / 4) packed bytes (the count follows from the shape).
+inline void write_levels(ByteWriter& writer, std::span<const std::uint8_t> levels) { writer.put_bytes(pack_levels(levels)); }
 
-/// Reads what write_levels wrote; the count must equal `expected_count`.
-inline std::vector<std::uint8_t> read_levels(ByteReader& reader, std::size_t expected_count) {
-    const std::size_t at = reader.offset();
-    const std::uint32_t count = reader.get_u32();
-    require(count == expected_count, errc::corrupt, reader.context(), ": ", count, " importance levels at offset ", at, ", expected ", expected_count);
+/// Reads `count` levels written by write_levels.
+inline std::vector<std::uint8_t> read_levels(ByteReader& reader, std::size_t count) {
     const std::size_t bytes_at = reader.offset();
     try {
         return unpack_levels(reader.get_bytes(packed_level_bytes(count)), count);
