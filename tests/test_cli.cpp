@@ -1,28 +1,43 @@
-// The `nwc` program's compress / decompress / inspect commands, driven as a user drives them:
-// exit codes, --help, --json, atomic outputs. The binary is found next to the test program
-// (build/tests/nwc_test_cli -> build/tools/nwc); the test is skipped (exit 77, tests/requirements.hpp)
-// when it was not built.
+// The `nwc` program, driven as a user drives it: every subcommand's generated help lists every
+// option it declares (with the library's defaults and the method list's knobs), --json prints one
+// JSON object for every subcommand, usage errors exit 2 and bad input exits 1 everywhere, and the
+// outputs are atomic. The binary is found next to the test program (build/tests/nwc_test_cli ->
+// build/tools/nwc); without it or the real data the cases are left out and the program exits 77
+// (skipped; tests/requirements.hpp).
 // nwc-ctest-labels: data
 #include <catch2/catch.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <type_traits>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "nwc/codec/trainer.hpp"
 #include "nwc/core/file_io.hpp"
-#include "nwc/io/llama2c_file.hpp"
+#include "nwc/core/random.hpp"
 #include "nwc/io/safetensors.hpp"
+#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/pipeline/builtin_methods.hpp"
+#include "nwc/pipeline/rate_control.hpp"
 #include "requirements.hpp"
 
 namespace {
 
+const char* const subcommands[] = {"compress", "decompress", "inspect", "train", "eval", "report", "demo"};
+
 std::filesystem::path data(const std::string& name) { return nwc::testing::data_path(name); }
+std::string quoted_data(const std::string& name) { return "'" + data(name).string() + "'"; }
 
 std::filesystem::path program() { return nwc::testing::nwc_program(); }
 
@@ -31,7 +46,7 @@ struct Result {
     std::string out;
 };
 
-/// Runs `nwc ARGS` (stderr to a file) and returns the exit status and stdout.
+/// Runs `nwc ARGS` (stderr appended to a file) and returns the exit status and stdout.
 Result run(const std::string& arguments) {
     const std::string command = "'" + program().string() + "' " + arguments + " 2>>" + (std::filesystem::temp_directory_path() / "nwc_cli_test.err").string();
     Result result;
@@ -44,6 +59,26 @@ Result run(const std::string& arguments) {
     return result;
 }
 
+/// The one JSON object a --json run printed (a failed check if stdout holds anything else).
+nlohmann::json json_of(const Result& result) {
+    INFO(result.out);
+    REQUIRE(result.status == 0);
+    const nlohmann::json parsed = nlohmann::json::parse(result.out, nullptr, false);
+    REQUIRE(!parsed.is_discarded());
+    REQUIRE(parsed.is_object());
+    return parsed;
+}
+
+/// Runs of spaces and line breaks as one space: a wrapped help line reads as one line.
+std::string collapse_spaces(const std::string& text) {
+    std::string collapsed;
+    for (char c : text)
+        if (!(c == ' ' || c == '\n') || (!collapsed.empty() && collapsed.back() != ' ')) collapsed += (c == '\n' ? ' ' : c);
+    return collapsed;
+}
+
+double number(const std::string& text) { return std::stod(text); }
+
 struct TempDir {
     std::filesystem::path path = std::filesystem::temp_directory_path() / ("nwc_cli_test_" + std::to_string(::getpid()));
     TempDir() { std::filesystem::create_directories(path); }
@@ -54,78 +89,240 @@ struct TempDir {
     std::string operator/(const std::string& name) const { return "'" + (path / name).string() + "'"; }
 };
 
+/// A small safetensors file of random 64 x 64 matrices (codec training data, not a Llama model).
+void write_matrices(const std::filesystem::path& path) {
+    nwc::Random random(7);
+    nwc::SafetensorsWriter writer;
+    for (const char* name : {"a.weight", "b.weight", "c.weight"}) {
+        nwc::Tensor<float> matrix(nwc::Shape{64, 64});
+        for (std::int64_t k = 0; k < matrix.numel(); ++k) matrix.data()[k] = random.normal();
+        writer.add_float32(name, matrix.view(), nwc::dtype::f32);
+    }
+    writer.write(path);
+}
+
 }  // namespace
 
-TEST_CASE("nwc compress, inspect and decompress as a user runs them", "[cli][data][tool]") {
-    const TempDir temp;
-    const std::string model = "'" + data("stories260K.bin").string() + "'";
+TEST_CASE("every subcommand's help is generated from its declarations", "[cli][data][tool]") {
+    for (const char* command : subcommands) {
+        INFO("nwc " << command);
+        const Result help = run(std::string(command) + " --help");
+        REQUIRE(help.status == 0);
+        CHECK(help.out.rfind(std::string("usage: nwc ") + command, 0) == 0);
+        CHECK(help.out.find("exit codes: 0 ok, 1 bad input") != std::string::npos);
+        CHECK(run(std::string(command) + " -h").out == help.out);
+        CHECK(run(std::string(command) + " --no-such-option").status == 2);
+        CHECK(run(std::string(command) + " --no-such-option --help").status == 0);  // --help wins
 
-    SECTION("help and usage errors") {
-        for (const char* command : {"compress", "decompress", "inspect"}) {
-            const Result help = run(std::string(command) + " --help");
-            CHECK(help.status == 0);
-            CHECK(help.out.find("usage: nwc ") != std::string::npos);
-            CHECK(help.out.find("exit codes") != std::string::npos);
-            CHECK(run(std::string(command)).status == 2);
-            CHECK(run(std::string(command) + " x --no-such-option").status == 2);
+        const nlohmann::json declarations = json_of(run(std::string(command) + " --help --json"));
+        CHECK(declarations["command"] == command);
+        const std::string text = collapse_spaces(help.out);
+        std::vector<std::string> names;
+        for (const auto& option : declarations["options"]) {
+            const std::string name = option["name"].get<std::string>();
+            INFO("--" << name);
+            names.push_back(name);
+            std::string label = (option.contains("short") ? "-" + option["short"].get<std::string>() + ", " : std::string()) + "--" + name;
+            if (option.contains("value")) label += " " + option["value"].get<std::string>();
+            CHECK(text.find(" " + label + " ") != std::string::npos);
+            if (option["required"].get<bool>()) CHECK(text.find("required") != std::string::npos);
+            else if (!option["default"].is_null()) CHECK(text.find("default " + option["default"].get<std::string>()) != std::string::npos);
         }
-        const std::string help = run("compress --help").out;
-        for (const char* option : {"--output", "--method", "--codec", "--target-bpw", "--bits", "--group-size", "--step", "--alpha", "--calib",
-                                   "--tokenizer", "--calib-windows", "--no-ldlq", "--no-finetune", "--finetune-windows", "--threads", "--json", "--help"})
-            CHECK(help.find(option) != std::string::npos);
-        CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method nwc --codec ''").status == 2);  // no codec
-        CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --no-finetune").status == 2);  // needs --calib
-        // Without --codec, --method nwc uses the shipped codecs (the one nearest 4 bits per weight).
-        const Result shipped = run("compress " + model + " -o " + (temp / "n.nwc") + " --method nwc --threads 2 --json");
-        REQUIRE(shipped.status == 0);
-        CHECK(nlohmann::json::parse(shipped.out)["codec"].get<std::string>().find("nwc-32x1-") != std::string::npos);
-        CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --step 0.3").status == 2);
-        CHECK(run("compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --bits 4 --target-bpw 4").status == 2);
-        CHECK(run("decompress " + (temp / "x.nwc") + " -o " + (temp / "x.txt")).status == 2);
-        CHECK(run("compress " + (temp / "missing.bin") + " -o " + (temp / "x.nwc") + " --method rtn").status == 1);
+        // --json and --help come from one place: every subcommand has them.
+        CHECK(std::find(names.begin(), names.end(), "json") != names.end());
+        CHECK(std::find(names.begin(), names.end(), "help") != names.end());
     }
+}
 
-    SECTION("round trip with a rate target, JSON reports, atomic outputs") {
-        const Result compressed = run("compress " + model + " -o " + (temp / "s.nwc") + " --method gptq --target-bpw 4.5 --calib '" +
-                                      data("tinystories_calib.txt").string() + "' --tokenizer '" + data("tok512.bin").string() +
-                                      "' --calib-windows 4 --threads 2 --json");
-        REQUIRE(compressed.status == 0);
-        const nlohmann::json report = nlohmann::json::parse(compressed.out);
-        const auto bytes = std::filesystem::file_size(temp.path / "s.nwc");
-        CHECK(report["file_bytes"].get<std::uint64_t>() == bytes);
-        CHECK(report["bits_per_weight"].get<double>() == Approx(8.0 * double(bytes) / 260032.0));
-        CHECK(std::fabs(report["bits_per_weight"].get<double>() / 4.5 - 1.0) <= 0.01);
-        CHECK(report["tensors"].size() == 47);
-        CHECK(report["tensors"][2]["proxy_loss"].is_number());
-        CHECK(report["calibration"]["finetune"] == true);  // on by default with --calib
+TEST_CASE("defaults and method options come from the library", "[cli][data][tool]") {
+    const auto declared = [](const char* command) {
+        std::map<std::string, nlohmann::json> options;
+        const nlohmann::json declarations = json_of(run(std::string(command) + " --help --json"));
+        for (const auto& option : declarations["options"]) options[option["name"].get<std::string>()] = option;
+        return options;
+    };
+    auto compress = declared("compress");
+    const nwc::MethodOptions defaults;
+    CHECK(compress["method"]["default"] == defaults.method);
+    std::vector<std::string> methods;
+    for (const auto& name : compress["method"]["choices"]) methods.push_back(name.get<std::string>());
+    // Every method of the list: its name is a --method choice, its knob an option that applies to it.
+    const auto check_method = [&]<class M>(std::type_identity<M>) {
+        INFO(M::name);
+        CHECK(std::find(methods.begin(), methods.end(), std::string(M::name)) != methods.end());
+        const nlohmann::json& knob = compress[std::string(M::knob.option)];
+        REQUIRE(knob.is_object());
+        CHECK(number(knob["default"].get<std::string>()) == Approx(M::knob_value(defaults)));
+        CHECK(std::find(knob["methods"].begin(), knob["methods"].end(), std::string(M::name)) != knob["methods"].end());
+        CHECK(knob["kind"] == (M::knob.integer ? "integer" : "number"));
+    };
+    check_method(std::type_identity<nwc::NwcMethod>{});
+    check_method(std::type_identity<nwc::EcsqMethod>{});
+    check_method(std::type_identity<nwc::GptqMethod>{});
+    check_method(std::type_identity<nwc::RtnMethod>{});
+    CHECK(methods.size() == nwc::BuiltinMethods::size);
+    CHECK(number(compress["group-size"]["default"].get<std::string>()) == defaults.group_size);
 
-        const Result inspected = run("inspect " + (temp / "s.nwc") + " --verify --json");
-        REQUIRE(inspected.status == 0);
-        const nlohmann::json listing = nlohmann::json::parse(inspected.out);
-        CHECK(listing["file_bytes"].get<std::uint64_t>() == bytes);
-        CHECK(listing["tensors"].size() == 47);
-        CHECK(listing["tensors"][2]["method"] == "gptq");
-        CHECK(listing["tensors"][2]["proxy_loss"].get<double>() == Approx(report["tensors"][2]["proxy_loss"].get<double>()).epsilon(1e-6));
-        CHECK(run("inspect " + (temp / "s.nwc")).out.find("bits per weight (whole file)") != std::string::npos);
+    auto train = declared("train");
+    const nwc::TrainingOptions training;
+    CHECK(number(train["table-tail"]["default"].get<std::string>()) == nwc::default_table_tail_mass);
+    CHECK(number(train["precision"]["default"].get<std::string>()) == nwc::default_table_precision);
+    CHECK(number(train["lambda"]["default"].get<std::string>()) == training.loss.lambda);
+    CHECK(number(train["steps"]["default"].get<std::string>()) == double(training.steps));
+    CHECK(number(train["lr"]["default"].get<std::string>()) == training.learning_rate);
+    CHECK(number(train["width"]["default"].get<std::string>()) == training.architecture.width);
+    CHECK(train["holdout"]["default"] == nwc::default_holdout_regex);
 
-        REQUIRE(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "s.bin") + " --threads 2").status == 0);
-        const nwc::llm::Llama2cModel loaded = nwc::llm::read_llama2c(temp.path / "s.bin");
-        CHECK(loaded.weights.config == nwc::llm::read_llama2c(data("stories260K.bin")).weights.config);
-        REQUIRE(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "s.safetensors")).status == 0);
-        CHECK(nwc::SafetensorsFile::open(temp.path / "s.safetensors").tensor_count() == 47);
+    auto demo = declared("demo");
+    CHECK(number(demo["target-bpw"]["default"].get<std::string>()) == nwc::RateTarget{}.bits_per_weight);
+}
 
-        // A corrupt input fails with exit code 1 and leaves an existing output untouched.
-        std::vector<std::uint8_t> file = nwc::read_file(temp.path / "s.nwc");
-        file[file.size() - 10] ^= 0x40;
-        nwc::write_file_atomic(temp.path / "bad.nwc", file);
-        const std::vector<std::uint8_t> before = nwc::read_file(temp.path / "s.bin");
-        CHECK(run("decompress " + (temp / "bad.nwc") + " -o " + (temp / "s.bin")).status == 1);
-        CHECK(nwc::read_file(temp.path / "s.bin") == before);
-        CHECK(run("decompress " + (temp / "bad.nwc") + " -o " + (temp / "new.bin")).status == 1);
-        CHECK(!std::filesystem::exists(temp.path / "new.bin"));
-        CHECK(run("compress '" + data("tok512.bin").string() + "' -o " + (temp / "s.nwc") + " --method rtn").status == 1);
-        CHECK(std::filesystem::file_size(temp.path / "s.nwc") == bytes);
-        for (const auto& entry : std::filesystem::directory_iterator(temp.path))  // no temporary file left behind
-            CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+TEST_CASE("usage errors exit 2, bad input exits 1, in every subcommand", "[cli][data][tool]") {
+    const TempDir temp;
+    const std::string model = quoted_data("stories260K.bin"), tokenizer = quoted_data("tok512.bin");
+    const std::string calib = quoted_data("tinystories_calib.txt"), eval = quoted_data("tinystories_eval.txt");
+    write_matrices(temp.path / "m.safetensors");
+
+    CHECK(run("").status == 2);
+    CHECK(run("no-such-command").status == 2);
+    const std::vector<std::string> usage_errors = {
+             "compress",                                                                   // no input
+             "compress " + model,                                                          // no -o
+             "compress " + model + " x -o " + (temp / "x.nwc"),                            // two inputs
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method nwc --codec ''",  // no codec
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method zip",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --step 0.3",  // ecsq's knob
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method ecsq --bits 3",   // rtn and gptq's knob
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method ecsq --group-size 64",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --codec c.nwcc",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --bits 4 --target-bpw 4",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --bits 9",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --target-bpw 0",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --no-finetune",  // needs --calib
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --calib " + calib,  // needs --tokenizer
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --threads -1",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --threads two",
+             "compress " + model + " -o " + (temp / "x.nwc") + " --method rtn --json=yes",
+             "compress " + model + " --method rtn -o",
+             "decompress " + (temp / "x.nwc") + " -o " + (temp / "x.txt"),
+             "inspect",
+             "inspect a.nwc b.nwc",
+             "train -o " + (temp / "c.nwcc"),
+             "train " + (temp / "m.safetensors") + " -o " + (temp / "c.nwcc") + " --dtype f8",
+             "train " + (temp / "m.safetensors") + " -o " + (temp / "c.nwcc") + " --table-tail 0.5",
+             "train " + (temp / "m.safetensors") + " -o " + (temp / "c.nwcc") + " --precision 17",
+             "eval " + model + " --text " + eval,
+             "eval " + model + " --text " + eval + " --tokenizer " + tokenizer + " --window 1",
+             "report " + model + " --calib " + calib + " --text " + eval,
+             "report " + model + " --calib " + calib + " --text " + eval + " --tokenizer " + tokenizer + " --configs rtn,zip",
+             "report " + model + " --calib " + calib + " --text " + eval + " --tokenizer " + tokenizer + " --rates 4,40",
+             "report " + model + " --calib " + calib + " --text " + eval + " --tokenizer " + tokenizer + " --json rd.json",  // renamed --json-file
+             "demo extra",
+             "demo --method ecsq --codec c.nwcc",
+    };
+    for (const std::string& arguments : usage_errors) {
+        INFO("nwc " << arguments);
+        CHECK(run(arguments).status == 2);
     }
+    std::vector<std::uint8_t> corrupt = nwc::read_file(data("stories260K.bin"));
+    corrupt.resize(1000);
+    nwc::write_file_atomic(temp.path / "truncated.bin", corrupt);
+    const std::vector<std::string> bad_inputs = {
+             "compress " + (temp / "missing.bin") + " -o " + (temp / "x.nwc") + " --method rtn",
+             "compress " + (temp / "truncated.bin") + " -o " + (temp / "x.nwc") + " --method rtn",
+             "compress " + (temp / "m.safetensors") + " -o " + (temp / "x.nwc") + " --method rtn --calib " + calib + " --tokenizer " + tokenizer,
+             "decompress " + tokenizer + " -o " + (temp / "x.bin"),
+             "inspect " + model,
+             "train " + tokenizer + " -o " + (temp / "c.nwcc") + " --steps 1",
+             "eval " + model + " --text " + (temp / "missing.txt") + " --tokenizer " + tokenizer,
+             "eval " + (temp / "truncated.bin") + " --text " + eval + " --tokenizer " + tokenizer,
+             "report " + (temp / "m.safetensors") + " --calib " + calib + " --text " + eval + " --tokenizer " + tokenizer,
+             "demo --data " + (temp / "no-data"),
+    };
+    for (const std::string& arguments : bad_inputs) {
+        INFO("nwc " << arguments);
+        CHECK(run(arguments).status == 1);
+    }
+    CHECK(!std::filesystem::exists(temp.path / "x.nwc"));
+}
+
+TEST_CASE("--json prints one JSON object in every subcommand", "[cli][data][tool]") {
+    const TempDir temp;
+    const std::string model = quoted_data("stories260K.bin"), tokenizer = quoted_data("tok512.bin");
+    const std::string calib = quoted_data("tinystories_calib.txt"), eval = quoted_data("tinystories_eval.txt");
+
+    const nlohmann::json compressed = json_of(run("compress " + model + " -o " + (temp / "r.nwc") + " --method rtn --threads 2 --json"));
+    CHECK(compressed["file_bytes"].get<std::uint64_t>() == std::filesystem::file_size(temp.path / "r.nwc"));
+    CHECK(compressed["setting"] == "bits=4");
+    const nlohmann::json listing = json_of(run("inspect " + (temp / "r.nwc") + " --json"));
+    CHECK(listing["tensors"].size() == compressed["tensors"].size());
+    const nlohmann::json decompressed = json_of(run("decompress " + (temp / "r.nwc") + " -o " + (temp / "r.bin") + " --json"));
+    CHECK(decompressed["weights"] == compressed["weights"]);
+    const nlohmann::json evaluated = json_of(run("eval " + (temp / "r.nwc") + " --text " + eval + " --tokenizer " + tokenizer + " --max-windows 2 --json"));
+    CHECK(evaluated["windows"] == 2);
+    CHECK(evaluated["format"] == "nwc");
+
+    write_matrices(temp.path / "m.safetensors");
+    const nlohmann::json trained = json_of(run("train " + (temp / "m.safetensors") + " -o " + (temp / "c.nwcc") +
+                                               " --steps 4 --log-every 2 --width 16 --blocks 1 --batch 64 --holdout '^c' --json"));
+    CHECK(trained["codec_bytes"].get<std::uint64_t>() == std::filesystem::file_size(temp.path / "c.nwcc"));
+    CHECK(trained["log"].size() == 2);
+    CHECK(trained["held_out"].size() == 4);
+
+    const nlohmann::json report = json_of(run("report " + model + " --calib " + calib + " --text " + eval + " --tokenizer " + tokenizer +
+                                              " --configs rtn --rates 4 --eval-windows 2 --threads 2 --json --json-file " + (temp / "rd.json")));
+    CHECK(report["rows"].size() == 2);  // the target and the Q4_0 setting
+    CHECK(nlohmann::json::parse(nwc::read_file(temp.path / "rd.json")) == report);
+
+    const nlohmann::json demo = json_of(run("demo --method rtn --threads 2 --out " + (temp / "demo") + " --json"));
+    CHECK(demo["compress"]["file_bytes"].get<std::uint64_t>() == std::filesystem::file_size(temp.path / "demo" / "stories260K.nwc"));
+    CHECK(demo["compress"]["calibration"]["finetune"] == true);
+    CHECK(demo["original"]["perplexity"].get<double>() < demo["compressed"]["perplexity"].get<double>());
+}
+
+TEST_CASE("compress, inspect and decompress: rate targets, shipped codecs, atomic outputs", "[cli][data][tool]") {
+    const TempDir temp;
+    const std::string model = quoted_data("stories260K.bin");
+
+    // Without --codec, --method nwc uses the shipped codecs (the one nearest 4 bits per weight).
+    const nlohmann::json shipped = json_of(run("compress " + model + " -o " + (temp / "n.nwc") + " --method nwc --threads 2 --json"));
+    CHECK(shipped["codec"].get<std::string>().find("nwc-32x1-") != std::string::npos);
+
+    const nlohmann::json report = json_of(run("compress " + model + " -o " + (temp / "s.nwc") + " --method gptq --target-bpw 4.5 --calib " +
+                                              quoted_data("tinystories_calib.txt") + " --tokenizer " + quoted_data("tok512.bin") +
+                                              " --calib-windows 4 --threads 2 --json"));
+    const auto bytes = std::filesystem::file_size(temp.path / "s.nwc");
+    CHECK(report["file_bytes"].get<std::uint64_t>() == bytes);
+    CHECK(report["bits_per_weight"].get<double>() == Approx(8.0 * double(bytes) / 260032.0));
+    CHECK(std::fabs(report["bits_per_weight"].get<double>() / 4.5 - 1.0) <= 0.01);
+    CHECK(report["tensors"].size() == 47);
+    CHECK(report["tensors"][2]["proxy_loss"].is_number());
+    CHECK(report["calibration"]["finetune"] == true);  // on by default with --calib
+
+    const nlohmann::json listing = json_of(run("inspect " + (temp / "s.nwc") + " --verify --json"));
+    CHECK(listing["file_bytes"].get<std::uint64_t>() == bytes);
+    CHECK(listing["tensors"].size() == 47);
+    CHECK(listing["tensors"][2]["method"] == "gptq");
+    CHECK(listing["tensors"][2]["proxy_loss"].get<double>() == Approx(report["tensors"][2]["proxy_loss"].get<double>()).epsilon(1e-6));
+    CHECK(run("inspect " + (temp / "s.nwc")).out.find("bits per weight (whole file)") != std::string::npos);
+
+    REQUIRE(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "s.bin") + " --threads 2").status == 0);
+    const nwc::llm::Llama2cModel loaded = nwc::llm::read_llama2c(temp.path / "s.bin");
+    CHECK(loaded.weights.config == nwc::llm::read_llama2c(data("stories260K.bin")).weights.config);
+    REQUIRE(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "s.safetensors")).status == 0);
+    CHECK(nwc::SafetensorsFile::open(temp.path / "s.safetensors").tensor_count() == 47);
+
+    // A corrupt input fails with exit code 1 and leaves an existing output untouched.
+    std::vector<std::uint8_t> file = nwc::read_file(temp.path / "s.nwc");
+    file[file.size() - 10] ^= 0x40;
+    nwc::write_file_atomic(temp.path / "bad.nwc", file);
+    const std::vector<std::uint8_t> before = nwc::read_file(temp.path / "s.bin");
+    CHECK(run("decompress " + (temp / "bad.nwc") + " -o " + (temp / "s.bin")).status == 1);
+    CHECK(nwc::read_file(temp.path / "s.bin") == before);
+    CHECK(run("decompress " + (temp / "bad.nwc") + " -o " + (temp / "new.bin")).status == 1);
+    CHECK(!std::filesystem::exists(temp.path / "new.bin"));
+    CHECK(run("compress " + quoted_data("tok512.bin") + " -o " + (temp / "s.nwc") + " --method rtn").status == 1);
+    CHECK(std::filesystem::file_size(temp.path / "s.nwc") == bytes);
+    for (const auto& entry : std::filesystem::directory_iterator(temp.path))  // no temporary file left behind
+        CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
 }

@@ -12,14 +12,16 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "arguments.hpp"
 #include "commands.hpp"
+#include "method_options.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/llm/calibration.hpp"
@@ -32,36 +34,6 @@
 
 namespace nwc::cli {
 namespace {
-
-constexpr const char* report_help = R"(usage: nwc report MODEL --calib TEXT --text EVAL --tokenizer TOK [options]
-
-The rate-distortion report: compresses MODEL (llama2.c or Hugging Face Llama) with every
-configuration at every target rate, decodes each file from its bytes and measures perplexity on
-EVAL (the `nwc eval` protocol). Bits per weight are those of the WHOLE .nwc file.
-
-configurations (--configs, comma-separated; default all):
-  nwc            neural codec, LDLQ feedback and inter-layer fine-tuning
-  nwc-no-ft      neural codec, LDLQ feedback, no fine-tuning
-  nwc-no-ldlq    neural codec, fine-tuning, no LDLQ feedback
-  ecsq-ft        entropy-coded scalar quantization, LDLQ feedback and fine-tuning
-  ecsq           entropy-coded scalar quantization, LDLQ feedback
-  gptq           integer codes with a fp16 scale per 32 weights, GPTQ feedback
-  rtn            integer codes with a fp16 scale per 32 weights, round to nearest
-Every configuration runs at each --rates target; gptq and rtn also run at 4 bits per code
-(llama.cpp's Q4_0 layout, 4.5 bits per weight plus the file's overhead).
-
-options:
-  --codec FILE[,FILE..]  codec files for the nwc configurations (default: codecs/*.nwcc); with
-                         several, each rate uses the one nearest the target
-  --rates R[,R..]        target bits per weight (default 3,4,5,6)
-  --configs C[,C..]      configurations to run (default: all of the above)
-  --finetune-windows N   calibration windows of 256 tokens for fine-tuning (default 32)
-  --eval-windows N       evaluate only the first N windows of EVAL (default: all)
-  --markdown FILE        write the table (default: print it)
-  --svg FILE             write the plot
-  --json FILE            write every row as JSON
-  --threads N            worker threads (default 0: all cores)
-)";
 
 struct Configuration {
     std::string id;
@@ -136,145 +108,231 @@ std::string markdown(const std::vector<Row>& rows, const llm::PerplexityResult& 
     return text + "\n" + verdicts;
 }
 
-}  // namespace
+struct ReportSettings {
+    std::string calib, text, tokenizer;
+    std::optional<std::string> codec, markdown, svg, json_file;
+    std::vector<double> rates{3, 4, 5, 6};
+    std::vector<std::string> configs;
+    llm::SequentialCompressionOptions sequential;
+    std::int64_t eval_windows = llm::PerplexityOptions{}.max_windows;
+    int threads = 0;  // all cores
 
-int run_report(const std::vector<std::string>& raw_arguments) {
-    const Arguments arguments(raw_arguments,
-                              {"calib", "text", "tokenizer", "codec", "rates", "configs", "finetune-windows", "eval-windows", "markdown", "svg", "json",
-                               "threads"},
-                              {"help"});
-    if (arguments.flag("help")) {
-        std::fputs(report_help, stdout);
-        return exit_ok;
+    ReportSettings() {
+        for (const Configuration& configuration : all_configurations()) configs.push_back(configuration.id);
     }
-    if (arguments.positional().size() != 1) throw UsageError("expected one MODEL");
-    for (const char* required : {"calib", "text", "tokenizer"})
-        if (!arguments.has(required)) throw UsageError(std::string("--") + required + " is required");
-    std::vector<double> rates;
-    for (const std::string& item : split_list(arguments.get("rates", "3,4,5,6"))) {
-        const double rate = std::strtod(item.c_str(), nullptr);
-        if (!(rate > 0 && rate < 32)) throw UsageError("bad rate '" + item + "'");
-        rates.push_back(rate);
-    }
-    std::vector<Configuration> configurations;
-    for (const std::string& id : split_list(arguments.get("configs", "nwc,nwc-no-ft,nwc-no-ldlq,ecsq-ft,ecsq,gptq,rtn"))) {
-        const auto& all = all_configurations();
-        const auto found = std::find_if(all.begin(), all.end(), [&](const Configuration& c) { return c.id == id; });
-        if (found == all.end()) throw UsageError("unknown configuration '" + id + "'");
-        configurations.push_back(*found);
-    }
-    const int threads = int(arguments.get_integer("threads", 0));
-    const std::string model_path = arguments.positional()[0];
+};
 
-    const ModelFile model = load_model_file(model_path);
-    std::optional<llm::LlamaWeights> weights = llama_weights_of(model, model_path);
+/// What every configuration shares: the model, its tokens, the uncompressed baseline, the Hessians.
+struct ReportInputs {
+    ModelFile model;
+    std::vector<int> calibration_tokens, evaluation_tokens;
+    llm::PerplexityOptions evaluation;
+    llm::PerplexityResult baseline;
+    llm::LinearHessians hessians;
+    llm::SequentialCompressionOptions sequential;
+    std::vector<std::string> codec_paths;
+    std::vector<std::shared_ptr<const NeuralCodec>> codecs;
+};
+
+/// A configuration at the fixed setting of its integer knob (MethodOptions' default: 4 bits per
+/// code, a fp16 scale per 32 weights, llama.cpp's Q4_0 layout) besides the target rates.
+bool runs_at_fixed_setting(const Configuration& configuration) { return DefaultCodec::knob_of(configuration.method).integer; }
+
+struct ReportCommand {
+    using Settings = ReportSettings;
+
+    static CommandText text() {
+        std::string description = R"(The rate-distortion report: compresses MODEL (llama2.c or Hugging Face Llama) with every
+configuration at every target rate, decodes each file from its bytes and measures perplexity on
+EVAL (the `nwc eval` protocol). Bits per weight are those of the WHOLE .nwc file.
+
+configurations (--configs):
+)";
+        for (const Configuration& configuration : all_configurations()) append_format(description, "  %-14s %s\n", configuration.id.c_str(), configuration.description.c_str());
+        const MethodOptions defaults;
+        append_format(description, "Every configuration runs at each --rates target; those of an integer knob also run at %d bits per\n"
+                                   "code with a fp16 scale per %d weights (llama.cpp's Q4_0 layout).", defaults.bits, defaults.group_size);
+        return {.name = "report",
+                .usage = "MODEL --calib TEXT --text EVAL --tokenizer TOK [options]",
+                .description = description,
+                .positional = "MODEL",
+                .min_positional = 1,
+                .max_positional = 1,
+                .bad_input = "unreadable or corrupt model, tokenizer, text or codec; not a Llama model"};
+    }
+
+    static void declare(OptionTable& table, Settings& settings) {
+        std::vector<std::string> ids;
+        for (const Configuration& configuration : all_configurations()) ids.push_back(configuration.id);
+        table.value("calib", "TEXT", "calibration text, for Hessians and fine-tuning", settings.calib).mark_required();
+        table.value("text", "EVAL", "evaluation text, for perplexity", settings.text).mark_required();
+        table.value("tokenizer", "TOK", "llama2.c tokenizer.bin matching the model's vocabulary", settings.tokenizer).mark_required();
+        table.value("codec", "FILE[,FILE..]", "codec files for the nwc configurations; with several, each rate uses the one nearest the target", settings.codec)
+            .shows_default("every codec shipped in codecs/");
+        table.list("rates", "R[,R..]", "target bits per weight", settings.rates).above(0).below(32);
+        table.list("configs", "C[,C..]", "configurations to run", settings.configs, ids);
+        table.value("finetune-windows", "N",
+                    "calibration windows of " + std::to_string(settings.sequential.window) + " tokens for fine-tuning; the last " +
+                        std::to_string(settings.sequential.validation_windows) + " are held out for early stopping",
+                    settings.sequential.windows)
+            .above(settings.sequential.validation_windows);
+        table.value("eval-windows", "N", "evaluate only the first N windows of EVAL", settings.eval_windows).shows_default("all").at_least(1);
+        table.value("markdown", "FILE", "write the table to FILE instead of printing it", settings.markdown);
+        table.value("svg", "FILE", "write the plot", settings.svg);
+        table.value("json-file", "FILE", "also write the result to FILE, as --json prints it", settings.json_file);
+        table.value("threads", "N", "worker threads, 0 = all cores", settings.threads).at_least(0);
+    }
+
+    static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation);
+};
+
+std::vector<int> tokens_of(const llm::Tokenizer& tokenizer, const std::string& path) {
+    const std::vector<std::uint8_t> text = read_file(path);
+    return llm::tokenize_for_evaluation(tokenizer, std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+}
+
+ReportInputs load_inputs(const ReportSettings& settings, const std::string& model_path) {
+    ReportInputs inputs;
+    inputs.model = load_model_file(model_path);
+    std::optional<llm::LlamaWeights> weights = llama_weights_of(inputs.model, model_path);
     require(weights.has_value(), errc::unsupported, "report: '", model_path, "' is not a Llama model");
     const llm::LlamaModel original(std::move(*weights));
-    const llm::Tokenizer tokenizer = llm::Tokenizer::read(arguments.get("tokenizer"), original.config().vocab_size);
-    const auto tokens_of = [&](const std::string& path) {
-        const std::vector<std::uint8_t> text = read_file(path);
-        return llm::tokenize_for_evaluation(tokenizer, std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
-    };
-    const std::vector<int> calibration_tokens = tokens_of(arguments.get("calib")), evaluation_tokens = tokens_of(arguments.get("text"));
-    llm::PerplexityOptions evaluation;
-    evaluation.threads = threads;
-    evaluation.max_windows = arguments.get_integer("eval-windows", -1);
-    const llm::PerplexityResult baseline = llm::evaluate_perplexity(original, evaluation_tokens, evaluation);
+    const llm::Tokenizer tokenizer = llm::Tokenizer::read(settings.tokenizer, original.config().vocab_size);
+    inputs.calibration_tokens = tokens_of(tokenizer, settings.calib);
+    inputs.evaluation_tokens = tokens_of(tokenizer, settings.text);
+    inputs.evaluation.threads = settings.threads;
+    inputs.evaluation.max_windows = settings.eval_windows;
+    inputs.baseline = llm::evaluate_perplexity(original, inputs.evaluation_tokens, inputs.evaluation);
     llm::CalibrationOptions calibration;
-    calibration.threads = threads;
+    calibration.threads = settings.threads;
     calibration.window = std::min(calibration.window, original.config().seq_len);
-    const llm::LinearHessians hessians = llm::collect_hessians(original, calibration_tokens, calibration);
-    const HessianLookup lookup = hessian_lookup(hessians);
-    llm::SequentialCompressionOptions sequential;
-    sequential.threads = threads;
-    sequential.window = std::min(sequential.window, original.config().seq_len);
-    sequential.windows = int(arguments.get_integer("finetune-windows", 32));
+    inputs.hessians = llm::collect_hessians(original, inputs.calibration_tokens, calibration);
+    inputs.sequential = settings.sequential;
+    inputs.sequential.threads = settings.threads;
+    inputs.sequential.window = std::min(inputs.sequential.window, original.config().seq_len);
+    inputs.codec_paths = split_list(settings.codec.value_or(default_codec_list()));
+    for (const auto& path : inputs.codec_paths) inputs.codecs.push_back(std::make_shared<const NeuralCodec>(read_codec_file(path)));
+    return inputs;
+}
 
-    std::vector<std::string> codec_paths = split_list(arguments.get("codec", default_codec_list()));
-    std::vector<std::shared_ptr<const NeuralCodec>> codecs;
-    for (const auto& path : codec_paths) codecs.push_back(std::make_shared<const NeuralCodec>(read_codec_file(path)));
-    std::printf("fp32: perplexity %.4f (mean NLL %.6f) over %lld windows; %zu codec(s)\n", baseline.perplexity, baseline.mean_nll,
-                static_cast<long long>(baseline.window_count), codecs.size());
+/// One row: compress as `nwc compress` does (NaN target: the fixed Q4_0 setting), decode from the
+/// bytes as a reader of the file would, evaluate as `nwc eval` does.
+Row run_configuration(const Configuration& configuration, double target, const ReportInputs& inputs, int threads) {
+    const auto start = std::chrono::steady_clock::now();
+    MethodOptions options;
+    options.method = configuration.method;
+    options.ldlq = configuration.ldlq;
+    options.threads = threads;
+    Row row;
+    row.config = configuration.id;
+    row.target = target;
+    const HessianLookup lookup = hessian_lookup(inputs.hessians);
+    std::shared_ptr<const NeuralCodec> codec;
+    const std::vector<std::string>& needs_codec = codec_methods();
+    if (std::find(needs_codec.begin(), needs_codec.end(), configuration.method) != needs_codec.end()) {
+        require(!inputs.codecs.empty(), errc::invalid_argument, "report: the nwc configurations need --codec FILE(s)");
+        const std::size_t chosen = nearest_codec(options, std::span(inputs.codecs), inputs.model, lookup, std::isnan(target) ? RateTarget{}.bits_per_weight : target);
+        codec = inputs.codecs[chosen];
+        row.codec = std::filesystem::path(inputs.codec_paths[chosen]).filename().string();
+    }
+    const DefaultCodec coder(options, codec);
+    CompressedModel compressed;
+    if (std::isnan(target)) {
+        compressed = configuration.finetune ? compress_model_sequentially(coder, inputs.model, inputs.calibration_tokens, inputs.sequential)
+                                            : coder.compress_model(inputs.model, lookup);
+    } else {
+        RateTarget rate;
+        rate.bits_per_weight = target;
+        compressed = configuration.finetune ? compress_sequentially_to_target(coder, inputs.model, lookup, inputs.calibration_tokens, rate, inputs.sequential)
+                                            : compress_to_target(coder, inputs.model, lookup, rate);
+    }
+    std::vector<std::uint8_t> bytes = compressed.writer.serialize();
+    row.file_bytes = bytes.size();
+    if (codec) row.decoder_bytes = serialize_codec_decoder(codec->decoder()).size();
+    const ContainerReader reader = ContainerReader::from_bytes(std::move(bytes));
+    const ModelFile decoded = DefaultCodec::decompress_model(reader, threads);
+    std::optional<llm::LlamaWeights> decoded_weights = llama_weights_of(decoded, "decoded model");
+    const llm::PerplexityResult result = llm::evaluate_perplexity(llm::LlamaModel(std::move(*decoded_weights)), inputs.evaluation_tokens, inputs.evaluation);
+    row.bits_per_weight = 8.0 * double(row.file_bytes) / double(inputs.model.weight_count());
+    row.mean_nll = result.mean_nll;
+    row.perplexity = result.perplexity;
+    row.relative_mse = compressed.report.relative_mse();
+    row.setting = compressed.report.setting;
+    row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return row;
+}
+
+std::string row_line(const Row& row) {
+    std::string line;
+    append_format(line, "%-12s target %-5s %.4f bits/weight  perplexity %.4f  rel.MSE %.4e  %s %s  %.1f s\n", row.config.c_str(),
+                  std::isnan(row.target) ? "Q4_0" : optional_number(row.target, "%g").c_str(), row.bits_per_weight, row.perplexity, row.relative_mse,
+                  row.setting.c_str(), row.codec.c_str(), row.seconds);
+    return line;
+}
+
+std::string plot(const std::vector<Configuration>& configurations, const std::vector<Row>& rows, double baseline_perplexity) {
+    std::vector<PlotSeries> series;
+    for (const Configuration& configuration : configurations) {
+        PlotSeries line{configuration.description, {}};
+        for (const Row& row : rows)
+            if (row.config == configuration.id) line.points.push_back({row.bits_per_weight, row.perplexity});
+        std::sort(line.points.begin(), line.points.end());
+        if (!line.points.empty()) series.push_back(std::move(line));
+    }
+    return plot_svg(series, baseline_perplexity, "bits per weight (whole .nwc file)", "perplexity (log scale)");
+}
+
+nlohmann::json report_json(const std::string& model_path, const ReportInputs& inputs, const std::vector<Row>& rows) {
+    nlohmann::json root = {{"model", model_path},
+                           {"weights", inputs.model.weight_count()},
+                           {"fp32_perplexity", inputs.baseline.perplexity},
+                           {"fp32_mean_nll", inputs.baseline.mean_nll},
+                           {"codecs", inputs.codec_paths},
+                           {"rows", nlohmann::json::array()}};
+    for (const Row& row : rows)
+        root["rows"].push_back({{"config", row.config}, {"target", std::isnan(row.target) ? nlohmann::json("Q4_0") : nlohmann::json(row.target)},
+                                {"bits_per_weight", row.bits_per_weight}, {"file_bytes", row.file_bytes}, {"decoder_bytes", row.decoder_bytes},
+                                {"mean_nll", row.mean_nll}, {"perplexity", row.perplexity}, {"relative_mse", row.relative_mse}, {"setting", row.setting},
+                                {"codec", row.codec}, {"seconds", row.seconds}});
+    return root;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+    write_file_atomic(path, std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+}
+
+Outcome ReportCommand::run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation) {
+    std::vector<Configuration> configurations;  // in the order given (the declaration checked the names)
+    for (const std::string& id : settings.configs)
+        configurations.push_back(*std::find_if(all_configurations().begin(), all_configurations().end(), [&](const Configuration& c) { return c.id == id; }));
+    const std::string& model_path = positional[0];
+    const ReportInputs inputs = load_inputs(settings, model_path);
+    std::string line;
+    append_format(line, "fp32: perplexity %.4f (mean NLL %.6f) over %lld windows; %zu codec(s)\n", inputs.baseline.perplexity, inputs.baseline.mean_nll,
+                  static_cast<long long>(inputs.baseline.window_count), inputs.codecs.size());
+    invocation.progress(line);
 
     std::vector<Row> rows;
-    const auto run = [&](const Configuration& configuration, double target) {
-        const auto start = std::chrono::steady_clock::now();
-        MethodOptions options;
-        options.method = configuration.method;
-        options.ldlq = configuration.ldlq;
-        options.threads = threads;
-        Row row;
-        row.config = configuration.id;
-        row.target = target;
-        std::shared_ptr<const NeuralCodec> codec;
-        if (configuration.method == "nwc") {
-            require(!codecs.empty(), errc::invalid_argument, "report: the nwc configurations need --codec FILE(s)");
-            const std::size_t chosen = nearest_codec(options, std::span(codecs), model, lookup, std::isnan(target) ? 4.0 : target);
-            codec = codecs[chosen];
-            row.codec = std::filesystem::path(codec_paths[chosen]).filename().string();
-        }
-        const DefaultCodec coder(options, codec);
-        CompressedModel compressed;
-        if (std::isnan(target)) {  // Q4_0 layout: 4-bit codes, a fp16 scale per 32 weights
-            compressed = configuration.finetune ? compress_model_sequentially(coder, model, calibration_tokens, sequential) : coder.compress_model(model, lookup);
-        } else {
-            RateTarget rate;
-            rate.bits_per_weight = target;
-            compressed = configuration.finetune ? compress_sequentially_to_target(coder, model, lookup, calibration_tokens, rate, sequential)
-                                                : compress_to_target(coder, model, lookup, rate);
-        }
-        // Decode from the bytes, exactly as a reader of the file would.
-        std::vector<std::uint8_t> bytes = compressed.writer.serialize();
-        row.file_bytes = bytes.size();
-        if (codec) row.decoder_bytes = serialize_codec_decoder(codec->decoder()).size();
-        const ContainerReader reader = ContainerReader::from_bytes(std::move(bytes));
-        const ModelFile decoded = DefaultCodec::decompress_model(reader, threads);
-        std::optional<llm::LlamaWeights> decoded_weights = llama_weights_of(decoded, "decoded model");
-        const llm::PerplexityResult result = llm::evaluate_perplexity(llm::LlamaModel(std::move(*decoded_weights)), evaluation_tokens, evaluation);
-        row.bits_per_weight = 8.0 * double(row.file_bytes) / double(model.weight_count());
-        row.mean_nll = result.mean_nll;
-        row.perplexity = result.perplexity;
-        row.relative_mse = compressed.report.relative_mse();
-        row.setting = compressed.report.setting;
-        row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        std::printf("%-12s target %-5s %.4f bits/weight  perplexity %.4f  rel.MSE %.4e  %s %s  %.1f s\n", row.config.c_str(),
-                    std::isnan(target) ? "Q4_0" : optional_number(target, "%g").c_str(), row.bits_per_weight, row.perplexity, row.relative_mse, row.setting.c_str(),
-                    row.codec.c_str(), row.seconds);
-        std::fflush(stdout);
-        rows.push_back(row);
-    };
     for (const Configuration& configuration : configurations) {
-        for (double rate : rates) run(configuration, rate);
-        if (configuration.method == "gptq" || configuration.method == "rtn") run(configuration, NAN);
+        std::vector<double> targets = settings.rates;
+        if (runs_at_fixed_setting(configuration)) targets.push_back(NAN);
+        for (double target : targets) {
+            rows.push_back(run_configuration(configuration, target, inputs, settings.threads));
+            invocation.progress(row_line(rows.back()));
+        }
     }
 
-    const std::string table = markdown(rows, baseline, model.weight_count());
-    if (arguments.has("markdown")) write_file_atomic(arguments.get("markdown"), std::span(reinterpret_cast<const std::uint8_t*>(table.data()), table.size()));
-    else std::printf("\n%s", table.c_str());
-    if (arguments.has("svg")) {
-        std::vector<PlotSeries> series;
-        for (const Configuration& configuration : configurations) {
-            PlotSeries line{configuration.description, {}};
-            for (const Row& row : rows)
-                if (row.config == configuration.id) line.points.push_back({row.bits_per_weight, row.perplexity});
-            std::sort(line.points.begin(), line.points.end());
-            if (!line.points.empty()) series.push_back(std::move(line));
-        }
-        const std::string svg = plot_svg(series, baseline.perplexity, "bits per weight (whole .nwc file)", "perplexity (log scale)");
-        write_file_atomic(arguments.get("svg"), std::span(reinterpret_cast<const std::uint8_t*>(svg.data()), svg.size()));
-    }
-    if (arguments.has("json")) {
-        nlohmann::json root = {{"model", model_path}, {"weights", model.weight_count()}, {"fp32_perplexity", baseline.perplexity},
-                               {"fp32_mean_nll", baseline.mean_nll}, {"codecs", codec_paths}, {"rows", nlohmann::json::array()}};
-        for (const Row& row : rows)
-            root["rows"].push_back({{"config", row.config}, {"target", std::isnan(row.target) ? nlohmann::json("Q4_0") : nlohmann::json(row.target)},
-                                    {"bits_per_weight", row.bits_per_weight}, {"file_bytes", row.file_bytes}, {"decoder_bytes", row.decoder_bytes}, {"mean_nll", row.mean_nll},
-                                    {"perplexity", row.perplexity}, {"relative_mse", row.relative_mse}, {"setting", row.setting}, {"codec", row.codec},
-                                    {"seconds", row.seconds}});
-        const std::string text = root.dump(2) + "\n";
-        write_file_atomic(arguments.get("json"), std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
-    }
-    return exit_ok;
+    Outcome outcome{report_json(model_path, inputs, rows), ""};
+    const std::string table = markdown(rows, inputs.baseline, inputs.model.weight_count());
+    if (settings.markdown) write_text(*settings.markdown, table);
+    else outcome.text = "\n" + table;
+    if (settings.svg) write_text(*settings.svg, plot(configurations, rows, inputs.baseline.perplexity));
+    if (settings.json_file) write_text(*settings.json_file, outcome.json.dump(2) + "\n");
+    return outcome;
 }
+
+}  // namespace
+
+int run_report(const std::vector<std::string>& arguments) { return command_main<ReportCommand>(arguments); }
 
 }  // namespace nwc::cli

@@ -1,63 +1,106 @@
 // nwc train: train a codec on the 2-D tensors of safetensors files and write a codec file.
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "arguments.hpp"
 #include "commands.hpp"
 #include "nwc/codec/codec_evaluation.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/trainer.hpp"
+#include "nwc/entropy/cdf_table.hpp"
 
 namespace nwc::cli {
 namespace {
 
-constexpr const char* train_help = R"(usage: nwc train FILES... -o CODEC [options]
+/// The storage types a codec's weights can have, as the command line spells them ("f16").
+constexpr dtype codec_dtypes[] = {dtype::f32, dtype::f16, dtype::bf16};
 
-Trains a learned weight codec on every 2-D tensor of the safetensors FILES (normalized and chunked
-as the compressor does) and writes the codec file CODEC. Tensors matching --holdout are kept out of
-training and used to measure the finished codec's real coded rate and distortion.
-
-options:
-  -o, --output PATH        codec file to write (required)
-  --lambda L               distortion weight, larger = more bits (default 100)
-  --steps N                optimizer steps (default 1000)
-  --batch B                chunks per step (default 2048)
-  --lr X                   Adam learning rate (default 1e-4)
-  --final-lr-fraction F    cosine decay of the learning rate to X*F (default 1 = constant)
-  --warmup N               linear warm-up steps (default 0)
-  --width W                hidden width of g_a and g_s (default 512)
-  --blocks B               residual blocks of g_a and g_s (default 4)
-  --latents M              latent channels per chunk (default 16)
-  --chunk-size D           weights per chunk (default 16)
-  --seed S                 random seed (default 1)
-  --threads T              threads (default 1; 0 = all); the result does not depend on it
-  --shard-rows R           chunks per data-parallel shard (default 256); part of the result
-  --holdout REGEX          tensors to hold out (default: GPT-Neo layer 11 attention, 4 MT3 matrices)
-  --dtype f32|f16|bf16     storage type of the codec's weights (default f16)
-  --precision P            bits of the integer CDF tables, 12..16 (default 16)
-  --table-tail T           probability each table leaves to its escape bin (default 1e-3: narrower
-                           tables, a smaller decoder half, no measurable rate cost; the notes' 1e-9
-                           doubles the tables of small codecs)
-  --shared-prior           one prior for all levels (the paper's); default: one prior per level
-  --straight-through       round the latents with a straight-through gradient instead of noise
-  --log-every N            steps between progress lines (default: steps / 50)
-  --json                   print one JSON object per progress line and a final summary
-)";
-
-dtype parse_dtype(const std::string& text) {
-    if (text == "f32") return dtype::f32;
-    if (text == "f16") return dtype::f16;
-    if (text == "bf16") return dtype::bf16;
-    throw UsageError("--dtype expects f32, f16 or bf16, got '" + text + "'");
+std::string lowercase_name(dtype type) {
+    std::string name(dtype_name(type));
+    for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
+    return name;
 }
+
+dtype codec_dtype_named(const std::string& name) {
+    for (dtype type : codec_dtypes)
+        if (lowercase_name(type) == name) return type;
+    throw UsageError("--dtype expects f32, f16 or bf16, got '" + name + "'");
+}
+
+struct TrainSettings {
+    TrainingOptions training;
+    std::string output;
+    std::string holdout = default_holdout_regex;
+    std::string storage = lowercase_name(default_codec_dtype);
+    int precision = default_table_precision;
+    double table_tail = default_table_tail_mass;
+    std::optional<std::int64_t> log_every;
+};
+
+/// What the training loop reports: the metrics of every logged interval and of the last one.
+struct TrainingLog {
+    nlohmann::json entries = nlohmann::json::array();
+    nlohmann::json final_metrics = nullptr;
+    double seconds = 0.0;
+};
+
+struct TrainCommand {
+    using Settings = TrainSettings;
+
+    static CommandText text() {
+        return {.name = "train",
+                .usage = "FILES... -o CODEC [options]",
+                .description = R"(Trains a learned weight codec on every 2-D tensor of the safetensors FILES (normalized and chunked
+as the compressor does) and writes the codec file CODEC. Tensors matching --holdout are kept out of
+training and used to measure the finished codec's real coded rate and distortion. Progress goes to
+stderr; --json prints the summary with every progress entry as one JSON object at the end.)",
+                .positional = "training FILES",
+                .min_positional = 1,
+                .max_positional = std::size_t(-1),
+                .bad_input = "unreadable or corrupt training file, nothing to train on"};
+    }
+
+    static void declare(OptionTable& table, Settings& settings) {
+        TrainingOptions& training = settings.training;
+        table.value("output", "PATH", "codec file to write", settings.output).with_short('o').mark_required();
+        table.value("lambda", "L", "distortion weight, larger = more bits", training.loss.lambda).above(0);
+        table.value("steps", "N", "optimizer steps", training.steps).at_least(0);
+        table.value("batch", "B", "chunks per step", training.batch).at_least(1);
+        table.value("lr", "X", "Adam learning rate", training.learning_rate).above(0);
+        table.value("final-lr-fraction", "F", "cosine decay of the learning rate to X*F; 1 = constant", training.final_learning_rate_fraction).at_least(0);
+        table.value("warmup", "N", "linear warm-up steps", training.warmup_steps).at_least(0);
+        table.value("width", "W", "hidden width of g_a and g_s", training.architecture.width);
+        table.value("blocks", "B", "residual blocks of g_a and g_s", training.architecture.blocks);
+        table.value("latents", "M", "latent channels per chunk", training.architecture.latents);
+        table.value("chunk-size", "D", "weights per chunk", training.architecture.chunk_size);
+        table.value("seed", "S", "random seed", training.seed);
+        table.value("threads", "T", "threads, 0 = all cores; the result does not depend on it", training.threads).at_least(0);
+        table.value("shard-rows", "R", "chunks per data-parallel shard; part of the result", training.shard_rows).at_least(1);
+        table.value("holdout", "REGEX", "tensors to hold out, a regular expression; the default holds out GPT-Neo layer 11's attention and 4 MT3 matrices", settings.holdout);
+        std::vector<std::string> dtypes;
+        for (dtype type : codec_dtypes) dtypes.push_back(lowercase_name(type));
+        table.choice("dtype", "T", "storage type of the codec's weights", settings.storage, dtypes);
+        table.value("precision", "P", "bits of the integer CDF tables", settings.precision).at_least(CdfTable::min_precision).at_most(CdfTable::max_precision);
+        table.value("table-tail", "T", "probability each table leaves to its escape bin; smaller: wider tables, a larger decoder half", settings.table_tail)
+            .above(0)
+            .below(0.5);
+        table.flag("shared-prior", "one prior for all levels (the paper's); by default one prior per level", training.architecture.per_level_prior, false);
+        table.flag("straight-through", "round the latents with a straight-through gradient instead of noise", training.loss.straight_through);
+        table.value("log-every", "N", "steps between progress lines", settings.log_every).shows_default("steps / 50").at_least(1);
+    }
+
+    static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation);
+};
 
 nlohmann::json metrics_json(const StepMetrics& m, double steps_per_second) {
     return {{"step", m.step},
@@ -70,102 +113,51 @@ nlohmann::json metrics_json(const StepMetrics& m, double steps_per_second) {
             {"steps_per_second", steps_per_second}};
 }
 
-}  // namespace
-
-int run_train(const std::vector<std::string>& raw_arguments) {
-    std::vector<std::string> arguments;
-    for (const std::string& argument : raw_arguments) arguments.push_back(argument == "-o" ? "--output" : argument);
-    for (const std::string& argument : arguments)
-        if (argument == "--help" || argument == "-h") {
-            std::printf("%s", train_help);
-            return exit_ok;
-        }
-    const Arguments args(arguments,
-                         {"output", "lambda", "steps", "batch", "lr", "final-lr-fraction", "warmup", "width", "blocks", "latents", "chunk-size",
-                          "seed", "threads", "shard-rows", "holdout", "dtype", "precision", "table-tail", "log-every"},
-                         {"json", "straight-through", "shared-prior"});
-    if (args.positional().empty()) throw UsageError("no training files given");
-    if (!args.has("output")) throw UsageError("-o CODEC is required");
-    const bool json = args.flag("json");
-
-    TrainingOptions options;
-    options.architecture.width = int(args.get_integer("width", 512));
-    options.architecture.blocks = int(args.get_integer("blocks", 4));
-    options.architecture.latents = int(args.get_integer("latents", 16));
-    options.architecture.chunk_size = int(args.get_integer("chunk-size", 16));
-    options.architecture.per_level_prior = !args.flag("shared-prior");
-    options.loss.lambda = args.get_number("lambda", 100.0);
-    options.loss.straight_through = args.flag("straight-through");
-    options.steps = args.get_integer("steps", 1000);
-    options.batch = int(args.get_integer("batch", 2048));
-    options.shard_rows = int(args.get_integer("shard-rows", 256));
-    options.learning_rate = args.get_number("lr", 1e-4);
-    options.final_learning_rate_fraction = args.get_number("final-lr-fraction", 1.0);
-    options.warmup_steps = args.get_integer("warmup", 0);
-    options.seed = std::uint64_t(args.get_integer("seed", 1));
-    options.threads = int(args.get_integer("threads", 1));
-    const dtype storage = parse_dtype(args.get("dtype", "f16"));
-    const int precision = int(args.get_integer("precision", 16));
-    const double table_tail = args.get_number("table-tail", 1e-3);
-    if (!(table_tail > 0.0 && table_tail < 0.5)) throw UsageError("--table-tail must be in (0, 0.5)");
-    if (precision < CdfTable::min_precision || precision > CdfTable::max_precision) throw UsageError("--precision must be in 12..16");
-    const std::int64_t log_every = std::max<std::int64_t>(1, args.get_integer("log-every", std::max<std::int64_t>(1, options.steps / 50)));
-    try {
-        options.validate();
-    } catch (const error& e) {
-        throw UsageError(e.message());
-    }
-
-    const auto load_start = std::chrono::steady_clock::now();
-    const TrainingCorpus corpus = TrainingCorpus::load(args.positional(), args.get("holdout", default_holdout_regex), options.architecture.chunk_size);
-    const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-    if (!json)
-        std::fprintf(stderr, "nwc train: %lld training chunks, %zu held-out matrices, variance %.4f (loaded in %.1f s)\n",
-                     (long long)corpus.chunk_count(), corpus.held_out().size(), corpus.variance(), load_seconds);
-
-    CodecTrainer trainer(options, corpus);
-    const bool terminal = !json && ::isatty(STDERR_FILENO);
+/// Runs every step; every `log_every` steps (and at the last) logs the metrics averaged over the
+/// interval: a progress line on stderr (redrawn in place on a terminal, in text mode) and an entry.
+TrainingLog train(CodecTrainer& trainer, const TrainSettings& settings, const Invocation& invocation) {
+    const std::int64_t steps = settings.training.steps;
+    const std::int64_t log_every = settings.log_every.value_or(std::max<std::int64_t>(1, steps / 50));
+    const bool terminal = !invocation.json && ::isatty(STDERR_FILENO);
+    TrainingLog log;
     const auto start = std::chrono::steady_clock::now();
     auto last_log = start;
     std::int64_t last_step = 0;
-    StepMetrics tail{};  // averaged over the last log interval
-    int tail_count = 0;
-    nlohmann::json final_training;
-    for (std::int64_t step = 0; step < options.steps; ++step) {
+    StepMetrics sum{};
+    int count = 0;
+    for (std::int64_t step = 0; step < steps; ++step) {
         const StepMetrics m = trainer.step();
-        tail.loss += m.loss;
-        tail.mse += m.mse;
-        tail.bits_per_weight += m.bits_per_weight;
-        for (std::size_t l = 0; l < 4; ++l) tail.bits_per_weight_by_level[l] += m.bits_per_weight_by_level[l];
-        ++tail_count;
-        if (m.step % log_every != 0 && m.step != options.steps) continue;
+        sum.loss += m.loss;
+        sum.mse += m.mse;
+        sum.bits_per_weight += m.bits_per_weight;
+        for (std::size_t l = 0; l < 4; ++l) sum.bits_per_weight_by_level[l] += m.bits_per_weight_by_level[l];
+        ++count;
+        if (m.step % log_every != 0 && m.step != steps) continue;
         const auto now = std::chrono::steady_clock::now();
         const double rate = double(m.step - last_step) / std::max(1e-9, std::chrono::duration<double>(now - last_log).count());
         last_log = now;
         last_step = m.step;
         StepMetrics average = m;
-        average.loss = tail.loss / tail_count;
-        average.mse = tail.mse / tail_count;
-        average.bits_per_weight = tail.bits_per_weight / tail_count;
-        for (std::size_t l = 0; l < 4; ++l) average.bits_per_weight_by_level[l] = tail.bits_per_weight_by_level[l] / tail_count;
-        tail = {};
-        tail_count = 0;
-        if (m.step == options.steps) final_training = metrics_json(average, 0.0);
-        if (json) {
-            std::printf("%s\n", metrics_json(average, rate).dump().c_str());
-            std::fflush(stdout);
-        } else {
-            std::fprintf(stderr, "%sstep %lld/%lld  %.2f steps/s  %.3f bits/weight  mse %.5f  loss %.4f  lr %.2e%s", terminal ? "\r" : "",
-                         (long long)m.step, (long long)options.steps, rate, average.bits_per_weight, average.mse, average.loss, m.learning_rate,
-                         terminal ? "   " : "\n");
-            std::fflush(stderr);
-        }
+        average.loss = sum.loss / count;
+        average.mse = sum.mse / count;
+        average.bits_per_weight = sum.bits_per_weight / count;
+        for (std::size_t l = 0; l < 4; ++l) average.bits_per_weight_by_level[l] = sum.bits_per_weight_by_level[l] / count;
+        sum = {};
+        count = 0;
+        if (m.step == steps) log.final_metrics = metrics_json(average, 0.0);
+        log.entries.push_back(metrics_json(average, rate));
+        std::fprintf(stderr, "%sstep %lld/%lld  %.2f steps/s  %.3f bits/weight  mse %.5f  loss %.4f  lr %.2e%s", terminal ? "\r" : "", (long long)m.step,
+                     (long long)steps, rate, average.bits_per_weight, average.mse, average.loss, m.learning_rate, terminal ? "   " : "\n");
+        std::fflush(stderr);
     }
     if (terminal) std::fprintf(stderr, "\n");
-    const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    log.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return log;
+}
 
-    // Provenance: everything that determines the bytes, nothing that does not (no paths, threads, times).
-    nlohmann::json provenance;
+/// Provenance: everything that determines the bytes, nothing that does not (no paths, threads, times).
+nlohmann::json provenance_json(const TrainSettings& settings, const CodecTrainer& trainer, const TrainingCorpus& corpus, const TrainingLog& log) {
+    const TrainingOptions& options = settings.training;
     nlohmann::json files = nlohmann::json::array();
     for (const CorpusFile& file : corpus.files())
         files.push_back({{"name", std::filesystem::path(file.path).filename().string()},
@@ -173,13 +165,13 @@ int run_train(const std::vector<std::string>& raw_arguments) {
                          {"sha256", file.sha256},
                          {"training_matrices", file.training_matrices},
                          {"held_out_matrices", file.held_out_matrices}});
+    nlohmann::json provenance;
     provenance["data"] = files;
     provenance["holdout_regex"] = corpus.holdout_regex();
     provenance["normalization"] = "per-column std, fp16 scales (nwc::Chunker)";
     provenance["architecture"] = {{"chunk_size", options.architecture.chunk_size}, {"width", options.architecture.width},
-                                  {"blocks", options.architecture.blocks}, {"latents", options.architecture.latents},
-                                  {"levels", options.architecture.levels},
-                                  {"prior_groups", options.architecture.prior_groups()}};
+                                  {"blocks", options.architecture.blocks},         {"latents", options.architecture.latents},
+                                  {"levels", options.architecture.levels},         {"prior_groups", options.architecture.prior_groups()}};
     provenance["training"] = {{"lambda", options.loss.lambda},
                               {"level_rate_weights", options.loss.level_rate_weights},
                               {"data_variance", trainer.options().loss.data_variance},
@@ -192,12 +184,15 @@ int run_train(const std::vector<std::string>& raw_arguments) {
                               {"warmup_steps", options.warmup_steps},
                               {"gradient_clip", options.gradient_clip},
                               {"seed", options.seed},
-                              {"final", final_training}};
-    provenance["weight_dtype"] = std::string(dtype_name(storage));
-    provenance["table_precision"] = precision;
-    provenance["table_tail_mass"] = table_tail;
+                              {"final", log.final_metrics}};
+    provenance["weight_dtype"] = std::string(dtype_name(codec_dtype_named(settings.storage)));
+    provenance["table_precision"] = settings.precision;
+    provenance["table_tail_mass"] = settings.table_tail;
+    return provenance;
+}
 
-    NeuralCodec codec = trainer.freeze(storage, precision, provenance.dump(), table_tail);
+/// The real coded rate and distortion of the frozen codec on the held-out matrices, per level.
+nlohmann::json held_out_json(const NeuralCodec& codec, const TrainingCorpus& corpus, const TrainingOptions& options) {
     nlohmann::json held_out = nlohmann::json::array();
     for (int level = 0; level < options.architecture.levels && !corpus.held_out().empty(); ++level) {
         const RateDistortion rd = evaluate_codec(codec, corpus.held_out(), level, options.threads);
@@ -207,29 +202,46 @@ int run_train(const std::vector<std::string>& raw_arguments) {
                             {"mse", rd.mse()},
                             {"weights", rd.weights}});
     }
+    return held_out;
+}
+
+Outcome TrainCommand::run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation) {
+    try {
+        settings.training.validate();
+    } catch (const error& problem) {
+        throw UsageError(problem.message());
+    }
+    const auto load_start = std::chrono::steady_clock::now();
+    const TrainingCorpus corpus = TrainingCorpus::load(positional, settings.holdout, settings.training.architecture.chunk_size);
+    const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    std::fprintf(stderr, "nwc train: %lld training chunks, %zu held-out matrices, variance %.4f (loaded in %.1f s)\n", (long long)corpus.chunk_count(),
+                 corpus.held_out().size(), corpus.variance(), load_seconds);
+
+    CodecTrainer trainer(settings.training, corpus);
+    const TrainingLog log = train(trainer, settings, invocation);
+    nlohmann::json provenance = provenance_json(settings, trainer, corpus, log);
+    NeuralCodec codec = trainer.freeze(codec_dtype_named(settings.storage), settings.precision, provenance.dump(), settings.table_tail);
+    const nlohmann::json held_out = held_out_json(codec, corpus, settings.training);
     provenance["held_out"] = held_out;
     codec.set_provenance(provenance.dump());
-    write_codec_file(args.get("output"), codec);
-    const std::uint64_t codec_bytes = std::filesystem::file_size(args.get("output"));
+    write_codec_file(settings.output, codec);
+    const std::uint64_t codec_bytes = std::filesystem::file_size(settings.output);
     const std::size_t decoder_bytes = serialize_codec_decoder(codec.decoder()).size();
 
-    nlohmann::json summary = {{"output", args.get("output")},
-                              {"codec_bytes", codec_bytes},
-                              {"decoder_half_bytes", decoder_bytes},
-                              {"train_seconds", train_seconds},
-                              {"training_chunks", corpus.chunk_count()},
-                              {"final", final_training},
-                              {"held_out", held_out}};
-    if (json) {
-        std::printf("%s\n", summary.dump().c_str());
-    } else {
-        std::fprintf(stderr, "nwc train: wrote %s (%llu bytes, decoder half %zu bytes) after %.1f s\n", args.get("output").c_str(),
-                     (unsigned long long)codec_bytes, decoder_bytes, train_seconds);
-        for (const auto& row : held_out)
-            std::fprintf(stderr, "  held out, level %d: %.4f bits/weight (ideal %.4f), mse %.6f\n", row["level"].get<int>(),
-                         row["bits_per_weight"].get<double>(), row["ideal_bits_per_weight"].get<double>(), row["mse"].get<double>());
-    }
-    return exit_ok;
+    std::fprintf(stderr, "nwc train: wrote %s (%llu bytes, decoder half %zu bytes) after %.1f s\n", settings.output.c_str(), (unsigned long long)codec_bytes,
+                 decoder_bytes, log.seconds);
+    for (const auto& row : held_out)
+        std::fprintf(stderr, "  held out, level %d: %.4f bits/weight (ideal %.4f), mse %.6f\n", row["level"].get<int>(), row["bits_per_weight"].get<double>(),
+                     row["ideal_bits_per_weight"].get<double>(), row["mse"].get<double>());
+    Outcome outcome;  // the text went to stderr as it happened; stdout stays empty in text mode
+    outcome.json = {{"output", settings.output},   {"codec_bytes", codec_bytes},        {"decoder_half_bytes", decoder_bytes},
+                    {"train_seconds", log.seconds}, {"training_chunks", corpus.chunk_count()}, {"final", log.final_metrics},
+                    {"held_out", held_out},         {"log", log.entries}};
+    return outcome;
 }
+
+}  // namespace
+
+int run_train(const std::vector<std::string>& arguments) { return command_main<TrainCommand>(arguments); }
 
 }  // namespace nwc::cli

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "arguments.hpp"
+#include "options.hpp"
 #include "commands.hpp"
 #include "nwc/core/error.hpp"
 #include "nwc/version.hpp"

@@ -1,5 +1,5 @@
-// Shared by `nwc compress`, `nwc decompress` and `nwc inspect`: the progress bar, the per-tensor
-// table and the JSON form of the reports.
+// Shared by `nwc compress`, `nwc decompress`, `nwc inspect`, `nwc report` and `nwc demo`: the
+// shipped codecs, the progress bar, the per-tensor table and the JSON form of the reports.
 #pragma once
 
 #include <unistd.h>
@@ -16,7 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "arguments.hpp"
+#include "commands.hpp"
+#include "options.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
 #ifndef NWC_CODEC_DIR
@@ -25,14 +26,8 @@
 
 namespace nwc::cli {
 
-/// "a,b,,c" -> {"a", "b", "c"}: the comma-separated lists of --codec, --rates, --configs.
-inline std::vector<std::string> split_list(const std::string& text) {
-    std::vector<std::string> items;
-    std::stringstream stream(text);
-    for (std::string item; std::getline(stream, item, ',');)
-        if (!item.empty()) items.push_back(item);
-    return items;
-}
+/// "a,b,,c" -> {"a", "b", "c"}: the comma-separated lists of --codec.
+inline std::vector<std::string> split_list(const std::string& text) { return internal::split_list(text); }
 
 /// Every shipped codec (NWC_CODEC_DIR/*.nwcc), sorted, comma-separated; empty if there are none.
 inline std::string default_codec_list() {
@@ -44,17 +39,6 @@ inline std::string default_codec_list() {
     std::string joined;
     for (const auto& path : paths) joined += (joined.empty() ? "" : ",") + path;
     return joined;
-}
-
-/// `-o X` and `-h` are accepted as `--output X` and `--help`.
-inline std::vector<std::string> expand_short_options(const std::vector<std::string>& arguments) {
-    std::vector<std::string> expanded;
-    for (const std::string& argument : arguments) {
-        if (argument == "-o") expanded.push_back("--output");
-        else if (argument == "-h") expanded.push_back("--help");
-        else expanded.push_back(argument);
-    }
-    return expanded;
 }
 
 /// A number for JSON: null when unknown (NaN).
@@ -138,16 +122,24 @@ struct TensorRow {
     double relative_mse = NAN, proxy_loss = NAN;
 };
 
-inline void print_table(const std::vector<TensorRow>& rows) {
+inline TensorRow tensor_row(const TensorReport& tensor) {
+    return {tensor.name, shape_text(tensor.shape), std::string(dtype_name(tensor.original_dtype)), tensor.method, tensor.setting,
+            tensor.bits_per_weight(), tensor.segments, tensor.relative_mse, tensor.proxy_loss};
+}
+
+/// The per-tensor table as text.
+inline std::string table_text(const std::vector<TensorRow>& rows) {
     std::size_t name_width = 4;
     for (const auto& row : rows) name_width = std::max(name_width, row.name.size());
     name_width = std::min<std::size_t>(name_width, 60);
-    std::printf("%-*s %-11s %-5s %-6s %-14s %8s %5s %11s %11s\n", int(name_width), "name", "shape", "dtype", "method", "setting", "bits/w", "segs",
-                "rel.MSE", "proxy");
+    std::string text;
+    append_format(text, "%-*s %-11s %-5s %-6s %-14s %8s %5s %11s %11s\n", int(name_width), "name", "shape", "dtype", "method", "setting", "bits/w", "segs",
+                  "rel.MSE", "proxy");
     for (const auto& row : rows)
-        std::printf("%-*s %-11s %-5s %-6s %-14s %8.4f %5zu %11s %11s\n", int(name_width), row.name.c_str(), row.shape.c_str(), row.dtype.c_str(),
-                    row.method.c_str(), row.setting.c_str(), row.bits_per_weight, row.segments, optional_number(row.relative_mse, "%.4e").c_str(),
-                    optional_number(row.proxy_loss, "%.4e").c_str());
+        append_format(text, "%-*s %-11s %-5s %-6s %-14s %8.4f %5zu %11s %11s\n", int(name_width), row.name.c_str(), row.shape.c_str(), row.dtype.c_str(),
+                      row.method.c_str(), row.setting.c_str(), row.bits_per_weight, row.segments, optional_number(row.relative_mse, "%.4e").c_str(),
+                      optional_number(row.proxy_loss, "%.4e").c_str());
+    return text;
 }
 
 inline nlohmann::json row_json(const TensorRow& row, const Shape& shape) {

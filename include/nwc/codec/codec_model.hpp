@@ -27,6 +27,14 @@
 
 namespace nwc {
 
+/// What freeze() builds unless told otherwise (and `nwc train`'s defaults): f16 weights, 16-bit
+/// integer CDF tables, and each table leaving 1e-3 of its probability to the escape bin. Not the
+/// notes' 1e-9: the tables grow with the tail they cover, and every .nwc file embeds them
+/// (docs/bench/codec.md, "Table tail").
+inline constexpr dtype default_codec_dtype = dtype::f16;
+inline constexpr int default_table_precision = 16;
+inline constexpr double default_table_tail_mass = 1e-3;
+
 /// What the loss weighs (NWC-NOTES: c = [3.4, 1.2, 0.1, 0.05]).
 struct CodecLossWeights {
     double lambda = 100.0;                                    ///< distortion weight: larger = more bits
@@ -123,7 +131,8 @@ public:
 
     /// The frozen codec: tables from the prior (`precision` bits), weights rounded to `storage`.
     /// `tail_mass`: probability each channel's table leaves to its escape bin (FactorizedPrior::build_tables).
-    NeuralCodec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}", double tail_mass = 1e-9) const {
+    NeuralCodec freeze(dtype storage = default_codec_dtype, int precision = default_table_precision, std::string provenance = "{}",
+                       double tail_mass = default_table_tail_mass) const {
         ResidualMLP<float> encoder = m_encoder, decoder = m_decoder;
         round_weights_to(encoder, storage);
         round_weights_to(decoder, storage);

@@ -169,7 +169,8 @@ public:
     }
 
     /// The frozen codec of the current weights.
-    NeuralCodec freeze(dtype storage = dtype::f16, int precision = 16, std::string provenance = "{}", double tail_mass = 1e-9) const {
+    NeuralCodec freeze(dtype storage = default_codec_dtype, int precision = default_table_precision, std::string provenance = "{}",
+                       double tail_mass = default_table_tail_mass) const {
         return m_model.freeze(storage, precision, std::move(provenance), tail_mass);
     }
 
