@@ -214,7 +214,7 @@ const AlignmentWork& alignment_work() {
             if (info.shape.rank() == 2 && info.shape.numel() > most) most = info.shape.numel(), largest = info.name;
         const nwc::Tensor<float> weights = file.read_float32(largest);
         nwc::MethodOptions options;
-        options.method = nwc::CompressionMethod::ecsq;
+        options.method = "ecsq";
         options.threads = 1;
         options.measure = false;
         AlignmentWork result;

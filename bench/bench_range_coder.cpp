@@ -35,7 +35,7 @@
 #include "nwc/entropy/cdf_table_fit.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/io/safetensors_reader.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "rans_v1_reference.hpp"
 
 namespace {

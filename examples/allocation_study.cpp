@@ -35,7 +35,7 @@
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/half.hpp"
 #include "nwc/llm/calibration.hpp"
-#include "nwc/llm/model_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/sequential_compression.hpp"

@@ -20,7 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         NWC_FUZZ_CHECK(scalar_ok == simd_ok);
         if (!scalar_ok) return;
         NWC_FUZZ_CHECK(scalar == simd);
-        // Lanes restart at every segment: find the segment size from the stream's index.
+        // Paths restart at every segment: find the segment size from the stream's index.
         const LaneStateMachine machine = code.trellis().lane_machine();
         const std::uint64_t segment_size = context_rans::read_index(code.stream(), code.tables(), machine).segment_size;
         std::vector<unsigned> states(32, 0);

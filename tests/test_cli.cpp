@@ -27,7 +27,7 @@
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/io/safetensors.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/rate_control.hpp"
 #include "requirements.hpp"
@@ -290,7 +290,7 @@ TEST_CASE("compress, inspect and decompress: rate targets, shipped codecs, atomi
 
     const nlohmann::json report = json_of(run("compress " + model + " -o " + (temp / "s.nwc") + " --method gptq --target-bpw 4.5 --calib " +
                                               quoted_data("tinystories_calib.txt") + " --tokenizer " + quoted_data("tok512.bin") +
-                                              " --calib-windows 4 --threads 2 --json"));
+                                              " --calib-windows 4 --sensitivity-windows 2 --sensitivity-pairs 1 --threads 2 --json"));
     const auto bytes = std::filesystem::file_size(temp.path / "s.nwc");
     CHECK(report["file_bytes"].get<std::uint64_t>() == bytes);
     CHECK(report["bits_per_weight"].get<double>() == Approx(8.0 * double(bytes) / 260032.0));
@@ -298,6 +298,7 @@ TEST_CASE("compress, inspect and decompress: rate targets, shipped codecs, atomi
     CHECK(report["tensors"].size() == 47);
     CHECK(report["tensors"][2]["proxy_loss"].is_number());
     CHECK(report["calibration"]["finetune"] == true);  // on by default with --calib
+    CHECK(report["calibration"]["allocation"] == true);  // on by default with --calib and --target-bpw
 
     const nlohmann::json listing = json_of(run("inspect " + (temp / "s.nwc") + " --verify --json"));
     CHECK(listing["file_bytes"].get<std::uint64_t>() == bytes);
@@ -305,6 +306,19 @@ TEST_CASE("compress, inspect and decompress: rate targets, shipped codecs, atomi
     CHECK(listing["tensors"][2]["method"] == "gptq");
     CHECK(listing["tensors"][2]["proxy_loss"].get<double>() == Approx(report["tensors"][2]["proxy_loss"].get<double>()).epsilon(1e-6));
     CHECK(run("inspect " + (temp / "s.nwc")).out.find("bits per weight (whole file)") != std::string::npos);
+    // Allocation recorded each matrix's sensitivity; --breakdown accounts for every byte.
+    CHECK(listing["tensors"][2]["sensitivity"].get<double>() > 0.0);
+    const nlohmann::json breakdown = json_of(run("inspect " + (temp / "s.nwc") + " --breakdown --json"));
+    std::uint64_t sum = 0, tensor_sum = 0;
+    for (const auto& [category, count] : breakdown["breakdown"].items()) sum += count.get<std::uint64_t>();
+    CHECK(sum == bytes);
+    CHECK(breakdown["breakdown"]["payload"].get<std::uint64_t>() > bytes / 2);
+    CHECK(breakdown["breakdown"]["scales"].get<std::uint64_t>() > 0);  // gptq's group scales
+    CHECK(breakdown["side_information_bytes"].get<std::uint64_t>() == bytes - breakdown["breakdown"]["payload"].get<std::uint64_t>());
+    for (const auto& [category, count] : breakdown["tensors"][2]["bytes"].items()) tensor_sum += count.get<std::uint64_t>();
+    double tensor_weights = 1.0;
+    for (const auto& extent : breakdown["tensors"][2]["shape"]) tensor_weights *= extent.get<double>();
+    CHECK(double(tensor_sum) * 8.0 == Approx(breakdown["tensors"][2]["bits_per_weight"].get<double>() * tensor_weights));
 
     REQUIRE(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "s.bin") + " --threads 2").status == 0);
     const nwc::llm::Llama2cModel loaded = nwc::llm::read_llama2c(temp.path / "s.bin");

@@ -164,7 +164,8 @@ TEST_CASE("corruption: the undamaged mixed container decodes every method", "[co
     REQUIRE(reader.tensor_count() == 7);
     std::map<std::string, int> methods;
     for (std::size_t index = 0; index < reader.tensor_count(); ++index) ++methods[reader.entry(index).method];
-    CHECK(methods == std::map<std::string, int>{{"ecsq", 1}, {"gptq", 1}, {"nwc", 1}, {"raw", 2}, {"rtn", 2}});
+    // The norm vector goes to ecsq (vectors of 16 or more are coded at MethodOptions::vector_step).
+    CHECK(methods == std::map<std::string, int>{{"ecsq", 2}, {"gptq", 1}, {"nwc", 1}, {"raw", 1}, {"rtn", 2}});
     CHECK(outcome_of(original(), true) == "decoded:identical");
     reader.verify();
 }
@@ -329,15 +330,16 @@ TEST_CASE("corruption: metadata with valid CRCs whose step, scales or alpha over
         }
     };
     const auto put_f32 = [](std::vector<std::uint8_t>& bytes, std::size_t at, float value) { std::memcpy(bytes.data() + at, &value, 4); };
-    // ECSQ metadata: f32 step at offset 20, u32 scale count at 24, fp16 scales from 28.
+    // The method prefix is 8 bytes and a one-byte span here (small segments), so u8 axis at 9, then
+    // ECSQ: f32 step at 10 and (one scale per tensor) its fp16 scale at 14; nwc: f32 alpha at 10.
+    constexpr std::size_t knob_at = detail::diagnostics_offset + detail::diagnostics_bytes + 1 + 1;
     CHECK(decode_patched("ecsq", [](std::vector<std::uint8_t>&) {}) == "decoded");
     CHECK(decode_patched("ecsq", [&](std::vector<std::uint8_t>& metadata) {
-              put_f32(metadata, 20, 3e38f);
-              std::uint32_t count;
-              std::memcpy(&count, metadata.data() + 24, 4);
-              for (std::uint32_t k = 0; k < count; ++k) metadata[28 + 2 * k] = 0xFF, metadata[29 + 2 * k] = 0x7B;  // 65504
+              REQUIRE(metadata[knob_at - 1] == std::uint8_t(NormalizationAxis::per_tensor));
+              put_f32(metadata, knob_at, 3e38f);
+              metadata[knob_at + 4] = 0xFF, metadata[knob_at + 5] = 0x7B;  // 65504
           }) == "error:corrupt");
-    // nwc metadata: f32 alpha at offset 20; a positive subnormal alpha divides the chunks to infinity.
+    // nwc: a positive subnormal alpha divides the chunks to infinity.
     CHECK(decode_patched("nwc", [](std::vector<std::uint8_t>&) {}) == "decoded");
-    CHECK(decode_patched("nwc", [&](std::vector<std::uint8_t>& metadata) { put_f32(metadata, 20, 1e-44f); }) == "error:corrupt");
+    CHECK(decode_patched("nwc", [&](std::vector<std::uint8_t>& metadata) { put_f32(metadata, knob_at, 1e-44f); }) == "error:corrupt");
 }

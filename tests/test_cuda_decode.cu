@@ -51,7 +51,9 @@ std::vector<std::uint8_t> container_of(nwc::ContainerTensor tensor, const nwc::N
 template <class Backend>
 nwc::Tensor<float> cpu_decode(const nwc::ContainerReader& reader) {
     nwc::Tensor<float> out(reader.entry(0).shape);
-    nwc::detail::decode_plans<Backend>(reader, {nwc::detail::make_decode_plan(reader, 0, nullptr)}, {&out}, 1, {}, 1);
+    nwc::DecodeResources resources(reader);
+    nwc::detail::decode_plans<Backend>(reader, std::vector{nwc::detail::make_decode_plan(reader, 0, resources, nwc::BuiltinMethods{})}, {&out}, 1, {},
+                                       1);
     return out;
 }
 

@@ -111,3 +111,36 @@ TEST_CASE("model_file: what is not a model is an nwc::error naming it", "[model_
     std::filesystem::remove(hf / "model.safetensors");
     CHECK(error_of([&] { load_model_file(hf); }) == errc::io);
 }
+
+TEST_CASE("model_file: RoPE corrections pack against the recomputed tables and unpack exactly", "[model_file]") {
+    const llm::LlamaConfig config = small_config();
+    const auto [real, imag] = llm::llama2c_rope_tables(config);
+    // Corrections a few ulps off the computed values, one far off, the last entry of imag included.
+    const std::int64_t all = real.numel() + imag.numel();
+    const std::vector<std::int64_t> entries{0, 3, 4, real.numel() - 1, real.numel(), all - 1};
+    std::vector<std::int32_t> values;
+    for (std::size_t k = 0; k < entries.size(); ++k) {
+        const std::int64_t index = entries[k];
+        const float computed = index < real.numel() ? real[index] : imag[index - real.numel()];
+        const std::int64_t offset = k == 2 ? 1000000 : std::int64_t(k % 3) - 1;
+        values.push_back(std::int32_t(index));
+        values.push_back(std::int32_t(std::uint32_t(std::int64_t(float_bits(computed)) + offset)));
+    }
+    const Tensor<std::int32_t> corrections(Shape{std::int64_t(entries.size()), 2}, values);
+    const std::vector<std::uint8_t> packed = detail::pack_rope_corrections(corrections, config);
+    CHECK(packed.size() < 8 * entries.size() / 2);  // small gaps and ulp differences: bytes, not words
+    CHECK(detail::unpack_rope_corrections(packed, config, "test").values() == corrections.values());
+    CHECK(detail::unpack_rope_corrections({}, config, "test").values().empty());
+    // Hostile bytes: a gap beyond the tables, a difference leaving 32 bits, a cut varint.
+    auto error_of = [&](std::vector<std::uint8_t> bytes) {
+        try {
+            detail::unpack_rope_corrections(bytes, config, "hostile");
+        } catch (const nwc::error& failure) {
+            return failure.id();
+        }
+        return errc::io;
+    };
+    CHECK(error_of({0xFF, 0xFF, 0x03, 0x00}) == errc::corrupt);
+    CHECK(error_of({0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01}) == errc::corrupt);
+    CHECK(error_of({0x00, 0x80}) == errc::truncated);
+}

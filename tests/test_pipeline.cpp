@@ -246,7 +246,7 @@ TEST_CASE("error feedback lowers the proxy loss on real matrices with real Hessi
     const ModelReport rtn = report("rtn", true), gptq = report("gptq", true);
     CHECK(total_proxy(gptq) < total_proxy(rtn));
     for (std::size_t k = 0; k < gptq.tensors.size(); ++k) {
-        if (gptq.tensors[k].method == "raw") continue;
+        if (gptq.tensors[k].method == "raw" || gptq.tensors[k].shape.rank() == 1) continue;  // vectors: ecsq, no Hessian
         INFO(gptq.tensors[k].name);
         CHECK(gptq.tensors[k].used_feedback);
         CHECK(std::isfinite(gptq.tensors[k].proxy_loss));
@@ -281,7 +281,14 @@ TEST_CASE("stories260K at about 4 bits per weight with every method decompresses
         CHECK(loaded.weights.config == original.weights.config);
         CHECK(loaded.rope_real.values() == original.rope_real.values());
         CHECK(loaded.rope_imag.values() == original.rope_imag.values());
-        CHECK(loaded.weights.final_norm.values() == original.weights.final_norm.values());  // raw tensors are exact
+        // Norm vectors are coded by ecsq at vector_step (1/64 of their RMS): within half a step.
+        const auto& norm = original.weights.final_norm.values();
+        const auto& norm_back = loaded.weights.final_norm.values();
+        REQUIRE(norm_back.size() == norm.size());
+        double square_sum = 0.0;
+        for (float value : norm) square_sum += double(value) * value;
+        const double rms = std::sqrt(square_sum / double(norm.size()));
+        for (std::size_t i = 0; i < norm.size(); ++i) CHECK(std::fabs(norm_back[i] - norm[i]) <= 0.51 * MethodOptions{}.vector_step * rms);
     }
 }
 

@@ -11,7 +11,7 @@
 
 #include "llm_test_support.hpp"
 #include "nwc/core/random.hpp"
-#include "nwc/llm/llama2c_file.hpp"
+#include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 

@@ -16,6 +16,7 @@
 #include "method_options.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/llm/calibration.hpp"
+#include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 #include "nwc/pipeline/sequential_pipeline.hpp"
@@ -31,14 +32,21 @@ struct CompressSettings {
     std::optional<double> target_bpw;
     llm::CalibrationOptions calibration;
     llm::SequentialCompressionOptions sequential;
-    bool finetune = true;
+    llm::SensitivityOptions sensitivity;
+    bool finetune = true, allocate = true;
+    std::string axis;
 
-    CompressSettings() { method.threads = 0; }  // the tool uses every core unless told otherwise
+    CompressSettings() {
+        method.threads = 0;  // the tool uses every core unless told otherwise
+        axis = method.axis == NormalizationAxis::per_row ? "row" : method.axis == NormalizationAxis::per_column ? "column" : "tensor";
+    }
 };
 
-/// The calibration a --calib run computes once: Hessians and the tokens sequential coding reuses.
+/// The calibration a --calib run computes once: Hessians, the tokens sequential coding reuses and,
+/// for allocation, the sensitivity of every matrix.
 struct Calibration {
     std::optional<llm::LinearHessians> hessians;
+    std::optional<TensorSensitivities> sensitivities;
     std::vector<int> tokens;
     nlohmann::json json = nullptr;
     int seq_len = 0;
@@ -52,8 +60,11 @@ struct CompressCommand {
                 .usage = "IN -o OUT.nwc [options]",
                 .description = R"(Compresses every tensor of a model into one .nwc file. IN is a safetensors file, a llama2.c model
 (.bin) or a Hugging Face Llama directory (config.json + model.safetensors); the format is detected
-from the content. Matrices with both sides >= 16 (embeddings included) are coded with the method;
-1-D and small tensors are stored as they are. The output is written atomically: on any failure an
+from the content. Matrices with both sides >= 16 (embeddings included) are coded with the method,
+vectors of 16 or more (norm scales) with ecsq at a fine step; smaller tensors are stored as they
+are. With --calib and --target-bpw, each matrix's setting (step, bits or alpha, and its
+normalization axis) is chosen by how much its error costs the model (its sensitivity, measured by
+noise on the calibration text), so the bytes go where they cut the loss most. The output is written atomically: on any failure an
 existing OUT is left untouched. With --calib, layers are coded sequentially: each block's layers
 are coded with the Hessians of the compressed model so far, and after each coding step the block's
 still-uncoded layers are fine-tuned (Adam) so the block's output on calibration windows matches the
@@ -91,6 +102,22 @@ original block's.)",
         table.value("calib-windows", "N", "Hessians from the first N windows of " + std::to_string(settings.calibration.window) + " tokens only",
                     settings.calibration.max_windows)
             .shows_default("all")
+            .at_least(1)
+            .needing("calib");
+        table.choice("axis", "A", "normalization of ecsq / nwc weights (with allocation, chosen per matrix by its measured sensitivity)",
+                     settings.axis, {"tensor", "row", "column"});
+        table.flag("embed-codec", "a self-contained file: embed the codec's decoder even when it ships with nwc (else referenced by SHA-256)",
+                   settings.method.embed_codec)
+            .for_methods(codec_methods());
+        table.flag("no-allocation",
+                   "with --calib and --target-bpw: one knob for every tensor instead of per-tensor settings chosen by each matrix's measured "
+                   "sensitivity (noise injected on the calibration text)",
+                   settings.allocate, false)
+            .needing("calib");
+        table.value("sensitivity-windows", "N", "allocation: sensitivities from the first N calibration windows", settings.sensitivity.windows)
+            .at_least(1)
+            .needing("calib");
+        table.value("sensitivity-pairs", "N", "allocation: antithetic noise pairs per tensor and window", settings.sensitivity.pairs)
             .at_least(1)
             .needing("calib");
         table.flag("no-ldlq", "no error feedback; importance levels still come from the Hessian", settings.method.ldlq, false);
@@ -134,7 +161,17 @@ Calibration calibrate(const CompressSettings& settings, const ModelFile& model, 
     calibration.hessians = llm::collect_hessians(network, calibration.tokens, options);
     calibration.seq_len = network.config().seq_len;
     calibration.json = {{"text", *settings.calib}, {"tokens", calibration.tokens.size()}, {"samples", calibration.hessians->sample_count()},
-                        {"finetune", settings.finetune}};
+                        {"finetune", settings.finetune}, {"allocation", settings.allocate && settings.target_bpw.has_value()}};
+    if (settings.allocate && settings.target_bpw) {
+        llm::SensitivityOptions options = settings.sensitivity;
+        options.threads = settings.method.threads;
+        options.window = std::min(options.window, network.config().seq_len);
+        options.include_vectors = false;
+        options.shaped = true;
+        const llm::SensitivityReport report = llm::measure_sensitivities(network, calibration.tokens, options);
+        calibration.sensitivities = TensorSensitivities::from(report);
+        calibration.json["sensitivity_windows"] = report.windows;
+    }
     return calibration;
 }
 
@@ -202,8 +239,10 @@ CompressedModel compress_with(const CompressSettings& settings, const DefaultCod
 }
 
 Outcome CompressCommand::run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation) {
+    MethodOptions method = settings.method;
+    method.axis = settings.axis == "row" ? NormalizationAxis::per_row : settings.axis == "column" ? NormalizationAxis::per_column : NormalizationAxis::per_tensor;
     try {
-        settings.method.validate();
+        method.validate();
     } catch (const error& problem) {
         throw UsageError(problem.message());
     }
@@ -219,10 +258,11 @@ Outcome CompressCommand::run(const Settings& settings, const std::vector<std::st
     ProgressBar progress;
     RateTarget rate;
     if (settings.target_bpw) rate.bits_per_weight = *settings.target_bpw;
+    if (calibration.sensitivities) rate.sensitivities = &*calibration.sensitivities;
     // Of several codecs, the one nearest the target (without one, RateTarget's default rate).
-    const std::size_t chosen = codecs.size() > 1 ? nearest_codec(settings.method, std::span(codecs), model, lookup, rate.bits_per_weight, progress.callback()) : 0;
+    const std::size_t chosen = codecs.size() > 1 ? nearest_codec(method, std::span(codecs), model, lookup, rate.bits_per_weight, progress.callback()) : 0;
     if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
-    const DefaultCodec codec(settings.method, codecs.empty() ? nullptr : codecs[chosen]);
+    const DefaultCodec codec(method, codecs.empty() ? nullptr : codecs[chosen]);
     const CompressedModel compressed = compress_with(settings, codec, model, calibration, lookup, rate, progress, invocation);
     compressed.writer.write(settings.output);
     progress.finish();

@@ -15,6 +15,7 @@ namespace {
 
 struct InspectSettings {
     bool verify = false;
+    bool breakdown = false;
 };
 
 struct InspectCommand {
@@ -26,7 +27,10 @@ struct InspectCommand {
                 .description = R"(Lists every tensor of a .nwc file: name, shape, dtype, method, its setting (bits, step or alpha),
 bits per weight as written (8 x (metadata + payload bytes) / weights), segments, and the relative
 MSE and proxy loss measured at compression (- when not stored). The last line gives the whole
-file's rate: 8 x file bytes / weights.)",
+file's rate: 8 x file bytes / weights. With --breakdown, every byte of the file by what it is
+for (payload: the entropy-coded or packed codes; the rest is side information: scales, levels,
+entropy tables, stream framing, method metadata, directory, header, padding, embedded codecs,
+passthrough tensors); the categories sum exactly to the file size.)",
                 .positional = "input .nwc file",
                 .min_positional = 1,
                 .max_positional = 1,
@@ -35,6 +39,7 @@ file's rate: 8 x file bytes / weights.)",
 
     static void declare(OptionTable& table, Settings& settings) {
         table.flag("verify", "also check every region's CRC-32C and the zero padding", settings.verify);
+        table.flag("breakdown", "account for every byte by category (text table; JSON \"breakdown\" and per-tensor \"bytes\")", settings.breakdown);
     }
 
     static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation);
@@ -54,7 +59,7 @@ std::vector<std::pair<TensorRow, Shape>> tensor_rows(const ContainerReader& read
         rows.push_back({{entry.name, shape_text(entry.shape), std::string(dtype_name(entry.original_dtype)), entry.method,
                          DefaultCodec::stored_setting(entry, metadata),
                          count > 0 ? 8.0 * double(entry.metadata_size + entry.payload_size) / double(count) : 0.0, entry.segment_count(), relative_mse,
-                         proxy_loss},
+                         proxy_loss, stored.sensitivity},
                         entry.shape});
     }
     return rows;
@@ -90,7 +95,35 @@ Outcome InspectCommand::run(const Settings& settings, const std::vector<std::str
                     {"verified", settings.verify},
                     {"metadata", metadata.is_discarded() ? nlohmann::json(nullptr) : metadata},
                     {"tensors", std::move(tensors)}};
-    outcome.text = table_text(table);
+    if (settings.breakdown) {
+        const DefaultCodec::FileAccount account = DefaultCodec::account(reader);
+        require(account.total.total() == reader.total_size(), errc::corrupt, "inspect: the breakdown sums to ", account.total.total(),
+                " bytes, the file has ", reader.total_size());
+        nlohmann::json breakdown = nlohmann::json::object();
+        for (const auto& [category, bytes] : account.total.bytes) breakdown[category] = bytes;
+        outcome.json["breakdown"] = std::move(breakdown);
+        const double side_bpw = weights > 0 ? 8.0 * double(account.total.side_information()) / double(weights) : 0.0;
+        outcome.json["side_information_bytes"] = account.total.side_information();
+        outcome.json["side_information_bits_per_weight"] = side_bpw;
+        // Per tensor: its own categories (the rope corrections row is not listed, as above).
+        std::size_t row = 0;
+        for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+            if (reader.entry(index).name == nwc::detail::rope_corrections_name) continue;
+            nlohmann::json bytes = nlohmann::json::object();
+            for (const auto& [category, count] : account.tensors[index].bytes) bytes[category] = count;
+            outcome.json["tensors"][row++]["bytes"] = std::move(bytes);
+        }
+        std::string text = table_text(table);
+        append_format(text, "\n%-12s %12s %10s %8s\n", "category", "bytes", "bits/w", "share");
+        for (const auto& [category, bytes] : account.total.bytes)
+            append_format(text, "%-12s %12llu %10.4f %7.2f%%\n", category.c_str(), static_cast<unsigned long long>(bytes),
+                          weights > 0 ? 8.0 * double(bytes) / double(weights) : 0.0, 100.0 * double(bytes) / double(reader.total_size()));
+        append_format(text, "side information (all but payload): %llu bytes, %.4f bits per weight\n",
+                      static_cast<unsigned long long>(account.total.side_information()), side_bpw);
+        outcome.text = std::move(text);
+    } else {
+        outcome.text = table_text(table);
+    }
     append_format(outcome.text, "\n%s: %zu tensors from %s, %zu codec(s) of %llu bytes%s\n", input.c_str(), rows.size(), source.c_str(), reader.codec_count(),
                   static_cast<unsigned long long>(codec_bytes), settings.verify ? ", all checksums verified" : "");
     append_format(outcome.text, "%llu bytes for %lld weights: %.4f bits per weight (whole file)\n", static_cast<unsigned long long>(reader.total_size()),

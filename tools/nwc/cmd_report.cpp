@@ -26,6 +26,7 @@
 #include "nwc/core/file_io.hpp"
 #include "nwc/llm/calibration.hpp"
 #include "nwc/llm/perplexity.hpp"
+#include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 #include "nwc/pipeline/sequential_pipeline.hpp"
@@ -62,17 +63,19 @@ struct Row {
     double bits_per_weight = 0, mean_nll = 0, perplexity = 0, relative_mse = 0, seconds = 0;
     std::uint64_t file_bytes = 0;
     std::uint64_t decoder_bytes = 0;  ///< the embedded decoder half (nwc), part of file_bytes
+    std::uint64_t side_bytes = 0;     ///< everything but the payload (Codec::account), part of file_bytes
 };
 
 /// The report as markdown: the table, then per-rate verdicts computed from the rows.
 std::string markdown(const std::vector<Row>& rows, const llm::PerplexityResult& baseline, std::int64_t weights) {
     std::string text =
-        "| configuration | target | bits/weight (file) | file bytes | of which decoder | perplexity | NLL - fp32 | relative MSE | setting | codec | seconds |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    text += "| fp32 (uncompressed) | - | 32 | " + std::to_string(weights * 4) + " | - | " + optional_number(baseline.perplexity, "%.4f") + " | 0 | 0 | - | - | - |\n";
+        "| configuration | target | bits/weight (file) | side info (bits/weight) | file bytes | of which decoder | perplexity | NLL - fp32 | relative MSE | setting | codec | seconds |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    text += "| fp32 (uncompressed) | - | 32 | 0 | " + std::to_string(weights * 4) + " | - | " + optional_number(baseline.perplexity, "%.4f") + " | 0 | 0 | - | - | - |\n";
     for (const Row& row : rows)
         text += "| " + row.config + " | " + (std::isnan(row.target) ? std::string("Q4_0") : optional_number(row.target, "%g")) + " | " +
-                optional_number(row.bits_per_weight, "%.4f") + " | " + std::to_string(row.file_bytes) + " | " +
+                optional_number(row.bits_per_weight, "%.4f") + " | " + optional_number(8.0 * double(row.side_bytes) / double(weights), "%.4f") + " | " +
+                std::to_string(row.file_bytes) + " | " +
                 (row.decoder_bytes > 0 ? std::to_string(row.decoder_bytes) : std::string("-")) + " | " + optional_number(row.perplexity, "%.4f") + " | " +
                 optional_number(row.mean_nll - baseline.mean_nll, "%+.5f") + " | " + optional_number(row.relative_mse, "%.4e") + " | " + row.setting + " | " +
                 (row.codec.empty() ? "-" : row.codec) + " | " + optional_number(row.seconds, "%.1f") + " |\n";
@@ -114,6 +117,8 @@ struct ReportSettings {
     std::vector<double> rates{3, 4, 5, 6};
     std::vector<std::string> configs;
     llm::SequentialCompressionOptions sequential;
+    llm::SensitivityOptions sensitivity;
+    bool allocate = true;
     std::int64_t eval_windows = llm::PerplexityOptions{}.max_windows;
     int threads = 0;  // all cores
 
@@ -129,6 +134,7 @@ struct ReportInputs {
     llm::PerplexityOptions evaluation;
     llm::PerplexityResult baseline;
     llm::LinearHessians hessians;
+    std::optional<TensorSensitivities> sensitivities;  ///< with allocation: every matrix's, measured once
     llm::SequentialCompressionOptions sequential;
     std::vector<std::string> codec_paths;
     std::vector<std::shared_ptr<const NeuralCodec>> codecs;
@@ -176,6 +182,11 @@ configurations (--configs):
                         std::to_string(settings.sequential.validation_windows) + " are held out for early stopping",
                     settings.sequential.windows)
             .above(settings.sequential.validation_windows);
+        table.value("sensitivity-windows", "N", "allocation: sensitivities from the first N calibration windows", settings.sensitivity.windows)
+            .at_least(1);
+        table.value("sensitivity-pairs", "N", "allocation: antithetic noise pairs per tensor and window", settings.sensitivity.pairs).at_least(1);
+        table.flag("no-allocation", "one knob for every tensor at each target instead of per-tensor settings chosen by measured sensitivity",
+                   settings.allocate, false);
         table.value("eval-windows", "N", "evaluate only the first N windows of EVAL", settings.eval_windows).shows_default("all").at_least(1);
         table.value("markdown", "FILE", "write the table to FILE instead of printing it", settings.markdown);
         table.value("svg", "FILE", "write the plot", settings.svg);
@@ -207,6 +218,14 @@ ReportInputs load_inputs(const ReportSettings& settings, const std::string& mode
     calibration.threads = settings.threads;
     calibration.window = std::min(calibration.window, original.config().seq_len);
     inputs.hessians = llm::collect_hessians(original, inputs.calibration_tokens, calibration);
+    if (settings.allocate) {  // as nwc compress --calib --target-bpw measures them: calibration text only
+        llm::SensitivityOptions options = settings.sensitivity;
+        options.threads = settings.threads;
+        options.window = std::min(options.window, original.config().seq_len);
+        options.include_vectors = false;
+        options.shaped = true;
+        inputs.sensitivities = TensorSensitivities::from(llm::measure_sensitivities(original, inputs.calibration_tokens, options));
+    }
     inputs.sequential = settings.sequential;
     inputs.sequential.threads = settings.threads;
     inputs.sequential.window = std::min(inputs.sequential.window, original.config().seq_len);
@@ -243,6 +262,7 @@ Row run_configuration(const Configuration& configuration, double target, const R
     } else {
         RateTarget rate;
         rate.bits_per_weight = target;
+        if (inputs.sensitivities) rate.sensitivities = &*inputs.sensitivities;
         compressed = configuration.finetune ? compress_sequentially_to_target(coder, inputs.model, lookup, inputs.calibration_tokens, rate, inputs.sequential)
                                             : compress_to_target(coder, inputs.model, lookup, rate);
     }
@@ -250,6 +270,7 @@ Row run_configuration(const Configuration& configuration, double target, const R
     row.file_bytes = bytes.size();
     if (codec) row.decoder_bytes = serialize_codec_decoder(codec->decoder()).size();
     const ContainerReader reader = ContainerReader::from_bytes(std::move(bytes));
+    row.side_bytes = DefaultCodec::account(reader).total.side_information();
     const ModelFile decoded = DefaultCodec::decompress_model(reader, threads);
     std::optional<llm::LlamaWeights> decoded_weights = llama_weights_of(decoded, "decoded model");
     const llm::PerplexityResult result = llm::evaluate_perplexity(llm::LlamaModel(std::move(*decoded_weights)), inputs.evaluation_tokens, inputs.evaluation);
@@ -293,7 +314,8 @@ nlohmann::json report_json(const std::string& model_path, const ReportInputs& in
         root["rows"].push_back({{"config", row.config}, {"target", std::isnan(row.target) ? nlohmann::json("Q4_0") : nlohmann::json(row.target)},
                                 {"bits_per_weight", row.bits_per_weight}, {"file_bytes", row.file_bytes}, {"decoder_bytes", row.decoder_bytes},
                                 {"mean_nll", row.mean_nll}, {"perplexity", row.perplexity}, {"relative_mse", row.relative_mse}, {"setting", row.setting},
-                                {"codec", row.codec}, {"seconds", row.seconds}});
+                                {"codec", row.codec}, {"seconds", row.seconds}, {"side_information_bytes", row.side_bytes},
+                                {"side_information_bits_per_weight", 8.0 * double(row.side_bytes) / double(inputs.model.weight_count())}});
     return root;
 }
 

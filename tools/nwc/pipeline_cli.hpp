@@ -120,11 +120,12 @@ struct TensorRow {
     double bits_per_weight = 0.0;
     std::size_t segments = 1;
     double relative_mse = NAN, proxy_loss = NAN;
+    double sensitivity = NAN;  ///< the allocation's loss per unit of noise variance (NaN: none)
 };
 
 inline TensorRow tensor_row(const TensorReport& tensor) {
     return {tensor.name, shape_text(tensor.shape), std::string(dtype_name(tensor.original_dtype)), tensor.method, tensor.setting,
-            tensor.bits_per_weight(), tensor.segments, tensor.relative_mse, tensor.proxy_loss};
+            tensor.bits_per_weight(), tensor.segments, tensor.relative_mse, tensor.proxy_loss, NAN};
 }
 
 /// The per-tensor table as text.
@@ -133,12 +134,15 @@ inline std::string table_text(const std::vector<TensorRow>& rows) {
     for (const auto& row : rows) name_width = std::max(name_width, row.name.size());
     name_width = std::min<std::size_t>(name_width, 60);
     std::string text;
-    append_format(text, "%-*s %-11s %-5s %-6s %-14s %8s %5s %11s %11s\n", int(name_width), "name", "shape", "dtype", "method", "setting", "bits/w", "segs",
-                  "rel.MSE", "proxy");
+    bool any_sensitivity = false;
+    for (const auto& row : rows) any_sensitivity |= !std::isnan(row.sensitivity);
+    append_format(text, "%-*s %-11s %-5s %-6s %-14s %8s %5s %11s %11s%s\n", int(name_width), "name", "shape", "dtype", "method", "setting", "bits/w", "segs",
+                  "rel.MSE", "proxy", any_sensitivity ? "  sensitivity" : "");
     for (const auto& row : rows)
-        append_format(text, "%-*s %-11s %-5s %-6s %-14s %8.4f %5zu %11s %11s\n", int(name_width), row.name.c_str(), row.shape.c_str(), row.dtype.c_str(),
+        append_format(text, "%-*s %-11s %-5s %-6s %-14s %8.4f %5zu %11s %11s%s\n", int(name_width), row.name.c_str(), row.shape.c_str(), row.dtype.c_str(),
                       row.method.c_str(), row.setting.c_str(), row.bits_per_weight, row.segments, optional_number(row.relative_mse, "%.4e").c_str(),
-                      optional_number(row.proxy_loss, "%.4e").c_str());
+                      optional_number(row.proxy_loss, "%.4e").c_str(),
+                      any_sensitivity ? ("  " + optional_number(row.sensitivity, "%11.4e")).c_str() : "");
     return text;
 }
 
@@ -151,7 +155,8 @@ inline nlohmann::json row_json(const TensorRow& row, const Shape& shape) {
             {"bits_per_weight", row.bits_per_weight},
             {"segments", row.segments},
             {"relative_mse", number_or_null(row.relative_mse)},
-            {"proxy_loss", number_or_null(row.proxy_loss)}};
+            {"proxy_loss", number_or_null(row.proxy_loss)},
+            {"sensitivity", number_or_null(row.sensitivity)}};
 }
 
 }  // namespace nwc::cli

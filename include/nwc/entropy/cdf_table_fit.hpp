@@ -300,7 +300,9 @@ inline CompactTableFit fit_compact_table(std::int32_t offset, std::span<const st
         require(precision >= CdfTable::min_precision && precision <= CdfTable::max_precision, errc::invalid_argument, "fit_compact_table: precision ",
                 precision, " outside [", CdfTable::min_precision, ", ", CdfTable::max_precision, "]");
         const std::size_t widest = std::min<std::size_t>(CdfTable::max_bins, std::size_t(1) << precision) - 1;
-        for (auto [low, high] : windows) {
+        for (const auto& candidate : windows) {
+            // Plain variables, not a structured binding: clang before 16 cannot capture those.
+            std::size_t low = candidate.first, high = candidate.second;
             if (high - low + 1 > widest) {  // the window of `widest` bins holding the most symbols
                 std::uint64_t inside = 0, most = 0;
                 std::size_t best_low = low, best_high = low;

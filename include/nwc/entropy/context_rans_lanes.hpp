@@ -1,27 +1,30 @@
-// The context-coded rANS stream: header and index, the segment encoder and the scalar reference
-// decoder (nwc::backend::scalar). The public API is context_rans.hpp.
+// The context-coded rANS stream: the machine bound to its tables, the segment encoder and the
+// reference decoder. The public API is context_rans.hpp.
 //
-// Read me first (the plain coder's rans_lanes.hpp explains the rANS step; only the table choice
-// differs here):
-// - Symbol j of a segment belongs to lane j % 32, as in the plain coder, but its table is the
-//   context of its lane's state (LaneStateMachine), not j % channel_count. Every lane starts each
-//   segment in state 0, so segments still decode alone.
-// - Segment bytes (initial states, lane-ordered words, escape bits, padding) and the escape code
-//   are those of the plain stream, byte for byte; only the 40-byte header differs (it also
-//   records the machine's checksum). docs/format/rans.md, section 3.
+// Read me first (the plain coder's rans_lanes.hpp explains the rANS step and its lanes; only the
+// table choice differs here):
+// - Value i of a segment follows machine path i % 32 (context_rans::path_count): its table is the
+//   context of that path's LaneStateMachine state. Every path starts each segment in state 0, so
+//   segments still decode alone.
+// - The rANS lanes are those of the plain coder (lane i % lanes, lanes = rans::lane_count_for(n),
+//   starting at state 1 with coded tails) and so are the segment bytes (varints, lane block,
+//   words, escape bits): rans_encode_lanes and RansLaneDecoder::decode_bin do the rANS work with
+//   the table this file picks. Paths and lanes are independent: a 1-lane segment still has 32 paths.
 // - ContextDecodeTables binds a machine to a CdfTableSet once: the transition of each (state,
-//   parity of the decoded BIN) with the next state's context packed beside it, and each
-//   context's value offset. Everything is integer data derived from the stored tables.
+//   parity of the decoded BIN) and each context's value offset. Everything is integer data
+//   derived from the stored tables.
 #pragma once
 
 #include <algorithm>
 #include <bit>
+#include <concepts>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <span>
 #include <vector>
 
+#include "nwc/core/backend.hpp"
 #include "nwc/core/byte_io.hpp"
 #include "nwc/core/config.hpp"
 #include "nwc/core/error.hpp"
@@ -77,20 +80,6 @@ struct ContextDecodeTables {
     }
 };
 
-/// The CRC-32C of a table set's serialization without its trailing CRC, which identifies the tables
-/// a context stream was coded with. (CdfTableSet::checksum() covers the trailing CRC too, and a
-/// CRC over a message followed by its own CRC is the same constant, 0x48674BC7, for every message.)
-inline std::uint32_t table_set_fingerprint(const CdfTableSet& tables) {
-    ByteWriter writer;
-    tables.write(writer);
-    return crc32c(std::span<const std::uint8_t>(writer.bytes()).first(writer.size() - 4));
-}
-
-/// CRC-32C of a context stream without its 4-byte checksum field.
-inline std::uint32_t context_stream_checksum(std::span<const std::uint8_t> stream) noexcept {
-    return crc32c(stream.subspan(context_rans::checksum_offset + 4), crc32c(stream.first(context_rans::checksum_offset)));
-}
-
 /// Reusable per-thread buffers of the segment encoder.
 struct ContextEncodeScratch {
     std::vector<std::uint16_t> contexts;
@@ -98,12 +87,11 @@ struct ContextEncodeScratch {
     std::vector<std::uint16_t> words;
 };
 
-/// Encodes one segment of values (lanes start in state 0) and appends its bytes to `out`; returns
-/// {word_count, escape_bytes}. Throws nwc::error(invalid_argument) for a value that is not on
+/// Encodes one segment of values (paths start in state 0) and appends its bytes to `out` in the
+/// plain stream's segment layout. Throws nwc::error(invalid_argument) for a value that is not on
 /// its context's coset (value - addend not a multiple of the stride), naming its stream index.
-inline std::pair<std::uint32_t, std::uint32_t> context_encode_segment(const ContextDecodeTables& bound, const LaneStateMachine& machine,
-                                                                      std::span<const std::int32_t> values, std::uint64_t first_index,
-                                                                      std::vector<std::uint8_t>& out) {
+inline void context_encode_segment(const ContextDecodeTables& bound, const LaneStateMachine& machine, std::span<const std::int32_t> values,
+                                   std::uint64_t first_index, std::vector<std::uint8_t>& out) {
     const RansDecodeTables& tables = *bound.rans;
     thread_local ContextEncodeScratch reused;
     ContextEncodeScratch large;
@@ -111,18 +99,17 @@ inline std::pair<std::uint32_t, std::uint32_t> context_encode_segment(const Cont
     if (scratch.symbols.size() < values.size()) {
         scratch.contexts.resize(values.size());
         scratch.symbols.resize(values.size());
-        scratch.words.resize(values.size());
     }
     std::uint16_t* const contexts = scratch.contexts.data();
     std::int32_t* const symbols = scratch.symbols.data();
 
-    // The machine forwards, lane by lane: each value's context and table symbol.
-    std::uint32_t lane_states[rans::lane_count] = {};
+    // The machine forwards, path by path: each value's context and table symbol.
+    std::uint32_t path_states[context_rans::path_count] = {};
     const std::int64_t stride = bound.value_stride;
     // A power-of-two stride (2 for trellis-coded quantization) divides by an arithmetic shift.
     const int stride_shift = std::has_single_bit(std::uint64_t(stride)) ? std::countr_zero(std::uint64_t(stride)) : -1;
     for (std::size_t i = 0; i < values.size(); ++i) {
-        std::uint32_t& state = lane_states[i % rans::lane_count];
+        std::uint32_t& state = path_states[i % context_rans::path_count];
         const std::uint32_t context = bound.state_contexts[state];
         const std::int64_t offset_value = std::int64_t(values[i]) - bound.addends[context];
         const std::int64_t symbol = stride_shift >= 0    ? offset_value >> stride_shift
@@ -131,7 +118,7 @@ inline std::pair<std::uint32_t, std::uint32_t> context_encode_segment(const Cont
         require(symbol * stride == offset_value && symbol >= std::numeric_limits<std::int32_t>::min() &&
                     symbol <= std::numeric_limits<std::int32_t>::max(),
                 errc::invalid_argument, "context_rans::encode: value ", values[i], " at index ", first_index + i, " is not ", stride,
-                " * symbol + ", bound.addends[context], " (context ", context, " of lane state ", state, ")");
+                " * symbol + ", bound.addends[context], " (context ", context, " of path state ", state, ")");
         contexts[i] = std::uint16_t(context);
         symbols[i] = std::int32_t(symbol);
         state = machine.next(state, std::int32_t(symbol));
@@ -147,150 +134,49 @@ inline std::pair<std::uint32_t, std::uint32_t> context_encode_segment(const Cont
     for (std::size_t i = 0; i < values.size(); ++i)
         if (NWC_UNLIKELY(bin_of(symbols[i], contexts[i]) == supports[contexts[i]]))
             escape_writer.write(escape_code(symbols[i], offsets[contexts[i]], supports[contexts[i]]));
-    const std::vector<std::uint8_t>& escape_bytes = escape_writer.finish();
+    const std::vector<std::uint8_t> escape_bytes = escape_writer.finish();
 
-    // Backwards, words filling the buffer from its end (rans_encode_segment, with the context's table).
-    const int precision = tables.precision;
-    std::uint16_t* const words_end = scratch.words.data() + values.size();
-    std::uint16_t* first_word = words_end;
-    std::uint32_t states[rans::lane_count];
-    std::fill(std::begin(states), std::end(states), rans::state_lower_bound);
-    for (std::size_t i = values.size(); i-- > 0;) {
-        std::uint32_t& x = states[i % rans::lane_count];
-        const std::uint32_t entry = tables.bin_entries[tables.bin_bases[contexts[i]] + bin_of(symbols[i], contexts[i])];
-        const std::uint32_t frequency = entry >> 16, cumulative = entry & 0xFFFFu;
-        if (x >= frequency << (32 - precision)) {
-            *--first_word = std::uint16_t(x);
-            x >>= 16;
-        }
-        x = ((x / frequency) << precision) + (x % frequency) + cumulative;
-    }
-    const std::size_t word_count = std::size_t(words_end - first_word);
-
-    const std::size_t start = out.size();
-    const std::uint32_t size = segment_byte_size(std::uint32_t(word_count), std::uint32_t(escape_bytes.size()));
-    out.resize(start + size);
-    std::uint8_t* at = out.data() + start;
-    std::memcpy(at, states, sizeof states);
-    std::memcpy(at + rans::segment_state_bytes, first_word, 2 * word_count);
-    if (!escape_bytes.empty()) std::memcpy(at + rans::segment_state_bytes + 2 * word_count, escape_bytes.data(), escape_bytes.size());
-    const std::size_t used = rans::segment_state_bytes + 2 * word_count + escape_bytes.size();
-    std::fill(at + used, at + size, std::uint8_t(0));
-    return {std::uint32_t(word_count), std::uint32_t(escape_bytes.size())};
+    RansLaneEncoding lanes;
+    rans_encode_lanes(rans::lane_count_for(values.size()), values.size(), tables.precision, [&](std::size_t i) {
+        return tables.bin_entries[tables.bin_bases[contexts[i]] + bin_of(symbols[i], contexts[i])];
+    }, scratch.words, lanes);
+    append_segment(out, std::uint32_t(values.size()), lanes, escape_bytes);
 }
 
-/// The decoder of one segment, stepped symbol by symbol: the reference, and the SIMD decoder's
-/// tail and escape path (it shares the rANS states and the lanes' machine states).
-class ContextLaneDecoder {
-public:
-    ContextLaneDecoder(const ContextDecodeTables& bound, const RansSegmentBytes& segment)
-        : m_bound(bound),
-          m_segment(segment),
-          m_escapes(segment.escapes, segment.index, segment.byte_offset + rans::segment_state_bytes + 2 * std::uint64_t(segment.word_count)) {
-        for (std::uint32_t lane = 0; lane < rans::lane_count; ++lane) {
-            std::memcpy(&m_states[lane], segment.states + 4 * lane, 4);
-            require(m_states[lane] >= rans::state_lower_bound, errc::corrupt, "context rANS stream: segment ", segment.index, " at byte ",
-                    segment.byte_offset, ": initial state of lane ", lane, " is ", m_states[lane], " < 2^16");
-            m_lane_states[lane] = 0;
-        }
-        static const std::uint8_t zero_word[2] = {0, 0};
-        m_words = segment.word_count ? segment.words : zero_word;
-        m_last_word = segment.word_count ? segment.word_count - 1 : 0;
-    }
-
-    /// Decodes segment symbols [first, end) into out[first..end).
-    void decode(std::size_t first, std::size_t end, std::int32_t* out) {
-        const RansDecodeTables& tables = *m_bound.rans;
-        const int precision = tables.precision;
-        const std::uint32_t slot_mask = (1u << precision) - 1;
-        const std::uint16_t* slot_bins = tables.slot_bins.data();
-        const std::uint32_t* bin_entries = tables.bin_entries.data();
-        const std::uint32_t* bin_bases = tables.bin_bases.data();
-        const std::uint32_t* supports = tables.supports.data();
-        const std::uint16_t* state_contexts = m_bound.state_contexts.data();
-        const std::uint32_t* bin_transitions = m_bound.bin_transitions.data();
-        const std::uint8_t* words = m_words;
-        const std::size_t last_word = m_last_word;
-        const bool no_words = m_segment.word_count == 0;
-        std::uint32_t states[rans::lane_count], lane_states[rans::lane_count];
-        std::copy(std::begin(m_states), std::end(m_states), states);
-        std::copy(std::begin(m_lane_states), std::end(m_lane_states), lane_states);
-        std::size_t position = m_position;
-        std::uint32_t overrun = 0;
-        for (std::size_t i = first; i < end; ++i) {
-            std::uint32_t& x = states[i % rans::lane_count];
-            std::uint32_t& lane_state = lane_states[i % rans::lane_count];
-            const std::uint32_t context = state_contexts[lane_state];
-            const std::uint32_t slot = x & slot_mask;
-            const std::uint32_t bin = slot_bins[(std::size_t(context) << precision) | slot];
-            const std::uint32_t entry = bin_entries[bin_bases[context] + bin];
-            x = (entry >> 16) * (x >> precision) + slot - (entry & 0xFFFFu);
-            if (NWC_LIKELY(bin != supports[context])) {
-                out[i] = m_bound.value_of_bin(context, bin);
-                lane_state = bin_transitions[2 * lane_state + (bin & 1u)] & 0xFFFFu;
-            } else {
-                lane_state = read_escape(lane_state, context, out[i]);
-            }
-            const std::uint32_t need = x < rans::state_lower_bound;
-            overrun |= need & std::uint32_t(position > last_word || no_words);
-            const std::uint32_t word = load_u16(words + 2 * std::min(position, last_word));
-            x = need ? (x << 16) | word : x;
-            position += need;
-        }
-        std::copy(std::begin(states), std::end(states), m_states);
-        std::copy(std::begin(lane_states), std::end(lane_states), m_lane_states);
-        m_position = position;
-        if (overrun)
-            fail(errc::corrupt, "context rANS stream: segment ", m_segment.index, " at byte ", m_segment.byte_offset,
-                 ": decoding needs more than the ", m_segment.word_count, " words the index announces");
-    }
-
-    /// Reads the escaped symbol of a lane in `state` (context `context`), stores its value in
-    /// `value` and returns the lane's next state. Throws nwc::error(corrupt) when the value
-    /// leaves int32.
-    std::uint32_t read_escape(std::uint32_t state, std::uint32_t context, std::int32_t& value) {
-        const RansDecodeTables& tables = *m_bound.rans;
-        const std::int32_t symbol = m_escapes.read_value(tables.offsets[context], tables.supports[context]);
-        const std::int64_t decoded = std::int64_t(m_bound.value_stride) * symbol + m_bound.addends[context];
-        require(decoded >= std::numeric_limits<std::int32_t>::min() && decoded <= std::numeric_limits<std::int32_t>::max(), errc::corrupt,
-                "context rANS stream: segment ", m_segment.index, " at byte ", m_segment.byte_offset, ": escaped symbol ", symbol, " of context ",
-                context, " maps to ", decoded, ", outside int32");
-        value = std::int32_t(decoded);
-        return m_bound.symbol_transitions[2 * state + (std::uint32_t(symbol) & 1u)];
-    }
-
-    /// Throws unless the segment ended exactly: all words and escape bytes used, every state back at 2^16.
-    void expect_end() const {
-        require(m_position == m_segment.word_count, errc::corrupt, "context rANS stream: segment ", m_segment.index, " at byte ",
-                m_segment.byte_offset, ": decoding used ", m_position, " words but the index announces ", m_segment.word_count);
-        for (std::uint32_t lane = 0; lane < rans::lane_count; ++lane)
-            require(m_states[lane] == rans::state_lower_bound, errc::corrupt, "context rANS stream: segment ", m_segment.index, " at byte ",
-                    m_segment.byte_offset, ": lane ", lane, " ends in state ", m_states[lane], ", expected 2^16");
-        m_escapes.expect_end();
-    }
-
-    std::uint32_t* states() noexcept { return m_states; }
-    std::uint32_t* lane_states() noexcept { return m_lane_states; }
-    std::size_t& word_position() noexcept { return m_position; }
-    const ContextDecodeTables& bound() const noexcept { return m_bound; }
-
-private:
-    const ContextDecodeTables& m_bound;
-    RansSegmentBytes m_segment;
-    EscapeBitReader m_escapes;
-    std::uint32_t m_states[rans::lane_count];
-    std::uint32_t m_lane_states[rans::lane_count];
-    const std::uint8_t* m_words = nullptr;
-    std::size_t m_last_word = 0;
-    std::size_t m_position = 0;
-};
-
-/// Reference decoder of one segment (`out.size()` == its symbol count).
+/// The reference decoder of one segment: the plain coder's lanes (RansLaneDecoder::decode_bin),
+/// each symbol's table chosen by its path's machine state.
 inline void context_decode_segment(const ContextDecodeTables& bound, const RansSegmentBytes& segment, std::span<std::int32_t> out,
                                    backend::scalar) {
-    ContextLaneDecoder decoder(bound, segment);
-    decoder.decode(0, out.size(), out.data());
+    RansLaneDecoder decoder(*bound.rans, segment);
+    const std::uint32_t* supports = bound.rans->supports.data();
+    std::uint32_t path_states[context_rans::path_count] = {};
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        std::uint32_t& state = path_states[i % context_rans::path_count];
+        const std::uint32_t context = bound.state_contexts[state];
+        const std::uint32_t bin = decoder.decode_bin(i, context);
+        if (NWC_LIKELY(bin != supports[context])) {
+            out[i] = bound.value_of_bin(context, bin);
+            state = bound.bin_transitions[2 * state + (bin & 1u)] & 0xFFFFu;
+        } else {
+            // The escaped symbol's parity, not the escape bin's, picks the transition.
+            const std::int32_t symbol = decoder.escapes().read_value(bound.rans->offsets[context], supports[context]);
+            const std::int64_t decoded = std::int64_t(bound.value_stride) * symbol + bound.addends[context];
+            require(decoded >= std::numeric_limits<std::int32_t>::min() && decoded <= std::numeric_limits<std::int32_t>::max(), errc::corrupt,
+                    "context rANS stream: segment ", segment.index, " at byte ", segment.byte_offset, ": escaped symbol ", symbol, " of context ",
+                    context, " maps to ", decoded, ", outside int32");
+            out[i] = std::int32_t(decoded);
+            state = bound.symbol_transitions[2 * state + (std::uint32_t(symbol) & 1u)];
+        }
+    }
     decoder.expect_end();
+}
+
+/// Every other host backend decodes with the reference: the SIMD and warp decoders of version 1
+/// streams assumed 32 lanes per segment and have not been rewritten for version 2's lane counts.
+template <class Backend>
+    requires(!std::same_as<Backend, backend::scalar>)
+void context_decode_segment(const ContextDecodeTables& bound, const RansSegmentBytes& segment, std::span<std::int32_t> out, Backend) {
+    context_decode_segment(bound, segment, out, backend::scalar{});
 }
 
 }  // namespace nwc::detail

@@ -2,7 +2,7 @@
 // context-coded rANS stream (context_rans.hpp), and the constants of that stream's format.
 //
 // Read me first:
-// - Each of the 32 lanes of a segment is in a state s (state 0 at the start of every segment).
+// - Each of the 32 paths of a segment (value i follows path i % 32) is in a state s (state 0 at the start of every segment).
 //   Its next symbol is coded with table context(s); once the symbol m is known the lane moves to
 //   next(s, m & 1). So the decoder knows the table of a lane's next symbol as soon as it has
 //   decoded the lane's previous one: one table step per symbol, lanes still independent.
@@ -121,10 +121,10 @@ private:
 /// Constants of the context-coded rANS stream (docs/format/rans.md, section 3). Its segments are
 /// laid out exactly like those of the plain rANS stream (rans_format.hpp); only the header differs.
 namespace context_rans {
-inline constexpr std::uint32_t magic = 0x5243574E;  // "NWCR" little-endian
-inline constexpr std::uint16_t version = 1;
-inline constexpr std::size_t header_bytes = 40;
-inline constexpr std::size_t checksum_offset = 36;  // the CRC field inside the header
+inline constexpr std::uint8_t version = 2;
+/// Machine paths: value i of a segment follows path i % 32 (its machine state), whatever the
+/// number of rANS lanes coding the segment. The trellis quantizer's Viterbi paths are these.
+inline constexpr std::uint32_t path_count = 32;
 }  // namespace context_rans
 
 }  // namespace nwc

@@ -88,7 +88,8 @@ void decode_segment(std::span<const std::uint8_t> stream, const RansStreamIndex&
     NWC_ASSERT(tables.precision() == index.precision);
     require(out.size() == info.symbol_count, errc::invalid_argument, "rans::decode_segment: segment ", segment, " holds ", info.symbol_count,
             " symbols, output has room for ", out.size());
-    detail::rans_decode_segment(tables.decode_tables(), detail::segment_bytes(stream, index, segment), out, backend);
+    // Unqualified: found by argument-dependent lookup, so a user's backend tag supplies its own kernel.
+    rans_decode_segment(tables.decode_tables(), detail::segment_bytes(stream, index, segment), out, backend);
 }
 
 /// Decodes a whole stream into `out` (exactly the stream's symbol count), segments in parallel on
@@ -103,8 +104,8 @@ void decode(std::span<const std::uint8_t> stream, const CdfTableSet& tables, std
             " symbols, output has room for ", out.size());
     parallel_for(std::int64_t(index.segments.size()), threads, [&](std::int64_t s) {
         const RansSegment& info = index.segments[std::size_t(s)];
-        detail::rans_decode_segment(tables.decode_tables(), detail::segment_bytes(stream, index, std::size_t(s)),
-                                    out.subspan(info.first_symbol, info.symbol_count), backend);
+        rans_decode_segment(tables.decode_tables(), detail::segment_bytes(stream, index, std::size_t(s)),
+                            out.subspan(info.first_symbol, info.symbol_count), backend);  // ADL: see decode_segment
     });
 }
 

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "nwc/core/byte_io.hpp"
@@ -188,6 +189,35 @@ private:
     std::size_t m_size;
 };
 
+/// Parses `segment_count` segments of `segment_size` symbols (the last one shorter) from `reader`
+/// (positioned after the header, over `body`) into index.segments; shared by the plain and the
+/// context-coded stream, whose segments are laid out alike. Throws nwc::error(corrupt, truncated).
+inline void read_segment_index(ByteReader& reader, std::span<const std::uint8_t> body, std::uint64_t segment_count, std::uint64_t segment_size,
+                               std::string_view name, RansStreamIndex& index) {
+    index.segments.resize(std::size_t(segment_count));
+    RansLaneStart start;
+    for (std::size_t s = 0; s < index.segments.size(); ++s) {
+        RansSegment& segment = index.segments[s];
+        segment.byte_offset = reader.offset();
+        segment.first_symbol = std::uint64_t(s) * segment_size;
+        segment.symbol_count = std::uint32_t(std::min<std::uint64_t>(segment_size, index.symbol_count - segment.first_symbol));
+        segment.lane_count = rans::lane_count_for(segment.symbol_count);
+        const std::uint64_t words = get_varint(reader, "word count"), escape_bytes = get_varint(reader, "escape byte count");
+        // Each symbol consumes at most one word and writes at most one escape code.
+        require(words <= segment.symbol_count && escape_bytes <= (std::uint64_t(segment.symbol_count) * rans::max_escape_code_bits + 7) / 8, errc::corrupt,
+                name, ": segment ", s, " at byte ", segment.byte_offset, " announces ", words, " words and ", escape_bytes, " escape bytes for ",
+                segment.symbol_count, " symbols");
+        segment.word_count = std::uint32_t(words);
+        segment.escape_bytes = std::uint32_t(escape_bytes);
+        segment.lanes_offset = reader.offset();
+        segment.lane_bytes = std::uint32_t(read_lane_block(body.subspan(reader.offset()), segment.symbol_count, reader.offset(), s, start));
+        reader.skip(segment.lane_bytes);
+        segment.words_offset = reader.offset();
+        reader.skip(2 * std::size_t(segment.word_count) + segment.escape_bytes);
+        segment.byte_size = std::uint32_t(reader.offset() - segment.byte_offset);
+    }
+}
+
 /// CRC-32C of a stream without its trailing 4-byte checksum.
 inline std::uint32_t rans_stream_checksum(std::span<const std::uint8_t> stream) noexcept { return crc32c(stream.first(stream.size() - 4)); }
 
@@ -247,28 +277,7 @@ inline RansStreamIndex read_index(std::span<const std::uint8_t> stream, const Cd
     const std::uint64_t segment_count = segment_size ? index.symbol_count / segment_size + (index.symbol_count % segment_size != 0) : 0;
     require(segment_count <= reader.remaining() / min_segment_bytes, errc::truncated, "rANS stream: ", segment_count, " segments cannot fit in the ",
             reader.remaining(), " bytes after the header");
-    index.segments.resize(std::size_t(segment_count));
-    detail::RansLaneStart start;
-    for (std::size_t s = 0; s < index.segments.size(); ++s) {
-        RansSegment& segment = index.segments[s];
-        segment.byte_offset = reader.offset();
-        segment.first_symbol = std::uint64_t(s) * segment_size;
-        segment.symbol_count = std::uint32_t(std::min<std::uint64_t>(segment_size, index.symbol_count - segment.first_symbol));
-        segment.lane_count = lane_count_for(segment.symbol_count);
-        const std::uint64_t words = detail::get_varint(reader, "word count"), escape_bytes = detail::get_varint(reader, "escape byte count");
-        // Each symbol consumes at most one word and writes at most one escape code.
-        require(words <= segment.symbol_count && escape_bytes <= (std::uint64_t(segment.symbol_count) * max_escape_code_bits + 7) / 8, errc::corrupt,
-                "rANS stream: segment ", s, " at byte ", segment.byte_offset, " announces ", words, " words and ", escape_bytes, " escape bytes for ",
-                segment.symbol_count, " symbols");
-        segment.word_count = std::uint32_t(words);
-        segment.escape_bytes = std::uint32_t(escape_bytes);
-        segment.lanes_offset = reader.offset();
-        segment.lane_bytes = std::uint32_t(detail::read_lane_block(body.subspan(reader.offset()), segment.symbol_count, reader.offset(), s, start));
-        reader.skip(segment.lane_bytes);
-        segment.words_offset = reader.offset();
-        reader.skip(2 * std::size_t(segment.word_count) + segment.escape_bytes);
-        segment.byte_size = std::uint32_t(reader.offset() - segment.byte_offset);
-    }
+    detail::read_segment_index(reader, body, segment_count, segment_size, "rANS stream", index);
     require(reader.at_end(), errc::corrupt, "rANS stream: ", reader.remaining(), " trailing bytes after byte ", reader.offset());
     return index;
 }

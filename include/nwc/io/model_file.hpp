@@ -35,6 +35,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nwc/core/byte_io.hpp"
 #include "nwc/core/error.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/tensor.hpp"
@@ -205,6 +206,54 @@ inline ModelFile load_llama2c(const std::filesystem::path& path) {
         model.rope_corrections = Tensor<std::int32_t>(Shape{count, 2}, std::move(corrections));
     }
     return model;
+}
+
+/// The RoPE corrections as the bytes a container stores (docs/format/container.md): per correction,
+/// in index order, varint(index - previous index - 1) then zigzag varint(stored bits - computed
+/// bits), the computed table being llama2c_rope_tables(config). Float rounding in another libm
+/// moves an entry by a few ulps, so most corrections take 2 bytes instead of 8.
+inline std::vector<std::uint8_t> pack_rope_corrections(const Tensor<std::int32_t>& corrections, const llm::LlamaConfig& config) {
+    const auto [real, imag] = llm::llama2c_rope_tables(config);
+    const std::int64_t real_count = real.numel(), all = real_count + imag.numel();
+    ByteWriter writer;
+    std::int64_t previous = -1;
+    for (std::int64_t k = 0; k < (corrections.values().empty() ? 0 : corrections.rows()); ++k) {
+        const std::int64_t index = corrections(k, 0);
+        require(index > previous && index < all, errc::invalid_argument, "pack_rope_corrections: correction ", k, " names entry ", index,
+                " (entries must increase, below ", all, ")");
+        const float computed = index < real_count ? real[index] : imag[index - real_count];
+        const std::int64_t difference = std::int64_t(std::uint32_t(corrections(k, 1))) - std::int64_t(float_bits(computed));
+        detail::put_varint(writer, std::uint64_t(index - previous - 1));
+        detail::put_varint(writer, (std::uint64_t(difference) << 1) ^ std::uint64_t(difference >> 63));
+        previous = index;
+    }
+    return writer.take();
+}
+
+/// Reads what pack_rope_corrections wrote; throws nwc::error(corrupt) naming `context` for an entry
+/// beyond the tables or a value that is not a 32-bit pattern.
+inline Tensor<std::int32_t> unpack_rope_corrections(std::span<const std::uint8_t> bytes, const llm::LlamaConfig& config, std::string_view context) {
+    const auto [real, imag] = llm::llama2c_rope_tables(config);
+    const std::int64_t real_count = real.numel(), all = real_count + imag.numel();
+    ByteReader reader(bytes, std::string(context));
+    std::vector<std::int32_t> values;
+    std::int64_t previous = -1;
+    while (!reader.at_end()) {
+        const std::uint64_t gap = detail::get_varint(reader, "RoPE correction gap");
+        require(gap < std::uint64_t(all - previous - 1), errc::corrupt, context, ": RoPE correction ", values.size() / 2, " skips ", gap,
+                " entries past entry ", previous, " of ", all);
+        const std::int64_t index = previous + 1 + std::int64_t(gap);
+        const std::uint64_t zigzag = detail::get_varint(reader, "RoPE correction");
+        const std::int64_t difference = std::int64_t(zigzag >> 1) ^ -std::int64_t(zigzag & 1);
+        const float computed = index < real_count ? real[index] : imag[index - real_count];
+        const std::int64_t bits = std::int64_t(float_bits(computed)) + difference;
+        require(bits >= 0 && bits <= std::int64_t(UINT32_MAX), errc::corrupt, context, ": RoPE correction of entry ", index, " is not a float");
+        values.push_back(std::int32_t(index));
+        values.push_back(std::int32_t(std::uint32_t(bits)));
+        previous = index;
+    }
+    const std::int64_t count = std::int64_t(values.size() / 2);
+    return count == 0 ? Tensor<std::int32_t>() : Tensor<std::int32_t>(Shape{count, 2}, std::move(values));
 }
 
 inline llm::LlamaWeights llama2c_weights_of(const ModelFile& model, std::string_view context) {

@@ -181,10 +181,12 @@ private:
         hidden.rowwise() = m_input_bias.value.row(0);
         hidden.noalias() += x * m_input_weight.value.transpose();
         product.resize(count, width);
+        // The using-declaration keeps argument-dependent lookup on: a user's backend tag may overload it.
+        using detail::block_epilogue_row;
         for (const Block& block : m_blocks) {
             product.noalias() = hidden * block.weight.value.transpose();
             for (std::int64_t row = 0; row < count; ++row)
-                detail::block_epilogue_row<Scalar>(product.row(row).data(), block.bias.value.data(),
+                block_epilogue_row<Scalar>(product.row(row).data(), block.bias.value.data(),
                                                    block.gamma.value.data(), block.beta.value.data(),
                                                    m_embedding.value.row(levels[row]).data(), hidden.row(row).data(),
                                                    width, backend_tag);

@@ -54,7 +54,9 @@ struct MethodOptions {
     /// nwc: embed the codec's decoder even when it ships with the library (a self-contained file,
     /// 9-20 KB more); off, a shipped codec is referenced by the SHA-256 of its decoder (36 bytes).
     bool embed_codec = false;
-    NormalizationAxis axis = NormalizationAxis::per_column;  ///< ecsq, nwc
+    /// ecsq, nwc: one scale per tensor by default (the least MSE for the same bytes, one fp16 of
+    /// side information; allocation may choose per row or per column for a matrix, see allocation.hpp).
+    NormalizationAxis axis = NormalizationAxis::per_tensor;
     double damping = 0.01;   ///< LDLQ damping relative to mean(diag H)
     int ldlq_block_size = 128;  ///< rtn, gptq, ecsq: columns per LDLQ block (exact feedback inside a block too)
     /// nwc: columns the codec codes together under block LDLQ; feedback flows between blocks only,

@@ -69,7 +69,7 @@ using HessianLookup = std::function<const Tensor<double>*(std::string_view name)
 /// One tensor's override of the codec's options: what rate allocation chooses per tensor.
 struct TensorSetting {
     double knob = std::numeric_limits<double>::quiet_NaN();  ///< the method's knob; NaN: the codec's
-    std::optional<NormalizationAxis> axis;                    ///< empty: the codec's
+    std::optional<NormalizationAxis> axis = {};               ///< empty: the codec's
     /// Predicted rise of the calibration NLL per unit of per-weight squared error (NaN: unknown).
     double sensitivity = std::numeric_limits<double>::quiet_NaN();
 };
@@ -329,10 +329,10 @@ public:
         result.writer.set_file_metadata(file_metadata(model));
         if (std::vector<std::uint8_t> blob = decoder_blob(); !blob.empty()) result.writer.add_codec(std::move(blob));
         for (auto& tensor : tensors) result.writer.add_tensor(std::move(tensor));
-        if (!model.rope_corrections.values().empty()) {
-            const auto* bytes = reinterpret_cast<const std::uint8_t*>(model.rope_corrections.data());
-            result.writer.add_tensor(make_raw_tensor(detail::rope_corrections_name, dtype::i32, model.rope_corrections.shape(),
-                                                     {bytes, std::size_t(model.rope_corrections.numel()) * 4}));
+        if (!model.rope_corrections.values().empty()) {  // packed against the recomputed tables (u8; older files: i32 pairs)
+            const llm::LlamaConfig config = detail::llama_config_from_json(model.source.at("llama2c"), "assemble_model: llama2c source");
+            const std::vector<std::uint8_t> packed = detail::pack_rope_corrections(model.rope_corrections, config);
+            result.writer.add_tensor(make_raw_tensor(detail::rope_corrections_name, dtype::u8, Shape{std::int64_t(packed.size())}, packed));
         }
         ModelReport& report = result.report;
         report.tensors = std::move(reports);
@@ -366,11 +366,17 @@ public:
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             const ContainerEntry& entry = reader.entry(index);
             if (entry.name == detail::rope_corrections_name) {
-                require(entry.method == "raw" && entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2, errc::corrupt,
-                        reader.context(), ": malformed RoPE corrections");
+                const bool packed = entry.original_dtype == dtype::u8 && entry.shape.rank() == 1 && model.source.contains("llama2c");
+                require(entry.method == "raw" && (packed || (entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2)),
+                        errc::corrupt, reader.context(), ": malformed RoPE corrections");
                 const auto bytes = reader.payload(index);
-                model.rope_corrections = Tensor<std::int32_t>(entry.shape);
-                std::memcpy(model.rope_corrections.data(), bytes.data(), bytes.size());
+                if (packed) {
+                    const llm::LlamaConfig config = detail::llama_config_from_json(model.source["llama2c"], reader.context() + ": llama2c source");
+                    model.rope_corrections = detail::unpack_rope_corrections(bytes, config, reader.context() + ": RoPE corrections");
+                } else {
+                    model.rope_corrections = Tensor<std::int32_t>(entry.shape);
+                    std::memcpy(model.rope_corrections.data(), bytes.data(), bytes.size());
+                }
                 continue;
             }
             plans.push_back(detail::make_decode_plan(reader, index, resources, methods{}));

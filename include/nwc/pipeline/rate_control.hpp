@@ -44,7 +44,7 @@ struct RateTarget {
     /// With sensitivities: per-tensor settings by allocation.hpp, then one common factor on every
     /// continuous knob for the exact bytes. Without: one knob for the whole file (equal error).
     const TensorSensitivities* sensitivities = nullptr;
-    AllocationOptions allocation;
+    AllocationOptions allocation = {};
 };
 
 namespace detail {

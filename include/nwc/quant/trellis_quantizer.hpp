@@ -1,13 +1,13 @@
 // nwc::TrellisQuantizer: entropy-coded trellis-coded quantization (ECTCQ; Marcellin and Fischer
 // 1990, Fischer and Wang 1992) of values in grid units, with tables conditioned on the trellis
-// union, and nwc::TrellisCode, its symbols coded by the context-conditioned 32-lane rANS coder.
+// union, and nwc::TrellisCode, its symbols coded by the context-conditioned rANS coder (32 machine paths).
 //
 // Read me first:
 // - Grid units: the caller divides each weight by Δ times its normalization scale (per row, per
 //   column or per tensor, as ECSQ does: the float product Δ s) and decodes k -> k * (Δ s). The
 //   symbol of a value is its grid index k (trellis.hpp); rate_weight μ = λ / Δ^2 is the
 //   Lagrangian weight of one bit in squared grid units.
-// - A STREAM of values is coded in 32 lanes: value i belongs to lane i % 32, and lane l's values
+// - A STREAM of values is coded in 32 paths: value i belongs to path i % 32, and path l's values
 //   l, l + 32, ... form one trellis path, restarted at state 0 at every multiple of segment_size
 //   (where the coder's segments start, so they decode alone). quantize_stream() runs these 32 x
 //   segments Viterbi searches in parallel; quantize_sequence() runs one, from any start state,
@@ -65,10 +65,10 @@ public:
     explicit TrellisQuantizer(TrellisQuantizerOptions options = {}) : m_options(options), m_trellis(options.states) {
         require(options.table_precision >= CdfTable::min_precision && options.table_precision <= CdfTable::max_precision, errc::invalid_argument,
                 "TrellisQuantizer: table precision ", options.table_precision);
-        require(options.segment_size >= rans::lane_count && options.segment_size <= rans::max_segment_size &&
-                    options.segment_size % rans::lane_count == 0,
+        require(options.segment_size >= context_rans::path_count && options.segment_size <= rans::max_segment_size &&
+                    options.segment_size % context_rans::path_count == 0,
                 errc::invalid_argument, "TrellisQuantizer: segment size ", options.segment_size, " must be a multiple of 32 in [32, 2^24]");
-        require(options.fit_passes >= 0 && options.fit_sample >= rans::lane_count, errc::invalid_argument, "TrellisQuantizer: ", options.fit_passes,
+        require(options.fit_passes >= 0 && options.fit_sample >= context_rans::path_count, errc::invalid_argument, "TrellisQuantizer: ", options.fit_passes,
                 " passes on ", options.fit_sample, " values");
     }
 
@@ -90,7 +90,7 @@ public:
         const std::vector<Path> sample = sample_paths(values.size());
         std::vector<float> sample_values;
         for (const Path& path : sample)
-            for (std::size_t j = 0; j < path.count; ++j) sample_values.push_back(values[path.first + j * rans::lane_count]);
+            for (std::size_t j = 0; j < path.count; ++j) sample_values.push_back(values[path.first + j * context_rans::path_count]);
         // Start: each union's own grid, rounded to nearest (what ECSQ with step 2 would code).
         std::vector<std::int32_t> symbols(sample_values.size());
         std::vector<CdfTable> start;
@@ -164,9 +164,9 @@ public:
             const Path& path = paths[std::size_t(p)];
             scratch->values.resize(path.count);
             scratch->symbols.resize(path.count);
-            for (std::size_t j = 0; j < path.count; ++j) scratch->values[j] = values[path.first + j * rans::lane_count];
+            for (std::size_t j = 0; j < path.count; ++j) scratch->values[j] = values[path.first + j * context_rans::path_count];
             scratch->search.run(scratch->values, 0, m_rates, scratch->symbols);
-            for (std::size_t j = 0; j < path.count; ++j) symbols[path.first + j * rans::lane_count] = scratch->symbols[j];
+            for (std::size_t j = 0; j < path.count; ++j) symbols[path.first + j * context_rans::path_count] = scratch->symbols[j];
         });
         return symbols;
     }
@@ -209,8 +209,8 @@ private:
         std::vector<Path> paths;
         for (std::size_t start = 0; start < count; start += m_options.segment_size) {
             const std::size_t length = std::min<std::size_t>(m_options.segment_size, count - start);
-            for (std::size_t lane = 0; lane < rans::lane_count && lane < length; ++lane)
-                paths.push_back({start + lane, (length - lane + rans::lane_count - 1) / rans::lane_count});
+            for (std::size_t lane = 0; lane < context_rans::path_count && lane < length; ++lane)
+                paths.push_back({start + lane, (length - lane + context_rans::path_count - 1) / context_rans::path_count});
         }
         return paths;
     }
@@ -233,7 +233,7 @@ private:
 class TrellisCode {
 public:
     static constexpr std::uint32_t magic = 0x5143544E;  // "NTCQ" little-endian
-    static constexpr std::uint16_t version = 1;
+    static constexpr std::uint16_t version = 2;  // 2: context stream version 2, varint stream size
 
     /// Codes the grid indices of a stream quantized with `trellis` and lanes restarting at
     /// multiples of `segment_size` (TrellisQuantizer::quantize_stream or its per-path calls), with
@@ -270,14 +270,15 @@ public:
     }
 
     /// u32 magic "NTCQ", u16 version, u8 log2 of the state count, u8 zero, the union tables
-    /// (CdfTableSet::write, 2 channels), u64 stream byte count, the context-coded stream.
+    /// (CdfTableSet::write, 2 channels), varint stream byte count, the context-coded stream
+    /// (without fingerprints or checksum: the tables are right here and containers CRC every tensor).
     void write(ByteWriter& writer) const {
         writer.put_u32(magic);
         writer.put_u16(version);
         writer.put_u8(std::uint8_t(m_trellis.state_bits()));
         writer.put_u8(0);
         m_tables.write(writer);
-        writer.put_u64(m_stream.size());
+        detail::put_varint(writer, m_stream.size());
         writer.put_bytes(m_stream);
     }
     /// Reads and fully validates what write() wrote (the stream's header, index and checksum
@@ -296,7 +297,7 @@ public:
         CdfTableSet tables = CdfTableSet::read(reader);
         require(tables.channel_count() == 2, errc::corrupt, reader.context(), ": trellis code at offset ", at, " has ", tables.channel_count(),
                 " tables (expected 2)");
-        const std::uint64_t stream_bytes = reader.get_u64();
+        const std::uint64_t stream_bytes = detail::get_varint(reader, "trellis code stream size");
         require(stream_bytes <= reader.remaining(), errc::truncated, reader.context(), ": trellis code stream of ", stream_bytes,
                 " bytes at offset ", reader.offset(), " but only ", reader.remaining(), " remain");
         const std::span<const std::uint8_t> stream = reader.get_bytes(std::size_t(stream_bytes));
