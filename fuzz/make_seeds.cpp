@@ -89,6 +89,8 @@ void trellis_code_seeds(const fs::path& folder) {
             write_seed(folder, "seed_" + std::to_string(states) + "_states" + (escapes ? "_escapes" : "") + ".tcq", writer.bytes());
             ++index;
         }
+}
+
 void compact_table_seeds(const fs::path& folder) {
     Random random(12);
     // The three kinds: small heavy-tailed counts (fit_compact_table picks parametric), large bimodal

@@ -45,8 +45,10 @@ namespace nwc::llm {
 
 struct SensitivityOptions {
     int window = evaluation_window;  ///< tokens per calibration window
-    int windows = 16;                ///< the first complete windows of the calibration text
-    int pairs = 4;                   ///< antithetic noise pairs per tensor
+    /// The first complete windows of the calibration text. 4 windows x 2 pairs: on stories260K at 4
+    /// bits per weight, 4 x 1 allocated as well as 16 x 4 (NLL +0.0770 vs +0.0779, 16x fewer passes).
+    int windows = 4;
+    int pairs = 2;                   ///< antithetic noise pairs per tensor
     double relative_noise = 0.02;    ///< sigma / RMS of the tensor (quadratic regime, see above)
     bool include_vectors = true;     ///< also the 1-D norm scales (when no names are given)
     /// Also measure, for matrices, noise shaped as per-row and per-column normalized quantization

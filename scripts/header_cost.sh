@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prints the CPU seconds `g++ -fsyntax-only` spends on one translation unit that includes only
+# <Eigen/Dense> (the reference, measured in the same run), only <nwc/nwc.hpp> (everything), and
+# only what decoding a .nwc file needs (<nwc/pipeline/pipeline_codec.hpp>: Codec::decompress),
+# each as the best of N runs (default 3), with the ratios to Eigen. Issue 12's goals: nwc.hpp at
+# most 3x, decoding at most 1.5x.
+#   scripts/header_cost.sh [runs]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+runs=${1:-3}
+compiler=${CXX:-g++}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+measure() {  # $1: the include line; prints the best user+sys CPU seconds
+    printf '%s\nint main() {}\n' "$1" >"$scratch/tu.cpp"
+    local best=""
+    for ((run = 0; run < runs; ++run)); do
+        local seconds
+        /usr/bin/time -f '%U %S' -o "$scratch/time" "$compiler" -std=c++20 -fsyntax-only -Iinclude -isystem /usr/include/eigen3 \
+            "$scratch/tu.cpp" >/dev/null 2>&1 || { echo "header_cost.sh: $1 does not compile" >&2; exit 1; }
+        seconds=$(tail -n 1 "$scratch/time" | awk '{print $1 + $2}')
+        if [[ -z "$best" ]] || awk -v a="$seconds" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$seconds; fi
+    done
+    echo "$best"
+}
+eigen=$(measure '#include <Eigen/Dense>')
+everything=$(measure '#include <nwc/nwc.hpp>')
+decoding=$(measure '#include <nwc/pipeline/pipeline_codec.hpp>')
+printf '%-40s %8s %8s\n' "translation unit includes" "CPU s" "x Eigen"
+printf '%-40s %8.2f %8.2f\n' "<Eigen/Dense>" "$eigen" 1
+printf '%-40s %8.2f %8.2f\n' "<nwc/nwc.hpp>" "$everything" "$(awk -v a="$everything" -v b="$eigen" 'BEGIN { print a / b }')"
+printf '%-40s %8.2f %8.2f\n' "<nwc/pipeline/pipeline_codec.hpp>" "$decoding" "$(awk -v a="$decoding" -v b="$eigen" 'BEGIN { print a / b }')"
