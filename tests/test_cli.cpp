@@ -270,7 +270,8 @@ TEST_CASE("--json prints one JSON object in every subcommand", "[cli][data][tool
     CHECK(trained["held_out"].size() == 4);
 
     const nlohmann::json report = json_of(run("report " + model + " --calib " + calib + " --text " + eval + " --tokenizer " + tokenizer +
-                                              " --configs rtn --rates 4 --eval-windows 2 --threads 2 --json --json-file " + (temp / "rd.json")));
+                                              " --configs rtn --rates 4 --eval-windows 2 --sensitivity-windows 1 --sensitivity-pairs 1 --threads 2 --json --json-file " +
+                                              (temp / "rd.json")));
     CHECK(report["rows"].size() == 2);  // the target and the Q4_0 setting
     CHECK(nlohmann::json::parse(nwc::read_file(temp.path / "rd.json")) == report);
 

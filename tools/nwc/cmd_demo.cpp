@@ -32,7 +32,7 @@ struct DemoSettings {
     double target_bpw = RateTarget{}.bits_per_weight;
     int threads = 0;  // all cores
 
-    // ecsq, not the library's default method: the small shipped neural codecs do not yet beat it at
+    // ecsq, the library's default method: the small shipped neural codecs do not yet beat it at
     // 4 bits per weight on this model (README, Results); --method nwc runs them.
     DemoSettings() { method.method = "ecsq"; }
 };

@@ -42,7 +42,9 @@ struct MethodOptions {
     /// more than 2^20 / 172 < detail::max_weights_per_payload_byte weights per payload byte.
     static constexpr std::int64_t max_weights_per_segment = std::int64_t(1) << 20;
 
-    std::string method = "nwc";  ///< the name of a method in the codec's list (Codec::method_names())
+    /// The name of a method in the codec's list (Codec::method_names()). ecsq by default: it measures
+    /// best on stories260K (docs/bench/report.md: ahead of nwc at 3 and 6 bits per weight, level at 4-5).
+    std::string method = "ecsq";
     int bits = 4;            ///< rtn, gptq: bits per code (2..8); 4 is Q4_0's 4.5 bits per weight
     int group_size = 32;     ///< rtn, gptq: weights of a row sharing one fp16 scale
     float step = 0.5f;       ///< ecsq: quantizer step on normalized (unit-variance) weights
