@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the CPU seconds `g++ -fsyntax-only` spends on one translation unit that includes only
 # <Eigen/Dense> (the reference, measured in the same run), only <nwc/nwc.hpp> (everything), and
-# only what decoding a .nwc file needs (<nwc/pipeline/pipeline_codec.hpp>: Codec::decompress),
+# only what decoding a .nwc file needs (<nwc/decode.hpp>),
 # each as the best of N runs (default 3), with the ratios to Eigen. Issue 12's goals: nwc.hpp at
 # most 3x, decoding at most 1.5x.
 #   scripts/header_cost.sh [runs]
@@ -25,8 +25,8 @@ measure() {  # $1: the include line; prints the best user+sys CPU seconds
 }
 eigen=$(measure '#include <Eigen/Dense>')
 everything=$(measure '#include <nwc/nwc.hpp>')
-decoding=$(measure '#include <nwc/pipeline/pipeline_codec.hpp>')
+decoding=$(measure '#include <nwc/decode.hpp>')
 printf '%-40s %8s %8s\n' "translation unit includes" "CPU s" "x Eigen"
 printf '%-40s %8.2f %8.2f\n' "<Eigen/Dense>" "$eigen" 1
 printf '%-40s %8.2f %8.2f\n' "<nwc/nwc.hpp>" "$everything" "$(awk -v a="$everything" -v b="$eigen" 'BEGIN { print a / b }')"
-printf '%-40s %8.2f %8.2f\n' "<nwc/pipeline/pipeline_codec.hpp>" "$decoding" "$(awk -v a="$decoding" -v b="$eigen" 'BEGIN { print a / b }')"
+printf '%-40s %8.2f %8.2f\n' "<nwc/decode.hpp>" "$decoding" "$(awk -v a="$decoding" -v b="$eigen" 'BEGIN { print a / b }')"

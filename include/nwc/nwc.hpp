@@ -1,6 +1,12 @@
 // nwc: neural weight compression for language models. The umbrella header: includes everything
-// except the CUDA backend (include/nwc/cuda/*.cuh, for nvcc translation units).
+// except the CUDA backend (include/nwc/cuda/*.cuh, for nvcc translation units). Narrower entry
+// points: <nwc/decode.hpp>, <nwc/compress.hpp>, <nwc/train.hpp>, <nwc/llm.hpp>.
 #pragma once
+
+#include "nwc/compress.hpp"
+#include "nwc/decode.hpp"
+#include "nwc/llm.hpp"
+#include "nwc/train.hpp"
 
 #include "nwc/version.hpp"
 #include "nwc/fwd.hpp"
@@ -77,6 +83,7 @@
 #include "nwc/llm/llama_model.hpp"
 #include "nwc/llm/llama_weights.hpp"
 #include "nwc/llm/perplexity.hpp"
+#include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/sequential_compression.hpp"
 #include "nwc/llm/tokenizer.hpp"
 
@@ -84,10 +91,12 @@
 #include "nwc/codec/codec_evaluation.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/codec_model.hpp"
+#include "nwc/codec/codec_reference.hpp"
 #include "nwc/codec/sha256.hpp"
 #include "nwc/codec/trainer.hpp"
 #include "nwc/codec/training_corpus.hpp"
 
+#include "nwc/pipeline/allocation.hpp"
 #include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_common.hpp"
