@@ -97,7 +97,7 @@ TEST_CASE("sequential compression writes a container that decodes to the coded m
             norm += std::pow(double(original.values[k]), 2);
         }
         INFO(original.name);
-        if (original.shape.rank() == 1) CHECK(error == 0.0);  // norm scales are stored as they are
+        if (original.shape.rank() == 1) CHECK(error / norm < 1e-4);  // norm scales: ecsq at 1/64 of their std
         else CHECK(error / norm < 0.2);
     }
     // Fine-tuning never made a block's held-out output worse than coding left it.
