@@ -7,8 +7,10 @@ demote() { awk '/^```/ { code = !code } !code && /^#/ { $0 = "#" $0 } { print }'
 {
 echo "# nwc file and bitstream formats"
 echo
-echo "Every format nwc reads or writes, byte by byte. All integers are little-endian; every nwc format"
-echo "carries a magic, a version and a CRC-32C (Castagnoli; check value crc32c(\"123456789\") = 0xE3069283)."
+echo "Every format nwc reads or writes, byte by byte. All integers are little-endian. Every nwc file"
+echo "(container, codec file) carries a magic, a version and CRC-32Cs (Castagnoli; check value"
+echo "crc32c(\"123456789\") = 0xE3069283); what lives inside a container (method metadata, rANS streams,"
+echo "codec references) carries a version byte and relies on the container's per-region CRC-32Cs."
 echo "Readers treat every byte as hostile: sizes are checked against the bytes present before anything"
 echo "is allocated, and every violation is an \`nwc::error\` naming the context and byte offset."
 echo
