@@ -9,8 +9,8 @@ echo "# nwc file and bitstream formats"
 echo
 echo "Every format nwc reads or writes, byte by byte. All integers are little-endian. Every nwc file"
 echo "(container, codec file) carries a magic, a version and CRC-32Cs (Castagnoli; check value"
-echo "crc32c(\"123456789\") = 0xE3069283); what lives inside a container (method metadata, rANS streams,"
-echo "codec references) carries a version byte and relies on the container's per-region CRC-32Cs."
+echo "crc32c(\"123456789\") = 0xE3069283); method metadata and rANS streams inside a container carry a"
+echo "version byte (codec references a magic) and rely on the container's per-region CRC-32Cs."
 echo "Readers treat every byte as hostile: sizes are checked against the bytes present before anything"
 echo "is allocated, and every violation is an \`nwc::error\` naming the context and byte offset."
 echo
