@@ -160,6 +160,7 @@ Fields small_directory_fields(const ContainerReader& reader) {
             {"method 1", text("raw")},
             {"codec 0 size", varint(9)},
             {"codec 0 crc", u32(reader.codec_entry(0).crc)},
+            {"w base", varint(0)},
             {"w prefix", varint(0)},
             {"w suffix", varint(0)},
             {"w middle size", varint(1)},
@@ -174,6 +175,7 @@ Fields small_directory_fields(const ContainerReader& reader) {
             {"w segments", varint(2)},
             {"w segment 0", varint(3)},
             {"w crc", u32(reader.entry(0).crc)},
+            {"norm base", varint(0)},
             {"norm prefix", varint(0)},
             {"norm suffix", varint(0)},
             {"norm middle size", varint(4)},
@@ -230,7 +232,7 @@ TEST_CASE("container: many tensors round trip, and serialization is byte-identic
     CHECK(writer.tensor_count() == added.size());
 
     const ContainerReader reader = ContainerReader::from_bytes(bytes);
-    CHECK(reader.version() == 2);
+    CHECK(reader.version() == 3);
     CHECK(reader.total_size() == bytes.size());
     CHECK(reader.file_metadata() == content.file_metadata);
     REQUIRE(reader.codec_count() == 3);
@@ -359,6 +361,30 @@ TEST_CASE("container: the streaming writer and the size-only layout agree with t
     CHECK(read_file(temp.path / "other.nwc") == memory.serialize());
 }
 
+TEST_CASE("container: a name is coded against the same role a layer back", "[container]") {
+    const char* roles[] = {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                           "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    ContainerWriter writer;
+    std::vector<std::string> names;
+    for (int layer = 0; layer < 12; ++layer)
+        for (const char* role : roles) names.push_back("model.layers." + std::to_string(layer) + "." + role + ".weight");
+    for (std::size_t k = 0; k < names.size(); ++k) {
+        const std::vector<std::uint8_t> values{1, 2, 3, std::uint8_t(k)};
+        writer.add_tensor(make_raw_tensor(names[k], dtype::u8, Shape{2, 2}, values));
+    }
+    const std::vector<std::uint8_t> bytes = writer.serialize();
+    const ContainerReader reader = ContainerReader::from_bytes(bytes);
+    const ContainerAccounting accounting = reader.accounting();
+    REQUIRE(reader.tensor_count() == names.size());
+    for (std::size_t k = 0; k < names.size(); ++k) {
+        CHECK(reader.entry(k).name == names[k]);
+        // From layer 1 on the base is 9 names back and the name costs 5 bytes (base, prefix, suffix,
+        // middle size, the layer's last digit); the rest of the record is 12 (type, 2 dims, method,
+        // codec, metadata and payload sizes, segments, CRC).
+        if (k >= std::size(roles) && k < 10 * std::size(roles)) CHECK(accounting.tensors[k].directory == 17);
+    }
+}
+
 TEST_CASE("container: the accounting covers every byte exactly once", "[container]") {
     for (const std::vector<std::uint8_t>& bytes : {many_tensors().serialize(), small_container(), ContainerWriter().serialize()}) {
         const ContainerReader reader = ContainerReader::from_bytes(bytes);
@@ -406,15 +432,15 @@ TEST_CASE("container: the worked example of docs/format/container.md, byte for b
     const Tensor<float> norm(Shape{2}, std::vector<float>{1.0f, 0.5f});
     writer.add_tensor(make_raw_tensor("norm", norm.view(), dtype::f32));
     const std::vector<std::uint8_t> expected = {
-        0x89, 0x4e, 0x57, 0x43, 0x0d, 0x0a, 0x1a, 0x0a, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  //
+        0x89, 0x4e, 0x57, 0x43, 0x0d, 0x0a, 0x1a, 0x0a, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  //
         0x01, 0x02, 0x03, 0x04, 0x0a, 0x14, 0x1e, 0xaa, 0xbb, 0xcc, 0xdd, 0x00, 0x00, 0x80, 0x3f, 0x00,  //
         0x00, 0x00, 0x3f, 0x01, 0x02, 0x02, 0x1b, 0x7b, 0x22, 0x73, 0x6f, 0x75, 0x72, 0x63, 0x65, 0x5f,  //
         0x66, 0x6f, 0x72, 0x6d, 0x61, 0x74, 0x22, 0x3a, 0x22, 0x6c, 0x6c, 0x61, 0x6d, 0x61, 0x32, 0x63,  //
         0x22, 0x7d, 0x03, 0x6e, 0x77, 0x63, 0x03, 0x72, 0x61, 0x77, 0x04, 0xf4, 0x8c, 0x30, 0x29, 0x00,  //
-        0x00, 0x01, 0x77, 0x21, 0x04, 0x08, 0x00, 0x01, 0x03, 0x04, 0x02, 0x03, 0x14, 0x63, 0x67, 0x32,  //
-        0x00, 0x00, 0x04, 0x6e, 0x6f, 0x72, 0x6d, 0x10, 0x02, 0x01, 0x00, 0x00, 0x08, 0x01, 0x98, 0xa1,  //
-        0x4b, 0x07, 0x4f, 0x00, 0x00, 0x00, 0x65, 0x5b, 0x05, 0x3d, 0x9f, 0xca, 0x68, 0x1e, 0x4e, 0x57,  //
-        0x43, 0x1a};
+        0x00, 0x00, 0x01, 0x77, 0x21, 0x04, 0x08, 0x00, 0x01, 0x03, 0x04, 0x02, 0x03, 0x14, 0x63, 0x67,  //
+        0x32, 0x00, 0x00, 0x00, 0x04, 0x6e, 0x6f, 0x72, 0x6d, 0x10, 0x02, 0x01, 0x00, 0x00, 0x08, 0x01,  //
+        0x98, 0xa1, 0x4b, 0x07, 0x51, 0x00, 0x00, 0x00, 0xc6, 0xf9, 0x3f, 0x0a, 0x74, 0xf4, 0xd1, 0x45,  //
+        0x4e, 0x57, 0x43, 0x1a};
     CHECK(writer.serialize() == expected);
     CHECK(crc32c(std::vector<std::uint8_t>{0x0A, 0x14, 0x1E, 0xAA, 0xBB, 0xCC, 0xDD}) == 0x32676314u);
 }
@@ -513,7 +539,7 @@ TEST_CASE("container: version 1 files are refused, naming the version", "[contai
     std::string message;
     CHECK(error_of([&] { (void)ContainerReader::from_bytes(version1); }, &message) == errc::unsupported);
     CHECK(message.find("container version 1") != std::string::npos);
-    CHECK(message.find("reads version 2") != std::string::npos);
+    CHECK(message.find("reads version 3") != std::string::npos);
 }
 
 TEST_CASE("container: hostile directories with valid CRCs give clean errors", "[container][hostile]") {
@@ -552,6 +578,9 @@ TEST_CASE("container: hostile directories with valid CRCs give clean errors", "[
         {"codec larger by one", {{"codec 0 size", varint(10)}}, errc::corrupt},
         {"codec smaller by one", {{"codec 0 size", varint(8)}}, errc::corrupt},
         {"codec of 2^62 bytes", {{"codec 0 size", varint(1ull << 62)}}, errc::corrupt},
+        {"first name with a base", {{"w base", varint(1)}}, errc::corrupt},
+        {"name based on one not yet read", {{"norm base", varint(1)}}, errc::corrupt},
+        {"name base of 2^40", {{"norm base", varint(1ull << 40)}}, errc::corrupt},
         {"first name sharing a prefix byte", {{"w prefix", varint(1)}}, errc::corrupt},
         {"first name sharing a suffix byte", {{"w suffix", varint(1)}}, errc::corrupt},
         {"name sharing more than the previous has", {{"norm prefix", varint(2)}}, errc::corrupt},
@@ -607,7 +636,8 @@ TEST_CASE("container: hostile directories with valid CRCs give clean errors", "[
         errc expected;
     };
     const std::size_t footer = bytes.size() - 16;
-    for (const Edit& edit : std::vector<Edit>{{"version 3", 8, 3, errc::unsupported},
+    for (const Edit& edit : std::vector<Edit>{{"version 2", 8, 2, errc::unsupported},
+                                              {"version 4", 8, 4, errc::unsupported},
                                               {"unknown flags", 12, 1, errc::unsupported},
                                               {"directory of 2^31 bytes", footer, 1u << 31, errc::limit},
                                               {"directory larger than the file", footer, std::uint32_t(bytes.size()), errc::corrupt},

@@ -1,4 +1,4 @@
-// The .nwc container, version 2: constants, limits, the layout rule and the records shared by the
+// The .nwc container, version 3: constants, limits, the layout rule and the records shared by the
 // writers (container_writer.hpp), the directory builder (container_layout.hpp) and the reader.
 //
 // A container holds compressed tensors whose payloads the codec layer produces; it knows nothing
@@ -7,7 +7,7 @@
 //   [header 16 B][codec blobs][tensor 0 metadata][pad][tensor 0 payload]...[directory][footer 16 B]
 //
 // Regions come in the order they were added, so a writer streams them to disk and writes the
-// directory (varints, names coded against the previous one) and the footer that locates it last. Offsets are not
+// directory (varints, names coded against one of the 64 before) and the footer that locates it last. Offsets are not
 // stored: they follow from the sizes by one rule (regions packed back to back, except that a
 // payload of at least 64 KiB starts at a multiple of 64), so each content has exactly one encoding
 // and regions can neither overlap nor alias.
@@ -32,7 +32,7 @@ namespace container_format {
 inline constexpr std::uint8_t magic[8] = {0x89, 'N', 'W', 'C', '\r', '\n', 0x1A, '\n'};
 /// The footer's last bytes: a file that does not end with them was cut short (or had bytes appended).
 inline constexpr std::uint8_t end_magic[4] = {'N', 'W', 'C', 0x1A};
-inline constexpr std::uint32_t version = 2;
+inline constexpr std::uint32_t version = 3;
 inline constexpr std::size_t header_bytes = 16;
 inline constexpr std::size_t footer_bytes = 16;
 /// A payload of at least `aligned_payload_bytes` starts at a multiple of `payload_alignment`
@@ -56,7 +56,7 @@ inline constexpr std::uint64_t max_segments = 1u << 26;
 /// Elements of one tensor; decoders still bound what they allocate by their payload size.
 inline constexpr std::int64_t max_elements = std::int64_t(1) << 40;
 /// Smallest directory records, to check counts against the bytes that remain before allocating.
-inline constexpr std::size_t min_method_record_bytes = 2, min_codec_record_bytes = 5, min_tensor_record_bytes = 13;
+inline constexpr std::size_t min_method_record_bytes = 2, min_codec_record_bytes = 5, min_tensor_record_bytes = 14;
 }  // namespace container_format
 
 /// What the caller hands to the writers' add_tensor.
@@ -160,10 +160,12 @@ constexpr std::uint64_t container_tensor_bytes_bound(std::uint64_t metadata_size
     return metadata_size + payload_size + (aligned ? container_format::payload_alignment - 1 : 0);
 }
 
-/// How a tensor name is coded against the previous one: the bytes they share at the start, then
-/// the bytes the rest of each shares at the end (model names differ in a layer number or a
-/// projection in the middle: "model.layers.3.self_attn.k_proj.weight" after "...q_proj.weight"
-/// costs the one byte "k").
+/// How a tensor name is coded against an earlier one (its base): the bytes they share at the start,
+/// then the bytes the rest of each shares at the end. Model names differ from the same role one
+/// layer back in the layer number: "model.layers.3.self_attn.k_proj.weight" against
+/// "model.layers.2.self_attn.k_proj.weight" costs the one byte "3". The base is one of the
+/// `name_base_window` names before (version 2 could only use the previous one).
+inline constexpr std::size_t name_base_window = 64;
 struct NameSharing {
     std::size_t prefix = 0;
     std::size_t suffix = 0;

@@ -6,13 +6,14 @@
 // never hold a payload (what rate control needs to aim at a whole-file size).
 //
 // Directory records are encoded as tensors arrive (a name keeps only what it does not share with
-// the previous one, a method refers to the table of methods in order of first use), so the directory is held as the
+// the best of the 64 names before it, a method refers to the table of methods in order of first use), so the directory is held as the
 // bytes it will be written as, and file_size() costs nothing.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <set>
 #include <string>
 #include <string_view>
@@ -115,7 +116,8 @@ public:
             m_method_records += detail::varint_size(tensor.method.size()) + tensor.method.size();
         }
         m_names.insert(tensor.name);
-        m_previous_name = tensor.name;
+        if (m_recent_names.size() == detail::name_base_window) m_recent_names.pop_front();
+        m_recent_names.push_back(tensor.name);
         m_name_bytes += tensor.name.size();
         m_segment_count += segments;
         ++m_tensor_count;
@@ -194,8 +196,19 @@ private:
 
     std::vector<std::uint8_t> encode_record(const ContainerTensorInfo& tensor, std::size_t method, std::uint32_t crc) const {
         ByteWriter out;
-        const detail::NameSharing shared = detail::name_sharing(m_previous_name, tensor.name);
+        // The base: the recent name that leaves the fewest bytes to write (ties: the nearest).
+        std::size_t base = 0, best_cost = SIZE_MAX;
+        detail::NameSharing shared;
+        for (std::size_t back = 0; back < std::max<std::size_t>(1, m_recent_names.size()); ++back) {
+            const std::string_view candidate = m_recent_names.empty() ? std::string_view() : m_recent_names[m_recent_names.size() - 1 - back];
+            const detail::NameSharing sharing = detail::name_sharing(candidate, tensor.name);
+            const std::size_t middle = tensor.name.size() - sharing.prefix - sharing.suffix;
+            const std::size_t cost = detail::varint_size(back) + detail::varint_size(sharing.prefix) + detail::varint_size(sharing.suffix) +
+                                     detail::varint_size(middle) + middle;
+            if (cost < best_cost) best_cost = cost, base = back, shared = sharing;
+        }
         const std::size_t middle = tensor.name.size() - shared.prefix - shared.suffix;
+        detail::put_varint(out, base);
         detail::put_varint(out, shared.prefix);
         detail::put_varint(out, shared.suffix);
         detail::put_varint(out, middle);
@@ -221,7 +234,7 @@ private:
     ByteWriter m_records;
     std::size_t m_tensor_count = 0;
     std::set<std::string, std::less<>> m_names;
-    std::string m_previous_name;
+    std::deque<std::string> m_recent_names;  // the last name_base_window names, oldest first
     std::uint64_t m_name_bytes = 0;
     std::uint64_t m_segment_count = 0;
     std::uint64_t m_cursor = container_format::header_bytes;

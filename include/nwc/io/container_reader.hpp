@@ -6,7 +6,7 @@
 //    directory with a ByteReader: every count is checked against its limit and against the
 //    directory bytes that remain before anything is allocated, and every region against the
 //    canonical layout (so regions lie between the header and the directory and never overlap).
-//  - Names share bytes with the previous name, so a few bytes can stand for a long name: the total
+//  - Names share bytes with an earlier name, so a few bytes can stand for a long name: the total
 //    of name bytes has its own limit, as does the total of segments, so what open() allocates is
 //    bounded whatever the file.
 //  - A tensor's metadata and payload are checked against their CRC-32C on the first access to
@@ -196,7 +196,7 @@ private:
         const std::uint32_t version = header.get_u32();
         if (version != format::version)
             fail(errc::unsupported, m_context, ": container version ", version, "; this build reads version ", format::version,
-                 version == 1 ? " only (compress the model again to convert a version-1 file)" : "");
+                 version < format::version ? " only (compress the model again to convert an older file)" : "");
         if (const std::uint32_t flags = header.get_u32(); flags != 0) fail(errc::unsupported, m_context, ": unknown header flags ", flags, " at offset 12");
         if (file_size < format::header_bytes + format::footer_bytes)
             fail(errc::truncated, m_context, ": ", file_size, " bytes, shorter than the header and the footer (", format::header_bytes + format::footer_bytes, ")");
@@ -285,13 +285,17 @@ private:
         ContainerEntry record;
         const std::size_t name_at = in.offset();
         static const std::string no_name;
-        const std::string& previous = m_entries.empty() ? no_name : m_entries.back().name;
+        const std::uint64_t base = detail::get_varint(in, "name base");
+        if (base >= std::max<std::uint64_t>(1, std::min<std::uint64_t>(m_entries.size(), detail::name_base_window)))
+            fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, ": its name refers to the name ", base + 1, " back (",
+                 std::min<std::uint64_t>(m_entries.size(), detail::name_base_window), " available)");
+        const std::string& previous = m_entries.empty() ? no_name : m_entries[m_entries.size() - 1 - std::size_t(base)].name;
         const std::uint64_t prefix = detail::get_varint(in, "name prefix size");
         const std::uint64_t suffix = detail::get_varint(in, "name suffix size");
         const std::uint64_t middle_size = detail::get_varint(in, "name middle size");
         if (prefix > previous.size() || suffix > previous.size() - prefix || middle_size > format::max_name_bytes - prefix - suffix)
             fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, ": name of ", prefix, " + ", middle_size, " + ", suffix,
-                 " bytes (the previous has ", previous.size(), ", a name at most ", format::max_name_bytes, ")");
+                 " bytes (its base has ", previous.size(), ", a name at most ", format::max_name_bytes, ")");
         const auto middle = in.get_bytes(std::size_t(middle_size));
         m_name_bytes += prefix + middle_size + suffix;
         if (m_name_bytes > format::max_total_name_bytes) fail(errc::limit, m_context, ": names take more than ", format::max_total_name_bytes, " bytes");
@@ -300,7 +304,7 @@ private:
         record.name.append(reinterpret_cast<const char*>(middle.data()), middle.size());
         record.name.append(previous, previous.size() - std::size_t(suffix), std::size_t(suffix));
         if (detail::name_sharing(previous, record.name) != detail::NameSharing{std::size_t(prefix), std::size_t(suffix)})
-            fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, " does not share all it could with the previous name");
+            fail(errc::corrupt, m_context, ": tensor #", index, " at offset ", name_at, " does not share all it could with its base name");
         if (!detail::is_valid_tensor_name(record.name))
             fail(errc::corrupt, m_context, ": tensor #", index, " has an invalid name (empty, not UTF-8 or control characters) at offset ", name_at);
         const std::string context = m_context + ": tensor '" + record.name + "'";

@@ -137,7 +137,9 @@ struct TensorReport {
 
 namespace detail {
 
-inline constexpr std::uint8_t method_layout_version = 2;
+/// 3: row and column scales on the quarter-octave grid, ~4 bits each (scale_grid.hpp); 2 stored a
+/// byte per scale and is refused with errc::unsupported.
+inline constexpr std::uint8_t method_layout_version = 3;
 /// Decoders refuse (errc::limit) a coded tensor with more weights per payload byte than this
 /// before allocating its output: a small hostile file cannot ask for a huge allocation.
 inline constexpr std::int64_t max_weights_per_payload_byte = 8192;

@@ -1,11 +1,11 @@
-// The "ecsq" method: fp16 normalization scales s (nwc::Chunker: one per tensor, row or column),
+// The "ecsq" method: normalization scales s (nwc::Chunker: one per tensor, row or column),
 // one uniform step Δ on the normalized weights, symbol = round(w / (Δ s)), symbols entropy coded
 // by the rANS coder with ONE table fitted to this tensor's own histogram (a compact table:
 // fit_compact_table picks the form that minimizes table + payload bytes); optional LDLQ
 // (per-column feedback) when a Hessian is given.
 //
 // Metadata: MethodPrefix (span = rows per segment), u8 axis (0 per column, 1 per row, 2 per
-// tensor), f32 Δ, the fp16 scales (1, m or n of them: write_scales), the compact table
+// tensor), f32 Δ, the scales (1, m or n of them: write_scales), the compact table
 // (CompactCdfTable::write). Payload segment k = one rANS stream (docs/format/rans.md) of the
 // row-major symbols of rows [k span, min((k + 1) span, m)).
 // Value = symbol * (Δ * s), the product Δ * s taken in float as the encoder took it. A vector

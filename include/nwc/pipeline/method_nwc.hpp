@@ -14,7 +14,7 @@
 // (H' = S H S for per-column scales S, so tr(dW H dW^T) is unchanged).
 //
 // Metadata: MethodPrefix (span = columns per span), u8 axis, f32 alpha, varint chunk size d,
-// varint latents M, the fp16 scales (write_scales: 1, m or n), and, when the prefix has
+// varint latents M, the scales (write_scales: 1, m or n), and, when the prefix has
 // flag_hessian_levels, the levels (write_levels, one per column; all 0 otherwise). Segments: for each span of columns [k span, min((k + 1) span, n)), for each prior group
 // g of the codec (one per level, or one shared) that a column of the span uses, in increasing g:
 // one rANS stream (the codec's tables of group g, M channels) of the symbols of the chunks of

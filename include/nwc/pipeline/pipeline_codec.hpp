@@ -18,9 +18,9 @@
 // - A tensor of a method that uses a codec blob (nwc) refers to container codec 0:
 //   compress_model() adds the blob first. To assemble a container by hand with compress(), call
 //   writer.add_codec(decoder_blob()) first.
-// - The container's file metadata is JSON: the ModelFile's `source`, the name of the auxiliary
-//   llama2.c RoPE correction tensor, and the method. It never holds per-pass numbers, so its size
-//   is the same in every pass of a rate search.
+// - The container's file metadata is JSON: the ModelFile's `source`, the method and the tool.
+//   It never holds per-pass numbers, so its size is the same in every pass of a rate search. The
+//   llama2.c RoPE corrections are the raw tensor detail::rope_corrections_name (a fixed name).
 #pragma once
 
 #include <chrono>
@@ -510,7 +510,6 @@ private:
                                {"source", model.source},
                                {"method", m_options.method},
                                {"tool", std::string("nwc ") + version_string}};
-        if (!model.rope_corrections.values().empty()) root["llama2c_rope_corrections"] = detail::rope_corrections_name;
         // A model built in memory has no loader's source record: its format is all decoding needs.
         if (!root["source"].is_object()) root["source"] = nlohmann::json::object();
         if (!root["source"].contains("source_format")) root["source"]["source_format"] = std::string(model_format_name(model.format));

@@ -8,11 +8,9 @@
 //   fp16-ROUNDED value is the one that divides, so the decoder multiplies by exactly the number the
 //   encoder divided by. A scale that would round to zero in fp16 (a zero or constant column, or a
 //   std below 2^-25) is replaced by 1, so a zero column stays zero; one above 65504 is clamped.
-// - Row and column scales (more than one per matrix) are snapped to a one-byte grid: fp16 values
-//   with a 4-bit mantissa, exponents at most 15 octaves below the largest (snap_scales). Grid
-//   values are 3-6% apart: a row's precision moves by at most half that, which the rate
-//   allocation cannot see, and a 64-long row pays 8 bits of scale instead of 16. A single
-//   per-tensor scale stays full fp16.
+// - Row and column scales (more than one per matrix) are snapped to a quarter-octave grid and
+//   stored in ~4 bits each (scale_grid.hpp says why that costs no accuracy). A single per-tensor
+//   scale stays full fp16.
 // - Chunks: every normalized column is cut into chunks of `chunk_size` (16) consecutive rows,
 //   the tail chunk padded with 0.0f (the padding is dropped by dechunk). Chunks are laid out
 //   [chunk][chunk_size], column-major over chunks: all ceil(m / d) chunks of column 0, then those of
@@ -36,6 +34,7 @@
 #include "nwc/core/error.hpp"
 #include "nwc/core/half.hpp"
 #include "nwc/core/tensor.hpp"
+#include "nwc/quant/scale_grid.hpp"
 
 namespace nwc {
 
@@ -82,40 +81,6 @@ struct ChunkedWeights {
     std::vector<half> scales;   ///< one per column (per_column) or per row (per_row)
     std::vector<float> chunks;  ///< [chunk][chunk_size], column-major over chunks
 };
-
-/// Row and column scales live on a one-byte grid (the header comment): fp16 with the low
-/// `dropped` mantissa bits zero and exponents e_low .. e_low + 15.
-namespace detail {
-inline constexpr int scale_grid_mantissa_bits = 4;
-inline constexpr std::uint16_t scale_grid_dropped_mask = (1u << (10 - scale_grid_mantissa_bits)) - 1;  // 0x003F
-inline constexpr int scale_grid_exponents = 16;
-inline constexpr int half_max_finite_exponent = 30;
-/// The lowest exponent field of the grid of a set whose largest exponent field is `highest`.
-constexpr int scale_grid_low_exponent(int highest) noexcept { return std::max(1, highest - (scale_grid_exponents - 1)); }
-}  // namespace detail
-
-/// The grid value nearest a positive finite fp16 scale (ties up; a carry moves to the next
-/// exponent; values above the largest grid value below infinity become it).
-constexpr half snap_scale(half scale) noexcept {
-    std::uint32_t bits = scale.bits & half_magnitude_mask;
-    bits = (bits + ((detail::scale_grid_dropped_mask + 1u) >> 1)) & ~std::uint32_t(detail::scale_grid_dropped_mask);
-    const std::uint32_t largest = (std::uint32_t(detail::half_max_finite_exponent) << 10) | (0x3FFu & ~std::uint32_t(detail::scale_grid_dropped_mask));
-    return half{std::uint16_t(std::min(bits, largest))};
-}
-
-/// Snaps a matrix's row or column scales to the grid and raises those more than 15 octaves
-/// below the largest to the grid's lowest value. A single (per-tensor) scale is left as it is.
-inline void snap_scales(std::span<half> scales) noexcept {
-    if (scales.size() <= 1) return;
-    int highest = 0;
-    for (half& scale : scales) {
-        scale = snap_scale(scale);
-        highest = std::max(highest, int(scale.bits >> 10));
-    }
-    const int lowest = detail::scale_grid_low_exponent(highest);
-    for (half& scale : scales)
-        if (int(scale.bits >> 10) < lowest) scale.bits = std::uint16_t(lowest << 10);
-}
 
 /// Normalizes, chunks and de-chunks weight matrices; assigns importance levels from diag(H).
 class Chunker {
@@ -296,60 +261,6 @@ inline std::vector<std::uint8_t> unpack_levels(std::span<const std::uint8_t> pac
         require((packed.back() >> (level_bits * (count % levels_per_byte))) == 0, errc::corrupt, "importance levels: padding bits of the last byte are not zero (byte ",
                 packed.size() - 1, " is ", int(packed.back()), ")");
     return levels;
-}
-
-/// Writes scales: one scale as its fp16 bits (u16); more (row or column scales, which must be on
-/// the grid: snap_scales) as u8 e_low, then one byte per scale, (exponent - e_low) << 4 | the top
-/// 4 mantissa bits. Throws invalid_argument for scales off the grid.
-inline void write_scales(ByteWriter& writer, std::span<const half> scales) {
-    if (scales.size() == 1) {
-        writer.put_u16(scales[0].bits);
-        return;
-    }
-    if (scales.empty()) return;
-    int highest = 0;
-    for (half scale : scales) highest = std::max(highest, int(scale.bits >> 10));
-    const int lowest = detail::scale_grid_low_exponent(highest);
-    writer.put_u8(std::uint8_t(lowest));
-    for (std::size_t i = 0; i < scales.size(); ++i) {
-        const int exponent = scales[i].bits >> 10;
-        require((scales[i].bits & detail::scale_grid_dropped_mask) == 0 && exponent >= lowest && exponent <= detail::half_max_finite_exponent,
-                errc::invalid_argument, "write_scales: scale ", i, " (fp16 0x", std::hex, scales[i].bits, ") is not on the one-byte grid (snap_scales)");
-        writer.put_u8(std::uint8_t(((exponent - lowest) << detail::scale_grid_mantissa_bits) | ((scales[i].bits >> 6) & 0xF)));
-    }
-}
-
-/// Reads `count` scales written by write_scales (the count follows from the shape and axis, so it is
-/// not stored); every scale must be a finite, positive fp16 value (errc::corrupt names the index and
-/// byte offset otherwise, errc::truncated if the bytes run out, checked before allocating).
-inline std::vector<half> read_scales(ByteReader& reader, std::size_t count) {
-    if (count <= 1) {
-        std::vector<half> scales(count);
-        if (count == 1) {
-            const std::size_t offset = reader.offset();
-            scales[0].bits = reader.get_u16();
-            const bool positive_finite = (scales[0].bits & half_sign_mask) == 0 && is_finite(scales[0]) && scales[0].bits != 0;
-            require(positive_finite, errc::corrupt, reader.context(), ": scale at offset ", offset, " is 0x", std::hex, scales[0].bits, std::dec,
-                    " (must be a finite positive fp16 value)");
-        }
-        return scales;
-    }
-    require(reader.remaining() > count, errc::truncated, reader.context(), ": ", count, " scales at offset ", reader.offset(), " need ", count + 1,
-            " bytes, ", reader.remaining(), " remain");
-    const std::size_t lowest_at = reader.offset();
-    const int lowest = reader.get_u8();
-    require(lowest >= 1 && lowest <= detail::half_max_finite_exponent, errc::corrupt, reader.context(), ": lowest scale exponent ", lowest,
-            " at offset ", lowest_at, " (must be 1..", detail::half_max_finite_exponent, ")");
-    std::vector<half> scales(count);
-    for (std::size_t i = 0; i < count; ++i) {
-        const std::size_t offset = reader.offset();
-        const int code = reader.get_u8();
-        const int exponent = lowest + (code >> detail::scale_grid_mantissa_bits);
-        require(exponent <= detail::half_max_finite_exponent, errc::corrupt, reader.context(), ": scale ", i, " at offset ", offset, " (code ", code,
-                ") has exponent ", exponent, ", beyond the largest finite fp16");
-        scales[i].bits = std::uint16_t((exponent << 10) | ((code & 0xF) << 6));
-    }
-    return scales;
 }
 
 /// Writes levels: ceil(count / 4) packed bytes (the count follows from the shape).

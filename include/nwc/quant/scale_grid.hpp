@@ -1,0 +1,154 @@
+// The grid row and column normalization scales live on, and how they are stored (about 4 bits each).
+//
+// Read me first (format: docs/format/quant.md, "Scales"):
+// - A scale only normalizes: the encoder divides by exactly the value the decoder multiplies by,
+//   so its precision costs no reconstruction error. What a coarse scale moves is a row's step
+//   relative to its neighbours': on the quarter-octave grid by at most 9% (RMS ~5%), a loss of
+//   about 0.5% in distortion at equal rate (the second-order cost of a step off its optimum),
+//   while a 64-long row pays ~4 bits of scale instead of 8 (a byte) or 16 (fp16).
+// - The grid: code k = 4 e + j (e an fp16 exponent field 1..30, j 0..3) is the fp16 value
+//   (1 + M_j / 1024) 2^(e - 15), M = {0, 194, 424, 698}: 2^(j / 4) rounded to fp16 (within 0.03%).
+//   Snapping picks the nearest code in log2 (integer thresholds on the fp16 mantissa field: no
+//   floating point, the same on every machine).
+// - A set of scales keeps codes within 63 of its largest (16 octaves; lower ones are raised: such
+//   a row or column is ~0 next to the rest) and is stored as u8 lowest code, u8 width w (0..6),
+//   then the codes minus the lowest as w-bit fields packed LSB first, the last byte's unused bits
+//   zero. A single (per-tensor) scale is not snapped and stays full fp16.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "nwc/core/byte_io.hpp"
+#include "nwc/core/error.hpp"
+#include "nwc/core/half.hpp"
+
+namespace nwc {
+
+namespace detail {
+inline constexpr int scale_grid_steps_per_octave = 4;
+/// The fp16 mantissa field of grid step j (2^(j/4) in fp16), and the smallest fields nearer (in
+/// log2) to the next step: above sqrt of the products of neighbouring grid values.
+inline constexpr std::array<std::uint16_t, 4> scale_grid_mantissas{0, 194, 424, 698};
+inline constexpr std::array<std::uint16_t, 4> scale_grid_thresholds{93, 305, 556, 854};
+inline constexpr int scale_code_lowest = 4 * 1;       ///< exponent field 1: the smallest normal fp16
+inline constexpr int scale_code_highest = 4 * 30 + 3;  ///< the largest grid value below infinity (55104)
+inline constexpr int scale_code_max_width = 6;         ///< codes of one set span at most 2^6 = 64 (16 octaves)
+
+/// The grid code nearest a positive fp16 scale (subnormals and zero to the lowest code, values
+/// above the largest grid value to the largest).
+constexpr int scale_code(half scale) noexcept {
+    const int exponent = (scale.bits & half_magnitude_mask) >> 10;
+    const int mantissa = scale.bits & 0x3FF;
+    if (exponent == 0) return scale_code_lowest;
+    if (exponent == 31) return scale_code_highest;
+    int step = 0;
+    while (step < 4 && mantissa >= scale_grid_thresholds[std::size_t(step)]) ++step;
+    return std::clamp(4 * exponent + step, scale_code_lowest, scale_code_highest);  // step 4: the next octave's j = 0
+}
+/// The fp16 value of grid code `code` (scale_code_lowest..scale_code_highest).
+constexpr half scale_of_code(int code) noexcept {
+    return half{std::uint16_t(((code / 4) << 10) | scale_grid_mantissas[std::size_t(code % 4)])};
+}
+/// Bits that hold 0..range.
+constexpr int scale_code_width(int range) noexcept { return range == 0 ? 0 : std::bit_width(unsigned(range)); }
+}  // namespace detail
+
+/// The grid value nearest a positive fp16 scale.
+constexpr half snap_scale(half scale) noexcept { return detail::scale_of_code(detail::scale_code(scale)); }
+
+/// Snaps a matrix's row or column scales to the grid and raises those more than 63 codes below
+/// the largest to that bound. A single (per-tensor) scale is left as it is.
+inline void snap_scales(std::span<half> scales) noexcept {
+    if (scales.size() <= 1) return;
+    int highest = detail::scale_code_lowest;
+    for (const half scale : scales) highest = std::max(highest, detail::scale_code(scale));
+    const int lowest = std::max(detail::scale_code_lowest, highest - ((1 << detail::scale_code_max_width) - 1));
+    for (half& scale : scales) scale = detail::scale_of_code(std::max(lowest, detail::scale_code(scale)));
+}
+
+/// Writes scales: one scale as its fp16 bits (u16); more (which must be on the grid, within 63
+/// codes of each other: snap_scales) as u8 lowest code, u8 width, the packed codes. Throws
+/// invalid_argument for scales off the grid.
+inline void write_scales(ByteWriter& writer, std::span<const half> scales) {
+    if (scales.size() == 1) {
+        writer.put_u16(scales[0].bits);
+        return;
+    }
+    if (scales.empty()) return;
+    std::vector<int> codes(scales.size());
+    for (std::size_t i = 0; i < scales.size(); ++i) {
+        codes[i] = detail::scale_code(scales[i]);
+        require(detail::scale_of_code(codes[i]).bits == scales[i].bits, errc::invalid_argument, "write_scales: scale ", i, " (fp16 0x", std::hex,
+                scales[i].bits, ") is not on the scale grid (snap_scales)");
+    }
+    const auto [low, high] = std::minmax_element(codes.begin(), codes.end());
+    const int width = detail::scale_code_width(*high - *low);
+    require(width <= detail::scale_code_max_width, errc::invalid_argument, "write_scales: scales span ", *high - *low, " grid codes (at most ",
+            (1 << detail::scale_code_max_width) - 1, ": snap_scales)");
+    writer.put_u8(std::uint8_t(*low));
+    writer.put_u8(std::uint8_t(width));
+    std::uint32_t pending = 0;
+    int pending_bits = 0;
+    for (const int code : codes) {
+        pending |= std::uint32_t(code - *low) << pending_bits;
+        for (pending_bits += width; pending_bits >= 8; pending_bits -= 8, pending >>= 8) writer.put_u8(std::uint8_t(pending));
+    }
+    if (pending_bits > 0) writer.put_u8(std::uint8_t(pending));
+}
+
+/// Bytes write_scales takes for `count` scales of `width` bits (more than one scale).
+constexpr std::size_t packed_scale_bytes(std::size_t count, int width) noexcept { return 2 + (count * std::size_t(width) + 7) / 8; }
+
+/// Reads `count` scales written by write_scales (the count follows from the shape and axis, so it
+/// is not stored); every scale is a finite, positive fp16 value (errc::corrupt names the index or
+/// field and its byte offset otherwise, errc::truncated if the bytes run out, checked before
+/// allocating).
+inline std::vector<half> read_scales(ByteReader& reader, std::size_t count) {
+    if (count <= 1) {
+        std::vector<half> scales(count);
+        if (count == 1) {
+            const std::size_t offset = reader.offset();
+            scales[0].bits = reader.get_u16();
+            const bool positive_finite = (scales[0].bits & half_sign_mask) == 0 && is_finite(scales[0]) && scales[0].bits != 0;
+            require(positive_finite, errc::corrupt, reader.context(), ": scale at offset ", offset, " is 0x", std::hex, scales[0].bits, std::dec,
+                    " (must be a finite positive fp16 value)");
+        }
+        return scales;
+    }
+    const std::size_t header_at = reader.offset();
+    const int lowest = reader.get_u8();
+    const int width = reader.get_u8();
+    require(lowest >= detail::scale_code_lowest && lowest <= detail::scale_code_highest, errc::corrupt, reader.context(), ": lowest scale code ",
+            lowest, " at offset ", header_at, " (must be ", detail::scale_code_lowest, "..", detail::scale_code_highest, ")");
+    require(width <= detail::scale_code_max_width, errc::corrupt, reader.context(), ": scale code width ", width, " at offset ", header_at + 1,
+            " (at most ", detail::scale_code_max_width, ")");
+    const std::size_t packed = packed_scale_bytes(count, width) - 2;
+    require(reader.remaining() >= packed, errc::truncated, reader.context(), ": ", count, " scales of ", width, " bits at offset ", reader.offset(),
+            " need ", packed, " bytes, ", reader.remaining(), " remain");
+    const std::size_t codes_at = reader.offset();
+    const std::span<const std::uint8_t> bytes = reader.get_bytes(packed);
+    std::vector<half> scales(count);
+    const std::uint32_t mask = (1u << width) - 1u;
+    for (std::size_t i = 0; i < count; ++i) {
+        const std::size_t bit = i * std::size_t(width);
+        std::uint32_t window = 0;  // the (at most two) bytes field i touches
+        for (std::size_t b = bit / 8; b < std::min(packed, bit / 8 + 2); ++b) window |= std::uint32_t(bytes[b]) << (8 * (b - bit / 8));
+        const int code = lowest + int((window >> (bit % 8)) & mask);
+        require(code <= detail::scale_code_highest, errc::corrupt, reader.context(), ": scale ", i, " at offset ", codes_at + bit / 8, " has code ",
+                code, ", beyond the largest finite grid value (", detail::scale_code_highest, ")");
+        scales[i] = detail::scale_of_code(code);
+    }
+    const std::size_t used_bits = count * std::size_t(width);
+    if (used_bits % 8 != 0)
+        require((bytes.back() >> (used_bits % 8)) == 0, errc::corrupt, reader.context(), ": unused bits of the last scale byte (offset ",
+                codes_at + packed - 1, ") are not zero");
+    return scales;
+}
+
+}  // namespace nwc
