@@ -74,14 +74,15 @@ inline MethodOptions small_options(std::string method) {
     return options;
 }
 
-/// small_model() compressed with `method` (rtn, gptq, ecsq or nwc with tiny_random_codec()).
+/// small_model() compressed with `method` (rtn, gptq, ecsq, lossless or nwc with tiny_random_codec()).
 inline std::vector<std::uint8_t> small_container(std::string method) {
     const DefaultCodec codec(small_options(method), method == "nwc" ? tiny_random_codec() : nullptr);
     return codec.compress_model(small_model()).writer.serialize();
 }
 
 /// One container holding every kind of tensor: rtn, gptq, ecsq and nwc matrices (the nwc decoder
-/// embedded as codec 0), a raw F32 vector and a raw I32 tensor, with the pipeline's file metadata.
+/// embedded as codec 0), a lossless BF16 matrix, a raw F32 vector and a raw I32 tensor, with the
+/// pipeline's file metadata.
 inline std::vector<std::uint8_t> mixed_container() {
     const ModelFile model = small_model();
     const std::shared_ptr<const NeuralCodec> codec = tiny_random_codec();
@@ -95,6 +96,8 @@ inline std::vector<std::uint8_t> mixed_container() {
     }
     const DefaultCodec raw(small_options("rtn"));
     writer.add_tensor(raw.compress(model.tensors[1].name, model.tensors[1].values.view(), nullptr, nullptr, dtype::bf16));
+    const DefaultCodec lossless(small_options("lossless"));
+    writer.add_tensor(lossless.compress(model.tensors[1].name + ".lossless", model.tensors[1].values.view(), nullptr, nullptr, dtype::bf16));
     writer.add_tensor(raw.compress(model.tensors[2].name, model.tensors[2].values.view()));
     writer.add_tensor(make_raw_tensor(model.tensors[3].name, dtype::i32, model.tensors[3].shape, model.tensors[3].raw_bytes));
     return writer.serialize();

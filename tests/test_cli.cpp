@@ -281,6 +281,33 @@ TEST_CASE("--json prints one JSON object in every subcommand", "[cli][data][tool
     CHECK(demo["original"]["perplexity"].get<double>() < demo["compressed"]["perplexity"].get<double>());
 }
 
+TEST_CASE("--method lossless: no knob, no rate target, the same bytes back", "[cli][data][tool]") {
+    const TempDir temp;
+    // A safetensors file written by nwc's own writer, so that decompress can reproduce it byte for byte.
+    nwc::Random random(3);
+    nwc::SafetensorsWriter writer;
+    nwc::Tensor<float> matrix(nwc::Shape{64, 48}), norm(nwc::Shape{48});
+    for (float& value : matrix.values()) value = 0.02f * float(random.normal());
+    for (float& value : norm.values()) value = 1.0f + 0.1f * float(random.normal());
+    writer.add_float32("layer.weight", matrix.view(), nwc::dtype::bf16);
+    writer.add_float32("layer.norm", norm.view(), nwc::dtype::bf16);
+    writer.write(temp.path / "m.safetensors");
+
+    const nlohmann::json report = json_of(run("compress " + (temp / "m.safetensors") + " -o " + (temp / "m.nwc") + " --method lossless --json"));
+    CHECK(report["setting"] == "");
+    CHECK(report["tensors"][0]["method"] == "lossless");
+    CHECK(report["tensors"][1]["method"] == "lossless");
+    CHECK(run("compress " + (temp / "m.safetensors") + " -o " + (temp / "x.nwc") + " --method lossless --target-bpw 4").status == 2);
+    CHECK(run("compress " + (temp / "m.safetensors") + " -o " + (temp / "x.nwc") + " --method lossless --step 0.5").status == 2);
+    const nlohmann::json breakdown = json_of(run("inspect " + (temp / "m.nwc") + " --breakdown --json"));
+    std::uint64_t sum = 0;
+    for (const auto& [category, count] : breakdown["breakdown"].items()) sum += count.get<std::uint64_t>();
+    CHECK(sum == std::filesystem::file_size(temp.path / "m.nwc"));
+    CHECK(breakdown["breakdown"]["tables"].get<std::uint64_t>() > 0);
+    REQUIRE(run("decompress " + (temp / "m.nwc") + " -o " + (temp / "back.safetensors")).status == 0);
+    CHECK(nwc::read_file(temp.path / "back.safetensors") == nwc::read_file(temp.path / "m.safetensors"));
+}
+
 TEST_CASE("compress, inspect and decompress: rate targets, shipped codecs, atomic outputs", "[cli][data][tool]") {
     const TempDir temp;
     const std::string model = quoted_data("stories260K.bin");

@@ -62,7 +62,8 @@ struct CompressCommand {
 (.bin) or a Hugging Face Llama directory (config.json + model.safetensors); the format is detected
 from the content. Matrices with both sides >= 16 (embeddings included) are coded with the method,
 vectors of 16 or more (norm scales) with ecsq at a fine step; smaller tensors are stored as they
-are. With --calib and --target-bpw, each matrix's setting (step, bits or alpha, and its
+are. --method lossless stores every tensor bit for bit (vectors too): no knob, no rate target, no
+calibration; decompress gives back the very bits of the input. With --calib and --target-bpw, each matrix's setting (step, bits or alpha, and its
 normalization axis) is chosen by how much its error costs the model (its sensitivity, measured by
 noise on the calibration text), so the bytes go where they cut the loss most. The output is written atomically: on any failure an
 existing OUT is left untouched. With --calib, layers are coded sequentially: each block's layers
@@ -91,13 +92,15 @@ original block's.)",
                         number_text(100 * RateTarget{}.tolerance) + "%: methods with a continuous knob search it, integer ones choose it per tensor",
                     settings.target_bpw)
             .above(0)
-            .excluding(knobs, "--target-bpw chooses the rate itself");
+            .excluding(knobs, "--target-bpw chooses the rate itself")
+            .for_methods(rate_methods());
         declare_knob_options(table, settings.method);
         table.value("calib", "TEXT",
                     "calibration text: Hessians X^T X / N of every linear layer of a llama2.c or HF Llama model, for importance levels, "
                     "LDLQ/GPTQ feedback, the proxy loss and sequential coding",
                     settings.calib)
-            .needing("tokenizer");
+            .needing("tokenizer")
+            .for_methods(lossy_methods());
         table.value("tokenizer", "FILE", "the model's tokenizer, a llama2.c tokenizer.bin", settings.tokenizer).needing("calib");
         table.value("calib-windows", "N", "Hessians from the first N windows of " + std::to_string(settings.calibration.window) + " tokens only",
                     settings.calibration.max_windows)
@@ -219,7 +222,8 @@ std::string report_text(const ModelReport& report, const std::string& input, con
     append_format(text, "\n%s -> %s (%s, %s)\n", input.c_str(), output.c_str(), std::string(model_format_name(model.format)).c_str(), report.method.c_str());
     append_format(text, "%llu bytes for %lld weights: %.4f bits per weight (whole file), relative MSE %s, %s, %.2f s\n",
                   static_cast<unsigned long long>(report.file_bytes), static_cast<long long>(report.weight_count), report.bits_per_weight(),
-                  optional_number(report.squared_norm > 0 ? report.relative_mse() : NAN, "%.4e").c_str(), report.setting.c_str(), seconds);
+                  optional_number(report.squared_norm > 0 ? report.relative_mse() : NAN, "%.4e").c_str(),
+                  report.setting.empty() ? "no rate knob" : report.setting.c_str(), seconds);
     if (std::isfinite(report.target_bits_per_weight))
         append_format(text, "target %.4f bits per weight: %s after %d passes%s%s\n", report.target_bits_per_weight, report.target_met ? "met" : "MISSED",
                       report.passes, report.note.empty() ? "" : ": ", report.note.c_str());

@@ -66,7 +66,8 @@ sizes, bits per weight and perplexity on the evaluation text before and after.)"
         table.value("data", "DIR", "folder with stories260K.bin, tok512.bin, tinystories_calib.txt and tinystories_eval.txt",
                     settings.data);
         table.value("codec", "FILE[,..]", "codec file(s)", settings.codec).shows_default("every .nwcc file in the shipped codecs/ folder").for_methods(codec_methods());
-        declare_method_choice(table, settings.method, "the per-tensor method; ecsq by default, as the small shipped neural codecs do not yet beat it here");
+        declare_method_choice(table, settings.method, "the per-tensor method; ecsq by default, as the small shipped neural codecs do not yet beat it here",
+                              /*rate_only=*/true);
         table.value("target-bpw", "B", "target bits per weight of the whole file", settings.target_bpw).above(0);
         table.value("out", "DIR", "where the .nwc and decoded files go", settings.out).shows_default("nwc-demo in the temp folder");
         table.value("threads", "N", "worker threads, 0 = all cores", settings.threads).at_least(0);

@@ -2,7 +2,8 @@
 // (nwc::DefaultCodec::methods): --method takes its names, each distinct rate knob (MethodKnob:
 // "bits", "step", "alpha") becomes one option that applies to the methods that have it, and
 // --codec applies to the methods that embed a trained codec. A method added to the list gets its
-// name and its knob option here without an edit.
+// name and its knob option here without an edit; a method without a rate knob (lossless) gets no
+// knob option, and the options that choose a rate (--target-bpw) do not apply to it.
 #pragma once
 
 #include <algorithm>
@@ -22,6 +23,8 @@ struct MethodInfo {
     std::string name;
     MethodKnob knob;
     bool needs_codec = false;  ///< its tensors refer to a trained codec embedded in the file (nwc)
+    bool has_rate_knob = true;  ///< false for a lossless method: no knob option, no rate target
+    bool is_lossless = false;   ///< reproduces the weights bit for bit (no calibration applies)
     double (*knob_value)(const MethodOptions&) = nullptr;
     void (*set_knob)(MethodOptions&, double) = nullptr;
 };
@@ -32,7 +35,7 @@ struct method_infos;
 template <class... Methods>
 struct method_infos<MethodList<Methods...>> {
     static std::vector<MethodInfo> get() {
-        return {MethodInfo{std::string(Methods::name), Methods::knob, uses_codec_blob<Methods>,
+        return {MethodInfo{std::string(Methods::name), Methods::knob, uses_codec_blob<Methods>, has_rate_knob<Methods>, is_lossless<Methods>,
                            +[](const MethodOptions& options) { return double(Methods::knob_value(options)); },
                            +[](MethodOptions& options, double value) { Methods::set_knob(options, value); }}...};
     }
@@ -70,13 +73,25 @@ std::vector<std::string> method_names_where(Predicate&& predicate) {
 inline std::vector<std::string> knob_options() {
     std::vector<std::string> options;
     for (const MethodInfo& method : cli_methods())
-        if (std::find(options.begin(), options.end(), method.knob.option) == options.end()) options.emplace_back(method.knob.option);
+        if (method.has_rate_knob && std::find(options.begin(), options.end(), method.knob.option) == options.end())
+            options.emplace_back(method.knob.option);
     return options;
 }
 
-/// --method, bound to options.method (its value now is the default shown).
-inline void declare_method_choice(OptionTable& table, MethodOptions& options, const std::string& help) {
-    table.choice("method", "M", help, options.method, method_names_where([](const MethodInfo&) { return true; }));
+/// The methods with a rate knob (what --target-bpw applies to).
+inline std::vector<std::string> rate_methods() {
+    return method_names_where([](const MethodInfo& method) { return method.has_rate_knob; });
+}
+
+/// The methods that may change the weights (what calibration applies to).
+inline std::vector<std::string> lossy_methods() {
+    return method_names_where([](const MethodInfo& method) { return !method.is_lossless; });
+}
+
+/// --method, bound to options.method (its value now is the default shown); with `rate_only`, only
+/// the methods with a rate knob are choices (for commands that always set a rate target).
+inline void declare_method_choice(OptionTable& table, MethodOptions& options, const std::string& help, bool rate_only = false) {
+    table.choice("method", "M", help, options.method, rate_only ? rate_methods() : method_names_where([](const MethodInfo&) { return true; }));
     table.selects_method(options.method);
 }
 

@@ -2,8 +2,12 @@
 //
 // Both are storage only: arithmetic happens in float. Conversions are bit-exact and portable (no
 // F16C or AVX512-BF16 intrinsics here; the SIMD backend has its own vectorized versions and is tested
-// against these). float -> 16-bit rounds to nearest, ties to even, keeps infinities, turns NaN into
-// a quiet NaN of the same sign, and produces subnormal halves where the value calls for them.
+// against these). float -> 16-bit rounds to nearest, ties to even, keeps infinities, and produces
+// subnormal halves where the value calls for them. A NaN keeps its sign and its payload truncated
+// to the narrower mantissa (a signalling NaN stays signalling); only when the truncated payload is
+// zero is the quiet bit set, so that the NaN cannot turn into an infinity. Hence
+// to_half(to_float(h)) == h and to_bfloat16(to_float(b)) == b for EVERY bit pattern, NaNs included:
+// the lossless method (pipeline/method_lossless.hpp) relies on it.
 #pragma once
 
 #include <bit>
@@ -73,9 +77,10 @@ NWC_HOST_DEVICE inline half to_half(float value) {
     const std::uint32_t bits = float_bits(value);
     const std::uint16_t sign = std::uint16_t((bits >> 16) & half_sign_mask);
     const std::uint32_t magnitude = bits & 0x7FFFFFFFu;
-    if (magnitude >= 0x7F800000u) {  // inf or NaN
-        const std::uint16_t nan_bit = magnitude > 0x7F800000u ? std::uint16_t(0x200u | ((magnitude >> 13) & 0x3FFu)) : 0;
-        return half{std::uint16_t(sign | half_exponent_mask | nan_bit)};
+    if (magnitude >= 0x7F800000u) {  // inf or NaN: the payload's top 10 bits, quiet only if they are all zero
+        const std::uint16_t payload = std::uint16_t((magnitude >> 13) & 0x3FFu);
+        const std::uint16_t nan_bits = magnitude == 0x7F800000u ? 0 : payload != 0 ? payload : std::uint16_t(0x200u);
+        return half{std::uint16_t(sign | half_exponent_mask | nan_bits)};
     }
     if (magnitude >= 0x477FF000u) return half{std::uint16_t(sign | half_exponent_mask)};  // rounds past 65504
     if (magnitude < 0x38800000u) {                                              // below the smallest normal half
@@ -99,10 +104,14 @@ NWC_HOST_DEVICE inline half to_half(float value) {
 /// bfloat16 -> float (exact).
 NWC_HOST_DEVICE inline float to_float(bfloat16 value) { return float_from_bits(std::uint32_t(value.bits) << 16); }
 
-/// float -> bfloat16, round to nearest even; NaN stays a quiet NaN.
+/// float -> bfloat16, round to nearest even; a NaN keeps its truncated payload (quiet bit set only
+/// when that is zero).
 NWC_HOST_DEVICE inline bfloat16 to_bfloat16(float value) {
     const std::uint32_t bits = float_bits(value);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return bfloat16{std::uint16_t((bits >> 16) | 0x40u)};
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {
+        const std::uint16_t truncated = std::uint16_t(bits >> 16);
+        return bfloat16{std::uint16_t((truncated & 0x7Fu) != 0 ? truncated : truncated | 0x40u)};
+    }
     const std::uint32_t rounding = 0x7FFFu + ((bits >> 16) & 1u);
     return bfloat16{std::uint16_t((bits + rounding) >> 16)};
 }

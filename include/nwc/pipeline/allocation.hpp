@@ -87,6 +87,7 @@ AllocationResult allocate_settings(const CodecType& codec, const ModelFile& mode
                                    const AllocationOptions& options = {}, const ProgressCallback& progress = {}) {
     require(options.points_per_octave >= 1 && options.octaves > 0.0, errc::invalid_argument, "allocation: ", options.points_per_octave,
             " points per octave over ", options.octaves, " octaves");
+    codec.require_rate_knob("allocation");
     const MethodKnob knob = codec.knob();
     const double target_bytes = bits_per_weight * double(model.weight_count()) / 8.0;
     MethodOptions base = codec.options();

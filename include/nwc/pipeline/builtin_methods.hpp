@@ -4,11 +4,12 @@
 
 #include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_ecsq.hpp"
+#include "nwc/pipeline/method_lossless.hpp"
 #include "nwc/pipeline/method_nwc.hpp"
 #include "nwc/pipeline/method_rtn.hpp"
 
 namespace nwc {
 
-using BuiltinMethods = MethodList<NwcMethod, EcsqMethod, GptqMethod, RtnMethod>;
+using BuiltinMethods = MethodList<NwcMethod, EcsqMethod, GptqMethod, RtnMethod, LosslessMethod>;
 
 }  // namespace nwc

@@ -11,6 +11,8 @@
 // - Every method has ONE rate knob (MethodKnob): the MethodOptions field it reads ("bits",
 //   "step", "alpha"), whether it takes integers only and whether the rate grows with it. Rate
 //   control (rate_control.hpp) searches that knob for the whole file or chooses it per tensor.
+//   A lossless method has none: it sets `static constexpr bool has_rate_knob = false` (and
+//   `is_lossless = true`), and rate control, allocation and the tools refuse to search it.
 // - Encoding gets the weights (m x n, float32), the input Hessian or null, the options and the
 //   MethodResources (a trained codec for nwc); it returns the container bytes of the tensor and,
 //   when options.measure is set, the reconstruction the decoder will produce.
@@ -134,6 +136,24 @@ inline constexpr bool uses_normalization_axis = [] {
     else return false;
 }();
 
+/// Whether M has a rate knob to search (M::has_rate_knob, true when absent). Without one, M::knob
+/// is a placeholder whose option is empty: rate control, allocation and the tools refuse the
+/// method (errc::invalid_argument) rather than search a knob that changes nothing.
+template <class M>
+inline constexpr bool has_rate_knob = [] {
+    if constexpr (requires { M::has_rate_knob; }) return bool(M::has_rate_knob);
+    else return true;
+}();
+
+/// Whether M reproduces its input bit for bit (M::is_lossless, false when absent): the codec then
+/// codes vectors with M too (not with ecsq), and decoded values may be infinite or NaN as the
+/// source's were.
+template <class M>
+inline constexpr bool is_lossless = [] {
+    if constexpr (requires { M::is_lossless; }) return bool(M::is_lossless);
+    else return false;
+}();
+
 /// A method that splits its bytes into ByteAccount categories (else its metadata counts as
 /// "metadata" and its payload as "payload").
 template <class M>
@@ -150,11 +170,17 @@ concept SizePredictingMethod = Method<M> && requires(const Shape& shape, const M
     { M::predicted_sizes(shape, options) } -> std::same_as<std::vector<std::uint64_t>>;  // metadata, then each segment
 };
 
-/// "step=0.4675": a method's knob as reports print it (integers without decimals).
+/// "step=0.4675": a method's knob as reports print it (integers without decimals); "" for a
+/// method without a rate knob.
 template <Method M>
 std::string knob_setting(double value) {
-    return M::knob.integer ? std::string(M::knob.option) + "=" + std::to_string(static_cast<long long>(value))
-                           : detail::knob_text(std::string(M::knob.option).c_str(), value);
+    if constexpr (!has_rate_knob<M>) {
+        static_cast<void>(value);
+        return {};
+    } else {
+        return M::knob.integer ? std::string(M::knob.option) + "=" + std::to_string(static_cast<long long>(value))
+                               : detail::knob_text(std::string(M::knob.option).c_str(), value);
+    }
 }
 
 /// An ordered list of methods: the name dispatch every codec generates from it.

@@ -52,7 +52,8 @@ namespace nwc {
 
 /// Which tensors a method codes: floating-point matrices with both sides >= min_dimension.
 /// Vectors (norm scales, biases) of at least min_dimension elements are coded too, by ecsq at a
-/// fine step (MethodOptions::vector_step): ~8 bits each instead of 32 raw.
+/// fine step (MethodOptions::vector_step): ~8 bits each instead of 32 raw; by the method itself
+/// when it is lossless (is_lossless).
 struct DefaultTensorSelection {
     static constexpr std::int64_t min_dimension = 16;
     static bool is_coded(const Shape& shape, dtype type) noexcept {
@@ -200,6 +201,20 @@ public:
     }
     bool predicts_sizes() const {
         return dispatch([&]<class M>(std::type_identity<M>) { return SizePredictingMethod<M>; });
+    }
+    /// Whether the configured method has a rate knob (method.hpp's has_rate_knob; not lossless).
+    bool has_rate_knob() const {
+        return dispatch([&]<class M>(std::type_identity<M>) { return nwc::has_rate_knob<M>; });
+    }
+    /// Whether the configured method reproduces its input bit for bit (it then codes vectors too).
+    bool is_lossless() const {
+        return dispatch([&]<class M>(std::type_identity<M>) { return nwc::is_lossless<M>; });
+    }
+    /// errc::invalid_argument naming `what` (a rate search, allocation) when the configured method
+    /// has no rate knob to choose.
+    void require_rate_knob(std::string_view what) const {
+        require(has_rate_knob(), errc::invalid_argument, what, ": method '", m_options.method,
+                "' has no rate knob to choose (it is lossless: its size is what the weights give); drop the rate target");
     }
 
     /// The codec blob the container embeds for the configured method (empty unless it uses one).
@@ -437,18 +452,27 @@ private:
     ContainerTensor compress_with(std::string name, TensorView<const float> weights, const Tensor<double>* hessian, dtype original_dtype,
                                   const MethodOptions& options, TensorReport* report, Tensor<float>* reconstruction = nullptr) const {
         const auto start = std::chrono::steady_clock::now();
-        if constexpr (requires { Selection::is_vector_coded(weights.shape(), original_dtype); } && methods::template holds<EcsqMethod>) {
+        if constexpr (requires { Selection::is_vector_coded(weights.shape(), original_dtype); }) {
             if (Selection::is_vector_coded(weights.shape(), original_dtype)) {
-                MethodOptions vector = options;
-                vector.method = std::string(EcsqMethod::name);
-                vector.axis = NormalizationAxis::per_tensor;
-                vector.step = options.vector_step;
-                const TensorView<const float> row(weights.data(), Shape{1, weights.numel()});
-                ContainerTensor tensor = encode_matrix(std::move(name), row, nullptr, original_dtype, vector, report, reconstruction, start);
-                tensor.shape = weights.shape();
-                if (report) report->shape = weights.shape();
-                if (reconstruction && !reconstruction->values().empty()) *reconstruction = Tensor<float>(weights.shape(), std::move(reconstruction->values()));
-                return tensor;
+                // A vector is coded as one row: by a lossless method itself (it must come back bit for
+                // bit too), else by ecsq at the fine vector step when the list holds ecsq.
+                bool lossless = false;
+                methods::visit(options.method, [&]<class M>(std::type_identity<M>) { lossless = nwc::is_lossless<M>; });
+                if (lossless || methods::template holds<EcsqMethod>) {
+                    MethodOptions vector = options;
+                    if (!lossless) {
+                        vector.method = std::string(EcsqMethod::name);
+                        vector.axis = NormalizationAxis::per_tensor;
+                        vector.step = options.vector_step;
+                    }
+                    const TensorView<const float> row(weights.data(), Shape{1, weights.numel()});
+                    ContainerTensor tensor = encode_matrix(std::move(name), row, nullptr, original_dtype, vector, report, reconstruction, start);
+                    tensor.shape = weights.shape();
+                    if (report) report->shape = weights.shape();
+                    if (reconstruction && !reconstruction->values().empty())
+                        *reconstruction = Tensor<float>(weights.shape(), std::move(reconstruction->values()));
+                    return tensor;
+                }
             }
         }
         if (!Selection::is_coded(weights.shape(), original_dtype)) {

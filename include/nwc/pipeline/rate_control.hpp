@@ -2,7 +2,8 @@
 // weight, bpw = 8 x (every byte of the .nwc file) / (elements of every tensor of the input).
 //
 // Read me first:
-// - Every method has one knob (method.hpp's MethodKnob). A continuous knob (ecsq's step Δ, nwc's
+// - Every method but a lossless one has one knob (method.hpp's MethodKnob); rate control refuses
+//   a method without one (errc::invalid_argument). A continuous knob (ecsq's step Δ, nwc's
 //   alpha) is searched for the whole file on u = log2(knob) with the ACTUAL serialized size of
 //   full compressions (no estimate): KnobSearch starts at the knob's first guess, steps of
 //   doubling width until the target is bracketed, then regula falsi with the Illinois
@@ -238,6 +239,7 @@ CompressedModel compress_to_target(const CodecType& codec, const ModelFile& mode
     require(std::isfinite(target.bits_per_weight) && target.bits_per_weight > 0.0, errc::invalid_argument, "target of ", target.bits_per_weight,
             " bits per weight must be positive");
     require(model.weight_count() > 0, errc::invalid_argument, "the model has no weights");
+    codec.require_rate_knob("rate control");
     const MethodKnob knob = codec.knob();
     const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
     CompressedModel result;

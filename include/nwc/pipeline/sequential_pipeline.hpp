@@ -45,6 +45,8 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
                                             const llm::SequentialCompressionOptions& options, std::span<const TensorSetting> settings = {},
                                             llm::SequentialCompressionReport* details = nullptr) {
     const auto start = std::chrono::steady_clock::now();
+    require(!codec.is_lossless(), errc::invalid_argument, "sequential compression fine-tunes the layers it has not coded yet; method '",
+            codec.options().method, "' must keep every weight as it is (compress without calibration)");
     std::optional<llm::LlamaWeights> weights = llama_weights_of(model);
     require(weights.has_value(), errc::unsupported, "sequential compression needs a llama2.c or Hugging Face Llama model, not a plain ",
             model_format_name(model.format), " file");

@@ -101,15 +101,27 @@ DecodePlan<Methods...> make_decode_plan(const ContainerReader& reader, std::size
     return plan;
 }
 
-/// Throws errc::corrupt unless every decoded weight of a coded tensor is finite: metadata with
-/// valid CRCs can still hold a step, scale or alpha whose product with the codes overflows (found
-/// by fuzz_container). Raw tensors keep whatever the source held. Blocks of 2^20 weights in parallel.
+/// Whether `plan` decodes a lossy coded tensor (not raw, not a lossless method's).
+template <class Plan>
+bool decodes_lossy(const Plan& plan) {
+    return std::visit(
+        []<class Parsed>(const Parsed&) {
+            if constexpr (std::is_same_v<Parsed, RawPlan>) return false;
+            else return !is_lossless<method_of_t<Parsed>>;
+        },
+        plan.layout);
+}
+
+/// Throws errc::corrupt unless every decoded weight of a lossy coded tensor is finite: metadata
+/// with valid CRCs can still hold a step, scale or alpha whose product with the codes overflows
+/// (found by fuzz_container). Raw tensors and lossless methods' keep whatever the source held.
+/// Blocks of 2^20 weights in parallel.
 template <class Plan>
 void require_finite_outputs(const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads) {
     constexpr std::int64_t block = std::int64_t(1) << 20;
     std::vector<std::pair<std::size_t, std::int64_t>> blocks;  // (plan, first weight)
     for (std::size_t p = 0; p < plans.size(); ++p)
-        if (outputs[p] != nullptr && !std::holds_alternative<RawPlan>(plans[p].layout))
+        if (outputs[p] != nullptr && decodes_lossy(plans[p]))
             for (std::int64_t begin = 0; begin < outputs[p]->numel(); begin += block) blocks.emplace_back(p, begin);
     parallel_for(std::int64_t(blocks.size()), threads, [&](std::int64_t item) {
         const auto [p, begin] = blocks[std::size_t(item)];

@@ -1,0 +1,197 @@
+// The "lossless" method: a tensor stored bit-exactly by the lossless float codec
+// (entropy/lossless_float.hpp: the exponent byte plane rANS-coded with a table fitted to this
+// tensor, the other byte planes raw, coded or constant). `nwc decompress` gives back the very
+// bits of the input, NaN payloads, infinities, subnormals and -0 included.
+//
+// Read me first (byte layout: docs/format/methods.md, section `lossless`):
+// - The pipeline hands every method float32 weights (bf16 and f16 widened exactly). The encoder
+//   codes them in the NARROWEST dtype that holds every value bit for bit (the *plane dtype*):
+//   bf16 when every float's low 16 bits are zero, else f16 when every value survives
+//   float -> half -> float unchanged, else f32. A BF16 checkpoint is thus coded as bf16, never as
+//   twice its bytes. Writing the decoded floats back in the original dtype is exact because
+//   nwc::to_half / to_bfloat16 are exact on every value that came from a half / bfloat16 (NaN
+//   payloads too: core/half.hpp).
+// - Metadata: the MethodPrefix (span = elements per segment), then the lossless float metadata
+//   unchanged (which holds the plane dtype, the element count and the tables, under its own
+//   CRC-32C). Segments are the lossless float codec's segments: elements [s S, min((s+1) S, N)) of
+//   the row-major tensor, any rank (the pipeline codes matrices and, with this method, vectors).
+// - Decoding a segment: the planes into a per-thread buffer of the plane dtype (scalar or SIMD
+//   kernels), then one widening into the output floats; an f32 plane decodes straight into them.
+//   The segment CRC-32C is not checked again: the container checked the payload's first.
+// - No rate knob (has_rate_knob = false): rate control, allocation and `--target-bpw` refuse this
+//   method with errc::invalid_argument instead of searching a knob that changes nothing. Decoded
+//   values may be infinite or NaN, as the source's were (is_lossless: the finiteness check of the
+//   lossy methods' outputs does not apply).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nwc/core/byte_io.hpp"
+#include "nwc/core/error.hpp"
+#include "nwc/core/half.hpp"
+#include "nwc/core/half_simd.hpp"
+#include "nwc/core/tensor.hpp"
+#include "nwc/entropy/lossless_float.hpp"
+#include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method.hpp"
+
+namespace nwc {
+
+namespace detail {
+
+/// The narrowest of bf16, f16, f32 that holds every value of `values` bit for bit.
+inline dtype narrowest_exact_dtype(std::span<const float> values) noexcept {
+    bool bf16 = true, f16 = true;
+    for (const float value : values) {
+        const std::uint32_t bits = float_bits(value);
+        bf16 = bf16 && (bits & 0xFFFFu) == 0;
+        f16 = f16 && float_bits(to_float(to_half(value))) == bits;
+        if (!bf16 && !f16) return dtype::f32;
+    }
+    return bf16 ? dtype::bf16 : f16 ? dtype::f16 : dtype::f32;
+}
+
+/// `values` narrowed to `type` (exact: narrowest_exact_dtype chose it), as little-endian bytes.
+inline std::vector<std::uint8_t> narrow_exactly(std::span<const float> values, dtype type) {
+    std::vector<std::uint8_t> bytes(values.size() * dtype_size(type));
+    if (type == dtype::f32) {
+        if (!values.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
+        return bytes;
+    }
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        const std::uint16_t bits = type == dtype::bf16 ? std::uint16_t(float_bits(values[i]) >> 16) : to_half(values[i]).bits;
+        std::memcpy(bytes.data() + 2 * i, &bits, 2);
+    }
+    return bytes;
+}
+
+}  // namespace detail
+
+/// The lossless method.
+struct LosslessMethod {
+    static constexpr std::string_view name = "lossless";
+    /// No knob: the size is what the data gives (see the read-me). The option name is empty so
+    /// that tools generate no option for it.
+    static constexpr MethodKnob knob{};
+    static constexpr bool has_rate_knob = false;
+    static constexpr bool is_lossless = true;
+    static double knob_value(const MethodOptions&) noexcept { return std::numeric_limits<double>::quiet_NaN(); }
+    static void set_knob(MethodOptions&, double) noexcept {}
+    static double stored_knob(std::span<const std::uint8_t>) noexcept { return std::numeric_limits<double>::quiet_NaN(); }
+
+    /// Decoding parameters of one tensor.
+    struct Layout {
+        LosslessFloatLayout codec;
+        std::uint64_t prefix_bytes = 0, table_bytes = 0;  ///< of the metadata (for accounting)
+
+        std::size_t segment_count() const noexcept { return codec.segment_count; }
+        std::int64_t segment_weights(std::size_t segment) const noexcept { return std::int64_t(codec.segment_elements(segment)); }
+    };
+
+    /// Codes the weights (any shape, row-major) bit-exactly in their narrowest exact dtype.
+    template <class Resources>
+    static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>*, const MethodOptions& options, const Resources&) {
+        const std::span<const float> values(weights.data(), std::size_t(weights.numel()));
+        const dtype plane_type = detail::narrowest_exact_dtype(values);
+        LosslessFloatOptions codec_options;
+        codec_options.elements_per_segment = std::uint32_t(options.weights_per_segment);  // validated: 1 .. 2^20
+        codec_options.threads = std::max(1, options.threads);
+        LosslessFloatEncoding coded = lossless_float::encode(detail::narrow_exactly(values, plane_type), plane_type, codec_options);
+
+        EncodedMatrix result;
+        if (options.measure) result.reconstruction = Tensor<float>(weights.shape(), std::vector<float>(values.begin(), values.end()));
+        ContainerTensor& tensor = result.tensor;
+        tensor.method = std::string(name);
+        ByteWriter metadata;
+        detail::MethodPrefix prefix;
+        prefix.relative_mse = 0.0f;
+        prefix.span = codec_options.elements_per_segment;
+        prefix.write(metadata);
+        metadata.put_bytes(coded.metadata);
+        tensor.metadata = metadata.take();
+        for (auto& segment : coded.segments) tensor.add_segment(std::move(segment));
+        return result;
+    }
+
+    /// Parses and validates the metadata of `entry` (shape, dtypes, element and segment counts).
+    static Layout parse(const ContainerEntry& entry, std::span<const std::uint8_t> metadata, DecodeResources&, const std::string& context) {
+        require(entry.shape.rank() >= 1 && entry.shape.numel() > 0, errc::corrupt, context, ": a lossless tensor must have at least one element");
+        require(is_floating_dtype(entry.original_dtype), errc::corrupt, context, ": a lossless tensor of dtype ", dtype_name(entry.original_dtype),
+                " (F32, F16 or BF16 expected)");
+        ByteReader in(metadata, context + " metadata");
+        const detail::MethodPrefix prefix = detail::MethodPrefix::read(in, 0);
+        Layout layout;
+        layout.prefix_bytes = in.offset();
+        const std::span<const std::uint8_t> codec_metadata = metadata.subspan(in.offset());
+        layout.codec = LosslessFloatLayout::parse(codec_metadata, entry.payload_size, context);
+        const LosslessFloatLayout& codec = layout.codec;
+        // Header, one mode and constant per plane, tables, CRC-32C (lossless_float_format.hpp).
+        layout.table_bytes = codec_metadata.size() - lossless_float::fixed_metadata_bytes - 2 * codec.plane_count() - 4;
+        require(codec.element_count == std::uint64_t(entry.shape.numel()), errc::corrupt, context, ": metadata codes ", codec.element_count,
+                " elements, the shape has ", entry.shape.numel());
+        require(codec.element_size() <= dtype_size(entry.original_dtype), errc::corrupt, context, ": ", dtype_name(codec.type),
+                " planes cannot hold a ", dtype_name(entry.original_dtype), " tensor exactly");
+        require(prefix.span == codec.elements_per_segment, errc::corrupt, context, ": segment span ", prefix.span, " in the prefix, ",
+                codec.elements_per_segment, " elements per segment in the lossless metadata");
+        require(entry.segment_count() == codec.segment_count, errc::corrupt, context, ": ", entry.segment_count(), " segments, the metadata needs ",
+                codec.segment_count);
+        return layout;
+    }
+
+    static void account_metadata(const Layout& layout, std::size_t size, ByteAccount& account) {
+        account.add("tables", layout.table_bytes);
+        account.add("metadata", size - layout.table_bytes);
+    }
+    /// The segment header (CRC, stream sizes) and each rANS stream's own framing as "framing",
+    /// the renormalization words and raw planes as "payload".
+    static void account_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, ByteAccount& account) {
+        const LosslessFloatLayout& codec = layout.codec;
+        const std::string context = "lossless segment " + std::to_string(segment);
+        const std::size_t header = detail::lossless_segment_header_bytes(codec.coded_plane_count());
+        require(bytes.size() >= header, errc::truncated, context, ": ", bytes.size(), " bytes, its header needs ", header);
+        ByteReader sizes(bytes.subspan(4, header - 4), context);
+        ByteReader planes(bytes.subspan(header), context);
+        account.add("framing", header);
+        for (std::size_t p = 0; p < codec.plane_count(); ++p) {
+            if (codec.modes[p] == FloatPlaneMode::coded) detail::account_rans_stream(planes.get_bytes(sizes.get_u32()), codec.tables[p], account);
+            else if (codec.modes[p] == FloatPlaneMode::raw) account.add("payload", planes.get_bytes(codec.segment_elements(segment)).size());
+        }
+        planes.expect_end();
+    }
+
+    /// Decodes segment `segment` into its elements of `output` (the whole tensor, row-major).
+    template <class Backend>
+    static void decode_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, TensorView<float> output,
+                               const std::string& context, Backend backend) {
+        const LosslessFloatLayout& codec = layout.codec;
+        require(segment < codec.segment_count, errc::invalid_argument, context, ": segment ", segment, " of ", codec.segment_count);
+        const std::size_t count = codec.segment_elements(segment);
+        float* target = output.data() + codec.first_element(segment);
+        // The container checked these bytes against its payload CRC-32C: the segment's own is skipped.
+        constexpr bool verify_segment_crc = false;
+        if (codec.type == dtype::f32) {
+            lossless_float::decode_segment(codec, segment, bytes, {reinterpret_cast<std::uint8_t*>(target), count * 4}, backend, context,
+                                           verify_segment_crc);
+        } else if (codec.type == dtype::bf16) {
+            thread_local std::vector<bfloat16> planes;  // reused: one allocation per thread, not per segment
+            planes.resize(count);
+            lossless_float::decode_segment(codec, segment, bytes, {reinterpret_cast<std::uint8_t*>(planes.data()), count * 2}, backend, context,
+                                           verify_segment_crc);
+            convert_to_float(std::span<const bfloat16>(planes), std::span<float>(target, count), backend);
+        } else {
+            thread_local std::vector<half> planes;
+            planes.resize(count);
+            lossless_float::decode_segment(codec, segment, bytes, {reinterpret_cast<std::uint8_t*>(planes.data()), count * 2}, backend, context,
+                                           verify_segment_crc);
+            convert_to_float(std::span<const half>(planes), std::span<float>(target, count), backend);
+        }
+    }
+};
+
+}  // namespace nwc
