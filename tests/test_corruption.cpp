@@ -330,15 +330,17 @@ TEST_CASE("corruption: metadata with valid CRCs whose step, scales or alpha over
         }
     };
     const auto put_f32 = [](std::vector<std::uint8_t>& bytes, std::size_t at, float value) { std::memcpy(bytes.data() + at, &value, 4); };
-    // The method prefix is 8 bytes and a one-byte span here (small segments), so u8 axis at 9, then
-    // ECSQ: f32 step at 10 and (one scale per tensor) its fp16 scale at 14; nwc: f32 alpha at 10.
+    // The method prefix is 6 bytes and a one-byte span here (small segments), so u8 axis at 7, then
+    // ECSQ: fp16 step at 8 and (one scale per tensor) its fp16 scale at 10; nwc: f32 alpha at 8.
+    // An fp16 step times an fp16 scale is always a finite float, so ecsq's hostile case is a step
+    // of infinity (or NaN, or a negative one).
     constexpr std::size_t knob_at = detail::diagnostics_offset + detail::diagnostics_bytes + 1 + 1;
     CHECK(decode_patched("ecsq", [](std::vector<std::uint8_t>&) {}) == "decoded");
-    CHECK(decode_patched("ecsq", [&](std::vector<std::uint8_t>& metadata) {
-              REQUIRE(metadata[knob_at - 1] == std::uint8_t(NormalizationAxis::per_tensor));
-              put_f32(metadata, knob_at, 3e38f);
-              metadata[knob_at + 4] = 0xFF, metadata[knob_at + 5] = 0x7B;  // 65504
-          }) == "error:corrupt");
+    for (const std::uint16_t bad_step : {std::uint16_t(0x7C00), std::uint16_t(0x7E00), std::uint16_t(0xBC00), std::uint16_t(0x0000)})
+        CHECK(decode_patched("ecsq", [&](std::vector<std::uint8_t>& metadata) {
+                  REQUIRE(metadata[knob_at - 1] == std::uint8_t(NormalizationAxis::per_tensor));
+                  std::memcpy(metadata.data() + knob_at, &bad_step, 2);
+              }) == "error:corrupt");
     // nwc: a positive subnormal alpha divides the chunks to infinity.
     CHECK(decode_patched("nwc", [](std::vector<std::uint8_t>&) {}) == "decoded");
     CHECK(decode_patched("nwc", [&](std::vector<std::uint8_t>& metadata) { put_f32(metadata, knob_at, 1e-44f); }) == "error:corrupt");

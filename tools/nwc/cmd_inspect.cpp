@@ -25,8 +25,9 @@ struct InspectCommand {
         return {.name = "inspect",
                 .usage = "IN.nwc [options]",
                 .description = R"(Lists every tensor of a .nwc file: name, shape, dtype, method, its setting (bits, step or alpha),
-bits per weight as written (8 x (metadata + payload bytes) / weights), segments, and the relative
-MSE and proxy loss measured at compression (- when not stored). The last line gives the whole
+bits per weight as written (8 x (metadata + payload bytes) / weights), segments, the relative
+MSE measured at compression and the sensitivity allocation used (- when not stored; the proxy
+loss is in the compress report only). The last line gives the whole
 file's rate: 8 x file bytes / weights. With --breakdown, every byte of the file by what it is
 for (payload: the entropy-coded or packed codes; the rest is side information: scales, levels,
 entropy tables, stream framing, method metadata, directory, header, padding, embedded codecs,
@@ -53,8 +54,8 @@ std::vector<std::pair<TensorRow, Shape>> tensor_rows(const ContainerReader& read
         if (entry.name == nwc::detail::rope_corrections_name) continue;
         const auto metadata = reader.metadata(index);
         const nwc::detail::StoredDiagnostics stored =
-            entry.method == "raw" ? nwc::detail::StoredDiagnostics{0.0, NAN, NAN} : nwc::detail::stored_diagnostics(metadata);
-        const double relative_mse = stored.relative_mse, proxy_loss = stored.proxy_loss;
+            entry.method == "raw" ? nwc::detail::StoredDiagnostics{0.0, NAN} : nwc::detail::stored_diagnostics(metadata);
+        const double relative_mse = stored.relative_mse, proxy_loss = NAN;  // not stored (layout 3): the compress report has it
         const std::int64_t count = entry.shape.numel();
         rows.push_back({{entry.name, shape_text(entry.shape), std::string(dtype_name(entry.original_dtype)), entry.method,
                          DefaultCodec::stored_setting(entry, metadata),

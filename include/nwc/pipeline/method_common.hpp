@@ -3,7 +3,7 @@
 //
 // Read me first:
 // - Every coded tensor's metadata starts with the same prefix (MethodPrefix): a layout version,
-//   flags, the diagnostics (relative MSE, proxy loss, sensitivity; bfloat16, NaN when unknown) and
+//   flags, the diagnostics (relative MSE and sensitivity; bfloat16, NaN when unknown) and
 //   the segment span. The diagnostics sit at a fixed offset, so a rate search can encode with them
 //   unknown and the final pass fill them in without changing a single size.
 // - Segments: a tensor's payload is cut into segments of whole rows (rtn, gptq, ecsq) or whole
@@ -137,8 +137,9 @@ struct TensorReport {
 
 namespace detail {
 
-/// 3: row and column scales on the quarter-octave grid, ~4 bits each (scale_grid.hpp); 2 stored a
-/// byte per scale and is refused with errc::unsupported.
+/// 3: row and column scales on the quarter-octave grid, ~4 bits each (scale_grid.hpp), and two
+/// diagnostics instead of three (the proxy loss, which reports print at compression time, is not
+/// stored); 2 is refused with errc::unsupported.
 inline constexpr std::uint8_t method_layout_version = 3;
 /// Decoders refuse (errc::limit) a coded tensor with more weights per payload byte than this
 /// before allocating its output: a small hostile file cannot ask for a huge allocation.
@@ -147,23 +148,22 @@ inline constexpr std::uint8_t flag_feedback = 1;        ///< LDLQ / GPTQ feedbac
 inline constexpr std::uint8_t flag_hessian_levels = 2;  ///< nwc: importance levels from diag(H)
 /// Where the diagnostics sit in every coded tensor's metadata (after version and flags), and their size.
 inline constexpr std::size_t diagnostics_offset = 2;
-inline constexpr std::size_t diagnostics_bytes = 6;
+inline constexpr std::size_t diagnostics_bytes = 4;
 
 /// What every coded tensor's metadata starts with: u8 layout version, u8 flags, the diagnostics
-/// (relative MSE, proxy loss, sensitivity as bfloat16: for nwc inspect only, NaN when unknown; at a
+/// (relative MSE and sensitivity as bfloat16: for nwc inspect only, NaN when unknown; at a
 /// fixed offset and size so the final pass of a rate search fills them in without moving a byte),
 /// then the segment span as a varint.
 struct MethodPrefix {
     std::uint8_t flags = 0;
     float relative_mse = std::numeric_limits<float>::quiet_NaN();
-    float proxy_loss = std::numeric_limits<float>::quiet_NaN();
     float sensitivity = std::numeric_limits<float>::quiet_NaN();
     std::uint32_t span = 1;  ///< rows (rtn, gptq, ecsq) or columns (nwc) per segment
 
     void write(ByteWriter& out) const {
         out.put_u8(method_layout_version);
         out.put_u8(flags);
-        for (const float value : {relative_mse, proxy_loss, sensitivity}) out.put_u16(to_bfloat16(value).bits);
+        for (const float value : {relative_mse, sensitivity}) out.put_u16(to_bfloat16(value).bits);
         put_varint(out, span);
     }
     static MethodPrefix read(ByteReader& in, std::uint8_t allowed_flags) {
@@ -173,9 +173,9 @@ struct MethodPrefix {
                 int(method_layout_version), ")");
         prefix.flags = in.get_u8();
         require((prefix.flags & ~allowed_flags) == 0, errc::corrupt, in.context(), ": unknown flags 0x", std::hex, int(prefix.flags), " at offset 1");
-        for (float* value : {&prefix.relative_mse, &prefix.proxy_loss, &prefix.sensitivity}) *value = to_float(bfloat16{in.get_u16()});
+        for (float* value : {&prefix.relative_mse, &prefix.sensitivity}) *value = to_float(bfloat16{in.get_u16()});
         const std::uint64_t span = get_varint(in, "segment span");
-        require(span >= 1 && span <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt, in.context(), ": segment span ", span, " at offset 8");
+        require(span >= 1 && span <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt, in.context(), ": segment span ", span, " at offset ", diagnostics_offset + diagnostics_bytes);
         prefix.span = std::uint32_t(span);
         return prefix;
     }
@@ -183,10 +183,10 @@ struct MethodPrefix {
 
 /// Overwrites the diagnostics of a metadata block written with MethodPrefix (same size); NaN
 /// arguments leave their field as it is.
-inline void patch_diagnostics(std::vector<std::uint8_t>& metadata, double relative_mse, double proxy_loss, double sensitivity) {
+inline void patch_diagnostics(std::vector<std::uint8_t>& metadata, double relative_mse, double sensitivity) {
     NWC_ASSERT(metadata.size() >= diagnostics_offset + diagnostics_bytes);
-    const double values[3] = {relative_mse, proxy_loss, sensitivity};
-    for (std::size_t k = 0; k < 3; ++k) {
+    const double values[2] = {relative_mse, sensitivity};
+    for (std::size_t k = 0; k < 2; ++k) {
         if (std::isnan(values[k])) continue;
         const std::uint16_t bits = to_bfloat16(float(values[k])).bits;
         std::memcpy(metadata.data() + diagnostics_offset + 2 * k, &bits, 2);
@@ -196,14 +196,13 @@ inline void patch_diagnostics(std::vector<std::uint8_t>& metadata, double relati
 /// What a coded tensor's metadata records about it (NaN when absent or not a coded tensor).
 struct StoredDiagnostics {
     double relative_mse = std::numeric_limits<double>::quiet_NaN();
-    double proxy_loss = std::numeric_limits<double>::quiet_NaN();
     double sensitivity = std::numeric_limits<double>::quiet_NaN();
 };
 inline StoredDiagnostics stored_diagnostics(std::span<const std::uint8_t> metadata) noexcept {
     StoredDiagnostics result;
     if (metadata.size() < diagnostics_offset + diagnostics_bytes || metadata[0] != method_layout_version) return result;
-    double* fields[3] = {&result.relative_mse, &result.proxy_loss, &result.sensitivity};
-    for (std::size_t k = 0; k < 3; ++k) {
+    double* fields[2] = {&result.relative_mse, &result.sensitivity};
+    for (std::size_t k = 0; k < 2; ++k) {
         std::uint16_t bits;
         std::memcpy(&bits, metadata.data() + diagnostics_offset + 2 * k, 2);
         *fields[k] = to_float(bfloat16{bits});

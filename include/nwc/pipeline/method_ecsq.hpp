@@ -5,7 +5,7 @@
 // (per-column feedback) when a Hessian is given.
 //
 // Metadata: MethodPrefix (span = rows per segment), u8 axis (0 per column, 1 per row, 2 per
-// tensor), f32 Δ, the scales (1, m or n of them: write_scales), the compact table
+// tensor), fp16 Δ, the scales (1, m or n of them: write_scales), the compact table
 // (CompactCdfTable::write). Payload segment k = one rANS stream (docs/format/rans.md) of the
 // row-major symbols of rows [k span, min((k + 1) span, m)).
 // Value = symbol * (Δ * s), the product Δ * s taken in float as the encoder took it. A vector
@@ -60,7 +60,7 @@ struct EcsqMethod {
     static double stored_knob(std::span<const std::uint8_t> metadata) noexcept {
         return detail::stored_after_prefix(metadata, [](ByteReader& in) {
             in.get_u8();
-            return double(in.get_f32());
+            return double(to_float(half{in.get_u16()}));
         });
     }
 
@@ -68,8 +68,14 @@ struct EcsqMethod {
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
+        // The step is stored as fp16 (0.05% apart: no rate control or allocation can see it), and
+        // the encoder quantizes with exactly the stored value.
+        const half stored_step = to_half(options.step);
+        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "ecsq step ", options.step,
+                " is outside fp16's normal range (6.1e-5 .. 65504)");
+        const float step = to_float(stored_step);
         const Chunker chunker(ChunkerOptions{.axis = options.axis});
-        EntropyCodedScalar quantizer(EntropyCodedScalarOptions{options.step, options.axis, chunker.compute_scales(weights)});
+        EntropyCodedScalar quantizer(EntropyCodedScalarOptions{step, options.axis, chunker.compute_scales(weights)});
         EncodedMatrix result;
         const bool feedback = options.ldlq && hessian != nullptr;
         if (feedback) {
@@ -81,7 +87,7 @@ struct EcsqMethod {
             result.reconstruction = quantizer.quantize(weights);
         }
         result.used_hessian = feedback;
-        result.setting = knob_setting<EcsqMethod>(options.step);
+        result.setting = knob_setting<EcsqMethod>(step);
 
         const SymbolHistogram histogram = quantizer.histogram();
         const CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts);
@@ -95,7 +101,7 @@ struct EcsqMethod {
         prefix.span = std::uint32_t(span);
         prefix.write(metadata);
         metadata.put_u8(std::uint8_t(options.axis));
-        metadata.put_f32(options.step);
+        metadata.put_u16(stored_step.bits);
         write_scales(metadata, quantizer.options().scales);
         fit.compact.write(metadata);
         tensor.metadata = metadata.take();
@@ -123,8 +129,9 @@ struct EcsqMethod {
         const std::uint8_t axis = in.get_u8();
         require(axis <= last_normalization_axis, errc::corrupt, context, ": normalization axis ", int(axis), " at offset ", axis_at);
         layout.axis = NormalizationAxis(axis);
-        const float step = in.get_f32();
-        require(std::isfinite(step) && step > 0.0f, errc::corrupt, context, ": step ", step, " at offset ", axis_at + 1, " is not finite and positive");
+        const half stored_step{in.get_u16()};
+        const float step = to_float(stored_step);
+        require(is_finite(stored_step) && step > 0.0f, errc::corrupt, context, ": step ", step, " at offset ", axis_at + 1, " is not finite and positive");
         const std::size_t scales_at = in.offset();
         const std::vector<half> scales = read_scales(in, std::size_t(scale_count(layout.axis, layout.rows, layout.cols)));
         const std::size_t table_at = in.offset();

@@ -18,7 +18,8 @@
 // - A tensor of a method that uses a codec blob (nwc) refers to container codec 0:
 //   compress_model() adds the blob first. To assemble a container by hand with compress(), call
 //   writer.add_codec(decoder_blob()) first.
-// - The container's file metadata is JSON: the ModelFile's `source`, the method and the tool.
+// - The container's file metadata is JSON: the ModelFile's `source` and the tool (the methods are
+//   the container's method table).
 //   It never holds per-pass numbers, so its size is the same in every pass of a rate search. The
 //   llama2.c RoPE corrections are the raw tensor detail::rope_corrections_name (a fixed name).
 #pragma once
@@ -171,7 +172,7 @@ public:
     }
     /// Stores `setting`'s sensitivity in a coded tensor's diagnostics (for nwc inspect).
     static void record_sensitivity(ContainerTensor& tensor, const TensorSetting& setting) {
-        if (tensor.method != "raw" && !std::isnan(setting.sensitivity)) detail::patch_diagnostics(tensor.metadata, NAN, NAN, setting.sensitivity);
+        if (tensor.method != "raw" && !std::isnan(setting.sensitivity)) detail::patch_diagnostics(tensor.metadata, NAN, setting.sensitivity);
     }
     /// `options` with a tensor's setting applied (what is not set stays).
     static MethodOptions options_with(MethodOptions options, const TensorSetting& setting) {
@@ -509,7 +510,7 @@ private:
             local.proxy_loss = measure.proxy_loss();
             local.squared_error = measure.squared_error;
             local.squared_norm = measure.squared_norm;
-            detail::patch_diagnostics(tensor.metadata, local.relative_mse, local.proxy_loss, NAN);
+            detail::patch_diagnostics(tensor.metadata, local.relative_mse, NAN);
             if (reconstruction) *reconstruction = std::move(encoded.reconstruction);
         }
         if (report) {
@@ -532,7 +533,6 @@ private:
         nlohmann::json root = {{"format", "nwc-pipeline"},
                                {"version", 1},
                                {"source", model.source},
-                               {"method", m_options.method},
                                {"tool", std::string("nwc ") + version_string}};
         // A model built in memory has no loader's source record: its format is all decoding needs.
         if (!root["source"].is_object()) root["source"] = nlohmann::json::object();
