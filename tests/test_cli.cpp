@@ -28,6 +28,7 @@
 #include "nwc/core/random.hpp"
 #include "nwc/io/safetensors.hpp"
 #include "nwc/io/llama2c_file.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/rate_control.hpp"
 #include "requirements.hpp"
@@ -355,6 +356,16 @@ TEST_CASE("compress, inspect and decompress: rate targets, shipped codecs, atomi
     CHECK(loaded.weights.config == nwc::llm::read_llama2c(data("stories260K.bin")).weights.config);
     REQUIRE(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "s.safetensors")).status == 0);
     CHECK(nwc::SafetensorsFile::open(temp.path / "s.safetensors").tensor_count() == 47);
+    // A Hugging Face directory: config.json, shards of at most --shard-size, the index; nwc reads it back.
+    const nlohmann::json directory = json_of(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "hf") + "/ --shard-size 300KB --json"));
+    CHECK(directory["shards"].get<int>() >= 4);  // 1.04 MB of F32 tensors in shards of at most 300 KB
+    for (const auto& entry : std::filesystem::directory_iterator(temp.path / "hf"))
+        if (entry.path().extension() == ".safetensors") CHECK(std::filesystem::file_size(entry.path()) <= 300000 + 4096);  // + the JSON header
+    CHECK(std::filesystem::exists(temp.path / "hf" / "config.json"));
+    CHECK(std::filesystem::exists(temp.path / "hf" / "model.safetensors.index.json"));
+    CHECK(nwc::read_llama_weights(temp.path / "hf").config == loaded.weights.config);
+    CHECK(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "hf") + "/").status == 1);  // not empty: refused
+    CHECK(run("decompress " + (temp / "s.nwc") + " -o " + (temp / "hf2") + "/ --shard-size 5XB").status == 2);
 
     // A corrupt input fails with exit code 1 and leaves an existing output untouched.
     std::vector<std::uint8_t> file = nwc::read_file(temp.path / "s.nwc");

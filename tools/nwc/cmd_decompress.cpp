@@ -1,6 +1,9 @@
-// nwc decompress: a .nwc file back into safetensors or a llama2.c model.
+// nwc decompress: a .nwc file back into safetensors, a llama2.c model or a Hugging Face directory.
+#include <cctype>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -8,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "nwc/io/hf_directory.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 #include "pipeline_cli.hpp"
 
@@ -16,19 +20,43 @@ namespace {
 
 struct DecompressSettings {
     std::string output;
+    std::string shard_size = "5GB";
     int threads = 0;  // all cores (the library's functions take the count explicitly)
 };
+
+// "5GB", "500MB", "2GiB", "1e9": a size in bytes (UsageError for anything else).
+std::uint64_t parse_byte_size(const std::string& text) {
+    char* end = nullptr;
+    const double number = std::strtod(text.c_str(), &end);
+    std::string unit(end);
+    for (char& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+    double factor = 0.0;
+    if (unit.empty() || unit == "B") factor = 1.0;
+    else if (unit == "KB") factor = 1e3;
+    else if (unit == "MB") factor = 1e6;
+    else if (unit == "GB") factor = 1e9;
+    else if (unit == "KIB") factor = 0x1p10;
+    else if (unit == "MIB") factor = 0x1p20;
+    else if (unit == "GIB") factor = 0x1p30;
+    const double bytes = number * factor;
+    if (end == text.c_str() || factor == 0.0 || !std::isfinite(bytes) || bytes < 1.0 || bytes > 0x1p62)
+        throw UsageError("--shard-size '" + text + "' is not a size such as 5GB, 500MB or 2GiB");
+    return std::uint64_t(bytes);
+}
 
 struct DecompressCommand {
     using Settings = DecompressSettings;
 
     static CommandText text() {
         return {.name = "decompress",
-                .usage = "IN.nwc -o OUT.safetensors|OUT.bin [options]",
+                .usage = "IN.nwc -o OUT.safetensors|OUT.bin|DIR/ [options]",
                 .description = R"(Decodes every tensor of a .nwc file (segments in parallel) and writes the model: OUT.safetensors
-(the original names, shapes and dtypes) or OUT.bin (llama2.c, for files made from a llama2.c or
-Hugging Face Llama model). The output is written atomically: on any failure an existing OUT is
-left untouched.)",
+(the original names, shapes and dtypes), OUT.bin (llama2.c, for files made from a llama2.c or
+Hugging Face Llama model), or a Hugging Face directory when OUT ends in '/' or is an existing
+empty directory: config.json (for Llama sources), safetensors shards of at most --shard-size and
+model.safetensors.index.json when there are several, as save_pretrained writes them. Outputs are
+written atomically: on any failure an existing OUT is left untouched, and a directory is only
+written when it is absent or empty.)",
                 .positional = "input .nwc file",
                 .min_positional = 1,
                 .max_positional = 1,
@@ -36,7 +64,8 @@ left untouched.)",
     }
 
     static void declare(OptionTable& table, Settings& settings) {
-        table.value("output", "FILE", "OUT.safetensors or OUT.bin", settings.output).with_short('o').mark_required();
+        table.value("output", "FILE", "OUT.safetensors, OUT.bin or DIR/", settings.output).with_short('o').mark_required();
+        table.value("shard-size", "SIZE", "largest shard of a directory output: bytes, or with KB, MB, GB (1000s) or KiB, MiB, GiB", settings.shard_size);
         table.value("threads", "N", "worker threads, 0 = all cores; the output never depends on it", settings.threads).at_least(0);
     }
 
@@ -44,14 +73,19 @@ left untouched.)",
         const std::string& input = positional[0];
         const std::string& output = settings.output;
         const std::string extension = std::filesystem::path(output).extension().string();
-        if (extension != ".safetensors" && extension != ".bin") throw UsageError("the output must end in .safetensors or .bin, not '" + output + "'");
+        const bool directory = !output.empty() && (output.back() == '/' || std::filesystem::is_directory(output));
+        if (!directory && extension != ".safetensors" && extension != ".bin")
+            throw UsageError("the output must end in .safetensors, .bin or '/' (a directory), not '" + output + "'");
+        const std::uint64_t shard_bytes = parse_byte_size(settings.shard_size);
 
         const auto start = std::chrono::steady_clock::now();
         const ContainerReader reader = ContainerReader::open(input);
         ProgressBar progress;
         const ModelFile model = DefaultCodec::decompress_model(reader, settings.threads, progress.callback());
         const double decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        write_model_file(model, output);
+        std::size_t shards = 0;
+        if (directory) shards = write_hf_directory(model, output, shard_bytes).shards;
+        else write_model_file(model, output);
         progress.finish();
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -62,6 +96,7 @@ left untouched.)",
                         {"tensors", model.tensors.size()},
                         {"weights", model.weight_count()},
                         {"decode_seconds", decode_seconds},
+                        {"shards", shards},
                         {"seconds", seconds}};
         append_format(outcome.text, "%s -> %s: %zu tensors, %lld weights (%s), %.2f s\n", input.c_str(), output.c_str(), model.tensors.size(),
                       static_cast<long long>(model.weight_count()), std::string(model_format_name(model.format)).c_str(), seconds);

@@ -17,6 +17,7 @@
 #include <charconv>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -190,6 +191,27 @@ inline void write_hf_llama(const std::filesystem::path& directory, const LlamaWe
 struct HfModelFiles {
     std::filesystem::path config;
     std::vector<std::filesystem::path> shards;  ///< the file given, model.safetensors, or the index's files by name
+    std::map<std::string, std::string> weight_map;  ///< tensor -> shard file name, from the index (empty without one)
+
+    /// errc::corrupt, naming the file and the tensor, unless every tensor of `shard` (a file of
+    /// `shards`) is where the index puts it.
+    void check_placement(const std::filesystem::path& shard_path, const SafetensorsFile& shard) const {
+        if (weight_map.empty()) return;
+        const std::string file = shard_path.filename().string();
+        for (const auto& info : shard.tensors()) {
+            const auto entry = weight_map.find(info.name);
+            require(entry != weight_map.end(), errc::corrupt, "'", shard_path.string(), "': tensor '", info.name, "' is not in the index");
+            require(entry->second == file, errc::corrupt, "'", shard_path.string(), "': tensor '", info.name, "' is in this shard, the index puts it in '",
+                    entry->second, "'");
+        }
+    }
+    /// errc::corrupt for a tensor the index lists that no shard held (`was_read(name)` says).
+    template <class WasRead>
+    void check_complete(WasRead&& was_read) const {
+        for (const auto& [name, file] : weight_map)
+            require(was_read(name), errc::corrupt, "'", (config.parent_path() / "model.safetensors.index.json").string(), "': tensor '", name,
+                    "' is listed in '", file, "', which does not hold it");
+    }
 };
 
 /// The files of the HF model at `path`: a directory (config.json plus model.safetensors or a
@@ -200,7 +222,7 @@ inline HfModelFiles hf_model_files(const std::filesystem::path& path) {
     const bool is_directory = std::filesystem::is_directory(path);
     std::filesystem::path directory = is_directory ? path : path.parent_path();
     if (directory.empty()) directory = ".";
-    HfModelFiles files{directory / "config.json", {}};
+    HfModelFiles files{directory / "config.json", {}, {}};
     require(std::filesystem::exists(files.config), errc::io, "'", files.config.string(), "' not found (an HF model needs its config.json)");
     if (!is_directory) {
         files.shards.push_back(path);
@@ -219,6 +241,7 @@ inline HfModelFiles hf_model_files(const std::filesystem::path& path) {
             require(!file_name.empty() && file_name.find('/') == std::string::npos && file_name.find('\\') == std::string::npos && file_name != "..",
                     errc::corrupt, "'", index_path.string(), "': shard name '", file_name, "' must be a plain file name");
             names.insert(file_name);
+            files.weight_map.emplace(name, file_name);
         }
         for (const auto& name : names) files.shards.push_back(directory / name);
     }
@@ -270,12 +293,16 @@ private:
 inline LlamaWeights read_hf_llama(const std::filesystem::path& path) {
     const HfModelFiles files = hf_model_files(path);
     HfWeightsAssembler assembler(parse_hf_config(detail::read_json_file(files.config), nwc::detail::concat("'", files.config.string(), "'")));
+    std::set<std::string> names_read;
     for (const auto& shard_path : files.shards) {
         const SafetensorsFile shard = SafetensorsFile::open(shard_path);
+        files.check_placement(shard_path, shard);
         const std::string context = nwc::detail::concat("'", shard_path.string(), "'");
         for (const auto& info : shard.tensors())
             if (assembler.is_weight(info.name)) assembler.add(info.name, info.shape, [&] { return shard.read_float32(info.name); }, context);
+        for (const auto& info : shard.tensors()) names_read.insert(info.name);
     }
+    files.check_complete([&](const std::string& name) { return names_read.contains(name); });
     return std::move(assembler).finish(nwc::detail::concat("HF model '", path.string(), "'"));
 }
 

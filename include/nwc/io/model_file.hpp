@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -173,11 +174,13 @@ inline ModelFile load_hf_llama(const std::filesystem::path& path) {
     nlohmann::json metadata = nlohmann::json::object();
     for (const auto& shard_path : files.shards) {
         const SafetensorsFile shard = SafetensorsFile::open(shard_path);
+        files.check_placement(shard_path, shard);
         for (const auto& [key, value] : shard.metadata()) metadata[key] = value;
         for (const auto& info : shard.tensors())
             require(model.find(info.name) == nullptr, errc::corrupt, "'", shard_path.string(), "': tensor '", info.name, "' appears in two shards");
         add_safetensors_tensors(model, shard);
     }
+    files.check_complete([&](const std::string& name) { return model.find(name) != nullptr; });
     model.source = {{"source_format", "hf_llama"}, {"hf_config", std::move(config)}, {"safetensors_metadata", std::move(metadata)}};
     return model;
 }
@@ -331,6 +334,38 @@ inline llm::LlamaWeights read_llama_weights(const std::filesystem::path& path) {
     return std::move(*weights);
 }
 
+namespace detail {
+/// The __metadata__ a safetensors output of `model` carries: the source's, and "format": "pt" for
+/// a llama2.c source (what transformers expects).
+inline std::map<std::string, std::string> safetensors_metadata_of(const ModelFile& model) {
+    std::map<std::string, std::string> result;
+    if (const auto metadata = model.source.find("safetensors_metadata"); metadata != model.source.end() && metadata->is_object())
+        for (const auto& [key, value] : metadata->items())
+            if (value.is_string()) result[key] = value.get<std::string>();
+    if (model.format == ModelFormat::llama2c) result["format"] = "pt";
+    return result;
+}
+
+/// Calls add(name, dtype, shape, bytes) for every tensor a safetensors output of `model` holds, in
+/// model order: a llama2.c model's weights under their HF names with HF's q/k row order as F32,
+/// every other model's tensors as they were stored.
+template <class Add>
+void for_each_safetensors_tensor(const ModelFile& model, const std::string& context, Add&& add) {
+    if (model.format == ModelFormat::llama2c) {
+        const llm::LlamaWeights weights = llama2c_weights_of(model, context);
+        weights.for_each_tensor([&](const std::string& name, const Tensor<float>& tensor, const Shape&) {
+            const int heads = llm::detail::rope_heads_of(weights.config, name);
+            const TensorView<const float> values = tensor.view();
+            add(name, dtype::f32, tensor.shape(), encode_float32(heads > 0 ? llm::permute_rows_to_hf(values, heads).view() : values, dtype::f32));
+        });
+        return;
+    }
+    for (const ModelTensor& tensor : model.tensors)
+        add(tensor.name, tensor.original_dtype, tensor.shape,
+            tensor.is_floating() ? encode_float32(tensor.values.view(), tensor.original_dtype) : tensor.raw_bytes);
+}
+}  // namespace detail
+
 /// Whether write_model_file can write `model` as a llama2.c `.bin`.
 inline bool can_write_llama2c(const ModelFile& model) noexcept { return model.format != ModelFormat::safetensors; }
 
@@ -361,22 +396,10 @@ inline void write_model_file(const ModelFile& model, const std::filesystem::path
     }
     require(extension == ".safetensors", errc::invalid_argument, context, ": the output must end in .safetensors or .bin");
     SafetensorsWriter writer;
-    if (const auto metadata = model.source.find("safetensors_metadata"); metadata != model.source.end() && metadata->is_object())
-        for (const auto& [key, value] : metadata->items())
-            if (value.is_string()) writer.set_metadata(key, value.get<std::string>());
-    if (model.format == ModelFormat::llama2c) {
-        const llm::LlamaWeights weights = detail::llama2c_weights_of(model, context);
-        writer.set_metadata("format", "pt");
-        weights.for_each_tensor([&](const std::string& name, const Tensor<float>& tensor, const Shape&) {
-            const int heads = llm::detail::rope_heads_of(weights.config, name);
-            writer.add_float32(name, heads > 0 ? llm::permute_rows_to_hf(tensor.view(), heads).view() : tensor.view(), dtype::f32);
-        });
-    } else {
-        for (const ModelTensor& tensor : model.tensors) {
-            if (tensor.is_floating()) writer.add_float32(tensor.name, tensor.values.view(), tensor.original_dtype);
-            else writer.add_raw(tensor.name, tensor.original_dtype, tensor.shape, tensor.raw_bytes);
-        }
-    }
+    for (const auto& [key, value] : detail::safetensors_metadata_of(model)) writer.set_metadata(key, value);
+    detail::for_each_safetensors_tensor(model, context, [&](std::string name, dtype type, const Shape& shape, std::vector<std::uint8_t> bytes) {
+        writer.add_raw(std::move(name), type, shape, std::move(bytes));
+    });
     writer.write(path, max_bytes);
 }
 

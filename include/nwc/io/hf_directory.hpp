@@ -1,0 +1,159 @@
+// nwc::write_hf_directory: a model written as a Hugging Face checkpoint directory, the layout
+// `save_pretrained` writes and `from_pretrained` loads: config.json, the weights in safetensors
+// shards of at most a given size, and model.safetensors.index.json when there is more than one.
+//
+// Read me first:
+// - Shards: tensors in model order, a new shard when the next tensor would pass `shard_bytes`
+//   (a tensor larger than that gets a shard of its own), as transformers' shard_checkpoint does.
+//   One shard is `model.safetensors` with no index; n shards are `model-0000k-of-0000n.safetensors`
+//   and the index maps every tensor name to its shard, with "total_size" the tensor bytes.
+// - config.json: the source's config.json for a model read from a Hugging Face directory, the
+//   config llama2.c's header implies for a llama2.c model (tensors under HF names and row order,
+//   as write_model_file's .safetensors does); a plain safetensors source has none to write.
+// - Nothing is lost: everything is written into a temporary sibling directory, which replaces the
+//   target by one rename only when complete. The target may be absent or an empty directory; an
+//   existing non-empty one is refused before anything is written (errc::invalid_argument), and on
+//   any failure the temporary directory is removed and the target is untouched.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nwc/core/error.hpp"
+#include "nwc/core/file_io.hpp"
+#include "nwc/io/model_file.hpp"
+#include "nwc/io/safetensors_writer.hpp"
+
+namespace nwc {
+
+/// transformers' default max_shard_size ("5GB").
+inline constexpr std::uint64_t default_hf_shard_bytes = 5'000'000'000;
+
+/// What write_hf_directory wrote.
+struct HfDirectoryReport {
+    std::vector<std::string> files;  ///< in the directory, in the order written
+    std::size_t shards = 0;
+    std::uint64_t tensor_bytes = 0;  ///< the index's total_size
+};
+
+namespace detail {
+/// "model-00002-of-00003.safetensors", or "model.safetensors" when there is one shard.
+inline std::string hf_shard_name(std::size_t index, std::size_t count) {
+    if (count == 1) return "model.safetensors";
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", index + 1, count);
+    return name;
+}
+
+/// The config.json of `model`'s directory, or null when its source has none (a plain safetensors file).
+inline nlohmann::json hf_config_of(const ModelFile& model, const std::string& context) {
+    if (model.format == ModelFormat::hf_llama) {
+        const auto config = model.source.find("hf_config");
+        require(config != model.source.end() && config->is_object(), errc::corrupt, context, ": the model's source has no Hugging Face config");
+        return *config;
+    }
+    if (model.format == ModelFormat::llama2c) {
+        return llm::hf_config_json(llama_config_from_json(model.source.at("llama2c"), context));
+    }
+    return nullptr;
+}
+
+/// Removes a directory tree it created, whatever happens (the error of a failed write wins).
+class TemporaryDirectory {
+public:
+    explicit TemporaryDirectory(std::filesystem::path path) : m_path(std::move(path)) {}
+    TemporaryDirectory(const TemporaryDirectory&) = delete;
+    TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
+    ~TemporaryDirectory() {
+        std::error_code ignored;
+        if (!m_path.empty()) std::filesystem::remove_all(m_path, ignored);
+    }
+    const std::filesystem::path& path() const noexcept { return m_path; }
+    void release() noexcept { m_path.clear(); }
+
+private:
+    std::filesystem::path m_path;
+};
+}  // namespace detail
+
+/// Writes `model` as a Hugging Face directory at `directory` (see the header comment).
+inline HfDirectoryReport write_hf_directory(const ModelFile& model, const std::filesystem::path& directory,
+                                            std::uint64_t shard_bytes = default_hf_shard_bytes) {
+    namespace fs = std::filesystem;
+    const std::string context = "writing '" + directory.string() + "'";
+    require(shard_bytes > 0, errc::invalid_argument, context, ": shards of 0 bytes");
+    std::error_code problem;
+    const fs::path target = fs::absolute(directory.has_filename() ? directory : directory.parent_path(), problem);
+    require(!problem, errc::io, context, ": ", problem.message());
+    if (fs::exists(target)) {
+        require(fs::is_directory(target), errc::invalid_argument, context, ": exists and is not a directory");
+        require(fs::is_empty(target), errc::invalid_argument, context, ": the directory is not empty (refusing to write over another model)");
+    }
+    require(fs::is_directory(target.parent_path()), errc::io, context, ": the parent directory '", target.parent_path().string(), "' does not exist");
+
+    const std::map<std::string, std::string> metadata = detail::safetensors_metadata_of(model);
+    const nlohmann::json config = detail::hf_config_of(model, context);
+    detail::TemporaryDirectory temporary(target.parent_path() / ("." + target.filename().string() + ".nwc-partial"));
+    fs::remove_all(temporary.path(), problem);  // a leftover of a killed run
+    require(fs::create_directory(temporary.path(), problem) && !problem, errc::io, context, ": cannot create '", temporary.path().string(), "': ",
+            problem.message());
+
+    // Shards are written as they fill (one shard's bytes in memory at a time) under provisional
+    // names, renamed once their count is known.
+    HfDirectoryReport report;
+    std::vector<std::vector<std::string>> shard_names;
+    SafetensorsWriter shard;
+    std::uint64_t in_shard = 0;
+    const auto provisional = [&](std::size_t k) { return temporary.path() / ("shard-" + std::to_string(k) + ".partial"); };
+    const auto close_shard = [&] {
+        for (const auto& [key, value] : metadata) shard.set_metadata(key, value);
+        shard.write(provisional(shard_names.size() - 1));
+        shard = SafetensorsWriter();
+        in_shard = 0;
+    };
+    detail::for_each_safetensors_tensor(model, context, [&](std::string name, dtype type, const Shape& shape, std::vector<std::uint8_t> bytes) {
+        if (in_shard > 0 && bytes.size() > shard_bytes - std::min(shard_bytes, in_shard)) close_shard();
+        if (in_shard == 0 && shard.tensor_count() == 0) shard_names.emplace_back();
+        in_shard += bytes.size();
+        report.tensor_bytes += bytes.size();
+        shard_names.back().push_back(name);
+        shard.add_raw(std::move(name), type, shape, std::move(bytes));
+    });
+    if (shard_names.empty()) shard_names.emplace_back();  // no tensor: one empty model.safetensors
+    close_shard();
+    report.shards = shard_names.size();
+
+    const auto write_text = [&](const std::string& file, const nlohmann::json& value) {
+        const std::string text = value.dump(2) + "\n";
+        write_file_atomic(temporary.path() / file, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+        report.files.push_back(file);
+    };
+    if (!config.is_null()) write_text("config.json", config);
+    nlohmann::json weight_map = nlohmann::json::object();
+    for (std::size_t k = 0; k < shard_names.size(); ++k) {
+        const std::string file = detail::hf_shard_name(k, shard_names.size());
+        fs::rename(provisional(k), temporary.path() / file, problem);
+        require(!problem, errc::io, context, ": cannot rename shard ", k, ": ", problem.message());
+        for (const std::string& name : shard_names[k]) weight_map[name] = file;
+        report.files.push_back(file);
+    }
+    if (shard_names.size() > 1)
+        write_text("model.safetensors.index.json",
+                   nlohmann::json{{"metadata", {{"total_size", report.tensor_bytes}}}, {"weight_map", std::move(weight_map)}});
+
+    if (fs::exists(target)) fs::remove(target, problem);  // empty (checked above): rename needs it gone
+    fs::rename(temporary.path(), target, problem);
+    require(!problem, errc::io, context, ": cannot move the finished directory into place: ", problem.message());
+    temporary.release();
+    return report;
+}
+
+}  // namespace nwc

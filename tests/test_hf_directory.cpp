@@ -1,0 +1,240 @@
+// io/hf_directory.hpp: a model written as a Hugging Face directory (config.json, safetensors shards,
+// the index) reads back as the same model; shards respect their size; a directory is written
+// whole or not at all and never over another model.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "llm_test_support.hpp"
+#include "nwc/io/hf_directory.hpp"
+
+using namespace nwc;
+using nwc::llm::testing::random_llama_weights;
+using nwc::llm::testing::TemporaryDirectory;
+
+namespace {
+
+llm::LlamaConfig small_config() {
+    llm::LlamaConfig config;
+    config.dim = 32;
+    config.hidden_dim = 56;
+    config.n_layers = 2;
+    config.n_heads = 4;
+    config.n_kv_heads = 2;
+    config.vocab_size = 300;
+    config.seq_len = 48;
+    return config;
+}
+
+template <class Body>
+std::optional<errc> error_of(Body&& body) {
+    try {
+        body();
+    } catch (const nwc::error& problem) {
+        return problem.id();
+    }
+    return std::nullopt;
+}
+
+std::set<std::string> entries_of(const std::filesystem::path& directory) {
+    std::set<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(directory)) names.insert(entry.path().filename().string());
+    return names;
+}
+
+// Every tensor of `a` is in `b` with the same dtype, shape and values (or bytes).
+void check_same_tensors(const ModelFile& a, const ModelFile& b) {
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    for (const ModelTensor& tensor : a.tensors) {
+        INFO(tensor.name);
+        const ModelTensor* other = b.find(tensor.name);
+        REQUIRE(other != nullptr);
+        CHECK(other->original_dtype == tensor.original_dtype);
+        CHECK(other->shape == tensor.shape);
+        CHECK(other->values.values() == tensor.values.values());
+        CHECK(other->raw_bytes == tensor.raw_bytes);
+    }
+}
+
+ModelFile plain_model() {
+    ModelFile model;
+    model.format = ModelFormat::safetensors;
+    model.source = {{"source_format", "safetensors"}, {"safetensors_metadata", {{"format", "pt"}}}};
+    Random random(5);
+    const auto floats = [&](std::string name, dtype type, Shape shape) {
+        Tensor<float> values(shape);
+        for (float& value : values.values()) value = type == dtype::f32 ? random.normal() : to_float(to_bfloat16(random.normal()));
+        if (type == dtype::f16)
+            for (float& value : values.values()) value = to_float(to_half(value));
+        model.tensors.push_back({std::move(name), type, shape, std::move(values), {}});
+    };
+    floats("a.weight", dtype::f32, Shape{3, 5});  // 60 bytes
+    floats("b.weight", dtype::bf16, Shape{40});   // 80 bytes: alone in its shard
+    floats("c.weight", dtype::f16, Shape{4, 4});  // 32 bytes
+    model.tensors.push_back({"d.ids", dtype::i32, Shape{4}, {}, {1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0}});  // 16 bytes
+    floats("e.bias", dtype::f32, Shape{2});  // 8 bytes
+    return model;
+}
+
+}  // namespace
+
+TEST_CASE("hf_directory: shards of at most the given size, the index maps every tensor, reading gives the model back", "[hf_directory]") {
+    const TemporaryDirectory temp("hf_directory_shards");
+    const ModelFile model = plain_model();
+    const auto out = temp.path() / "out";
+    const HfDirectoryReport report = write_hf_directory(model, out, 64);
+    // a (60) | b (80, alone) | c + d (48) | e (8: 48 + 8 = 56 <= 64, so with c and d)
+    REQUIRE(report.shards == 3);
+    CHECK(report.tensor_bytes == 60 + 80 + 32 + 16 + 8);
+    CHECK(entries_of(out) == std::set<std::string>{"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                                                   "model-00003-of-00003.safetensors", "model.safetensors.index.json"});
+    const nlohmann::json index = llm::detail::read_json_file(out / "model.safetensors.index.json");
+    CHECK(index["metadata"]["total_size"] == report.tensor_bytes);
+    const std::map<std::string, std::string> expected{{"a.weight", "model-00001-of-00003.safetensors"},
+                                                      {"b.weight", "model-00002-of-00003.safetensors"},
+                                                      {"c.weight", "model-00003-of-00003.safetensors"},
+                                                      {"d.ids", "model-00003-of-00003.safetensors"},
+                                                      {"e.bias", "model-00003-of-00003.safetensors"}};
+    CHECK(index["weight_map"].get<std::map<std::string, std::string>>() == expected);
+    ModelFile back;
+    for (const std::string shard : {"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"}) {
+        const SafetensorsFile file = SafetensorsFile::open(out / shard);
+        CHECK(file.metadata().at("format") == "pt");
+        for (const auto& info : file.tensors()) CHECK(expected.at(info.name) == shard);
+        detail::add_safetensors_tensors(back, file);
+    }
+    check_same_tensors(model, back);
+
+    // One shard: model.safetensors, no index.
+    const auto single = temp.path() / "single";
+    CHECK(write_hf_directory(model, single).shards == 1);
+    CHECK(entries_of(single) == std::set<std::string>{"model.safetensors"});
+    CHECK(error_of([&] { write_hf_directory(model, temp.path() / "zero", 0); }) == errc::invalid_argument);
+}
+
+TEST_CASE("hf_directory: Llama models come back as a directory transformers and nwc read", "[hf_directory]") {
+    const TemporaryDirectory temp("hf_directory_llama");
+    const llm::LlamaWeights weights = random_llama_weights(small_config(), 9);
+    // From a Hugging Face directory: the same config.json, the same tensors, sharded.
+    const auto source = temp.path() / "source";
+    llm::write_hf_llama(source, weights, dtype::bf16);
+    const ModelFile hf = load_model_file(source);
+    const auto out = temp.path() / "hf_out";
+    const HfDirectoryReport report = write_hf_directory(hf, out, 20000);
+    CHECK(report.shards > 1);
+    CHECK(llm::detail::read_json_file(out / "config.json") == llm::detail::read_json_file(source / "config.json"));
+    const ModelFile hf_back = load_model_file(out);
+    CHECK(hf_back.format == ModelFormat::hf_llama);
+    check_same_tensors(hf, hf_back);
+
+    // From a llama2.c file: config.json from its header, HF names and row order.
+    const auto bin = temp.path() / "model.bin";
+    llm::write_llama2c(bin, weights);
+    const auto from_llama2c = temp.path() / "from_llama2c";
+    write_hf_directory(load_model_file(bin), from_llama2c, 30000);
+    const llm::LlamaWeights back = read_llama_weights(from_llama2c);
+    REQUIRE(back.config == weights.config);
+    weights.for_each_tensor([&](const std::string& name, const Tensor<float>& tensor, const Shape&) { REQUIRE(tensor.values() == back.tensor(name).values()); });
+}
+
+TEST_CASE("hf_directory: written whole or not at all, never over another model", "[hf_directory]") {
+    const TemporaryDirectory temp("hf_directory_atomic");
+    const ModelFile model = plain_model();
+    // A non-empty directory, a file: refused, untouched.
+    const auto occupied = temp.path() / "occupied";
+    std::filesystem::create_directory(occupied);
+    write_file_atomic(occupied / "keep.txt", std::vector<std::uint8_t>{1, 2, 3});
+    CHECK(error_of([&] { write_hf_directory(model, occupied); }) == errc::invalid_argument);
+    CHECK(entries_of(occupied) == std::set<std::string>{"keep.txt"});
+    const auto file = temp.path() / "a_file";
+    write_file_atomic(file, std::vector<std::uint8_t>{7});
+    CHECK(error_of([&] { write_hf_directory(model, file); }) == errc::invalid_argument);
+    CHECK(read_file(file) == std::vector<std::uint8_t>{7});
+    // A missing parent: nothing is created.
+    CHECK(error_of([&] { write_hf_directory(model, temp.path() / "no" / "such"); }) == errc::io);
+    // An existing empty directory is filled; a trailing slash names the directory.
+    const auto empty = temp.path() / "empty";
+    std::filesystem::create_directory(empty);
+    write_hf_directory(model, empty.string() + "/", 64);
+    CHECK(entries_of(empty).size() == 4);
+    // A failure half-way (in the third shard: the fourth tensor's name is reserved by safetensors) leaves nothing behind.
+    ModelFile broken = model;
+    broken.tensors[3].name = "__metadata__";
+    CHECK(error_of([&] { write_hf_directory(broken, temp.path() / "broken", 64); }) == errc::invalid_argument);
+    CHECK(entries_of(temp.path()) == std::set<std::string>{"occupied", "a_file", "empty"});
+}
+
+TEST_CASE("hf_directory: an index that disagrees with its shards is an error naming the file and the tensor", "[hf_directory]") {
+    const TemporaryDirectory temp("hf_directory_bad");
+    const llm::LlamaWeights weights = random_llama_weights(small_config(), 4);
+    const auto good = temp.path() / "good";
+    llm::write_hf_llama(temp.path() / "source", weights, dtype::f32);
+    REQUIRE(write_hf_directory(load_model_file(temp.path() / "source"), good, 30000).shards >= 3);
+    const nlohmann::json index = llm::detail::read_json_file(good / "model.safetensors.index.json");
+    const auto message_of = [](const std::filesystem::path& directory, bool as_llama) {
+        try {
+            if (as_llama) (void)read_llama_weights(directory);
+            else (void)load_model_file(directory);
+        } catch (const nwc::error& problem) {
+            return std::pair<errc, std::string>{problem.id(), problem.what()};
+        }
+        return std::pair<errc, std::string>{errc::io, "no error"};
+    };
+    const auto variant = [&](const std::string& name, auto&& edit) {
+        const auto directory = temp.path() / name;
+        std::filesystem::copy(good, directory);
+        nlohmann::json changed = index;
+        edit(changed, directory);
+        const std::string text = changed.dump();
+        write_file_atomic(directory / "model.safetensors.index.json", {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+        return directory;
+    };
+    // A shard the index names is missing.
+    const auto missing = variant("missing", [](nlohmann::json& changed, const std::filesystem::path&) {
+        changed["weight_map"]["model.norm.weight"] = "model-00009-of-00009.safetensors";
+    });
+    for (const bool as_llama : {false, true}) {
+        const auto [id, message] = message_of(missing, as_llama);
+        CHECK(id == errc::io);
+        CHECK_THAT(message, Catch::Contains("model-00009-of-00009.safetensors"));
+    }
+    // A tensor in another shard than the index says.
+    const std::string norm_shard = index["weight_map"]["model.norm.weight"];
+    REQUIRE(index["weight_map"]["model.embed_tokens.weight"] != norm_shard);  // the first and the last tensor
+    const auto moved = variant("moved", [](nlohmann::json& changed, const std::filesystem::path&) {
+        changed["weight_map"]["model.norm.weight"] = changed["weight_map"]["model.embed_tokens.weight"];
+    });
+    for (const bool as_llama : {false, true}) {
+        const auto [id, message] = message_of(moved, as_llama);
+        CHECK(id == errc::corrupt);
+        CHECK_THAT(message, Catch::Contains("model.norm.weight") && Catch::Contains(norm_shard));
+    }
+    // An index entry no shard holds.
+    const auto extra = variant("extra", [&](nlohmann::json& changed, const std::filesystem::path&) { changed["weight_map"]["model.extra.weight"] = norm_shard; });
+    for (const bool as_llama : {false, true}) {
+        const auto [id, message] = message_of(extra, as_llama);
+        CHECK(id == errc::corrupt);
+        CHECK_THAT(message, Catch::Contains("model.extra.weight") && Catch::Contains("index"));
+    }
+    // A tensor the index does not list.
+    const auto unlisted = variant("unlisted", [](nlohmann::json& changed, const std::filesystem::path&) { changed["weight_map"].erase("model.norm.weight"); });
+    for (const bool as_llama : {false, true}) {
+        const auto [id, message] = message_of(unlisted, as_llama);
+        CHECK(id == errc::corrupt);
+        CHECK_THAT(message, Catch::Contains("model.norm.weight") && Catch::Contains("not in the index"));
+    }
+    // A config that contradicts the tensors' shapes.
+    const auto wrong_config = temp.path() / "wrong_config";
+    std::filesystem::copy(good, wrong_config);
+    nlohmann::json config = llm::detail::read_json_file(good / "config.json");
+    config["intermediate_size"] = 60;
+    const std::string text = config.dump();
+    write_file_atomic(wrong_config / "config.json", {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+    const auto [id, message] = message_of(wrong_config, true);
+    CHECK(id == errc::corrupt);
+    CHECK_THAT(message, Catch::Contains("mlp"));
+}
