@@ -14,8 +14,8 @@
 //   then LDLQCompensator drives TrellisColumnQuantizer, which runs each column's trellis from the
 //   state where the lane's previous column ended while the feedback moves the columns not yet coded.
 // - Entropy tables: two compact tables (one per trellis union, coding k >> 1), fitted to the final
-//   symbols of the whole tensor at the precision that makes tables + payload smallest, stored once
-//   in the metadata; the trellis machine follows from the state count.
+//   symbols of the whole tensor (union 0's fit picks the precision both use), stored once in the
+//   metadata; the trellis machine follows from the state count.
 // - Vectors never come here: the codec codes them with ecsq (pipeline_codec.hpp).
 #pragma once
 
@@ -230,36 +230,25 @@ private:
         CdfTableSet tables;
     };
 
-    /// One compact table per union (coding k >> 1 of the indices k with k & 1 == u), both at the
-    /// precision that makes tables + payload smallest (a CdfTableSet has one precision).
+    /// One compact table per union (coding k >> 1 of the indices k with k & 1 == u). A CdfTableSet
+    /// has one precision: union 0's fit chooses it (with kind and support, fit_compact_table), union
+    /// 1's table is fitted at the same precision (the unions' histograms are near mirror images).
     static TableFit fit_union_tables(std::span<const std::int32_t> symbols) {
         std::vector<std::int32_t> by_union[2];
         for (const std::int32_t k : symbols) by_union[std::uint32_t(k) & 1u].push_back(k >> 1);
-        SymbolHistogram histograms[2];
-        for (int u = 0; u < 2; ++u) {
-            if (by_union[u].empty()) by_union[u].push_back(0);
-            histograms[u] = detail::histogram_of(by_union[u]);
+        TableFit result;
+        std::vector<CdfTable> tables;
+        CompactTableFitOptions fit_options;
+        for (auto& union_symbols : by_union) {
+            if (union_symbols.empty()) union_symbols.push_back(0);
+            const SymbolHistogram histogram = detail::histogram_of(union_symbols);
+            CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts, fit_options);
+            fit_options.precisions = {fit.table.precision()};
+            result.compact.push_back(std::move(fit.compact));
+            tables.push_back(std::move(fit.table));
         }
-        TableFit best;
-        double best_bits = 0.0;
-        for (int precision = CdfTable::min_precision; precision <= CdfTable::max_precision; ++precision) {
-            CompactTableFitOptions fit_options;
-            fit_options.precisions = {precision};
-            double bits = 0.0;
-            TableFit candidate;
-            std::vector<CdfTable> tables;
-            for (const SymbolHistogram& histogram : histograms) {
-                CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts, fit_options);
-                bits += fit.total_bits();
-                candidate.compact.push_back(std::move(fit.compact));
-                tables.push_back(std::move(fit.table));
-            }
-            if (!best.compact.empty() && bits >= best_bits) continue;
-            candidate.tables = CdfTableSet(std::move(tables));
-            best = std::move(candidate);
-            best_bits = bits;
-        }
-        return best;
+        result.tables = CdfTableSet(std::move(tables));
+        return result;
     }
 
     /// The segment's stream index; a stream that does not fit the tables is a corrupt file.
