@@ -130,6 +130,24 @@ TEST_CASE("tcq: the container decodes to the encoder's reconstruction, scalar an
     }
 }
 
+TEST_CASE("tcq: a strip longer than the coder's 2^20-value segments restarts its lanes there, with and without LDLQ", "[tcq]") {
+    // 33 columns: a full strip of 32 x 40000 = 1.28M values (its lanes restart at value 2^20) and a
+    // one-column strip stored column by column.
+    const Tensor<float> weights = gaussian_matrix(40000, 33, 77, 0.05f);
+    const Tensor<double> hessian = correlated_hessian(33, 0.9);
+    for (const bool with_hessian : {false, true}) {
+        INFO((with_hessian ? "Hessian" : "no Hessian"));
+        MethodOptions options = tcq_options(0.3f);
+        options.threads = 2;
+        const Coded coded = code(options, weights, with_hessian ? &hessian : nullptr);
+        CHECK(coded.report.used_feedback == with_hessian);
+        const ContainerReader reader = ContainerReader::from_bytes(coded.file);
+        CHECK(reader.entry(0).segment_count() == 2);
+        CHECK(same_bits(Codec<backend::simd>::decompress(reader, 0, 2), coded.reconstruction));
+        CHECK(mse(weights, coded.reconstruction) < 0.05 * mse(weights, Tensor<float>(weights.shape())));
+    }
+}
+
 TEST_CASE("tcq: every state count 4..256 round-trips; other counts are refused", "[tcq]") {
     const Tensor<float> weights = gaussian_matrix(48, 80, 5);
     for (const int states : {4, 8, 16, 32, 64, 128, 256}) {
