@@ -33,7 +33,7 @@ void write_seed(const fs::path& folder, const std::string& name, std::span<const
 }
 
 void container_seeds(const fs::path& folder) {
-    for (std::string method : {"rtn", "gptq", "ecsq", "lossless", "nwc"})
+    for (std::string method : {"rtn", "gptq", "ecsq", "tcq", "lossless", "nwc"})
         write_seed(folder, "seed_" + std::string(method) + ".nwc", reliability::small_container(method));
     write_seed(folder, "seed_mixed.nwc", reliability::mixed_container());
 }

@@ -74,13 +74,13 @@ inline MethodOptions small_options(std::string method) {
     return options;
 }
 
-/// small_model() compressed with `method` (rtn, gptq, ecsq, lossless or nwc with tiny_random_codec()).
+/// small_model() compressed with `method` (rtn, gptq, ecsq, tcq, lossless or nwc with tiny_random_codec()).
 inline std::vector<std::uint8_t> small_container(std::string method) {
     const DefaultCodec codec(small_options(method), method == "nwc" ? tiny_random_codec() : nullptr);
     return codec.compress_model(small_model()).writer.serialize();
 }
 
-/// One container holding every kind of tensor: rtn, gptq, ecsq and nwc matrices (the nwc decoder
+/// One container holding every kind of tensor: rtn, gptq, ecsq, tcq and nwc matrices (the nwc decoder
 /// embedded as codec 0), a lossless BF16 matrix, a raw F32 vector and a raw I32 tensor, with the
 /// pipeline's file metadata.
 inline std::vector<std::uint8_t> mixed_container() {
@@ -90,7 +90,7 @@ inline std::vector<std::uint8_t> mixed_container() {
     writer.set_file_metadata(R"({"format":"nwc-pipeline","version":1,"source":{"source_format":"safetensors"},"method":"mixed"})");
     writer.add_codec(DefaultCodec(small_options("nwc"), codec).decoder_blob());
     const ModelTensor& matrix = model.tensors[0];
-    for (std::string method : {"rtn", "gptq", "ecsq", "nwc"}) {
+    for (std::string method : {"rtn", "gptq", "ecsq", "tcq", "nwc"}) {
         const DefaultCodec coder(small_options(method), method == "nwc" ? codec : nullptr);
         writer.add_tensor(coder.compress(matrix.name + "." + std::string(method), matrix.values.view()));
     }

@@ -1,5 +1,5 @@
 // Damaged .nwc files through the WHOLE decode (open, then every tensor through its method's
-// decoder: raw, rtn, gptq, ecsq, lossless, nwc with the embedded codec; the whole-model path too for the
+// decoder: raw, rtn, gptq, ecsq, tcq, lossless, nwc with the embedded codec; the whole-model path too for the
 // directory damage, where tensors can swap or vanish): every
 // byte flipped three ways, every truncation, random damage to the directory with its CRCs fixed
 // up. Each case must end in an nwc::error, or (where the format cannot tell, e.g. a padding byte
@@ -161,11 +161,11 @@ void fix_container_crcs(std::vector<std::uint8_t>& bytes) {
 
 TEST_CASE("corruption: the undamaged mixed container decodes every method", "[corruption]") {
     const ContainerReader reader = ContainerReader::from_bytes(original());
-    REQUIRE(reader.tensor_count() == 8);
+    REQUIRE(reader.tensor_count() == 9);
     std::map<std::string, int> methods;
     for (std::size_t index = 0; index < reader.tensor_count(); ++index) ++methods[reader.entry(index).method];
     // The norm vector goes to ecsq (vectors of 16 or more are coded at MethodOptions::vector_step).
-    CHECK(methods == std::map<std::string, int>{{"ecsq", 2}, {"gptq", 1}, {"lossless", 1}, {"nwc", 1}, {"raw", 1}, {"rtn", 2}});
+    CHECK(methods == std::map<std::string, int>{{"ecsq", 2}, {"gptq", 1}, {"lossless", 1}, {"nwc", 1}, {"raw", 1}, {"rtn", 2}, {"tcq", 1}});
     CHECK(outcome_of(original(), true) == "decoded:identical");
     reader.verify();
 }

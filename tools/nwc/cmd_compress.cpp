@@ -123,6 +123,9 @@ original block's.)",
         table.value("sensitivity-pairs", "N", "allocation: antithetic noise pairs per tensor and window", settings.sensitivity.pairs)
             .at_least(1)
             .needing("calib");
+        table.value("tcq-states", "S", "trellis states of tcq (4..256, a power of two): more gain more, at more encoding time",
+                    settings.method.tcq_states)
+            .for_methods({"tcq"});
         table.flag("no-ldlq", "no error feedback; importance levels still come from the Hessian", settings.method.ldlq, false);
         table.flag("no-finetune", "faster: code every layer with the ORIGINAL model's Hessians, without fine-tuning", settings.finetune, false)
             .needing("calib");

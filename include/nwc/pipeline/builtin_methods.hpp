@@ -7,9 +7,10 @@
 #include "nwc/pipeline/method_lossless.hpp"
 #include "nwc/pipeline/method_nwc.hpp"
 #include "nwc/pipeline/method_rtn.hpp"
+#include "nwc/pipeline/method_tcq.hpp"
 
 namespace nwc {
 
-using BuiltinMethods = MethodList<NwcMethod, EcsqMethod, GptqMethod, RtnMethod, LosslessMethod>;
+using BuiltinMethods = MethodList<NwcMethod, EcsqMethod, TcqMethod, GptqMethod, RtnMethod, LosslessMethod>;
 
 }  // namespace nwc
