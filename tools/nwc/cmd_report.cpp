@@ -51,6 +51,8 @@ const std::vector<Configuration>& all_configurations() {
         {"nwc-no-ldlq", "nwc", false, true, "nwc + fine-tuning"},
         {"ecsq-ft", "ecsq", true, true, "ECSQ + LDLQ + fine-tuning"},
         {"ecsq", "ecsq", true, false, "ECSQ + LDLQ"},
+        {"tcq-ft", "tcq", true, true, "TCQ (8 states) + LDLQ + fine-tuning"},
+        {"tcq", "tcq", true, false, "TCQ (8 states) + LDLQ"},
         {"gptq", "gptq", true, false, "GPTQ (scale per 32)"},
         {"rtn", "rtn", false, false, "RTN (scale per 32)"},
     };
