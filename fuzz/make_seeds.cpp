@@ -38,6 +38,37 @@ void container_seeds(const fs::path& folder) {
     write_seed(folder, "seed_mixed.nwc", reliability::mixed_container());
 }
 
+// fuzz_method's input: u8 method index, u16 rows - 1, u16 cols - 1, u8 segments - 1, the first
+// segments' u16 sizes, u16 metadata size, metadata, payload (see fuzz/fuzz_method.cpp).
+void method_seeds(const fs::path& folder) {
+    const ModelFile model = reliability::small_model();
+    std::uint8_t index = 0;
+    [&]<class... Methods>(MethodList<Methods...>) {
+        const auto seed = [&]<class M>(std::type_identity<M>) {
+            if constexpr (!uses_codec_blob<M>) {
+                for (const std::size_t k : {std::size_t(0), std::size_t(1)}) {  // F32 32 x 16 and BF16 16 x 48
+                    const ModelTensor& tensor = model.tensors[k];
+                    const ContainerTensor coded = DefaultCodec(reliability::small_options(std::string(M::name)))
+                                                      .compress(tensor.name, tensor.values.view(), nullptr, nullptr, tensor.original_dtype);
+                    ByteWriter out;
+                    out.put_u8(index);
+                    out.put_u16(std::uint16_t(tensor.shape[0] - 1));
+                    out.put_u16(std::uint16_t(tensor.shape[1] - 1));
+                    const std::size_t segments = std::max<std::size_t>(1, coded.segment_sizes.size());
+                    out.put_u8(std::uint8_t(segments - 1));
+                    for (std::size_t s = 0; s + 1 < segments; ++s) out.put_u16(std::uint16_t(coded.segment_sizes[s]));
+                    out.put_u16(std::uint16_t(coded.metadata.size()));
+                    out.put_bytes(coded.metadata);
+                    out.put_bytes(coded.payload);
+                    write_seed(folder, "seed_" + std::string(M::name) + "_" + std::to_string(k) + ".bin", out.bytes());
+                }
+                ++index;
+            }
+        };
+        (seed(std::type_identity<Methods>{}), ...);
+    }(BuiltinMethods{});
+}
+
 void rans_seeds(const fs::path& folder) {
     const auto& sets = fuzz::rans_table_sets();
     Random random(11);
@@ -178,6 +209,7 @@ int main(int argc, char** argv) {
     try {
         const fs::path root = argv[1];
         container_seeds(root / "container");
+        method_seeds(root / "method");
         rans_seeds(root / "rans");
         trellis_code_seeds(root / "trellis_code");
         compact_table_seeds(root / "compact_cdf_table");
