@@ -9,6 +9,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,14 +45,16 @@ std::shared_ptr<const NeuralCodec> bench_codec() {
     return codec;
 }
 
-/// Methods by index: 0 raw (reference), 1 rtn, 2 gptq, 3 ecsq, 4 nwc.
-const char* const method_names[] = {"raw", "rtn", "gptq", "ecsq", "nwc"};
+/// Methods by index: 0 raw (reference), then the pipeline's methods.
+const char* const method_names[] = {"raw", "rtn", "gptq", "ecsq", "nwc", "tcq", "lossless"};
+constexpr std::int64_t method_count = std::int64_t(std::size(method_names));
 
 MethodOptions options_for(std::int64_t method, std::int64_t threads) {
     MethodOptions options;
-    options.method = method == 1 ? "rtn" : method == 2 ? "gptq" : method == 3 ? "ecsq" : "nwc";
+    options.method = method_names[method];
     options.threads = int(threads);
-    options.step = 0.3f;
+    options.step = 0.3f;  // ecsq ~4.3 bits per weight here; tcq's unions are 2 steps apart: half its step
+    if (options.method == "tcq") options.step = 0.15f;
     options.measure = false;
     return options;
 }
@@ -93,7 +96,7 @@ void decompress(benchmark::State& state) {
 }
 
 void arguments(benchmark::internal::Benchmark* benchmark) {
-    for (std::int64_t method = 0; method < 5; ++method)
+    for (std::int64_t method = 0; method < method_count; ++method)
         for (std::int64_t threads : {1, 2}) benchmark->Args({method, threads});
     benchmark->ArgNames({"method", "threads"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 }
