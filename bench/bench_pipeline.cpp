@@ -2,12 +2,19 @@
 // matrices (the first four of mt3.safetensors, 1.05 M weights). The reference measured in the same
 // run is the raw path: F16 bytes -> float32 -> F16 bytes through the same container.
 //
+// limit_fraction (decompress, one thread, ecsq and nwc): the in-situ rate over the rate its parts
+// allow, measured in the same run: every segment's rANS streams decoded alone into a buffer
+// (entropy), then everything after them from those symbols (rest: ecsq's dequantization; nwc's
+// decoder network, dechunking and de-normalization), combined as 1 / (1/r_entropy + 1/r_rest).
+// 1.0 means decode_model adds nothing to its parts; issue 15 asks for at least 0.6.
+//
 // The nwc rows use the codec named by $NWC_BENCH_CODEC, or else an untrained codec of the paper's
 // size (chunk 16, width 512, 4 blocks, 16 latents): speed does not depend on training.
 //
 //   build-*/bench/nwc_bench_pipeline --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <iterator>
 #include <memory>
@@ -79,6 +86,80 @@ void compress(benchmark::State& state) {
     set_counters(state, model.weight_count());
 }
 
+/// Seconds of one pass over every tensor of `reader`, split into the entropy and the rest parts
+/// (see the header comment); the best of `repetitions` passes of each. Methods other than ecsq and
+/// nwc give 0.
+struct PartSeconds {
+    double entropy = 0.0, rest = 0.0;
+};
+PartSeconds time_parts(const ContainerReader& reader, int repetitions) {
+    using Clock = std::chrono::steady_clock;
+    DecodeResources resources(reader);
+    PartSeconds best{1e300, 1e300};
+    std::vector<std::int32_t> symbols;  // scratch reused as the in-situ decoder reuses its own
+    std::vector<std::int64_t> columns;
+    std::vector<std::uint8_t> levels;
+    std::vector<float> chunks;
+    for (int repetition = 0; repetition < repetitions; ++repetition) {
+        PartSeconds pass;
+        for (std::size_t i = 0; i < reader.tensor_count(); ++i) {
+            const ContainerEntry& entry = reader.entry(i);
+            Tensor<float> output(entry.shape);
+            const std::string context = "bench";
+            const auto decode_entropy = [&](std::span<const std::uint8_t> bytes, const CdfTableSet& tables) {
+                const auto start = Clock::now();
+                const RansStreamIndex index = rans::read_index(bytes, tables);
+                symbols.resize(std::size_t(index.symbol_count));
+                for (std::size_t s = 0; s < index.segments.size(); ++s) {
+                    const RansSegment& info = index.segments[s];
+                    rans::decode_segment(bytes, index, tables, s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend::simd{});
+                }
+                pass.entropy += std::chrono::duration<double>(Clock::now() - start).count();
+            };
+            if (entry.method == "ecsq") {
+                const EcsqMethod::Layout layout = EcsqMethod::parse(entry, reader.metadata(i), resources, context);
+                for (std::size_t k = 0; k < layout.segment_count(); ++k) {
+                    decode_entropy(reader.segment(i, k), layout.tables);
+                    const auto start = Clock::now();
+                    const std::int64_t first = std::int64_t(k) * layout.rows_per_segment;
+                    const std::int64_t rows = std::min(layout.rows_per_segment, layout.rows - first);
+                    for (std::int64_t r = 0; r < rows; ++r)
+                        for (std::int64_t c = 0; c < layout.cols; ++c)
+                            output(first + r, c) = float(symbols[std::size_t(r * layout.cols + c)]) *
+                                                   layout.steps[std::size_t(scale_index(layout.axis, first + r, c))];
+                    pass.rest += std::chrono::duration<double>(Clock::now() - start).count();
+                }
+            } else if (entry.method == "nwc") {
+                const NwcMethod::Layout layout = NwcMethod::parse(entry, reader.metadata(i), resources, context);
+                const NeuralDecoder& decoder = *layout.decoder;
+                for (std::size_t k = 0; k < layout.segment_count(); ++k) {
+                    const NwcMethod::Layout::Segment& where = layout.segments[k];
+                    decode_entropy(reader.segment(i, k), decoder.all_tables()[std::size_t(where.group)]);
+                    const auto start = Clock::now();
+                    columns.clear();
+                    levels.clear();
+                    const std::int64_t first = where.span * layout.columns_per_segment, d = layout.chunk_size;
+                    for (std::int64_t c = first; c < std::min(layout.cols, first + layout.columns_per_segment); ++c)
+                        if (decoder.architecture().prior_group(layout.levels[std::size_t(c)]) == where.group) {
+                            columns.push_back(c);
+                            levels.insert(levels.end(), std::size_t(layout.chunks_per_column), layout.levels[std::size_t(c)]);
+                        }
+                    const std::int64_t chunk_count = std::int64_t(levels.size());
+                    chunks.resize(std::size_t(chunk_count * d));
+                    decoder.decode(symbols, levels, TensorView<float>(chunks.data(), Shape{chunk_count, d}), 1, backend::simd{});
+                    const DechunkSource source{chunks, columns, layout.chunks_per_column * d, layout.alpha, layout.scales, layout.axis};
+                    dechunk_denormalize(source, output.view(), backend::simd{});
+                    pass.rest += std::chrono::duration<double>(Clock::now() - start).count();
+                }
+            }
+            benchmark::DoNotOptimize(output.data());
+        }
+        best.entropy = std::min(best.entropy, pass.entropy);
+        best.rest = std::min(best.rest, pass.rest);
+    }
+    return best;
+}
+
 void decompress(benchmark::State& state) {
     const ModelFile& model = subset();
     std::vector<std::uint8_t> bytes;
@@ -91,8 +172,17 @@ void decompress(benchmark::State& state) {
         bytes = DefaultCodec(options_for(state.range(0), state.range(1)), bench_codec()).compress_model(model).writer.serialize();
     }
     const ContainerReader reader = ContainerReader::from_bytes(bytes);
+    const auto start = std::chrono::steady_clock::now();
     for (auto _ : state) benchmark::DoNotOptimize(DefaultCodec::decompress_model(reader, int(state.range(1))));
+    const double in_situ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / double(state.iterations());
     set_counters(state, model.weight_count());
+    const std::string method = method_names[state.range(0)];
+    if (state.range(1) == 1 && (method == "ecsq" || method == "nwc")) {
+        const PartSeconds parts = time_parts(reader, 5);
+        state.counters["entropy_Mw/s"] = double(model.weight_count()) / parts.entropy * 1e-6;
+        state.counters["rest_Mw/s"] = double(model.weight_count()) / parts.rest * 1e-6;
+        state.counters["limit_fraction"] = (parts.entropy + parts.rest) / in_situ;
+    }
 }
 
 void arguments(benchmark::internal::Benchmark* benchmark) {
