@@ -35,6 +35,19 @@ inline constexpr bool full_size_checks = true;
 inline constexpr bool full_size_checks = true;
 #endif
 
+/// A small grouped-query config: 2 layers of width 32, 4 heads over 2 KV heads, 300 tokens.
+inline LlamaConfig small_llama_config() {
+    LlamaConfig config;
+    config.dim = 32;
+    config.hidden_dim = 56;
+    config.n_layers = 2;
+    config.n_heads = 4;
+    config.n_kv_heads = 2;
+    config.vocab_size = 300;
+    config.seq_len = 48;
+    return config;
+}
+
 /// A small model with random weights (norm scales near 1, matrices ~ N(0, 1/in)).
 inline LlamaWeights random_llama_weights(const LlamaConfig& config, std::uint64_t seed) {
     LlamaWeights weights = LlamaWeights::zeros(config);

@@ -3,13 +3,14 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
-#include <functional>
 #include <vector>
 
+#include "error_testing.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/quant/chunker.hpp"
 
 using namespace nwc;
+using nwc::testing::error_of;
 
 namespace {
 Tensor<float> random_matrix(std::int64_t rows, std::int64_t cols, std::uint64_t seed, float scale = 0.02f) {
@@ -19,15 +20,6 @@ Tensor<float> random_matrix(std::int64_t rows, std::int64_t cols, std::uint64_t 
     return matrix;
 }
 
-errc error_id_of(const std::function<void()>& body) {
-    try {
-        body();
-    } catch (const error& failure) {
-        return failure.id();
-    }
-    FAIL("no nwc::error was thrown");
-    return errc::io;
-}
 }  // namespace
 
 TEST_CASE("chunker: chunk + dechunk is exact for odd sizes; layout is column-major over chunks, tail padded with 0", "[chunker]") {
@@ -61,7 +53,7 @@ TEST_CASE("chunker: chunk + dechunk is exact for odd sizes; layout is column-maj
     const Chunker chunker;
     Tensor<float> target(Shape{17, 3});
     std::vector<float> too_few(10);
-    CHECK(error_id_of([&] { chunker.dechunk(too_few, target.view()); }) == errc::invalid_argument);
+    CHECK(error_of([&] { chunker.dechunk(too_few, target.view()); }) == errc::invalid_argument);
 }
 
 TEST_CASE("chunker: column scales are the population std on the scale grid; decoding uses exactly that scale", "[chunker]") {
@@ -132,7 +124,7 @@ TEST_CASE("chunker: per-row normalization stores one scale per row", "[chunker]"
     CHECK(spread_scales[1].bits == std::uint16_t(15 << 10));  // 1e-3 is raised to the set's lowest code, 63 below: 2^0
     CHECK(to_float(spread_scales[2]) == 1.0f);
     huge(1, 0) = std::nanf("");
-    CHECK(error_id_of([&] { Chunker().compute_scales(huge.view()); }) == errc::invalid_argument);
+    CHECK(error_of([&] { Chunker().compute_scales(huge.view()); }) == errc::invalid_argument);
 }
 
 TEST_CASE("chunker: importance levels by fixed quantiles of diag(H), ties to the lower column", "[chunker]") {
@@ -175,11 +167,11 @@ TEST_CASE("chunker: importance levels by fixed quantiles of diag(H), ties to the
         std::vector<float> diagonal{1, 2, 3, 4, 5, 6, 7, 8};
         const auto levels = custom.importance_levels(std::span<const float>(diagonal));
         CHECK(levels == std::vector<std::uint8_t>{0, 0, 0, 0, 1, 1, 2, 2});
-        CHECK(error_id_of([] { Chunker(ChunkerOptions{NormalizationAxis::per_column, 16, ImportanceQuantiles{{0.01, 0.1, 0.0}}}); }) ==
+        CHECK(error_of([] { Chunker(ChunkerOptions{NormalizationAxis::per_column, 16, ImportanceQuantiles{{0.01, 0.1, 0.0}}}); }) ==
               errc::invalid_argument);
-        CHECK(error_id_of([] { Chunker(ChunkerOptions{NormalizationAxis::per_column, 0, {}}); }) == errc::invalid_argument);
+        CHECK(error_of([] { Chunker(ChunkerOptions{NormalizationAxis::per_column, 0, {}}); }) == errc::invalid_argument);
         diagonal[2] = std::nanf("");
-        CHECK(error_id_of([&] { custom.importance_levels(std::span<const float>(diagonal)); }) == errc::invalid_argument);
+        CHECK(error_of([&] { custom.importance_levels(std::span<const float>(diagonal)); }) == errc::invalid_argument);
     }
 }
 
@@ -193,8 +185,8 @@ TEST_CASE("chunker: levels pack 2 bits per column and unpack exactly; bad paddin
         REQUIRE(unpack_levels(packed, count) == levels);
     }
     CHECK(pack_levels(std::vector<std::uint8_t>{1, 2, 3, 0, 3}) == std::vector<std::uint8_t>{0x39, 0x03});
-    CHECK(error_id_of([] { unpack_levels(std::vector<std::uint8_t>{0x39, 0x13}, 5); }) == errc::corrupt);
-    CHECK(error_id_of([] { unpack_levels(std::vector<std::uint8_t>{0x39}, 5); }) == errc::truncated);
+    CHECK(error_of([] { unpack_levels(std::vector<std::uint8_t>{0x39, 0x13}, 5); }) == errc::corrupt);
+    CHECK(error_of([] { unpack_levels(std::vector<std::uint8_t>{0x39}, 5); }) == errc::truncated);
 }
 
 TEST_CASE("chunker: levels serialize, and bad bytes are rejected with the offset", "[chunker]") {
@@ -209,7 +201,7 @@ TEST_CASE("chunker: levels serialize, and bad bytes are rejected with the offset
         reader.expect_end();
     }
     auto reading = [&](std::vector<std::uint8_t> data, std::size_t level_count) {
-        return error_id_of([&] {
+        return error_of([&] {
             ByteReader reader(data, "test side data");
             read_levels(reader, level_count);
         });

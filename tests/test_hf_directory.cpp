@@ -5,40 +5,22 @@
 
 #include <filesystem>
 #include <map>
-#include <optional>
 #include <set>
 #include <string>
 
+#include "error_testing.hpp"
 #include "llm_test_support.hpp"
 #include "nwc/io/hf_directory.hpp"
 
 using namespace nwc;
+using nwc::testing::error_of;
 using nwc::llm::testing::random_llama_weights;
+using nwc::llm::testing::small_llama_config;
 using nwc::llm::testing::TemporaryDirectory;
 
 namespace {
 
-llm::LlamaConfig small_config() {
-    llm::LlamaConfig config;
-    config.dim = 32;
-    config.hidden_dim = 56;
-    config.n_layers = 2;
-    config.n_heads = 4;
-    config.n_kv_heads = 2;
-    config.vocab_size = 300;
-    config.seq_len = 48;
-    return config;
-}
 
-template <class Body>
-std::optional<errc> error_of(Body&& body) {
-    try {
-        body();
-    } catch (const nwc::error& problem) {
-        return problem.id();
-    }
-    return std::nullopt;
-}
 
 std::set<std::string> entries_of(const std::filesystem::path& directory) {
     std::set<std::string> names;
@@ -118,7 +100,7 @@ TEST_CASE("hf_directory: shards of at most the given size, the index maps every 
 
 TEST_CASE("hf_directory: Llama models come back as a directory transformers and nwc read", "[hf_directory]") {
     const TemporaryDirectory temp("hf_directory_llama");
-    const llm::LlamaWeights weights = random_llama_weights(small_config(), 9);
+    const llm::LlamaWeights weights = random_llama_weights(small_llama_config(), 9);
     // From a Hugging Face directory: the same config.json, the same tensors, sharded.
     const auto source = temp.path() / "source";
     llm::write_hf_llama(source, weights, dtype::bf16);
@@ -170,7 +152,7 @@ TEST_CASE("hf_directory: written whole or not at all, never over another model",
 
 TEST_CASE("hf_directory: an index that disagrees with its shards is an error naming the file and the tensor", "[hf_directory]") {
     const TemporaryDirectory temp("hf_directory_bad");
-    const llm::LlamaWeights weights = random_llama_weights(small_config(), 4);
+    const llm::LlamaWeights weights = random_llama_weights(small_llama_config(), 4);
     const auto good = temp.path() / "good";
     llm::write_hf_llama(temp.path() / "source", weights, dtype::f32);
     REQUIRE(write_hf_directory(load_model_file(temp.path() / "source"), good, 30000).shards >= 3);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "error_testing.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/half_simd.hpp"
 #include "nwc/core/random.hpp"
@@ -26,6 +27,7 @@
 #include "requirements.hpp"
 
 using namespace nwc;
+using nwc::testing::error_of;
 
 namespace {
 
@@ -95,17 +97,6 @@ struct TempDir {
     }
 };
 
-template <class Body>
-errc error_of(Body&& body) {
-    try {
-        body();
-    } catch (const nwc::error& caught) {
-        CHECK(!caught.message().empty());
-        return caught.id();
-    }
-    FAIL("no nwc::error");
-    return errc::invalid_argument;
-}
 
 }  // namespace
 

@@ -12,12 +12,14 @@
 #include <string>
 #include <vector>
 
+#include "error_testing.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 #include "nwc/pipeline/rate_control.hpp"
 #include "reliability_support.hpp"
 
 using namespace nwc;
+using nwc::testing::error_of;
 
 namespace {
 
@@ -75,17 +77,6 @@ double mse(const Tensor<float>& a, const Tensor<float>& b) {
     return sum / double(a.numel());
 }
 
-template <class Body>
-errc error_of(Body&& body) {
-    try {
-        body();
-    } catch (const nwc::error& caught) {
-        CHECK(!caught.message().empty());
-        return caught.id();
-    }
-    FAIL("no nwc::error");
-    return errc::invalid_argument;
-}
 
 /// "error" if parsing and decoding every segment throws nwc::error, "finite" if it decodes to finite
 /// values; anything else (another exception, a non-finite value) fails the test.

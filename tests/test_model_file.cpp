@@ -12,21 +12,11 @@
 
 using namespace nwc;
 using nwc::llm::testing::random_llama_weights;
+using nwc::llm::testing::small_llama_config;
 using nwc::llm::testing::TemporaryDirectory;
 
 namespace {
 
-llm::LlamaConfig small_config() {
-    llm::LlamaConfig config;
-    config.dim = 32;
-    config.hidden_dim = 56;
-    config.n_layers = 2;
-    config.n_heads = 4;
-    config.n_kv_heads = 2;
-    config.vocab_size = 300;
-    config.seq_len = 48;
-    return config;
-}
 
 void check_same_weights(const llm::LlamaWeights& a, const llm::LlamaWeights& b) {
     REQUIRE(a.config == b.config);
@@ -51,7 +41,7 @@ void write_text(const std::filesystem::path& path, const std::string& text) {
 
 TEST_CASE("model_file: the format comes from the content, never from the name", "[model_file]") {
     const TemporaryDirectory directory("model_file_detect");
-    const llm::LlamaWeights weights = random_llama_weights(small_config(), 3);
+    const llm::LlamaWeights weights = random_llama_weights(small_llama_config(), 3);
 
     // A llama2.c file named like a safetensors file, and a safetensors file named like a llama2.c one.
     const auto llama2c = directory.path() / "looks_like.safetensors";
@@ -81,7 +71,7 @@ TEST_CASE("model_file: the format comes from the content, never from the name", 
 
 TEST_CASE("model_file: what is not a model is an nwc::error naming it", "[model_file][hostile]") {
     const TemporaryDirectory directory("model_file_bad");
-    const llm::LlamaWeights weights = random_llama_weights(small_config(), 4);
+    const llm::LlamaWeights weights = random_llama_weights(small_llama_config(), 4);
     const auto llama2c = directory.path() / "model.bin";
     llm::write_llama2c(llama2c, weights);
 
@@ -113,7 +103,7 @@ TEST_CASE("model_file: what is not a model is an nwc::error naming it", "[model_
 }
 
 TEST_CASE("model_file: RoPE corrections pack against the recomputed tables and unpack exactly", "[model_file]") {
-    const llm::LlamaConfig config = small_config();
+    const llm::LlamaConfig config = small_llama_config();
     const auto [real, imag] = llm::llama2c_rope_tables(config);
     // Corrections a few ulps off the computed values, one far off, the last entry of imag included.
     const std::int64_t all = real.numel() + imag.numel();

@@ -3,24 +3,16 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
-#include <functional>
 #include <vector>
 
+#include "error_testing.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/quant/scale_grid.hpp"
 
 using namespace nwc;
+using nwc::testing::error_of;
 
 namespace {
-errc error_id_of(const std::function<void()>& body) {
-    try {
-        body();
-    } catch (const error& failure) {
-        return failure.id();
-    }
-    FAIL("no nwc::error was thrown");
-    return errc::io;
-}
 
 std::vector<std::uint8_t> written(std::span<const half> scales) {
     ByteWriter writer;
@@ -86,9 +78,9 @@ TEST_CASE("scale grid: one scale is its fp16 bits; scales off the grid are refus
     REQUIRE(single.size() == 2);
     ByteReader reader(single, "single");
     CHECK(read_scales(reader, 1)[0].bits == to_half(0.0123f).bits);
-    CHECK(error_id_of([] { written(std::vector<half>{to_half(0.0123f), to_half(1.0f)}); }) == errc::invalid_argument);
+    CHECK(error_of([] { written(std::vector<half>{to_half(0.0123f), to_half(1.0f)}); }) == errc::invalid_argument);
     // On the grid but 64 codes apart: snap_scales would have raised the lower one.
-    CHECK(error_id_of([] { written(std::vector<half>{detail::scale_of_code(4), detail::scale_of_code(68)}); }) == errc::invalid_argument);
+    CHECK(error_of([] { written(std::vector<half>{detail::scale_of_code(4), detail::scale_of_code(68)}); }) == errc::invalid_argument);
 }
 
 TEST_CASE("scale grid: bad bytes are rejected with the field and its offset", "[scale_grid]") {
@@ -96,7 +88,7 @@ TEST_CASE("scale grid: bad bytes are rejected with the field and its offset", "[
     const std::vector<std::uint8_t> bytes = written(scales);
     REQUIRE(bytes.size() == 2 + 2);  // lowest 50, width 3, 9 bits of codes
     auto reading = [](std::vector<std::uint8_t> data, std::size_t count) {
-        return error_id_of([&] {
+        return error_of([&] {
             ByteReader reader(data, "test scales");
             read_scales(reader, count);
         });
