@@ -216,3 +216,56 @@ TEST_CASE("corrupt toy metadata and segments give errors naming the tensor", "[m
         CHECK_THAT(problem.what(), Catch::Contains("tensor 'w' (toy)"));
     }
 }
+
+namespace {
+struct ParsedBlob {  // what a test "parses" a codec blob into: its bytes and a serial number
+    std::vector<std::uint8_t> bytes;
+    int serial = 0;
+};
+ContainerReader reader_with_codec(std::vector<std::uint8_t> blob) {
+    ContainerWriter writer;
+    writer.add_codec(std::move(blob));
+    return ContainerReader::from_bytes(writer.serialize());
+}
+}  // namespace
+
+TEST_CASE("codec blobs are parsed once per process, keyed by their bytes", "[method_policy]") {
+    detail::ParsedCodecCache::instance().clear();
+    int parses = 0;
+    auto parse = [&](std::span<const std::uint8_t> bytes, const std::string&) {
+        return ParsedBlob{std::vector<std::uint8_t>(bytes.begin(), bytes.end()), ++parses};
+    };
+    const std::vector<std::uint8_t> blob_a(3000, 0xA5);
+    std::vector<std::uint8_t> blob_b = blob_a;
+    blob_b.back() = 0x5A;  // same size, one byte apart
+    const ContainerReader first = reader_with_codec(blob_a), second = reader_with_codec(blob_a), other = reader_with_codec(blob_b);
+
+    DecodeResources resources_1(first);
+    const auto parsed_1 = resources_1.codec_blob<ParsedBlob>(0, parse);
+    CHECK(resources_1.codec_blob<ParsedBlob>(0, parse) == parsed_1);  // per container
+    DecodeResources resources_2(second);                                // a new decode of the same blob
+    CHECK(resources_2.codec_blob<ParsedBlob>(0, parse) == parsed_1);
+    CHECK(parses == 1);
+    DecodeResources resources_3(other);
+    const auto parsed_3 = resources_3.codec_blob<ParsedBlob>(0, parse);
+    CHECK(parses == 2);
+    CHECK(parsed_3->bytes == blob_b);
+    CHECK(parsed_1->bytes == blob_a);
+
+    // The least recently used entry goes once the cache is full; what it parsed stays valid.
+    std::vector<ContainerReader> readers;
+    for (std::size_t k = 0; k < detail::ParsedCodecCache::capacity; ++k)
+        readers.push_back(reader_with_codec(std::vector<std::uint8_t>(100 + k, std::uint8_t(k))));
+    for (const ContainerReader& reader : readers) {
+        DecodeResources resources(reader);
+        resources.codec_blob<ParsedBlob>(0, parse);
+    }
+    CHECK(parses == 2 + int(detail::ParsedCodecCache::capacity));
+    CHECK(detail::ParsedCodecCache::instance().size() == detail::ParsedCodecCache::capacity);
+    DecodeResources again(first);
+    const auto reparsed = again.codec_blob<ParsedBlob>(0, parse);
+    CHECK(parses == 3 + int(detail::ParsedCodecCache::capacity));
+    CHECK(reparsed != parsed_1);
+    CHECK(reparsed->bytes == parsed_1->bytes);
+    detail::ParsedCodecCache::instance().clear();
+}

@@ -25,6 +25,7 @@
 //   the codec embeds the blob once and decoding gets it parsed and cached through DecodeResources.
 #pragma once
 
+#include <algorithm>
 #include <concepts>
 #include <cstdint>
 #include <functional>
@@ -38,6 +39,7 @@
 #include <type_traits>
 #include <typeindex>
 #include <utility>
+#include <vector>
 
 #include "nwc/core/backend.hpp"
 #include "nwc/core/tensor.hpp"
@@ -76,7 +78,65 @@ struct MethodResources {
     bool embed_codec = false;  ///< MethodOptions::embed_codec
 };
 
-/// Codec blobs of one container, parsed once per decode and shared by its tensors.
+namespace detail {
+
+/// The codec blobs most recently parsed in this process, keyed by their bytes and parsed type.
+/// Why: a decoder that takes a model tensor by tensor (Codec::decompress(reader, index), a fresh
+/// DecodeResources per call) would otherwise parse the same blob and build its decode tables every
+/// time; for a 786 k-weight nwc model that was 29% of the decode (docs/bench/pipeline.md). A hit
+/// compares the whole blob (a memcmp of a few KB), so a different codec with the same size never
+/// matches; the parsed object depends on the bytes alone (the context only names errors).
+class ParsedCodecCache {
+public:
+    static constexpr std::size_t capacity = 8;
+
+    static ParsedCodecCache& instance() {
+        static ParsedCodecCache cache;
+        return cache;
+    }
+
+    std::shared_ptr<const void> find(std::span<const std::uint8_t> bytes, std::type_index type) {
+        std::lock_guard lock(m_mutex);
+        for (std::size_t i = m_entries.size(); i-- > 0;) {
+            Entry& entry = m_entries[i];
+            if (entry.type == type && entry.bytes.size() == bytes.size() && std::equal(bytes.begin(), bytes.end(), entry.bytes.begin())) {
+                std::rotate(m_entries.begin() + std::ptrdiff_t(i), m_entries.begin() + std::ptrdiff_t(i) + 1, m_entries.end());  // most recent last
+                return m_entries.back().value;
+            }
+        }
+        return nullptr;
+    }
+
+    void insert(std::span<const std::uint8_t> bytes, std::type_index type, std::shared_ptr<const void> value) {
+        std::lock_guard lock(m_mutex);
+        if (m_entries.size() == capacity) m_entries.erase(m_entries.begin());  // the least recently used
+        m_entries.push_back({type, std::vector<std::uint8_t>(bytes.begin(), bytes.end()), std::move(value)});
+    }
+
+    /// Forgets every entry (tests).
+    void clear() {
+        std::lock_guard lock(m_mutex);
+        m_entries.clear();
+    }
+    std::size_t size() {
+        std::lock_guard lock(m_mutex);
+        return m_entries.size();
+    }
+
+private:
+    struct Entry {
+        std::type_index type;
+        std::vector<std::uint8_t> bytes;
+        std::shared_ptr<const void> value;
+    };
+    std::mutex m_mutex;
+    std::vector<Entry> m_entries;
+};
+
+}  // namespace detail
+
+/// Codec blobs of one container, parsed once per decode and shared by its tensors (and across
+/// decodes of the same blob through detail::ParsedCodecCache).
 class DecodeResources {
 public:
     explicit DecodeResources(const ContainerReader& reader) : m_reader(&reader) {}
@@ -89,8 +149,14 @@ public:
         std::lock_guard lock(m_mutex);
         auto& slot = m_parsed[{index, std::type_index(typeid(T))}];
         if (!slot) {
-            const std::string context = m_reader->context() + ": codec " + std::to_string(index);
-            slot = std::make_shared<const T>(parse(m_reader->codec(std::size_t(index)), context));
+            const std::span<const std::uint8_t> bytes = m_reader->codec(std::size_t(index));
+            detail::ParsedCodecCache& cache = detail::ParsedCodecCache::instance();
+            slot = cache.find(bytes, std::type_index(typeid(T)));
+            if (!slot) {
+                const std::string context = m_reader->context() + ": codec " + std::to_string(index);
+                slot = std::make_shared<const T>(parse(bytes, context));
+                cache.insert(bytes, std::type_index(typeid(T)), slot);
+            }
         }
         return std::static_pointer_cast<const T>(slot);
     }
