@@ -219,3 +219,82 @@ TEST_CASE("hf_directory: an index that disagrees with its shards is an error nam
     CHECK(id == errc::corrupt);
     CHECK_THAT(message, Catch::Contains("mlp"));
 }
+
+namespace {
+// A Qwen2-style directory: the Llama layout plus q/k/v biases, which nwc's forward pass lacks.
+std::filesystem::path write_qwen2_directory(const std::filesystem::path& directory) {
+    std::filesystem::create_directories(directory);
+    const llm::LlamaConfig llama = small_llama_config();
+    nlohmann::json config = llm::hf_config_json(llama);
+    config["architectures"] = {"Qwen2ForCausalLM"};
+    config["model_type"] = "qwen2";
+    const std::string text = config.dump(2);
+    write_file_atomic(directory / "config.json", {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+    SafetensorsWriter writer;
+    writer.set_metadata("format", "pt");
+    Random random(3);
+    const auto add = [&](const std::string& name, Shape shape) {
+        Tensor<float> values(shape);
+        for (float& value : values.values()) value = to_float(to_bfloat16(random.normal()));
+        writer.add_float32(name, values.view(), dtype::bf16);
+    };
+    add("model.embed_tokens.weight", Shape{llama.vocab_size, llama.dim});
+    add("model.layers.0.self_attn.q_proj.weight", Shape{llama.dim, llama.dim});
+    add("model.layers.0.self_attn.q_proj.bias", Shape{llama.dim});
+    add("model.norm.weight", Shape{llama.dim});
+    writer.write(directory / "model.safetensors");
+    return directory;
+}
+}  // namespace
+
+TEST_CASE("hf_directory: an architecture without nwc's forward pass is kept as tensors and config, and says why", "[hf_directory]") {
+    const TemporaryDirectory temp("hf_directory_qwen2");
+    const auto source = write_qwen2_directory(temp.path() / "qwen2");
+    CHECK(detect_model_format(source) == ModelFormat::hf);
+    CHECK(detect_model_format(source / "model.safetensors") == ModelFormat::hf);
+    const ModelFile model = load_model_file(source);
+    REQUIRE(model.format == ModelFormat::hf);
+    CHECK(model.source["source_format"] == "hf");
+    CHECK(model.tensors.size() == 4);
+    CHECK_FALSE(llama_weights_of(model).has_value());
+    CHECK_THAT(why_not_llama(model), Catch::Contains("Qwen2ForCausalLM") && Catch::Contains("\"qwen2\""));
+    try {
+        (void)read_llama_weights(source);
+        FAIL("read a Qwen2 model as Llama weights");
+    } catch (const nwc::error& problem) {
+        CHECK(problem.id() == errc::unsupported);
+        CHECK_THAT(problem.what(), Catch::Contains("Qwen2ForCausalLM"));
+    }
+    // Written back: the same config.json and tensors; never as a llama2.c file.
+    const auto out = temp.path() / "out";
+    write_hf_directory(model, out);
+    CHECK(llm::detail::read_json_file(out / "config.json") == llm::detail::read_json_file(source / "config.json"));
+    check_same_tensors(model, load_model_file(out));
+    CHECK(error_of([&] { write_model_file(model, temp.path() / "qwen2.bin"); }) == errc::unsupported);
+    CHECK_FALSE(std::filesystem::exists(temp.path() / "qwen2.bin"));
+}
+
+TEST_CASE("hf_directory: Mistral configs read as Llama with seq_len capped at the sliding window; Llama with biases is not runnable",
+          "[hf_directory]") {
+    nlohmann::json mistral = llm::hf_config_json(small_llama_config());
+    mistral["architectures"] = {"MistralForCausalLM"};
+    mistral["model_type"] = "mistral";
+    mistral["max_position_embeddings"] = 4096;
+    mistral["sliding_window"] = 128;
+    CHECK_FALSE(llm::hf_forward_pass_missing(mistral, "mistral").has_value());
+    CHECK(llm::parse_hf_config(mistral, "mistral").seq_len == 128);
+    mistral["sliding_window"] = nullptr;
+    CHECK(llm::parse_hf_config(mistral, "mistral").seq_len == 4096);
+
+    nlohmann::json biased = llm::hf_config_json(small_llama_config());
+    biased["attention_bias"] = true;
+    const auto missing = llm::hf_forward_pass_missing(biased, "biased");
+    REQUIRE(missing.has_value());
+    CHECK_THAT(*missing, Catch::Contains("biases"));
+    nlohmann::json gemma = llm::hf_config_json(small_llama_config());
+    gemma["model_type"] = "gemma";
+    CHECK(llm::hf_forward_pass_missing(gemma, "gemma").has_value());
+    nlohmann::json broken = llm::hf_config_json(small_llama_config());
+    broken.erase("hidden_size");  // a Llama config with a field missing is corrupt, not another architecture
+    CHECK(error_of([&] { (void)llm::hf_forward_pass_missing(broken, "broken"); }) == errc::corrupt);
+}

@@ -159,6 +159,31 @@ TEST_CASE("model files are detected by content", "[pipeline][data]") {
     const ModelFile back = DefaultCodec::decompress_model(ContainerReader::from_bytes(bytes), 2);
     write_model_file(back, temp().path / "from_hf.bin");
     CHECK(llm::read_llama2c(temp().path / "from_hf.bin").weights.config == a.config);
+
+    // The same directory under a config nwc cannot run (Qwen3: q/k norms) is an "hf" model: coded
+    // without calibration, it comes back with its source format and config.json.
+    const auto qwen3 = temp().path / "qwen3";
+    std::filesystem::copy(directory, qwen3);
+    nlohmann::json config = llm::detail::read_json_file(qwen3 / "config.json");
+    config["architectures"] = {"Qwen3ForCausalLM"};
+    config["model_type"] = "qwen3";
+    const std::string text = config.dump();
+    write_file_atomic(qwen3 / "config.json", {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+    const ModelFile other = load_model_file(qwen3);
+    REQUIRE(other.format == ModelFormat::hf);
+    const auto other_bytes = DefaultCodec(options_for("ecsq")).compress_model(other).writer.serialize();
+    const ModelFile other_back = DefaultCodec::decompress_model(ContainerReader::from_bytes(other_bytes), 2);
+    CHECK(other_back.format == ModelFormat::hf);
+    CHECK(other_back.source["hf_config"] == config);
+    CHECK(other_back.tensors.size() == other.tensors.size());
+    const std::vector<int> tokens(64, 1);
+    try {
+        (void)compress_model_sequentially(DefaultCodec(options_for("ecsq")), other, tokens, {});
+        FAIL("sequential compression of a model without a forward pass");
+    } catch (const error& problem) {
+        CHECK(problem.id() == errc::unsupported);
+        CHECK_THAT(problem.what(), Catch::Contains("Qwen3ForCausalLM"));
+    }
 }
 
 TEST_CASE("llama2.c round trip is exact without compression loss in raw tensors and RoPE tables", "[pipeline][data]") {

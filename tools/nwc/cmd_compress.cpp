@@ -155,8 +155,8 @@ Calibration calibrate(const CompressSettings& settings, const ModelFile& model, 
     Calibration calibration;
     if (!settings.calib) return calibration;
     std::optional<llm::LlamaWeights> weights = llama_weights_of(model, input);
-    require(weights.has_value(), errc::unsupported, "--calib needs a llama2.c or Hugging Face Llama model; '", input, "' is a plain ",
-            model_format_name(model.format), " file");
+    require(weights.has_value(), errc::unsupported, "--calib needs a model whose forward pass nwc has (llama2.c, Hugging Face Llama or Mistral); '",
+            input, "' ", why_not_llama(model), ": compress it without --calib");
     const llm::LlamaModel network(std::move(*weights));
     const llm::Tokenizer tokenizer = llm::Tokenizer::read(*settings.tokenizer, network.config().vocab_size);
     const std::vector<std::uint8_t> text = read_file(*settings.calib);
@@ -230,6 +230,9 @@ std::string report_text(const ModelReport& report, const std::string& input, con
     if (std::isfinite(report.target_bits_per_weight))
         append_format(text, "target %.4f bits per weight: %s after %d passes%s%s\n", report.target_bits_per_weight, report.target_met ? "met" : "MISSED",
                       report.passes, report.note.empty() ? "" : ": ", report.note.c_str());
+    if (model.format == ModelFormat::hf)  // say what the user does not get
+        append_format(text, "note: the model %s: its tensors were coded without calibration (no Hessians, sensitivities or fine-tuning)\n",
+                      why_not_llama(model).c_str());
     return text;
 }
 
@@ -281,6 +284,7 @@ Outcome CompressCommand::run(const Settings& settings, const std::vector<std::st
     outcome.json["input"] = input;
     outcome.json["output"] = settings.output;
     outcome.json["source_format"] = std::string(model_format_name(model.format));
+    if (model.format == ModelFormat::hf) outcome.json["forward_pass_missing"] = why_not_llama(model);
     outcome.json["codec"] = codec_paths.empty() ? nlohmann::json(nullptr) : nlohmann::json(codec_paths[0]);
     outcome.json["calibration"] = calibration.json;
     outcome.json["seconds"] = seconds;

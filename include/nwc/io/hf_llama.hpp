@@ -139,8 +139,12 @@ inline LlamaConfig parse_hf_config(const nlohmann::json& root, std::string_view 
         require(found->is_boolean(), errc::corrupt, context, ": \"", key, "\" must be true or false, not ", found->dump());
         return found->get<bool>();
     };
-    if (const auto type = root.find("model_type"); type != root.end())
-        require(*type == "llama", errc::unsupported, context, ": model_type ", type->dump(), " is not \"llama\"");
+    // Mistral's layout and forward pass are Llama's; only its sliding window differs, and no
+    // window nwc runs is longer than seq_len, which is capped at the window below.
+    const auto type = root.find("model_type");
+    const bool mistral = type != root.end() && *type == "mistral";
+    if (type != root.end())
+        require(*type == "llama" || mistral, errc::unsupported, context, ": model_type ", type->dump(), " is not \"llama\" or \"mistral\"");
     if (const auto act = root.find("hidden_act"); act != root.end())
         require(*act == "silu", errc::unsupported, context, ": hidden_act ", act->dump(), " (only silu is supported)");
     if (const auto scaling = root.find("rope_scaling"); scaling != root.end())
@@ -156,12 +160,41 @@ inline LlamaConfig parse_hf_config(const nlohmann::json& root, std::string_view 
     config.seq_len = integer("max_position_embeddings", 2048);
     config.norm_eps = number("rms_norm_eps", 1e-6);  // transformers' LlamaConfig defaults
     config.rope_theta = number("rope_theta", 10000.0);
+    if (mistral) {
+        if (const auto window = root.find("sliding_window"); window != root.end() && !window->is_null())
+            config.seq_len = std::min(config.seq_len, integer("sliding_window"));
+    }
     config.shared_classifier = flag("tie_word_embeddings", false);
     if (const auto head_dim = root.find("head_dim"); head_dim != root.end() && !head_dim->is_null())
         require(*head_dim == config.dim / std::max(config.n_heads, 1), errc::unsupported, context, ": head_dim ", head_dim->dump(),
                 " differs from hidden_size / num_attention_heads");
     config.validate(context);
     return config;
+}
+
+/// "Qwen2ForCausalLM (model_type \"qwen2\")": how config.json names its architecture, for messages.
+inline std::string hf_architecture_name(const nlohmann::json& config) {
+    std::string name;
+    if (const auto list = config.find("architectures"); list != config.end() && list->is_array())
+        for (const auto& entry : *list)
+            if (entry.is_string()) name += (name.empty() ? "" : ", ") + entry.get<std::string>();
+    if (const auto type = config.find("model_type"); type != config.end())
+        name += (name.empty() ? "model_type " : " (model_type ") + type->dump() + (name.empty() ? "" : ")");
+    return name.empty() ? std::string("an unnamed architecture") : name;
+}
+
+/// Why nwc cannot run the forward pass of the model config.json describes (Qwen2's q/k/v biases,
+/// Qwen3's q_norm/k_norm, Gemma's activation and norms, rope_scaling, ...): parse_hf_config's
+/// errc::unsupported message; nullopt when it can (Llama, Mistral). Missing or mistyped fields
+/// of a Llama config still throw errc::corrupt.
+inline std::optional<std::string> hf_forward_pass_missing(const nlohmann::json& config, std::string_view context) {
+    try {
+        parse_hf_config(config, context);
+        return std::nullopt;
+    } catch (const error& problem) {
+        if (problem.id() != errc::unsupported) throw;
+        return problem.message();
+    }
 }
 
 /// Writes `weights` as `directory`/config.json + `directory`/model.safetensors (creating the

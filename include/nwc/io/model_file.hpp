@@ -7,7 +7,10 @@
 //     safetensors  u64 header length N, then N bytes of JSON starting with '{' (a .safetensors file
 //                  with a Llama config.json beside it counts as hf_llama);
 //     llama2c      7 int32 header whose implied size equals the file size exactly;
-//     hf_llama     a directory with config.json and model.safetensors (or a sharded index).
+//     hf_llama     a directory with config.json and model.safetensors (or a sharded index);
+//     hf           the same for an architecture whose forward pass nwc lacks (Qwen2's biases,
+//                  Qwen3's q/k norms, Gemma, ...: llm::hf_forward_pass_missing): its tensors
+//                  are compressed and written back like any, calibration and .bin are refused.
 // - Every tensor keeps its name, original dtype and shape; floating tensors are held as float32
 //   (exact: F16 and BF16 widen losslessly), other dtypes (I32, U8) as their raw bytes.
 //   llama2.c models use the Hugging Face names of LlamaWeights (model.layers.N....) in checkpoint
@@ -48,17 +51,28 @@
 namespace nwc {
 
 /// Where a model came from.
-enum class ModelFormat : std::uint8_t { safetensors = 0, llama2c = 1, hf_llama = 2 };
+enum class ModelFormat : std::uint8_t { safetensors = 0, llama2c = 1, hf_llama = 2, hf = 3 };
 
-/// "safetensors", "llama2c", "hf_llama".
+/// "safetensors", "llama2c", "hf_llama", "hf".
 constexpr std::string_view model_format_name(ModelFormat format) noexcept {
     switch (format) {
         case ModelFormat::safetensors: return "safetensors";
         case ModelFormat::llama2c: return "llama2c";
         case ModelFormat::hf_llama: return "hf_llama";
+        case ModelFormat::hf: return "hf";
     }
     return "?";
 }
+
+/// The format model_format_name() names; nullopt for another name.
+constexpr std::optional<ModelFormat> model_format_named(std::string_view name) noexcept {
+    for (ModelFormat format : {ModelFormat::safetensors, ModelFormat::llama2c, ModelFormat::hf_llama, ModelFormat::hf})
+        if (model_format_name(format) == name) return format;
+    return std::nullopt;
+}
+
+/// Whether the model came with a Hugging Face config.json (kept in source["hf_config"]).
+constexpr bool is_hf_format(ModelFormat format) noexcept { return format == ModelFormat::hf_llama || format == ModelFormat::hf; }
 
 /// One tensor of a model.
 struct ModelTensor {
@@ -75,8 +89,8 @@ struct ModelTensor {
 struct ModelFile {
     ModelFormat format = ModelFormat::safetensors;
     std::vector<ModelTensor> tensors;
-    /// llama2c: {"llama2c": {header fields}}; hf_llama: {"hf_config": config.json};
-    /// safetensors and hf_llama: {"safetensors_metadata": {...}}. Always {"source_format": name}.
+    /// llama2c: {"llama2c": {header fields}}; hf_llama, hf: {"hf_config": config.json};
+    /// safetensors, hf_llama, hf: {"safetensors_metadata": {...}}. Always {"source_format": name}.
     nlohmann::json source = nlohmann::json::object();
     /// llama2.c RoPE table entries that differ from llama2c_rope_tables(): pairs (flat index into
     /// real then imag, float bits), as an I32 [k, 2] tensor; no values for none.
@@ -140,15 +154,20 @@ inline bool looks_like_llama2c(std::span<const std::uint8_t> bytes) {
     }
 }
 
-// A .safetensors file with a Llama config.json beside it is an HF checkpoint of one shard.
-inline bool has_llama_config_beside(const std::filesystem::path& file) {
+// hf_llama or hf for the config.json of an HF model; errc::corrupt for a broken Llama config.
+inline ModelFormat hf_format_of(const std::filesystem::path& config) {
+    return llm::hf_forward_pass_missing(llm::detail::read_json_file(config), config.string()) ? ModelFormat::hf : ModelFormat::hf_llama;
+}
+
+// A .safetensors file with an HF config.json beside it is an HF checkpoint of one shard (a config
+// that does not read as one leaves it a plain safetensors file).
+inline std::optional<ModelFormat> hf_format_beside(const std::filesystem::path& file) {
     const auto config = (file.has_parent_path() ? file.parent_path() : std::filesystem::path(".")) / "config.json";
-    if (!std::filesystem::is_regular_file(config)) return false;
+    if (!std::filesystem::is_regular_file(config)) return std::nullopt;
     try {
-        llm::parse_hf_config(llm::detail::read_json_file(config), config.string());
-        return true;
+        return hf_format_of(config);
     } catch (const error&) {
-        return false;
+        return std::nullopt;
     }
 }
 
@@ -165,12 +184,11 @@ inline void add_safetensors_tensors(ModelFile& model, const SafetensorsFile& fil
     }
 }
 
-inline ModelFile load_hf_llama(const std::filesystem::path& path) {
+inline ModelFile load_hf(const std::filesystem::path& path) {
     const llm::HfModelFiles files = llm::hf_model_files(path);
     nlohmann::json config = llm::detail::read_json_file(files.config);
-    llm::parse_hf_config(config, "'" + files.config.string() + "'");  // refuses what cannot be written back
     ModelFile model;
-    model.format = ModelFormat::hf_llama;
+    model.format = llm::hf_forward_pass_missing(config, "'" + files.config.string() + "'") ? ModelFormat::hf : ModelFormat::hf_llama;
     nlohmann::json metadata = nlohmann::json::object();
     for (const auto& shard_path : files.shards) {
         const SafetensorsFile shard = SafetensorsFile::open(shard_path);
@@ -181,7 +199,7 @@ inline ModelFile load_hf_llama(const std::filesystem::path& path) {
         add_safetensors_tensors(model, shard);
     }
     files.check_complete([&](const std::string& name) { return model.find(name) != nullptr; });
-    model.source = {{"source_format", "hf_llama"}, {"hf_config", std::move(config)}, {"safetensors_metadata", std::move(metadata)}};
+    model.source = {{"source_format", model_format_name(model.format)}, {"hf_config", std::move(config)}, {"safetensors_metadata", std::move(metadata)}};
     return model;
 }
 
@@ -291,10 +309,10 @@ inline ModelFormat detect_model_format(const std::filesystem::path& path) {
     if (std::filesystem::is_directory(path)) {
         require(std::filesystem::exists(path / "config.json"), errc::unsupported, "'", path.string(),
                 "' is a directory without config.json (not a Hugging Face model)");
-        return ModelFormat::hf_llama;
+        return detail::hf_format_of(path / "config.json");
     }
     const MappedFile file(path);
-    if (detail::looks_like_safetensors(file.bytes())) return detail::has_llama_config_beside(path) ? ModelFormat::hf_llama : ModelFormat::safetensors;
+    if (detail::looks_like_safetensors(file.bytes())) return detail::hf_format_beside(path).value_or(ModelFormat::safetensors);
     if (detail::looks_like_llama2c(file.bytes())) return ModelFormat::llama2c;
     fail(errc::unsupported, "'", path.string(), "' is neither a safetensors file, a llama2.c model nor a Hugging Face model directory");
 }
@@ -302,7 +320,8 @@ inline ModelFormat detect_model_format(const std::filesystem::path& path) {
 /// Loads a model of any supported format (detect_model_format decides which).
 inline ModelFile load_model_file(const std::filesystem::path& path) {
     switch (detect_model_format(path)) {
-        case ModelFormat::hf_llama: return detail::load_hf_llama(path);
+        case ModelFormat::hf_llama:
+        case ModelFormat::hf: return detail::load_hf(path);
         case ModelFormat::llama2c: return detail::load_llama2c(path);
         case ModelFormat::safetensors: break;
     }
@@ -317,11 +336,26 @@ inline ModelFile load_model_file(const std::filesystem::path& path) {
 }
 
 /// The model as LlamaWeights (llama2.c row order), for calibration and llama2.c output; nullopt
-/// for a plain safetensors model.
+/// for a plain safetensors model or an hf one (why_not_llama says why).
 inline std::optional<llm::LlamaWeights> llama_weights_of(const ModelFile& model, std::string_view context = "model") {
     if (model.format == ModelFormat::llama2c) return detail::llama2c_weights_of(model, context);
     if (model.format == ModelFormat::hf_llama) return detail::hf_weights_of(model, context);
     return std::nullopt;
+}
+
+/// Why llama_weights_of(model) has no weights, for messages: "came from a plain safetensors file"
+/// or "is Qwen2ForCausalLM (...), whose forward pass nwc does not have: <the feature>".
+inline std::string why_not_llama(const ModelFile& model) {
+    if (model.format != ModelFormat::hf) return "came from a plain " + std::string(model_format_name(model.format)) + " file";
+    const auto config = model.source.find("hf_config");
+    if (config == model.source.end() || !config->is_object()) return "has no Hugging Face config";
+    std::string reason = "is " + llm::hf_architecture_name(*config) + ", whose forward pass nwc does not have";
+    try {
+        if (const auto missing = llm::hf_forward_pass_missing(*config, "config.json")) reason += " (" + *missing + ")";
+    } catch (const error& problem) {
+        reason += " (" + problem.message() + ")";
+    }
+    return reason;
 }
 
 /// The weights of the Llama model at `path` (llama2.c file, HF directory, or .safetensors file with
@@ -329,8 +363,9 @@ inline std::optional<llm::LlamaWeights> llama_weights_of(const ModelFile& model,
 /// model that is not a Llama model.
 inline llm::LlamaWeights read_llama_weights(const std::filesystem::path& path) {
     const std::string context = "'" + path.string() + "'";
-    std::optional<llm::LlamaWeights> weights = llama_weights_of(load_model_file(path), context);
-    require(weights.has_value(), errc::unsupported, context, " is a safetensors file without a Llama config.json beside it, not a Llama model");
+    const ModelFile model = load_model_file(path);
+    std::optional<llm::LlamaWeights> weights = llama_weights_of(model, context);
+    require(weights.has_value(), errc::unsupported, context, " is not a Llama model: it ", why_not_llama(model));
     return std::move(*weights);
 }
 
@@ -367,7 +402,7 @@ void for_each_safetensors_tensor(const ModelFile& model, const std::string& cont
 }  // namespace detail
 
 /// Whether write_model_file can write `model` as a llama2.c `.bin`.
-inline bool can_write_llama2c(const ModelFile& model) noexcept { return model.format != ModelFormat::safetensors; }
+inline bool can_write_llama2c(const ModelFile& model) noexcept { return model.format == ModelFormat::llama2c || model.format == ModelFormat::hf_llama; }
 
 /// Writes `model` atomically to `path`: `.bin` -> llama2.c, `.safetensors` -> safetensors (see the
 /// header comment). errc::invalid_argument for another extension, errc::unsupported for a `.bin`
@@ -376,7 +411,7 @@ inline void write_model_file(const ModelFile& model, const std::filesystem::path
     const std::string extension = path.extension().string();
     const std::string context = "writing '" + path.string() + "'";
     if (extension == ".bin") {
-        require(can_write_llama2c(model), errc::unsupported, context, ": a llama2.c file needs a Llama model, this one came from a plain safetensors file");
+        require(can_write_llama2c(model), errc::unsupported, context, ": a llama2.c file needs a Llama model; this one ", why_not_llama(model));
         if (model.format == ModelFormat::hf_llama) {
             llm::write_llama2c(path, detail::hf_weights_of(model, context), max_bytes);
             return;

@@ -373,9 +373,9 @@ public:
                 reader.context(), ": file metadata is not the JSON the pipeline writes");
         model.source = metadata["source"];
         const std::string format = model.source.value("source_format", "");
-        if (format == "llama2c") model.format = ModelFormat::llama2c;
-        else if (format == "hf_llama") model.format = ModelFormat::hf_llama;
-        else require(format == "safetensors", errc::unsupported, reader.context(), ": source format '", format, "'");
+        const std::optional<ModelFormat> known = model_format_named(format);
+        require(known.has_value(), errc::unsupported, reader.context(), ": source format '", format, "'");
+        model.format = *known;
         DecodeResources resources(reader);
         std::vector<Plan> plans;
         std::vector<std::size_t> model_index;

@@ -48,8 +48,8 @@ CompressedModel compress_model_sequentially(const CodecType& codec, const ModelF
     require(!codec.is_lossless(), errc::invalid_argument, "sequential compression fine-tunes the layers it has not coded yet; method '",
             codec.options().method, "' must keep every weight as it is (compress without calibration)");
     std::optional<llm::LlamaWeights> weights = llama_weights_of(model);
-    require(weights.has_value(), errc::unsupported, "sequential compression needs a llama2.c or Hugging Face Llama model, not a plain ",
-            model_format_name(model.format), " file");
+    require(weights.has_value(), errc::unsupported, "sequential compression needs a model whose forward pass nwc has (llama2.c, Hugging Face Llama "
+            "or Mistral); this one ", why_not_llama(model));
     require(settings.empty() || settings.size() == model.tensors.size(), errc::invalid_argument, "sequential compression: ", settings.size(),
             " tensor settings for ", model.tensors.size(), " tensors");
     const llm::LlamaConfig config = weights->config;
