@@ -9,8 +9,9 @@
 //   to its dtype in small chunks and appended through AtomicFileWriter.
 // - Memory: `threads` workers decode whole tensors (one thread each) in layout order while the
 //   calling thread writes them in that order; at most `threads` decoded tensors wait, so the peak
-//   is about (threads + 1) x the largest tensor in float32 plus the mapped input, instead of the
-//   ~3x the model decompress_model() + SafetensorsWriter take.
+//   is about (threads + 1) x the largest tensor in float32 plus the compressed bytes of the tensors
+//   in flight (a decoded tensor's input pages are handed back to the kernel), instead of the ~3x
+//   the model decompress_model() + SafetensorsWriter take.
 // - The same output as the in-memory path because the same functions choose it: the tensors
 //   (a llama2.c source: Hugging Face names, q/k rows in HF order, F32, as
 //   detail::for_each_safetensors_tensor gives them), the __metadata__, config.json, the shard
@@ -20,6 +21,9 @@
 //   codec reference) are validated before the first byte is written; a payload that fails its
 //   check fails while writing, and the atomic writers leave no partial file or directory.
 #pragma once
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <cstdint>
@@ -108,6 +112,16 @@ void produce_in_order(std::size_t count, int threads, std::size_t window, Produc
         changed.notify_all();
     }  // joins the workers
     if (error) std::rethrow_exception(error);
+}
+
+/// Tells the kernel the pages wholly inside `bytes` will not be read again (MADV_PAGEOUT: a
+/// decoded tensor's compressed bytes), so a streamed decompression does not end up holding the
+/// whole mapped input as well. A hint: the contents stay valid, on a mapping or any other memory.
+inline void release_pages(std::span<const std::uint8_t> bytes) noexcept {
+    const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
+    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);  // failure only means the pages stay
 }
 
 /// One tensor of a safetensors output: its header entry and where its values come from.
@@ -241,6 +255,7 @@ private:
         Tensor<float> values(entry.shape);
         const std::vector<Plan> plan{m_plans[tensor.model_index]};
         detail::decode_plans<Backend>(m_reader, plan, {&values}, 1, {}, 1);
+        detail::release_pages(m_reader.payload(m_model_tensors[tensor.model_index]));
         if (tensor.rope_heads > 0) values = llm::permute_rows_to_hf(values.view(), tensor.rope_heads);
         return values;
     }
