@@ -7,25 +7,28 @@
 //   directory: it is written first (detail::safetensors_header_bytes, which SafetensorsWriter
 //   uses too), then the tensors in the header's layout order, each decoded to float32, converted
 //   to its dtype in small chunks and appended through AtomicFileWriter.
-// - Memory: `threads` workers decode whole tensors (one thread each) in layout order while the
-//   calling thread writes them in that order; at most `threads` decoded tensors wait, so the peak
-//   is about (threads + 1) x the largest tensor in float32 plus the compressed bytes of the tensors
-//   in flight (a decoded tensor's input pages are handed back to the kernel), instead of the ~3x
-//   the model decompress_model() + SafetensorsWriter take.
+// - Memory: `threads` workers decode whole tensors (one thread each) in layout order and convert
+//   them to their dtype in place, while the calling thread writes them in that order; at most
+//   `threads` decoded tensors wait, so the peak is about (threads + 1) x the largest tensor in
+//   float32 plus the compressed bytes of the tensors in flight, instead of the ~3x the model
+//   decompress_model() + SafetensorsWriter take. For that a tensor's plan is made (which reads
+//   its metadata and checks the CRC of its bytes) only when it is decoded, and its compressed
+//   pages are handed back to the kernel afterwards: the mapped input never becomes resident whole.
 // - The same output as the in-memory path because the same functions choose it: the tensors
 //   (a llama2.c source: Hugging Face names, q/k rows in HF order, F32, as
 //   detail::for_each_safetensors_tensor gives them), the __metadata__, config.json, the shard
 //   split (detail::hf_shards_of) and the index. tests/test_cli.cpp compares the bytes.
 // - Not streamed: a llama2.c .bin output (nwc decompress decodes the whole model for it).
-// - Errors as decompress_model(): the file metadata and every tensor's plan (metadata, method,
-//   codec reference) are validated before the first byte is written; a payload that fails its
-//   check fails while writing, and the atomic writers leave no partial file or directory.
+// - Errors as decompress_model() (the same nwc::error naming the tensor), but a tensor's metadata
+//   or payload is checked when its turn comes: a failure midway leaves no partial file or
+//   directory (AtomicFileWriter, detail::AtomicDirectory), so the result is the same.
 #pragma once
 
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstring>
 #include <cstdint>
 #include <exception>
 #include <filesystem>
@@ -138,7 +141,7 @@ struct StreamedTensor {
 template <class CodecType = DefaultCodec>
 class StreamingDecompressor {
 public:
-    /// Validates the file metadata and every tensor's plan (nothing is decoded yet).
+    /// Reads the file metadata and the directory (tensors are checked when they are decoded).
     explicit StreamingDecompressor(const ContainerReader& reader) : m_reader(reader), m_resources(reader) {
         const nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
         require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
@@ -160,7 +163,6 @@ public:
                 }
                 continue;
             }
-            m_plans.push_back(detail::make_decode_plan(reader, index, m_resources, typename CodecType::methods{}));
             m_model_tensors.push_back(index);
             m_weights += entry.shape.numel();
         }
@@ -249,19 +251,39 @@ private:
         return tensors;
     }
 
-    // The tensor as float32 in the output's row order (floating tensors only).
-    Tensor<float> decode(const detail::StreamedTensor& tensor) const {
-        const ContainerEntry& entry = m_reader.entry(m_model_tensors[tensor.model_index]);
-        Tensor<float> values(entry.shape);
-        const std::vector<Plan> plan{m_plans[tensor.model_index]};
+    // A decoded tensor's stored bytes: the first `size` bytes of `storage`.
+    struct StoredTensor {
+        Tensor<float> storage;
+        std::size_t size = 0;
+        std::span<const std::uint8_t> bytes() const { return {reinterpret_cast<const std::uint8_t*>(storage.data()), size}; }
+    };
+
+    // The tensor decoded, in the output's row order, as its dtype (floating tensors only). F16 and
+    // BF16 are converted in place a chunk at a time: chunk c's bytes land below the end of its own
+    // floats, over floats already converted, so no second copy of the tensor exists.
+    StoredTensor decode(const detail::StreamedTensor& tensor) {
+        const std::size_t index = m_model_tensors[tensor.model_index];
+        Tensor<float> values(m_reader.entry(index).shape);
+        const std::vector<Plan> plan{detail::make_decode_plan(m_reader, index, m_resources, typename CodecType::methods{})};
         detail::decode_plans<Backend>(m_reader, plan, {&values}, 1, {}, 1);
-        detail::release_pages(m_reader.payload(m_model_tensors[tensor.model_index]));
+        detail::release_pages(m_reader.payload(index));
         if (tensor.rope_heads > 0) values = llm::permute_rows_to_hf(values.view(), tensor.rope_heads);
-        return values;
+        StoredTensor stored{std::move(values), std::size_t(tensor.entry.bytes())};
+        if (tensor.entry.type != dtype::f32) {
+            constexpr std::int64_t chunk = std::int64_t(1) << 16;
+            const std::int64_t count = stored.storage.numel();
+            auto* out = reinterpret_cast<std::uint8_t*>(stored.storage.data());
+            for (std::int64_t begin = 0; begin < count; begin += chunk) {
+                const std::vector<std::uint8_t> bytes =
+                    encode_float32(TensorView<const float>(stored.storage.data() + begin, Shape{std::min(chunk, count - begin)}), tensor.entry.type);
+                std::memcpy(out + std::size_t(begin) * dtype_size(tensor.entry.type), bytes.data(), bytes.size());
+            }
+        }
+        return stored;
     }
 
     void write_file(const std::filesystem::path& path, const std::vector<detail::StreamedTensor>& tensors,
-                    const std::map<std::string, std::string>& metadata, int threads, Progress& progress, std::uint64_t max_bytes) const {
+                    const std::map<std::string, std::string>& metadata, int threads, Progress& progress, std::uint64_t max_bytes) {
         std::vector<detail::SafetensorsEntry> entries;
         for (const auto& tensor : tensors) entries.push_back(tensor.entry);
         const std::vector<std::uint8_t> header = detail::safetensors_header_bytes(entries, metadata);
@@ -269,22 +291,13 @@ private:
         AtomicFileWriter file(path, max_bytes);
         file.write(header);
         const int workers = int(std::max<std::size_t>(1, std::min<std::size_t>(std::size_t(threads), order.size())));
-        detail::produce_in_order<Tensor<float>>(
+        detail::produce_in_order<StoredTensor>(
             order.size(), workers, std::size_t(workers),
-            [&](std::size_t k) { return is_floating_dtype(entries[order[k]].type) ? decode(tensors[order[k]]) : Tensor<float>(); },
-            [&](std::size_t k, const Tensor<float>& values) {
+            [&](std::size_t k) { return is_floating_dtype(entries[order[k]].type) ? decode(tensors[order[k]]) : StoredTensor{}; },
+            [&](std::size_t k, const StoredTensor& stored) {
                 const detail::StreamedTensor& tensor = tensors[order[k]];
-                if (!is_floating_dtype(tensor.entry.type)) {  // I32, U8: the stored bytes
-                    file.write(m_reader.payload(m_model_tensors[tensor.model_index]));
-                } else if (tensor.entry.type == dtype::f32) {
-                    file.write({reinterpret_cast<const std::uint8_t*>(values.data()), std::size_t(values.numel()) * sizeof(float)});
-                } else {  // F16, BF16: converted in chunks, so no second copy of the tensor exists
-                    constexpr std::int64_t chunk = std::int64_t(1) << 18;
-                    for (std::int64_t begin = 0; begin < values.numel(); begin += chunk) {
-                        const std::int64_t count = std::min(chunk, values.numel() - begin);
-                        file.write(encode_float32(TensorView<const float>(values.data() + begin, Shape{count}), tensor.entry.type));
-                    }
-                }
+                // I32, U8: the stored bytes as they are in the container.
+                file.write(is_floating_dtype(tensor.entry.type) ? stored.bytes() : m_reader.payload(m_model_tensors[tensor.model_index]));
                 progress.state.tensors_done += 1;
                 progress.state.weights_done += tensor.entry.shape.numel();
                 if (progress.callback) progress.callback(progress.state);
@@ -295,7 +308,6 @@ private:
     const ContainerReader& m_reader;
     DecodeResources m_resources;
     ModelFile m_source;  // format and source only: what the metadata and config.json come from
-    std::vector<Plan> m_plans;                  // per model tensor
     std::vector<std::size_t> m_model_tensors;   // model tensor -> container index
     std::int64_t m_weights = 0;
 };
