@@ -44,6 +44,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nwc/core/file_io.hpp"
+#include "nwc/core/half_simd.hpp"
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/hf_directory.hpp"
 #include "nwc/io/safetensors_writer.hpp"
@@ -259,7 +260,7 @@ private:
     };
 
     // The tensor decoded, in the output's row order, as its dtype (floating tensors only). F16 and
-    // BF16 are converted in place a chunk at a time: chunk c's bytes land below the end of its own
+    // BF16 are converted in place a chunk at a time: a chunk's bytes land below the end of its own
     // floats, over floats already converted, so no second copy of the tensor exists.
     StoredTensor decode(const detail::StreamedTensor& tensor) {
         const std::size_t index = m_model_tensors[tensor.model_index];
@@ -269,17 +270,24 @@ private:
         detail::release_pages(m_reader.payload(index));
         if (tensor.rope_heads > 0) values = llm::permute_rows_to_hf(values.view(), tensor.rope_heads);
         StoredTensor stored{std::move(values), std::size_t(tensor.entry.bytes())};
-        if (tensor.entry.type != dtype::f32) {
-            constexpr std::int64_t chunk = std::int64_t(1) << 16;
-            const std::int64_t count = stored.storage.numel();
-            auto* out = reinterpret_cast<std::uint8_t*>(stored.storage.data());
-            for (std::int64_t begin = 0; begin < count; begin += chunk) {
-                const std::vector<std::uint8_t> bytes =
-                    encode_float32(TensorView<const float>(stored.storage.data() + begin, Shape{std::min(chunk, count - begin)}), tensor.entry.type);
-                std::memcpy(out + std::size_t(begin) * dtype_size(tensor.entry.type), bytes.data(), bytes.size());
-            }
-        }
+        if (tensor.entry.type == dtype::bf16) convert_in_place<bfloat16>(stored.storage);
+        else if (tensor.entry.type == dtype::f16) convert_in_place<half>(stored.storage);
         return stored;
+    }
+
+    // Overwrites the first half of `values` with them as T (the bulk conversion of the backend:
+    // the same bits as encode_float32's, NaNs included, half_simd.hpp).
+    template <class T>
+    static void convert_in_place(Tensor<float>& values) {
+        constexpr std::size_t chunk = std::size_t(1) << 14;
+        std::vector<T> converted(chunk);
+        const std::span<const float> all(values.data(), std::size_t(values.numel()));
+        auto* out = reinterpret_cast<std::uint8_t*>(values.data());
+        for (std::size_t begin = 0; begin < all.size(); begin += chunk) {
+            const std::size_t count = std::min(chunk, all.size() - begin);
+            convert_from_float(all.subspan(begin, count), std::span<T>(converted).first(count), Backend{});
+            std::memcpy(out + begin * sizeof(T), converted.data(), count * sizeof(T));
+        }
     }
 
     void write_file(const std::filesystem::path& path, const std::vector<detail::StreamedTensor>& tensors,
