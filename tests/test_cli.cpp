@@ -392,7 +392,8 @@ TEST_CASE("decompress streams tensor by tensor: the same bytes as decoding the w
         return files;
     };
     // Every dtype a safetensors source may hold: BF16, F16 and F32 (coded, and raw when too
-    // small), an I32 tensor (raw bytes); and a llama2.c source (HF names, q/k rows permuted, F32).
+    // small), an I32 tensor (raw bytes); a llama2.c source (HF names, q/k rows permuted, F32); and
+    // a Hugging Face directory (config.json, shards), the one the llama2.c source decompresses to.
     nwc::Random random(5);
     nwc::SafetensorsWriter writer;
     const auto add = [&](const char* name, nwc::Shape shape, nwc::dtype type) {
@@ -412,8 +413,9 @@ TEST_CASE("decompress streams tensor by tensor: the same bytes as decoding the w
     REQUIRE(run("compress " + (temp / "mixed.safetensors") + " -o " + (temp / "m.nwc")).status == 0);
     REQUIRE(run("compress " + quoted_data("stories260K.bin") + " -o " + (temp / "l.nwc") + " --threads 2").status == 0);
 
-    for (const auto& [source, shard_size] : {std::pair<std::string, std::string>{"m", "10KB"}, {"l", "100KB"}}) {
+    for (const auto& [source, shard_size] : {std::pair<std::string, std::string>{"m", "10KB"}, {"l", "100KB"}, {"h", "100KB"}}) {
         INFO(source);
+        if (source == "h") REQUIRE(run("compress " + (temp / "l-whole") + " -o " + (temp / "h.nwc")).status == 0);
         const std::string input = temp / (source + ".nwc"), shards = " --shard-size " + shard_size;
         const nlohmann::json whole = json_of(run("decompress " + input + " -o " + (temp / (source + "-whole.safetensors")) + " --in-memory --json"));
         CHECK(whole["streamed"] == false);

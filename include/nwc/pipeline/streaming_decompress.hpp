@@ -6,7 +6,7 @@
 // - A safetensors header depends only on names, dtypes and shapes, all in the container's
 //   directory: it is written first (detail::safetensors_header_bytes, which SafetensorsWriter
 //   uses too), then the tensors in the header's layout order, each decoded to float32, converted
-//   to its dtype in small chunks and appended through AtomicFileWriter.
+//   to its dtype and appended through AtomicFileWriter.
 // - Memory: `threads` workers decode whole tensors (one thread each) in layout order and convert
 //   them to their dtype in place, while the calling thread writes them in that order; at most
 //   `threads` decoded tensors wait, so the peak is about (threads + 1) x the largest tensor in
@@ -259,13 +259,15 @@ private:
         std::span<const std::uint8_t> bytes() const { return {reinterpret_cast<const std::uint8_t*>(storage.data()), size}; }
     };
 
-    // The tensor decoded, in the output's row order, as its dtype (floating tensors only). F16 and
-    // BF16 are converted in place a chunk at a time: a chunk's bytes land below the end of its own
-    // floats, over floats already converted, so no second copy of the tensor exists.
+    // The tensor decoded, in the output's row order, as its dtype; nothing for an I32 or U8 tensor
+    // (its bytes are written as stored) once its plan validated it, as decompress_model() does.
+    // F16 and BF16 are converted in place a chunk at a time: a chunk's bytes land below the end of
+    // its own floats, over floats already converted, so no second copy of the tensor exists.
     StoredTensor decode(const detail::StreamedTensor& tensor) {
         const std::size_t index = m_model_tensors[tensor.model_index];
-        Tensor<float> values(m_reader.entry(index).shape);
         const std::vector<Plan> plan{detail::make_decode_plan(m_reader, index, m_resources, typename CodecType::methods{})};
+        if (!is_floating_dtype(tensor.entry.type)) return {};
+        Tensor<float> values(m_reader.entry(index).shape);
         detail::decode_plans<Backend>(m_reader, plan, {&values}, 1, {}, 1);
         detail::release_pages(m_reader.payload(index));
         if (tensor.rope_heads > 0) values = llm::permute_rows_to_hf(values.view(), tensor.rope_heads);
@@ -301,7 +303,7 @@ private:
         const int workers = int(std::max<std::size_t>(1, std::min<std::size_t>(std::size_t(threads), order.size())));
         detail::produce_in_order<StoredTensor>(
             order.size(), workers, std::size_t(workers),
-            [&](std::size_t k) { return is_floating_dtype(entries[order[k]].type) ? decode(tensors[order[k]]) : StoredTensor{}; },
+            [&](std::size_t k) { return decode(tensors[order[k]]); },
             [&](std::size_t k, const StoredTensor& stored) {
                 const detail::StreamedTensor& tensor = tensors[order[k]];
                 // I32, U8: the stored bytes as they are in the container.
