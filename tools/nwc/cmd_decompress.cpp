@@ -57,8 +57,8 @@ struct DecompressCommand {
 Hugging Face Llama model), or a Hugging Face directory when OUT ends in '/' or is an existing
 empty directory: config.json (for Llama sources), safetensors shards of at most --shard-size and
 model.safetensors.index.json when there are several, as save_pretrained writes them. Safetensors
-outputs are streamed: each tensor is decoded, converted and written in turn (a few tensors in
-memory at a time, never the whole model). Outputs are written atomically: on any failure an
+outputs (a file or a directory) are streamed: each tensor is decoded, converted and written in
+turn, a few tensors in memory at a time; a .bin decodes the whole model first. Outputs are written atomically: on any failure an
 existing OUT is left untouched, and a directory is only written when it is absent or empty.)",
                 .positional = "input .nwc file",
                 .min_positional = 1,
