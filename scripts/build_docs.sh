@@ -33,7 +33,7 @@ echo "(load average 4-19 on 2 cores), so the pages quote CPU time where wall tim
 echo "figure comes with its same-run reference (scalar path, Eigen GEMM, memcpy) and the command that"
 echo "produced it. No GPU was lent to this task: the CUDA programs are compiled and linked, not measured."
 echo
-for f in report allocation pipeline codec decode range_coder lossless trellis autograd quant finetune llm io headers; do
+for f in report allocation pipeline scale codec decode range_coder lossless trellis autograd quant finetune llm io headers; do
   [ -f docs/bench/$f.md ] || continue
   echo; echo "---"; echo
   demote docs/bench/$f.md | sed 's|](report.svg)|](bench/report.svg)|'

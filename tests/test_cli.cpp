@@ -381,3 +381,71 @@ TEST_CASE("compress, inspect and decompress: rate targets, shipped codecs, atomi
     for (const auto& entry : std::filesystem::directory_iterator(temp.path))  // no temporary file left behind
         CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
 }
+
+// Safetensors and directory outputs are streamed (streaming_decompress.hpp); --in-memory decodes
+// the whole model first, the former path. Both must write the same bytes, for any --threads.
+TEST_CASE("decompress streams tensor by tensor: the same bytes as decoding the whole model first", "[cli][data][tool]") {
+    const TempDir temp;
+    const auto files_of = [](const std::filesystem::path& directory) {
+        std::map<std::string, std::vector<std::uint8_t>> files;
+        for (const auto& entry : std::filesystem::directory_iterator(directory)) files[entry.path().filename().string()] = nwc::read_file(entry.path());
+        return files;
+    };
+    // Every dtype a safetensors source may hold: BF16, F16 and F32 (coded, and raw when too
+    // small), an I32 tensor (raw bytes); a llama2.c source (HF names, q/k rows permuted, F32); and
+    // a Hugging Face directory (config.json, shards), the one the llama2.c source decompresses to.
+    nwc::Random random(5);
+    nwc::SafetensorsWriter writer;
+    const auto add = [&](const char* name, nwc::Shape shape, nwc::dtype type) {
+        nwc::Tensor<float> values(shape);
+        for (float& value : values.values()) value = 0.02f * random.normal();
+        writer.add_float32(name, values.view(), type);
+    };
+    add("a.weight", nwc::Shape{96, 64}, nwc::dtype::bf16);
+    add("b.weight", nwc::Shape{64, 48}, nwc::dtype::f16);
+    add("c.weight", nwc::Shape{32, 32}, nwc::dtype::f32);
+    add("c.norm", nwc::Shape{48}, nwc::dtype::bf16);
+    add("tiny", nwc::Shape{8}, nwc::dtype::f16);
+    const std::vector<std::int32_t> ids{3, -1, 7, 1 << 30, 0, 42};
+    writer.add_raw("ids", nwc::dtype::i32, nwc::Shape{6}, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(ids.data()), 24));
+    writer.set_metadata("format", "pt");
+    writer.write(temp.path / "mixed.safetensors");
+    REQUIRE(run("compress " + (temp / "mixed.safetensors") + " -o " + (temp / "m.nwc")).status == 0);
+    REQUIRE(run("compress " + quoted_data("stories260K.bin") + " -o " + (temp / "l.nwc") + " --threads 2").status == 0);
+
+    for (const auto& [source, shard_size] : {std::pair<std::string, std::string>{"m", "10KB"}, {"l", "100KB"}, {"h", "100KB"}}) {
+        INFO(source);
+        if (source == "h") REQUIRE(run("compress " + (temp / "l-whole") + " -o " + (temp / "h.nwc")).status == 0);
+        const std::string input = temp / (source + ".nwc"), shards = " --shard-size " + shard_size;
+        const nlohmann::json whole = json_of(run("decompress " + input + " -o " + (temp / (source + "-whole.safetensors")) + " --in-memory --json"));
+        CHECK(whole["streamed"] == false);
+        REQUIRE(run("decompress " + input + " -o " + (temp / (source + "-whole")) + "/ --in-memory" + shards).status == 0);
+        const auto whole_directory = files_of(temp.path / (source + "-whole"));
+        CHECK(whole_directory.size() >= 3);  // several shards and the index
+        for (const char* threads : {"1", "3"}) {
+            INFO("--threads " << threads);
+            const std::string streamed = source + "-streamed-" + threads;
+            const nlohmann::json file = json_of(run("decompress " + input + " -o " + (temp / (streamed + ".safetensors")) + " --threads " + threads + " --json"));
+            CHECK(file["streamed"] == true);
+            CHECK(file["tensors"] == whole["tensors"]);
+            CHECK(file["weights"] == whole["weights"]);
+            CHECK(nwc::read_file(temp.path / (streamed + ".safetensors")) == nwc::read_file(temp.path / (source + "-whole.safetensors")));
+            REQUIRE(run("decompress " + input + " -o " + (temp / streamed) + "/ --threads " + threads + shards).status == 0);
+            CHECK(files_of(temp.path / streamed) == whole_directory);
+        }
+    }
+
+    // A payload that fails its check midway: no output, an existing one untouched, nothing left behind.
+    std::vector<std::uint8_t> file = nwc::read_file(temp.path / "l.nwc");
+    file[file.size() / 2] ^= 0x10;
+    nwc::write_file_atomic(temp.path / "bad.nwc", file);
+    const std::vector<std::uint8_t> before = nwc::read_file(temp.path / "l-whole.safetensors");
+    CHECK(run("decompress " + (temp / "bad.nwc") + " -o " + (temp / "l-whole.safetensors")).status == 1);
+    CHECK(nwc::read_file(temp.path / "l-whole.safetensors") == before);
+    CHECK(run("decompress " + (temp / "bad.nwc") + " -o " + (temp / "bad") + "/ --shard-size 100KB").status == 1);
+    CHECK(!std::filesystem::exists(temp.path / "bad"));
+    for (const auto& entry : std::filesystem::directory_iterator(temp.path)) {
+        CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+        CHECK(entry.path().filename().string().find(".nwc-partial") == std::string::npos);
+    }
+}

@@ -13,6 +13,7 @@
 #include "commands.hpp"
 #include "nwc/io/hf_directory.hpp"
 #include "nwc/pipeline/pipeline.hpp"
+#include "nwc/pipeline/streaming_decompress.hpp"
 #include "pipeline_cli.hpp"
 
 namespace nwc::cli {
@@ -22,6 +23,7 @@ struct DecompressSettings {
     std::string output;
     std::string shard_size = "5GB";
     int threads = 0;  // all cores (the library's functions take the count explicitly)
+    bool in_memory = false;
 };
 
 // "5GB", "500MB", "2GiB", "1e9": a size in bytes (UsageError for anything else).
@@ -50,13 +52,14 @@ struct DecompressCommand {
     static CommandText text() {
         return {.name = "decompress",
                 .usage = "IN.nwc -o OUT.safetensors|OUT.bin|DIR/ [options]",
-                .description = R"(Decodes every tensor of a .nwc file (segments in parallel) and writes the model: OUT.safetensors
+                .description = R"(Decodes every tensor of a .nwc file and writes the model: OUT.safetensors
 (the original names, shapes and dtypes), OUT.bin (llama2.c, for files made from a llama2.c or
 Hugging Face Llama model), or a Hugging Face directory when OUT ends in '/' or is an existing
 empty directory: config.json (for Llama sources), safetensors shards of at most --shard-size and
-model.safetensors.index.json when there are several, as save_pretrained writes them. Outputs are
-written atomically: on any failure an existing OUT is left untouched, and a directory is only
-written when it is absent or empty.)",
+model.safetensors.index.json when there are several, as save_pretrained writes them. Safetensors
+outputs (a file or a directory) are streamed: each tensor is decoded, converted and written in
+turn, a few tensors in memory at a time; a .bin decodes the whole model first. Outputs are written atomically: on any failure an
+existing OUT is left untouched, and a directory is only written when it is absent or empty.)",
                 .positional = "input .nwc file",
                 .min_positional = 1,
                 .max_positional = 1,
@@ -67,6 +70,8 @@ written when it is absent or empty.)",
         table.value("output", "FILE", "OUT.safetensors, OUT.bin or DIR/", settings.output).with_short('o').mark_required();
         table.value("shard-size", "SIZE", "largest shard of a directory output: bytes, or with KB, MB, GB (1000s) or KiB, MiB, GiB", settings.shard_size);
         table.value("threads", "N", "worker threads, 0 = all cores; the output never depends on it", settings.threads).at_least(0);
+        table.flag("in-memory", "decode the whole model before writing (~3x the model's memory; the same bytes as the streamed default)",
+                   settings.in_memory);
     }
 
     static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation&) {
@@ -81,25 +86,44 @@ written when it is absent or empty.)",
         const auto start = std::chrono::steady_clock::now();
         const ContainerReader reader = ContainerReader::open(input);
         ProgressBar progress;
-        const ModelFile model = DefaultCodec::decompress_model(reader, settings.threads, progress.callback());
-        const double decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        std::size_t shards = 0;
-        if (directory) shards = write_hf_directory(model, output, shard_bytes).shards;
-        else write_model_file(model, output);
+        // A llama2.c .bin is not streamed (streaming_decompress.hpp): it decodes the whole model.
+        const bool streamed = !settings.in_memory && (directory || extension == ".safetensors");
+        ModelFormat format = ModelFormat::safetensors;
+        std::size_t tensors = 0, shards = 0;
+        std::int64_t weights = 0;
+        double decode_seconds = 0.0;
+        if (streamed) {
+            StreamingDecompressor<> decompressor(reader);
+            if (directory) shards = decompressor.write_hf_directory(output, shard_bytes, settings.threads, progress.callback()).shards;
+            else decompressor.write_safetensors(output, settings.threads, progress.callback());
+            format = decompressor.source_format();
+            tensors = decompressor.tensor_count();
+            weights = decompressor.weight_count();
+            decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();  // decoding and writing overlap
+        } else {
+            const ModelFile model = DefaultCodec::decompress_model(reader, settings.threads, progress.callback());
+            decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            if (directory) shards = write_hf_directory(model, output, shard_bytes).shards;
+            else write_model_file(model, output);
+            format = model.format;
+            tensors = model.tensors.size();
+            weights = model.weight_count();
+        }
         progress.finish();
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
         Outcome outcome;
         outcome.json = {{"input", input},
                         {"output", output},
-                        {"source_format", std::string(model_format_name(model.format))},
-                        {"tensors", model.tensors.size()},
-                        {"weights", model.weight_count()},
+                        {"source_format", std::string(model_format_name(format))},
+                        {"tensors", tensors},
+                        {"weights", weights},
                         {"decode_seconds", decode_seconds},
+                        {"streamed", streamed},
                         {"shards", shards},
                         {"seconds", seconds}};
-        append_format(outcome.text, "%s -> %s: %zu tensors, %lld weights (%s), %.2f s\n", input.c_str(), output.c_str(), model.tensors.size(),
-                      static_cast<long long>(model.weight_count()), std::string(model_format_name(model.format)).c_str(), seconds);
+        append_format(outcome.text, "%s -> %s: %zu tensors, %lld weights (%s), %.2f s\n", input.c_str(), output.c_str(), tensors,
+                      static_cast<long long>(weights), std::string(model_format_name(format)).c_str(), seconds);
         return outcome;
     }
 };

@@ -16,10 +16,12 @@
 //   any failure the temporary directory is removed and the target is untouched.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <span>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -66,45 +68,101 @@ inline nlohmann::json hf_config_of(const ModelFile& model, const std::string& co
     return nullptr;
 }
 
-/// Removes a directory tree it created, whatever happens (the error of a failed write wins).
-class TemporaryDirectory {
-public:
-    explicit TemporaryDirectory(std::filesystem::path path) : m_path(std::move(path)) {}
-    TemporaryDirectory(const TemporaryDirectory&) = delete;
-    TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
-    ~TemporaryDirectory() {
-        std::error_code ignored;
-        if (!m_path.empty()) std::filesystem::remove_all(m_path, ignored);
+/// Tensor k's shard, for tensors of sizes[k] bytes in model order (see the header comment): a new
+/// shard when the next tensor would pass `shard_bytes`; a tensor larger than that gets its own.
+inline std::vector<std::size_t> hf_shards_of(std::span<const std::uint64_t> sizes, std::uint64_t shard_bytes) {
+    std::vector<std::size_t> shard(sizes.size());
+    std::size_t current = 0;
+    std::uint64_t in_shard = 0;
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+        if (in_shard > 0 && sizes[k] > shard_bytes - std::min(shard_bytes, in_shard)) {
+            ++current;
+            in_shard = 0;
+        }
+        shard[k] = current;
+        in_shard += sizes[k];
     }
-    const std::filesystem::path& path() const noexcept { return m_path; }
-    void release() noexcept { m_path.clear(); }
+    return shard;
+}
+
+/// A directory written whole or not at all (see the header comment): the target is checked first,
+/// everything goes into a temporary sibling, and commit() moves that into place in one rename.
+/// Without commit() (an error on the way) the sibling is removed and the target is untouched.
+class AtomicDirectory {
+public:
+    AtomicDirectory(const std::filesystem::path& directory, std::string context) : m_context(std::move(context)) {
+        namespace fs = std::filesystem;
+        std::error_code problem;
+        m_target = fs::absolute(directory.has_filename() ? directory : directory.parent_path(), problem);
+        require(!problem, errc::io, m_context, ": ", problem.message());
+        if (fs::exists(m_target)) {
+            require(fs::is_directory(m_target), errc::invalid_argument, m_context, ": exists and is not a directory");
+            require(fs::is_empty(m_target), errc::invalid_argument, m_context, ": the directory is not empty (refusing to write over another model)");
+        }
+        require(fs::is_directory(m_target.parent_path()), errc::io, m_context, ": the parent directory '", m_target.parent_path().string(),
+                "' does not exist");
+        const fs::path temporary = m_target.parent_path() / ("." + m_target.filename().string() + ".nwc-partial");
+        fs::remove_all(temporary, problem);  // a leftover of a killed run
+        require(fs::create_directory(temporary, problem) && !problem, errc::io, m_context, ": cannot create '", temporary.string(), "': ",
+                problem.message());
+        m_temporary = temporary;
+    }
+    AtomicDirectory(const AtomicDirectory&) = delete;
+    AtomicDirectory& operator=(const AtomicDirectory&) = delete;
+    ~AtomicDirectory() {
+        std::error_code ignored;
+        if (!m_temporary.empty()) std::filesystem::remove_all(m_temporary, ignored);
+    }
+
+    /// Where the files go until commit().
+    const std::filesystem::path& path() const noexcept { return m_temporary; }
+    const std::string& context() const noexcept { return m_context; }
+
+    void commit() {
+        std::error_code problem;
+        if (std::filesystem::exists(m_target)) std::filesystem::remove(m_target, problem);  // empty (checked above): rename needs it gone
+        std::filesystem::rename(m_temporary, m_target, problem);
+        require(!problem, errc::io, m_context, ": cannot move the finished directory into place: ", problem.message());
+        m_temporary.clear();
+    }
 
 private:
-    std::filesystem::path m_path;
+    std::string m_context;
+    std::filesystem::path m_target, m_temporary;
 };
+
+/// Writes config.json (unless null) and, for several shards, the index into `directory`, whose
+/// shards already have their final names; shard_tensors[k] names shard k's tensors. Fills
+/// report.files (config, shards, index: the order write_hf_directory reports) and report.shards.
+inline void finish_hf_directory(const AtomicDirectory& directory, const nlohmann::json& config, const std::vector<std::vector<std::string>>& shard_tensors,
+                                HfDirectoryReport& report) {
+    const auto write_text = [&](const std::string& file, const nlohmann::json& value) {
+        const std::string text = value.dump(2) + "\n";
+        write_file_atomic(directory.path() / file, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+        report.files.push_back(file);
+    };
+    if (!config.is_null()) write_text("config.json", config);
+    nlohmann::json weight_map = nlohmann::json::object();
+    for (std::size_t k = 0; k < shard_tensors.size(); ++k) {
+        const std::string file = hf_shard_name(k, shard_tensors.size());
+        for (const std::string& name : shard_tensors[k]) weight_map[name] = file;
+        report.files.push_back(file);
+    }
+    report.shards = shard_tensors.size();
+    if (shard_tensors.size() > 1)
+        write_text("model.safetensors.index.json",
+                   nlohmann::json{{"metadata", {{"total_size", report.tensor_bytes}}}, {"weight_map", std::move(weight_map)}});
+}
 }  // namespace detail
 
 /// Writes `model` as a Hugging Face directory at `directory` (see the header comment).
 inline HfDirectoryReport write_hf_directory(const ModelFile& model, const std::filesystem::path& directory,
                                             std::uint64_t shard_bytes = default_hf_shard_bytes) {
-    namespace fs = std::filesystem;
     const std::string context = "writing '" + directory.string() + "'";
     require(shard_bytes > 0, errc::invalid_argument, context, ": shards of 0 bytes");
-    std::error_code problem;
-    const fs::path target = fs::absolute(directory.has_filename() ? directory : directory.parent_path(), problem);
-    require(!problem, errc::io, context, ": ", problem.message());
-    if (fs::exists(target)) {
-        require(fs::is_directory(target), errc::invalid_argument, context, ": exists and is not a directory");
-        require(fs::is_empty(target), errc::invalid_argument, context, ": the directory is not empty (refusing to write over another model)");
-    }
-    require(fs::is_directory(target.parent_path()), errc::io, context, ": the parent directory '", target.parent_path().string(), "' does not exist");
-
+    detail::AtomicDirectory output(directory, context);
     const std::map<std::string, std::string> metadata = detail::safetensors_metadata_of(model);
     const nlohmann::json config = detail::hf_config_of(model, context);
-    detail::TemporaryDirectory temporary(target.parent_path() / ("." + target.filename().string() + ".nwc-partial"));
-    fs::remove_all(temporary.path(), problem);  // a leftover of a killed run
-    require(fs::create_directory(temporary.path(), problem) && !problem, errc::io, context, ": cannot create '", temporary.path().string(), "': ",
-            problem.message());
 
     // Shards are written as they fill (one shard's bytes in memory at a time) under provisional
     // names, renamed once their count is known.
@@ -112,7 +170,7 @@ inline HfDirectoryReport write_hf_directory(const ModelFile& model, const std::f
     std::vector<std::vector<std::string>> shard_names;
     SafetensorsWriter shard;
     std::uint64_t in_shard = 0;
-    const auto provisional = [&](std::size_t k) { return temporary.path() / ("shard-" + std::to_string(k) + ".partial"); };
+    const auto provisional = [&](std::size_t k) { return output.path() / ("shard-" + std::to_string(k) + ".partial"); };
     const auto close_shard = [&] {
         for (const auto& [key, value] : metadata) shard.set_metadata(key, value);
         shard.write(provisional(shard_names.size() - 1));
@@ -129,30 +187,13 @@ inline HfDirectoryReport write_hf_directory(const ModelFile& model, const std::f
     });
     if (shard_names.empty()) shard_names.emplace_back();  // no tensor: one empty model.safetensors
     close_shard();
-    report.shards = shard_names.size();
-
-    const auto write_text = [&](const std::string& file, const nlohmann::json& value) {
-        const std::string text = value.dump(2) + "\n";
-        write_file_atomic(temporary.path() / file, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
-        report.files.push_back(file);
-    };
-    if (!config.is_null()) write_text("config.json", config);
-    nlohmann::json weight_map = nlohmann::json::object();
     for (std::size_t k = 0; k < shard_names.size(); ++k) {
-        const std::string file = detail::hf_shard_name(k, shard_names.size());
-        fs::rename(provisional(k), temporary.path() / file, problem);
+        std::error_code problem;
+        std::filesystem::rename(provisional(k), output.path() / detail::hf_shard_name(k, shard_names.size()), problem);
         require(!problem, errc::io, context, ": cannot rename shard ", k, ": ", problem.message());
-        for (const std::string& name : shard_names[k]) weight_map[name] = file;
-        report.files.push_back(file);
     }
-    if (shard_names.size() > 1)
-        write_text("model.safetensors.index.json",
-                   nlohmann::json{{"metadata", {{"total_size", report.tensor_bytes}}}, {"weight_map", std::move(weight_map)}});
-
-    if (fs::exists(target)) fs::remove(target, problem);  // empty (checked above): rename needs it gone
-    fs::rename(temporary.path(), target, problem);
-    require(!problem, errc::io, context, ": cannot move the finished directory into place: ", problem.message());
-    temporary.release();
+    detail::finish_hf_directory(output, config, shard_names, report);
+    output.commit();
     return report;
 }
 

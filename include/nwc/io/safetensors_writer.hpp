@@ -29,6 +29,61 @@
 
 namespace nwc {
 
+namespace detail {
+/// What a safetensors header records of one tensor (its bytes follow from dtype and shape).
+struct SafetensorsEntry {
+    std::string name;
+    dtype type = dtype::f32;
+    Shape shape;
+    std::uint64_t bytes() const { return checked_tensor_bytes(type, shape.dims(), "safetensors tensor '" + name + "'"); }
+};
+
+/// The order the tensors' data is laid out in (see the header comment): element size, largest
+/// first, then name. Shared by SafetensorsWriter and writers that stream the data (they must
+/// write the header before any tensor exists).
+inline std::vector<std::size_t> safetensors_layout_order(std::span<const SafetensorsEntry> entries) {
+    std::vector<std::size_t> order(entries.size());
+    for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        const std::size_t size_a = dtype_size(entries[a].type), size_b = dtype_size(entries[b].type);
+        return size_a != size_b ? size_a > size_b : entries[a].name < entries[b].name;
+    });
+    return order;
+}
+
+/// The 8-byte length, then the JSON padded with spaces to a multiple of 8: everything of the file
+/// before the data. errc::invalid_argument for a duplicate or reserved name or invalid UTF-8.
+inline std::vector<std::uint8_t> safetensors_header_bytes(std::span<const SafetensorsEntry> entries, const std::map<std::string, std::string>& metadata) {
+    nlohmann::json root = nlohmann::json::object();
+    std::uint64_t offset = 0;
+    for (const std::size_t k : safetensors_layout_order(entries)) {
+        const SafetensorsEntry& entry = entries[k];
+        require(entry.name != "__metadata__", errc::invalid_argument, "safetensors writer: '__metadata__' is reserved and cannot name a tensor");
+        require(!root.contains(entry.name), errc::invalid_argument, "safetensors writer: tensor '", entry.name, "' added twice");
+        nlohmann::json dims = nlohmann::json::array();
+        for (std::int64_t dim : entry.shape.dims()) dims.push_back(std::uint64_t(dim));
+        const std::uint64_t end = offset + entry.bytes();
+        root[entry.name] = {{"dtype", std::string(dtype_name(entry.type))}, {"shape", dims}, {"data_offsets", {offset, end}}};
+        offset = end;
+    }
+    if (!metadata.empty()) root["__metadata__"] = metadata;
+    std::string text;
+    try {
+        text = root.dump();
+    } catch (const nlohmann::json::exception& problem) {
+        fail(errc::invalid_argument, "safetensors writer: a tensor name or metadata string is not valid UTF-8 (", problem.what(), ")");
+    }
+    // The buffer starts at length field + JSON: aligned when the JSON length is (see the header comment).
+    constexpr std::size_t alignment = safetensors_length_bytes;
+    text.append((alignment - text.size() % alignment) % alignment, ' ');
+    std::vector<std::uint8_t> bytes(safetensors_length_bytes + text.size());
+    const std::uint64_t length = text.size();
+    std::memcpy(bytes.data(), &length, safetensors_length_bytes);  // little-endian host (byte_io.hpp asserts it)
+    std::memcpy(bytes.data() + safetensors_length_bytes, text.data(), text.size());
+    return bytes;
+}
+}  // namespace detail
+
 /// Collects tensors and metadata, then writes one safetensors file.
 class SafetensorsWriter {
 public:
@@ -82,10 +137,16 @@ private:
         std::vector<std::uint8_t> bytes;
     };
 
+    std::vector<detail::SafetensorsEntry> entries() const {
+        std::vector<detail::SafetensorsEntry> result;
+        for (const auto& [name, pending] : m_tensors) result.push_back({pending.name, pending.type, pending.shape});
+        return result;
+    }
     std::vector<const Pending*> layout_order() const {
+        std::vector<const Pending*> by_name;
+        for (const auto& [name, pending] : m_tensors) by_name.push_back(&pending);
         std::vector<const Pending*> order;
-        for (const auto& [name, pending] : m_tensors) order.push_back(&pending);
-        std::stable_sort(order.begin(), order.end(), [](const Pending* a, const Pending* b) { return dtype_size(a->type) > dtype_size(b->type); });
+        for (const std::size_t k : detail::safetensors_layout_order(entries())) order.push_back(by_name[k]);
         return order;
     }
     std::uint64_t data_size() const {
@@ -93,33 +154,7 @@ private:
         for (const auto& [name, pending] : m_tensors) total += pending.bytes.size();
         return total;
     }
-    // The 8-byte length, then the JSON padded with spaces to a multiple of 8.
-    std::vector<std::uint8_t> header_bytes() const {
-        nlohmann::json root = nlohmann::json::object();
-        std::uint64_t offset = 0;
-        for (const Pending* pending : layout_order()) {
-            nlohmann::json dims = nlohmann::json::array();
-            for (std::int64_t dim : pending->shape.dims()) dims.push_back(std::uint64_t(dim));
-            const std::uint64_t end = offset + pending->bytes.size();
-            root[pending->name] = {{"dtype", std::string(dtype_name(pending->type))}, {"shape", dims}, {"data_offsets", {offset, end}}};
-            offset = end;
-        }
-        if (!m_metadata.empty()) root["__metadata__"] = m_metadata;
-        std::string text;
-        try {
-            text = root.dump();
-        } catch (const nlohmann::json::exception& problem) {
-            fail(errc::invalid_argument, "safetensors writer: a tensor name or metadata string is not valid UTF-8 (", problem.what(), ")");
-        }
-        // The buffer starts at length field + JSON: aligned when the JSON length is (see the header comment).
-        constexpr std::size_t alignment = safetensors_length_bytes;
-        text.append((alignment - text.size() % alignment) % alignment, ' ');
-        std::vector<std::uint8_t> bytes(safetensors_length_bytes + text.size());
-        const std::uint64_t length = text.size();
-        std::memcpy(bytes.data(), &length, safetensors_length_bytes);  // little-endian host (byte_io.hpp asserts it)
-        std::memcpy(bytes.data() + safetensors_length_bytes, text.data(), text.size());
-        return bytes;
-    }
+    std::vector<std::uint8_t> header_bytes() const { return detail::safetensors_header_bytes(entries(), m_metadata); }
     template <class Sink>
     void emit(const std::vector<std::uint8_t>& header, Sink&& sink) const {
         sink(std::span<const std::uint8_t>(header));

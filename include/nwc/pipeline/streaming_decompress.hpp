@@ -1,0 +1,325 @@
+// nwc::StreamingDecompressor: a .nwc container decoded tensor by tensor straight into its output
+// file(s), byte for byte what write_model_file (.safetensors) and write_hf_directory write for
+// decompress_model()'s ModelFile, without ever holding the whole model.
+//
+// Read me first:
+// - A safetensors header depends only on names, dtypes and shapes, all in the container's
+//   directory: it is written first (detail::safetensors_header_bytes, which SafetensorsWriter
+//   uses too), then the tensors in the header's layout order, each decoded to float32, converted
+//   to its dtype and appended through AtomicFileWriter.
+// - Memory: `threads` workers decode whole tensors (one thread each) in layout order and convert
+//   them to their dtype in place, while the calling thread writes them in that order; at most
+//   `threads` decoded tensors wait, so the peak is about (threads + 1) x the largest tensor in
+//   float32 plus the compressed bytes of the tensors in flight, instead of the ~3x the model
+//   decompress_model() + SafetensorsWriter take. For that a tensor's plan is made (which reads
+//   its metadata and checks the CRC of its bytes) only when it is decoded, and its compressed
+//   pages are handed back to the kernel afterwards: the mapped input never becomes resident whole.
+// - The same output as the in-memory path because the same functions choose it: the tensors
+//   (a llama2.c source: Hugging Face names, q/k rows in HF order, F32, as
+//   detail::for_each_safetensors_tensor gives them), the __metadata__, config.json, the shard
+//   split (detail::hf_shards_of) and the index. tests/test_cli.cpp compares the bytes.
+// - Not streamed: a llama2.c .bin output (nwc decompress decodes the whole model for it).
+// - Errors as decompress_model() (the same nwc::error naming the tensor), but a tensor's metadata
+//   or payload is checked when its turn comes: a failure midway leaves no partial file or
+//   directory (AtomicFileWriter, detail::AtomicDirectory), so the result is the same.
+#pragma once
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nwc/core/file_io.hpp"
+#include "nwc/core/half_simd.hpp"
+#include "nwc/core/thread_pool.hpp"
+#include "nwc/io/hf_directory.hpp"
+#include "nwc/io/safetensors_writer.hpp"
+#include "nwc/pipeline/pipeline_codec.hpp"
+
+namespace nwc {
+
+namespace detail {
+
+/// Runs produce(k) for k = 0 .. count-1 on `threads` workers and consume(k, result) on the calling
+/// thread in order of k. A worker starts item k only once item k - window has been handed to
+/// consume, so at most `window` results exist besides the one being consumed. The first error
+/// (of either side) stops everything and is rethrown.
+template <class Result, class Produce, class Consume>
+void produce_in_order(std::size_t count, int threads, std::size_t window, Produce&& produce, Consume&& consume) {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<std::optional<Result>> slots(window);  // item k waits in slot k % window
+    std::size_t next = 0, handed = 0;
+    bool stop = false;
+    std::exception_ptr error;
+    const auto record = [&](std::exception_ptr problem) {
+        std::lock_guard lock(mutex);
+        if (!error) error = std::move(problem);
+        stop = true;
+    };
+    const auto work = [&] {
+        for (;;) {
+            std::size_t k = 0;
+            {
+                std::unique_lock lock(mutex);
+                changed.wait(lock, [&] { return stop || next >= count || next < handed + window; });
+                if (stop || next >= count) return;
+                k = next++;
+            }
+            try {
+                Result result = produce(k);
+                std::lock_guard lock(mutex);
+                slots[k % window].emplace(std::move(result));
+            } catch (...) {
+                record(std::current_exception());
+            }
+            changed.notify_all();
+        }
+    };
+    {
+        std::vector<std::jthread> workers;
+        for (int t = 0; t < threads; ++t) workers.emplace_back(work);
+        try {
+            for (std::size_t k = 0; k < count; ++k) {
+                std::optional<Result> result;
+                {
+                    std::unique_lock lock(mutex);
+                    changed.wait(lock, [&] { return stop || slots[k % window].has_value(); });
+                    if (stop) break;
+                    result.swap(slots[k % window]);
+                    ++handed;
+                }
+                changed.notify_all();
+                consume(k, *result);
+            }
+        } catch (...) {
+            record(std::current_exception());
+        }
+        {
+            std::lock_guard lock(mutex);
+            stop = true;
+        }
+        changed.notify_all();
+    }  // joins the workers
+    if (error) std::rethrow_exception(error);
+}
+
+/// Tells the kernel the pages wholly inside `bytes` will not be read again (MADV_PAGEOUT: a
+/// decoded tensor's compressed bytes), so a streamed decompression does not end up holding the
+/// whole mapped input as well. A hint: the contents stay valid, on a mapping or any other memory.
+inline void release_pages(std::span<const std::uint8_t> bytes) noexcept {
+    const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
+    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);  // failure only means the pages stay
+}
+
+/// One tensor of a safetensors output: its header entry and where its values come from.
+struct StreamedTensor {
+    SafetensorsEntry entry;
+    std::size_t model_index = 0;  ///< into the decompressor's model tensors (container order, RoPE entry left out)
+    int rope_heads = 0;  ///< > 0: a llama2.c q/k weight, rows permuted to HF order
+};
+
+}  // namespace detail
+
+/// Decodes the container `reader` reads into a .safetensors file or a Hugging Face directory,
+/// one tensor at a time (see the header comment). Keeps the codec blobs parsed for the whole run.
+template <class CodecType = DefaultCodec>
+class StreamingDecompressor {
+public:
+    /// Reads the file metadata and the directory (tensors are checked when they are decoded).
+    explicit StreamingDecompressor(const ContainerReader& reader) : m_reader(reader), m_resources(reader) {
+        const nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
+        require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
+                reader.context(), ": file metadata is not the JSON the pipeline writes");
+        m_source.source = metadata["source"];
+        const std::string format = m_source.source.value("source_format", "");
+        if (format == "llama2c") m_source.format = ModelFormat::llama2c;
+        else if (format == "hf_llama") m_source.format = ModelFormat::hf_llama;
+        else require(format == "safetensors", errc::unsupported, reader.context(), ": source format '", format, "'");
+        for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+            const ContainerEntry& entry = reader.entry(index);
+            if (entry.name == detail::rope_corrections_name) {  // only a .bin needs them: checked as decompress_model() checks them
+                const bool packed = entry.original_dtype == dtype::u8 && entry.shape.rank() == 1 && m_source.source.contains("llama2c");
+                require(entry.method == "raw" && (packed || (entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2)),
+                        errc::corrupt, reader.context(), ": malformed RoPE corrections");
+                if (packed) {
+                    const llm::LlamaConfig config = detail::llama_config_from_json(m_source.source["llama2c"], reader.context() + ": llama2c source");
+                    detail::unpack_rope_corrections(reader.payload(index), config, reader.context() + ": RoPE corrections");
+                }
+                continue;
+            }
+            m_model_tensors.push_back(index);
+            m_weights += entry.shape.numel();
+        }
+    }
+    StreamingDecompressor(const StreamingDecompressor&) = delete;
+    StreamingDecompressor& operator=(const StreamingDecompressor&) = delete;
+
+    ModelFormat source_format() const noexcept { return m_source.format; }
+    /// decompress_model()'s ModelFile::tensors.size() and weight_count().
+    std::size_t tensor_count() const noexcept { return m_model_tensors.size(); }
+    std::int64_t weight_count() const noexcept { return m_weights; }
+
+    /// What write_model_file(decompress_model(reader), path) writes for a .safetensors `path`.
+    void write_safetensors(const std::filesystem::path& path, int threads = 1, const ProgressCallback& progress = {},
+                           std::uint64_t max_bytes = UINT64_MAX) {
+        const std::string context = "writing '" + path.string() + "'";
+        const std::vector<detail::StreamedTensor> tensors = output_tensors(context);
+        Progress state{progress, {"decompress", 0, tensors.size(), 0, m_weights}};
+        write_file(path, tensors, detail::safetensors_metadata_of(m_source), resolve_thread_count(threads), state, max_bytes);
+    }
+
+    /// What write_hf_directory(decompress_model(reader), directory, shard_bytes) writes.
+    HfDirectoryReport write_hf_directory(const std::filesystem::path& directory, std::uint64_t shard_bytes = default_hf_shard_bytes, int threads = 1,
+                                         const ProgressCallback& progress = {}) {
+        const std::string context = "writing '" + directory.string() + "'";
+        require(shard_bytes > 0, errc::invalid_argument, context, ": shards of 0 bytes");
+        detail::AtomicDirectory output(directory, context);
+        const std::map<std::string, std::string> metadata = detail::safetensors_metadata_of(m_source);
+        const nlohmann::json config = detail::hf_config_of(m_source, context);
+        const std::vector<detail::StreamedTensor> tensors = output_tensors(context);
+
+        HfDirectoryReport report;
+        std::vector<std::uint64_t> sizes;
+        for (const auto& tensor : tensors) sizes.push_back(tensor.entry.bytes());
+        const std::vector<std::size_t> shard_of = detail::hf_shards_of(sizes, shard_bytes);
+        const std::size_t shards = tensors.empty() ? 1 : shard_of.back() + 1;  // no tensor: one empty model.safetensors
+        std::vector<std::vector<detail::StreamedTensor>> shard_tensors(shards);
+        std::vector<std::vector<std::string>> shard_names(shards);
+        for (std::size_t k = 0; k < tensors.size(); ++k) {
+            shard_tensors[shard_of[k]].push_back(tensors[k]);
+            shard_names[shard_of[k]].push_back(tensors[k].entry.name);
+            report.tensor_bytes += sizes[k];
+        }
+        Progress state{progress, {"decompress", 0, tensors.size(), 0, m_weights}};
+        for (std::size_t k = 0; k < shards; ++k)
+            write_file(output.path() / detail::hf_shard_name(k, shards), shard_tensors[k], metadata, resolve_thread_count(threads), state, UINT64_MAX);
+        detail::finish_hf_directory(output, config, shard_names, report);
+        output.commit();
+        return report;
+    }
+
+private:
+    using Backend = typename CodecType::backend_type;
+    using Plan = typename decltype([]<class... Ms>(MethodList<Ms...>) { return std::type_identity<detail::DecodePlan<Ms...>>{}; }(
+        typename CodecType::methods{}))::type;
+
+    struct Progress {
+        const ProgressCallback& callback;
+        PipelineProgress state;
+    };
+
+    // The tensors of a safetensors output, in model order (see detail::for_each_safetensors_tensor).
+    std::vector<detail::StreamedTensor> output_tensors(const std::string& context) const {
+        std::vector<detail::StreamedTensor> tensors;
+        if (m_source.format != ModelFormat::llama2c) {
+            for (std::size_t k = 0; k < m_model_tensors.size(); ++k) {
+                const ContainerEntry& entry = m_reader.entry(m_model_tensors[k]);
+                tensors.push_back({{entry.name, entry.original_dtype, entry.shape}, k, 0});
+            }
+            return tensors;
+        }
+        // LlamaWeights' names and shapes without allocating its tensors.
+        llm::LlamaWeights names;
+        names.config = detail::llama_config_from_json(m_source.source.at("llama2c"), context);
+        names.layers.resize(std::size_t(names.config.n_layers));
+        names.for_each_tensor([&](const std::string& name, const Tensor<float>&, const Shape& shape) {
+            std::size_t found = m_model_tensors.size();
+            for (std::size_t k = 0; k < m_model_tensors.size() && found == m_model_tensors.size(); ++k)
+                if (m_reader.entry(m_model_tensors[k]).name == name) found = k;
+            require(found < m_model_tensors.size(), errc::corrupt, context, ": llama2.c tensor '", name, "' is missing");
+            const ContainerEntry& entry = m_reader.entry(m_model_tensors[found]);
+            require(entry.shape == shape && is_floating_dtype(entry.original_dtype), errc::corrupt, context, ": tensor '", name,
+                    "' has the wrong shape or dtype");
+            tensors.push_back({{name, dtype::f32, shape}, found, llm::detail::rope_heads_of(names.config, name)});
+        });
+        return tensors;
+    }
+
+    // A decoded tensor's stored bytes: the first `size` bytes of `storage`.
+    struct StoredTensor {
+        Tensor<float> storage;
+        std::size_t size = 0;
+        std::span<const std::uint8_t> bytes() const { return {reinterpret_cast<const std::uint8_t*>(storage.data()), size}; }
+    };
+
+    // The tensor decoded, in the output's row order, as its dtype; nothing for an I32 or U8 tensor
+    // (its bytes are written as stored) once its plan validated it, as decompress_model() does.
+    // F16 and BF16 are converted in place a chunk at a time: a chunk's bytes land below the end of
+    // its own floats, over floats already converted, so no second copy of the tensor exists.
+    StoredTensor decode(const detail::StreamedTensor& tensor) {
+        const std::size_t index = m_model_tensors[tensor.model_index];
+        const std::vector<Plan> plan{detail::make_decode_plan(m_reader, index, m_resources, typename CodecType::methods{})};
+        if (!is_floating_dtype(tensor.entry.type)) return {};
+        Tensor<float> values(m_reader.entry(index).shape);
+        detail::decode_plans<Backend>(m_reader, plan, {&values}, 1, {}, 1);
+        detail::release_pages(m_reader.payload(index));
+        if (tensor.rope_heads > 0) values = llm::permute_rows_to_hf(values.view(), tensor.rope_heads);
+        StoredTensor stored{std::move(values), std::size_t(tensor.entry.bytes())};
+        if (tensor.entry.type == dtype::bf16) convert_in_place<bfloat16>(stored.storage);
+        else if (tensor.entry.type == dtype::f16) convert_in_place<half>(stored.storage);
+        return stored;
+    }
+
+    // Overwrites the first half of `values` with them as T (the bulk conversion of the backend:
+    // the same bits as encode_float32's, NaNs included, half_simd.hpp).
+    template <class T>
+    static void convert_in_place(Tensor<float>& values) {
+        constexpr std::size_t chunk = std::size_t(1) << 14;
+        std::vector<T> converted(chunk);
+        const std::span<const float> all(values.data(), std::size_t(values.numel()));
+        auto* out = reinterpret_cast<std::uint8_t*>(values.data());
+        for (std::size_t begin = 0; begin < all.size(); begin += chunk) {
+            const std::size_t count = std::min(chunk, all.size() - begin);
+            convert_from_float(all.subspan(begin, count), std::span<T>(converted).first(count), Backend{});
+            std::memcpy(out + begin * sizeof(T), converted.data(), count * sizeof(T));
+        }
+    }
+
+    void write_file(const std::filesystem::path& path, const std::vector<detail::StreamedTensor>& tensors,
+                    const std::map<std::string, std::string>& metadata, int threads, Progress& progress, std::uint64_t max_bytes) {
+        std::vector<detail::SafetensorsEntry> entries;
+        for (const auto& tensor : tensors) entries.push_back(tensor.entry);
+        const std::vector<std::uint8_t> header = detail::safetensors_header_bytes(entries, metadata);
+        const std::vector<std::size_t> order = detail::safetensors_layout_order(entries);
+        AtomicFileWriter file(path, max_bytes);
+        file.write(header);
+        const int workers = int(std::max<std::size_t>(1, std::min<std::size_t>(std::size_t(threads), order.size())));
+        detail::produce_in_order<StoredTensor>(
+            order.size(), workers, std::size_t(workers),
+            [&](std::size_t k) { return decode(tensors[order[k]]); },
+            [&](std::size_t k, const StoredTensor& stored) {
+                const detail::StreamedTensor& tensor = tensors[order[k]];
+                // I32, U8: the stored bytes as they are in the container.
+                file.write(is_floating_dtype(tensor.entry.type) ? stored.bytes() : m_reader.payload(m_model_tensors[tensor.model_index]));
+                progress.state.tensors_done += 1;
+                progress.state.weights_done += tensor.entry.shape.numel();
+                if (progress.callback) progress.callback(progress.state);
+            });
+        file.commit();
+    }
+
+    const ContainerReader& m_reader;
+    DecodeResources m_resources;
+    ModelFile m_source;  // format and source only: what the metadata and config.json come from
+    std::vector<std::size_t> m_model_tensors;   // model tensor -> container index
+    std::int64_t m_weights = 0;
+};
+
+}  // namespace nwc
