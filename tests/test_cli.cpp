@@ -449,3 +449,29 @@ TEST_CASE("decompress streams tensor by tensor: the same bytes as decoding the w
         CHECK(entry.path().filename().string().find(".nwc-partial") == std::string::npos);
     }
 }
+
+TEST_CASE("an HF model nwc cannot run compresses without calibration and says so; --calib is refused with the reason", "[cli][data][tool]") {
+    const TempDir temp;
+    const auto source = temp.path / "qwen2";
+    nwc::llm::write_hf_llama(source, nwc::read_llama_weights(data("stories260K.bin")), nwc::dtype::bf16);
+    nlohmann::json config = nwc::llm::detail::read_json_file(source / "config.json");
+    config["architectures"] = {"Qwen2ForCausalLM"};
+    config["model_type"] = "qwen2";
+    const std::string text = config.dump(2);
+    nwc::write_file_atomic(source / "config.json", {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+
+    const Result plain = run("compress " + (temp / "qwen2") + " -o " + (temp / "q.nwc") + " --target-bpw 4");
+    INFO(plain.out);
+    REQUIRE(plain.status == 0);
+    CHECK_THAT(plain.out, Catch::Contains("(hf, ecsq)") && Catch::Contains("Qwen2ForCausalLM") && Catch::Contains("without calibration"));
+    const nlohmann::json report = json_of(run("compress " + (temp / "qwen2") + " -o " + (temp / "q2.nwc") + " --step 0.3 --json"));
+    CHECK(report["source_format"] == "hf");
+    CHECK_THAT(report["forward_pass_missing"].get<std::string>(), Catch::Contains("qwen2"));
+    const Result calibrated = run("compress " + (temp / "qwen2") + " -o " + (temp / "q3.nwc") + " --calib " + quoted_data("tinystories_calib.txt") +
+                                  " --tokenizer " + quoted_data("tok512.bin"));
+    CHECK(calibrated.status == 1);
+    CHECK_FALSE(std::filesystem::exists(temp.path / "q3.nwc"));
+    REQUIRE(run("decompress " + (temp / "q.nwc") + " -o " + (temp / "back") + "/").status == 0);
+    CHECK(nwc::llm::detail::read_json_file(temp.path / "back" / "config.json") == config);
+    CHECK(run("decompress " + (temp / "q.nwc") + " -o " + (temp / "q.bin")).status == 1);
+}

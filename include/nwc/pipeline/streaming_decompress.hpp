@@ -149,9 +149,9 @@ public:
                 reader.context(), ": file metadata is not the JSON the pipeline writes");
         m_source.source = metadata["source"];
         const std::string format = m_source.source.value("source_format", "");
-        if (format == "llama2c") m_source.format = ModelFormat::llama2c;
-        else if (format == "hf_llama") m_source.format = ModelFormat::hf_llama;
-        else require(format == "safetensors", errc::unsupported, reader.context(), ": source format '", format, "'");
+        const std::optional<ModelFormat> known = model_format_named(format);
+        require(known.has_value(), errc::unsupported, reader.context(), ": source format '", format, "'");
+        m_source.format = *known;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             const ContainerEntry& entry = reader.entry(index);
             if (entry.name == detail::rope_corrections_name) {  // only a .bin needs them: checked as decompress_model() checks them
