@@ -158,8 +158,8 @@ inline void context_encode_segment(const ContextDecodeTables& bound, const LaneS
 }
 
 /// What follows the rANS step of one value on a path in `state`: the value of its bin (an escape
-/// bin reads the escape bits) and the path's next state. The reference decoder and the SIMD
-/// decoder's steps with an escape share it, so both map bins to values the same way.
+/// bin reads the escape bits) and the path's next state, as the reference's loop below does it.
+/// The SIMD decoder's steps with an escape call it.
 NWC_FORCE_INLINE std::uint32_t context_take_bin(const ContextDecodeTables& bound, RansLaneDecoder& decoder, std::uint32_t state, std::uint32_t bin,
                                                 std::int32_t& value) {
     const std::uint32_t context = bound.state_contexts[state];
@@ -172,10 +172,21 @@ NWC_FORCE_INLINE std::uint32_t context_take_bin(const ContextDecodeTables& bound
 /// reference's loop, which the SIMD decoder resumes after its last fast step.
 inline void context_decode_values(const ContextDecodeTables& bound, RansLaneDecoder& decoder, std::uint32_t* path_states, std::size_t first,
                                   std::size_t end, std::int32_t* out) {
+    // context_take_bin's work, with the tables in locals: as far as the compiler knows, the stores
+    // to `out` may alias their contents.
+    const std::uint16_t* state_contexts = bound.state_contexts.data();
+    const std::uint32_t* supports = bound.rans->supports.data();
+    const std::uint32_t* bin_transitions = bound.bin_transitions.data();
     for (std::size_t i = first; i < end; ++i) {
         std::uint32_t& state = path_states[i % context_rans::path_count];
-        const std::uint32_t bin = decoder.decode_bin(i, bound.state_contexts[state]);
-        state = context_take_bin(bound, decoder, state, bin, out[i]);
+        const std::uint32_t context = state_contexts[state];
+        const std::uint32_t bin = decoder.decode_bin(i, context);
+        if (NWC_LIKELY(bin != supports[context])) {
+            out[i] = bound.value_of_bin(context, bin);
+            state = bin_transitions[2 * state + (bin & 1u)] & 0xFFFFu;
+        } else {
+            state = context_read_escape(bound, decoder, state, context, out[i]);
+        }
     }
 }
 
