@@ -232,7 +232,7 @@ private:
         const std::int32_t* symbol = symbols.data();
         for (std::int64_t strip = strips.first_strip(segment); strip < strips.end_strip(segment); ++strip) {
             const std::int64_t first = strip * width;
-            if (strips.strip_columns(strip) != width) {
+            if (strips.strip_columns(strip) != width) {  // the last, narrower strip: stored column by column
                 for (std::int64_t c = first; c < strips.cols; ++c)
                     for (std::int64_t r = 0; r < strips.rows; ++r) output(r, c) = float(*symbol++) * steps[std::size_t(scale_index(layout.axis, r, c))];
                 continue;
