@@ -7,6 +7,10 @@
 //   bytes_per_second = compressed stream bytes. BM_decode_v1_simd is the version 1 stream and
 //   SIMD decoder (bench/rans_v1_reference.hpp, 32 lanes, segments of 65536) on the same symbols:
 //   the same-run reference. BM_decode_simd_threads reports wall-clock time (UseRealTime).
+// - BM_context_decode<scalar|simd>/states/lanes: the context-coded stream (context_rans.hpp,
+//   version 2) of trellis-coded quantization: 4M grid indices following the trellis machine of
+//   `states` states (2 union tables at precision 12, about 4 bits per value), one segment size
+//   per lane count as above; items_per_second = values. Compare with BM_decode/12/lanes.
 // - BM_segment_overhead: bytes over the ideal sum of -log2(freq / 2^precision) per segment size,
 //   version 2 (overhead_pct) and version 1 (v1_overhead_pct).
 // Real data (NWC_DATA_DIR): BM_real_side_information/model/bits codes every matrix of
@@ -33,9 +37,11 @@
 
 #include "nwc/core/random.hpp"
 #include "nwc/entropy/cdf_table_fit.hpp"
+#include "nwc/entropy/context_rans.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/io/safetensors_reader.hpp"
 #include "nwc/io/llama2c_file.hpp"
+#include "nwc/quant/trellis.hpp"
 #include "rans_v1_reference.hpp"
 
 namespace {
@@ -129,6 +135,64 @@ void BM_decode(benchmark::State& state) {
     }
     if (out != work.symbols) state.SkipWithError("decoded symbols differ");
     report(state, work, stream.size());
+}
+
+/// A trellis-coded stream: grid indices k = 2 m + union that follow the machine path by path (every
+/// path at state 0 where a segment starts), m drawn from the union's table.
+struct ContextWorkload {
+    nwc::LaneStateMachine machine;
+    nwc::CdfTableSet tables;
+    std::vector<std::int32_t> values;
+    std::vector<std::uint8_t> stream;
+};
+
+ContextWorkload& context_workload(int states, std::uint32_t segment_size) {
+    static std::map<std::pair<int, std::uint32_t>, std::unique_ptr<ContextWorkload>> cache;
+    auto& entry = cache[{states, segment_size}];
+    if (entry) return *entry;
+    entry = std::make_unique<ContextWorkload>();
+    entry->machine = nwc::Trellis(states).lane_machine();
+    std::vector<nwc::CdfTable> tables;
+    for (int u = 0; u < 2; ++u) {
+        std::vector<double> probabilities(49);
+        for (std::size_t i = 0; i < probabilities.size(); ++i) probabilities[i] = std::exp(-0.5 * std::pow((double(i) - 24.0 + 0.5 * u) / 3.5, 2));
+        tables.push_back(nwc::CdfTable::from_probabilities(-24, probabilities, 1e-6, 12));
+    }
+    entry->tables = nwc::CdfTableSet(std::move(tables));
+    nwc::Random random(4321);
+    entry->values.resize(std::size_t(1) << 22);
+    std::uint32_t path_states[nwc::context_rans::path_count] = {};
+    for (std::size_t i = 0; i < entry->values.size(); ++i) {
+        if (i % segment_size == 0) std::fill(std::begin(path_states), std::end(path_states), 0u);
+        std::uint32_t& path = path_states[i % nwc::context_rans::path_count];
+        const std::uint32_t context = entry->machine.context(path);
+        const nwc::CdfTable& table = entry->tables[context];
+        const std::uint32_t bin = table.bin_at_slot(std::uint32_t(random.below(std::uint64_t(1) << table.precision())));
+        const std::int32_t symbol = bin == table.escape_bin() ? 1000 + std::int32_t(random.below(1000)) : table.offset() + std::int32_t(bin);
+        entry->values[i] = entry->machine.value_stride() * symbol + entry->machine.addend(context);
+        path = entry->machine.next(path, symbol);
+    }
+    entry->stream = nwc::context_rans::encode(entry->values, entry->tables, entry->machine, {.segment_size = segment_size});
+    return *entry;
+}
+
+/// Segment by segment after one read_index, as the tcq method decodes its segments.
+template <class Backend>
+void BM_context_decode(benchmark::State& state) {
+    ContextWorkload& work = context_workload(int(state.range(0)), segment_size_for(state.range(1)));
+    std::vector<std::int32_t> out(work.values.size());
+    const nwc::detail::ContextDecodeTables bound(work.tables, work.machine);
+    for (auto _ : state) {
+        const nwc::RansStreamIndex index = nwc::context_rans::read_index(work.stream, work.tables, work.machine);
+        for (std::size_t s = 0; s < index.segments.size(); ++s)
+            context_decode_segment(bound, nwc::detail::segment_bytes(work.stream, index, s),
+                                   std::span<std::int32_t>(out).subspan(index.segments[s].first_symbol, index.segments[s].symbol_count), Backend{});
+        benchmark::DoNotOptimize(out.data());
+    }
+    if (out != work.values) state.SkipWithError("decoded values differ");
+    state.SetItemsProcessed(std::int64_t(state.iterations()) * std::int64_t(work.values.size()));
+    state.counters["bits_per_value"] = double(work.stream.size()) * 8.0 / double(work.values.size());
+    state.SetLabel(work.tables.decode_tables().layout == nwc::detail::RansSlotLayout::packed ? "packed slots" : "two gathers");
 }
 
 /// The same-run reference: version 1 (32 lanes, segments of 65536) with its SIMD decoder, segment
@@ -339,6 +403,10 @@ void precisions_and_lanes(benchmark::internal::Benchmark* bench) {
 BENCHMARK(BM_encode)->ArgNames({"precision", "lanes"})->ArgsProduct({{12, 14, 16}, {32}})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_decode, nwc::backend::scalar)->Apply(precisions_and_lanes);
 BENCHMARK_TEMPLATE(BM_decode, nwc::backend::simd)->Apply(precisions_and_lanes);
+BENCHMARK_TEMPLATE(BM_context_decode, nwc::backend::scalar)
+    ->ArgNames({"states", "lanes"})->ArgsProduct({{8, 256}, {8, 16, 32}})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_context_decode, nwc::backend::simd)
+    ->ArgNames({"states", "lanes"})->ArgsProduct({{8, 256}, {8, 16, 32}})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_decode_v1_simd)->ArgName("precision")->Arg(12)->Arg(14)->Arg(16)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_decode_simd_threads)
     ->ArgNames({"precision", "threads"})

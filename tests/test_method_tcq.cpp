@@ -1,7 +1,7 @@
 // The "tcq" pipeline method (pipeline/method_tcq.hpp): through the .nwc container the decoder
 // gives exactly the encoder's reconstruction, with the scalar and the SIMD backend alike, for
 // shapes that are and are not multiples of the 32-column strips, every normalization axis, with
-// and without a Hessian; LDLQ feedback lowers the proxy loss; at 3-4 bits per weight on a unit
+// and without a Hessian, segments on every SIMD lane count; LDLQ feedback lowers the proxy loss; at 3-4 bits per weight on a unit
 // Gaussian it beats ecsq's rate-distortion trade-off; damaged metadata and segments are
 // nwc::errors (or harmless finite decodes where the bytes cannot tell); rate control reaches its
 // target with it.
@@ -136,6 +136,27 @@ TEST_CASE("tcq: a strip longer than the coder's 2^20-value segments restarts its
         CHECK(reader.entry(0).segment_count() == 2);
         CHECK(same_bits(Codec<backend::simd>::decompress(reader, 0, 2), coded.reconstruction));
         CHECK(mse(weights, coded.reconstruction) < 0.05 * mse(weights, Tensor<float>(weights.shape())));
+    }
+}
+
+TEST_CASE("tcq: SIMD decoding equals the scalar reference on segments of 8, 16 and 32 rANS lanes", "[tcq]") {
+    // One 32-column strip per segment: 32 x rows values, coded on rans::lane_count_for(32 rows) lanes.
+    for (const std::int64_t rows : {512, 1024, 2048}) {
+        for (const int states : {8, 256}) {
+            INFO(rows << " rows, " << states << " states");
+            Tensor<float> weights = gaussian_matrix(rows, 64, std::uint64_t(rows + states), 0.05f);
+            for (std::int64_t r = 0; r < rows; r += 97) weights(r, r % 64) = 4.0f;  // far outliers: escapes
+            MethodOptions options = tcq_options(0.15f);
+            options.tcq_states = states;
+            options.weights_per_segment = 32 * rows;
+            const Coded coded = code(options, weights);
+            const ContainerReader reader = ContainerReader::from_bytes(coded.file);
+            REQUIRE(reader.entry(0).segment_count() == 2);
+            const Tensor<float> scalar = Codec<backend::scalar>::decompress(reader, 0);
+            CHECK(same_bits(scalar, coded.reconstruction));
+            CHECK(same_bits(Codec<backend::simd>::decompress(reader, 0), scalar));
+            CHECK(same_bits(Codec<backend::simd>::decompress(reader, 0, 2), scalar));
+        }
     }
 }
 

@@ -305,15 +305,61 @@ TEST_CASE("trellis: rate-distortion near the Gaussian bound (ideal and written b
 
 namespace {
 
-/// Every decoder of a raw context stream (scalar, simd, thread counts).
+/// A decoder of a whole raw context stream.
+using ContextStreamDecoder = std::function<std::vector<std::int32_t>(std::span<const std::uint8_t>, const CdfTableSet&, const LaneStateMachine&)>;
+
+/// Every decoder of a raw context stream: scalar and simd on 1 and 3 threads, and the SIMD kernel
+/// on narrower xsimd architectures (AVX2, SSE4.2) segment by segment.
+std::vector<std::pair<std::string, ContextStreamDecoder>> context_decoders() {
+    std::vector<std::pair<std::string, ContextStreamDecoder>> decoders;
+    for (int threads : {1, 3}) {
+        decoders.emplace_back("scalar threads " + std::to_string(threads), [threads](auto stream, const auto& tables, const auto& machine) {
+            return context_rans::decode(stream, tables, machine, backend::scalar{}, threads);
+        });
+        decoders.emplace_back("simd threads " + std::to_string(threads), [threads](auto stream, const auto& tables, const auto& machine) {
+            return context_rans::decode(stream, tables, machine, backend::simd{}, threads);
+        });
+    }
+    auto add_arch = [&](auto arch, const std::string& name) {
+        decoders.emplace_back(name, [](std::span<const std::uint8_t> stream, const CdfTableSet& tables, const LaneStateMachine& machine) {
+            const RansStreamIndex index = context_rans::read_index(stream, tables, machine);
+            const detail::ContextDecodeTables bound(tables, machine);
+            const std::span<const std::uint8_t> body = index.has_checksum ? stream.first(stream.size() - 4) : stream;
+            std::vector<std::int32_t> out(index.symbol_count);
+            for (std::size_t s = 0; s < index.segments.size(); ++s)
+                detail::context_decode_segment_on<decltype(arch)>(
+                    bound, detail::segment_bytes(body, index, s),
+                    std::span<std::int32_t>(out).subspan(index.segments[s].first_symbol, index.segments[s].symbol_count));
+            return out;
+        });
+    };
+#if XSIMD_WITH_AVX2
+    add_arch(xsimd::avx2{}, "xsimd avx2");
+#endif
+#if XSIMD_WITH_SSE4_2
+    add_arch(xsimd::sse4_2{}, "xsimd sse4.2");
+#endif
+    (void)add_arch;
+    return decoders;
+}
+
+/// Every decoder's output of a raw context stream.
 std::vector<std::pair<std::string, std::vector<std::int32_t>>> decode_stream_every_way(std::span<const std::uint8_t> stream, const CdfTableSet& tables,
                                                                                        const LaneStateMachine& machine) {
     std::vector<std::pair<std::string, std::vector<std::int32_t>>> results;
-    for (int threads : {1, 3}) {
-        results.emplace_back("scalar threads " + std::to_string(threads), context_rans::decode(stream, tables, machine, backend::scalar{}, threads));
-        results.emplace_back("simd threads " + std::to_string(threads), context_rans::decode(stream, tables, machine, backend::simd{}, threads));
-    }
+    for (const auto& [name, decode] : context_decoders()) results.emplace_back(name, decode(stream, tables, machine));
     return results;
+}
+
+/// A random machine of `states` states and `contexts` contexts, with random strides and addends.
+LaneStateMachine random_machine(Random& random, std::size_t states, std::size_t contexts) {
+    std::vector<std::uint16_t> state_contexts(states), next(2 * states);
+    for (auto& context : state_contexts) context = std::uint16_t(random.below(contexts));
+    state_contexts[random.below(states)] = std::uint16_t(contexts - 1);  // the largest context index is used
+    for (auto& state : next) state = std::uint16_t(random.below(states));
+    std::vector<std::int32_t> addends(contexts);
+    for (auto& addend : addends) addend = std::int32_t(random.below(7)) - 3;
+    return LaneStateMachine(state_contexts, next, 1 + std::int32_t(random.below(4)), addends);
 }
 
 /// Values that follow `machine` lane by lane (state 0 at every segment start), symbols drawn from
@@ -454,6 +500,107 @@ TEST_CASE("context_rans: misuse and foreign streams give the right error ids", "
     std::vector<std::uint8_t> longer = stream;
     longer.push_back(0);
     CHECK(error_id([&] { context_rans::decode(longer, tables, machine, backend::scalar{}); }) == errc::corrupt);
+}
+
+namespace {
+
+/// Random tables for `machine`'s contexts at `precision`: now and then more than 256 bins (the
+/// word_bins layout), escapes likely in some.
+CdfTableSet random_tables(Random& random, const LaneStateMachine& machine, int precision) {
+    std::vector<CdfTable> tables;
+    for (std::uint32_t c = 0; c < machine.context_count(); ++c) {
+        const std::size_t support = random.below(6) == 0 ? 257 + random.below(1500) : 1 + random.below(40);
+        tables.push_back(random_table(random, std::int32_t(random.below(60)) - 30, std::min<std::size_t>(support, (1u << precision) - 1), precision));
+    }
+    return CdfTableSet(std::move(tables));
+}
+
+/// The trellis's machines (2 contexts, stride 2) at 4, 8 and 256 states, and random machines on
+/// either side of the SIMD decoder's in-register limits (contexts and 2 x states: 16 entries on
+/// AVX2, 32 on AVX-512; beyond them it gathers).
+std::vector<std::pair<std::string, LaneStateMachine>> test_machines(Random& random) {
+    std::vector<std::pair<std::string, LaneStateMachine>> machines;
+    for (const int states : {4, 8, 256}) machines.emplace_back("trellis " + std::to_string(states), Trellis(states).lane_machine());
+    const std::pair<std::size_t, std::size_t> shapes[] = {{1, 1}, {8, 8}, {9, 16}, {16, 17}, {17, 32}, {300, 33}};
+    for (const auto& [states, contexts] : shapes)
+        machines.emplace_back(std::to_string(states) + " states, " + std::to_string(contexts) + " contexts", random_machine(random, states, contexts));
+    return machines;
+}
+
+}  // namespace
+
+TEST_CASE("context_rans: the SIMD decoder equals the reference for every lane count, machine and table layout", "[context_rans]") {
+    Random random(38);
+    // Segments of 1, 2, 4, 8, 16 and 32 lanes, partial last steps, and lengths around the lane changes.
+    const std::size_t counts[] = {1, 31, 33, 100, 2047, 4096 + 5, 8 * 2048 - 1, 8 * 2048, 8 * 2048 + 3 * 32 + 7, 16 * 2048 + 17, 32 * 2048, 70000};
+    int layouts_seen[3] = {0, 0, 0}, escaped_streams = 0;
+    for (const auto& [machine_name, machine] : test_machines(random))
+        for (const std::size_t count : counts) {
+            const int precision = 12 + int(random.below(5));
+            const CdfTableSet tables = random_tables(random, machine, precision);
+            ++layouts_seen[int(tables.decode_tables().layout)];
+            RangeCoderOptions options;
+            // One segment, or several of a random multiple of 32 values (every lane count again).
+            const std::uint32_t whole = std::uint32_t(std::max<std::size_t>(32, (count + 31) / 32 * 32));
+            options.segment_size = random.below(3) ? whole : std::min(whole, 32 * std::uint32_t(1 + random.below(whole / 32)));
+            const double outside = random.below(3) == 0 ? 0.0 : random.below(2) ? 0.001 : 0.05;
+            const std::vector<std::int32_t> values = machine_values(random, machine, tables, count, options.segment_size, outside);
+            INFO(machine_name << ", precision " << precision << ", layout " << int(tables.decode_tables().layout) << ", " << count << " values, segment "
+                              << options.segment_size << ", escapes " << outside);
+            const std::vector<std::uint8_t> stream = context_rans::encode(values, tables, machine, options);
+            escaped_streams += outside > 0.0;
+            for (const auto& [name, decoded] : decode_stream_every_way(stream, tables, machine)) {
+                INFO(name);
+                REQUIRE(decoded == values);
+            }
+        }
+    CHECK(layouts_seen[int(detail::RansSlotLayout::packed)] > 5);
+    CHECK(layouts_seen[int(detail::RansSlotLayout::byte_bins)] > 5);
+    CHECK(layouts_seen[int(detail::RansSlotLayout::word_bins)] > 5);
+    CHECK(escaped_streams > 20);
+}
+
+TEST_CASE("context_rans: on corrupt segments the SIMD decoder and the reference both throw or agree", "[context_rans]") {
+    Random random(39);
+    int rejected = 0, decoded = 0;
+    for (const auto& [machine_name, machine] : test_machines(random)) {
+        // One segment of 8, 16 or 32 lanes (the fast SIMD paths), or two segments of 16 and 2 lanes.
+        for (const std::size_t count : {std::size_t(20000), std::size_t(40000), std::size_t(70000), std::size_t(36000)}) {
+            const CdfTableSet tables = random_tables(random, machine, 12 + int(random.below(5)));
+            RangeCoderOptions options;
+            options.segment_size = count == 36000 ? 32768 : std::uint32_t((count + 31) / 32 * 32);
+            const std::vector<std::int32_t> values = machine_values(random, machine, tables, count, options.segment_size, 0.01);
+            const std::vector<std::uint8_t> stream = context_rans::encode(values, tables, machine, options);
+            const std::size_t body_at = std::size_t(context_rans::read_index(stream, tables, machine).segments[0].byte_offset);
+            for (int trial = 0; trial < 12; ++trial) {
+                std::vector<std::uint8_t> damaged = stream;
+                if (trial % 4 == 3) {
+                    damaged.resize(body_at + random.below(stream.size() - body_at));  // a truncated stream
+                } else {
+                    // Flips in the segment bytes: sizes, lane blocks, words, escape bits.
+                    for (int f = 0, flips = 1 + int(random.below(3)); f < flips; ++f)
+                        damaged[body_at + random.below(stream.size() - body_at)] ^= std::uint8_t(1 + random.below(255));
+                }
+                INFO(machine_name << ", " << count << " values, trial " << trial);
+                std::optional<std::vector<std::int32_t>> reference;
+                bool first = true;
+                for (const auto& [name, decode] : context_decoders()) {
+                    INFO(name);
+                    std::optional<std::vector<std::int32_t>> result;
+                    try {
+                        result = decode(damaged, tables, machine);
+                    } catch (const nwc::error&) {
+                    }
+                    if (first) reference = std::move(result);
+                    else REQUIRE(result == reference);
+                    first = false;
+                }
+                (reference ? decoded : rejected) += 1;
+            }
+        }
+    }
+    std::printf("context_rans corruption: %d streams rejected, %d decoded (identically by every decoder)\n", rejected, decoded);
+    CHECK(rejected > decoded);
 }
 
 TEST_CASE("trellis: every truncation and random corruption of a trellis code fails safely", "[trellis]") {

@@ -39,6 +39,7 @@
 #include "nwc/entropy/compact_cdf_table.hpp"
 #include "nwc/entropy/context_rans.hpp"
 #include "nwc/entropy/context_rans_lanes.hpp"
+#include "nwc/entropy/context_rans_simd.hpp"
 #include "nwc/entropy/factorized_prior.hpp"
 #include "nwc/entropy/lossless_float.hpp"
 #include "nwc/entropy/lossless_float_format.hpp"

@@ -30,6 +30,7 @@
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/entropy/cdf_table_set.hpp"
 #include "nwc/entropy/context_rans_lanes.hpp"
+#include "nwc/entropy/context_rans_simd.hpp"
 #include "nwc/entropy/lane_state_machine.hpp"
 #include "nwc/entropy/rans_format.hpp"
 

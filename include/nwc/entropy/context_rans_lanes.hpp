@@ -143,38 +143,68 @@ inline void context_encode_segment(const ContextDecodeTables& bound, const LaneS
     append_segment(out, std::uint32_t(values.size()), lanes, escape_bytes);
 }
 
+/// An escaped value: its symbol from the escape bits, its value, and the path's next state (the
+/// escaped symbol's parity, not the escape bin's, picks the transition). Out of line: escapes are rare.
+[[gnu::noinline]] inline std::uint32_t context_read_escape(const ContextDecodeTables& bound, RansLaneDecoder& decoder, std::uint32_t state,
+                                                           std::uint32_t context, std::int32_t& value) {
+    const RansSegmentBytes& segment = decoder.segment();
+    const std::int32_t symbol = decoder.escapes().read_value(bound.rans->offsets[context], bound.rans->supports[context]);
+    const std::int64_t decoded = std::int64_t(bound.value_stride) * symbol + bound.addends[context];
+    require(decoded >= std::numeric_limits<std::int32_t>::min() && decoded <= std::numeric_limits<std::int32_t>::max(), errc::corrupt,
+            "context rANS stream: segment ", segment.index, " at byte ", segment.byte_offset, ": escaped symbol ", symbol, " of context ",
+            context, " maps to ", decoded, ", outside int32");
+    value = std::int32_t(decoded);
+    return bound.symbol_transitions[2 * state + (std::uint32_t(symbol) & 1u)];
+}
+
+/// What follows the rANS step of one value on a path in `state`: the value of its bin (an escape
+/// bin reads the escape bits) and the path's next state, as the reference's loop below does it.
+/// The SIMD decoder's steps with an escape call it.
+NWC_FORCE_INLINE std::uint32_t context_take_bin(const ContextDecodeTables& bound, RansLaneDecoder& decoder, std::uint32_t state, std::uint32_t bin,
+                                                std::int32_t& value) {
+    const std::uint32_t context = bound.state_contexts[state];
+    if (NWC_UNLIKELY(bin == bound.rans->supports[context])) return context_read_escape(bound, decoder, state, context, value);
+    value = bound.value_of_bin(context, bin);
+    return bound.bin_transitions[2 * state + (bin & 1u)] & 0xFFFFu;
+}
+
+/// Decodes values [first, end) of a segment, value i on path i % 32 from path_states[i % 32]: the
+/// reference's loop, which the SIMD decoder resumes after its last fast step.
+inline void context_decode_values(const ContextDecodeTables& bound, RansLaneDecoder& decoder, std::uint32_t* path_states, std::size_t first,
+                                  std::size_t end, std::int32_t* out) {
+    // context_take_bin's work, with the tables in locals: as far as the compiler knows, the stores
+    // to `out` may alias their contents.
+    const std::uint16_t* state_contexts = bound.state_contexts.data();
+    const std::uint32_t* supports = bound.rans->supports.data();
+    const std::uint32_t* bin_transitions = bound.bin_transitions.data();
+    for (std::size_t i = first; i < end; ++i) {
+        std::uint32_t& state = path_states[i % context_rans::path_count];
+        const std::uint32_t context = state_contexts[state];
+        const std::uint32_t bin = decoder.decode_bin(i, context);
+        if (NWC_LIKELY(bin != supports[context])) {
+            out[i] = bound.value_of_bin(context, bin);
+            state = bin_transitions[2 * state + (bin & 1u)] & 0xFFFFu;
+        } else {
+            state = context_read_escape(bound, decoder, state, context, out[i]);
+        }
+    }
+}
+
 /// The reference decoder of one segment: the plain coder's lanes (RansLaneDecoder::decode_bin),
 /// each symbol's table chosen by its path's machine state.
 inline void context_decode_segment(const ContextDecodeTables& bound, const RansSegmentBytes& segment, std::span<std::int32_t> out,
                                    backend::scalar) {
     RansLaneDecoder decoder(*bound.rans, segment);
-    const std::uint32_t* supports = bound.rans->supports.data();
     std::uint32_t path_states[context_rans::path_count] = {};
-    for (std::size_t i = 0; i < out.size(); ++i) {
-        std::uint32_t& state = path_states[i % context_rans::path_count];
-        const std::uint32_t context = bound.state_contexts[state];
-        const std::uint32_t bin = decoder.decode_bin(i, context);
-        if (NWC_LIKELY(bin != supports[context])) {
-            out[i] = bound.value_of_bin(context, bin);
-            state = bound.bin_transitions[2 * state + (bin & 1u)] & 0xFFFFu;
-        } else {
-            // The escaped symbol's parity, not the escape bin's, picks the transition.
-            const std::int32_t symbol = decoder.escapes().read_value(bound.rans->offsets[context], supports[context]);
-            const std::int64_t decoded = std::int64_t(bound.value_stride) * symbol + bound.addends[context];
-            require(decoded >= std::numeric_limits<std::int32_t>::min() && decoded <= std::numeric_limits<std::int32_t>::max(), errc::corrupt,
-                    "context rANS stream: segment ", segment.index, " at byte ", segment.byte_offset, ": escaped symbol ", symbol, " of context ",
-                    context, " maps to ", decoded, ", outside int32");
-            out[i] = std::int32_t(decoded);
-            state = bound.symbol_transitions[2 * state + (std::uint32_t(symbol) & 1u)];
-        }
-    }
+    context_decode_values(bound, decoder, path_states, 0, out.size(), out.data());
     decoder.expect_end();
 }
 
-/// Every other host backend decodes with the reference: the SIMD and warp decoders of version 1
-/// streams assumed 32 lanes per segment and have not been rewritten for version 2's lane counts.
+/// Tags that are not host backends (CUDA's, decoding a segment on the host) use the reference.
+/// Host tags resolve by ordinary overload resolution: backend::simd (and tags derived from it) to
+/// the SIMD decoder of context_rans_simd.hpp, which context_rans.hpp includes.
 template <class Backend>
-    requires(!std::same_as<Backend, backend::scalar>)
+    requires(!std::derived_from<Backend, backend::scalar>)
 void context_decode_segment(const ContextDecodeTables& bound, const RansSegmentBytes& segment, std::span<std::int32_t> out, Backend) {
     context_decode_segment(bound, segment, out, backend::scalar{});
 }
