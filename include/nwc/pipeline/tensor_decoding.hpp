@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -16,6 +17,7 @@
 #include <variant>
 #include <vector>
 
+#include "nwc/core/config.hpp"
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/container.hpp"
 #include "nwc/pipeline/method.hpp"
@@ -127,6 +129,16 @@ void require_finite_outputs(const std::vector<Plan>& plans, const std::vector<Te
         const auto [p, begin] = blocks[std::size_t(item)];
         const float* values = outputs[p]->data();
         const std::int64_t end = std::min(outputs[p]->numel(), begin + block);
+        // An integer test of the exponent bits, OR-reduced: it vectorizes (a branch per weight on
+        // std::isfinite did not, and was a fifth of a whole `nwc decompress`); the index is looked
+        // for only when the block holds a non-finite value.
+        std::uint32_t non_finite = 0;
+        for (std::int64_t i = begin; i < end; ++i) {
+            std::uint32_t bits;
+            std::memcpy(&bits, values + i, sizeof bits);
+            non_finite |= std::uint32_t((bits & 0x7F800000u) == 0x7F800000u);
+        }
+        if (NWC_LIKELY(non_finite == 0)) return;
         for (std::int64_t i = begin; i < end; ++i)
             if (!std::isfinite(values[i]))
                 fail(errc::corrupt, plans[p].context, ": decoded weight ", i, " is ", values[i], " (the metadata's step, scales or alpha overflow)");
