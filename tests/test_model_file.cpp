@@ -93,11 +93,13 @@ TEST_CASE("model_file: what is not a model is an nwc::error naming it", "[model_
     write_file_atomic(directory.path() / "long.bin", bytes);
     CHECK(error_of([&] { load_model_file(directory.path() / "long.bin"); }) == errc::unsupported);
 
-    // An HF directory whose config.json is not a Llama model, or which has no weights.
+    // An HF directory whose config.json is not a Llama model reads as tensors (format hf), not as
+    // Llama weights; one without weights is an error.
     const auto hf = directory.path() / "hf";
     llm::write_hf_llama(hf, weights);
     write_text(hf / "config.json", R"({"model_type": "gpt2", "hidden_size": 32})");
-    CHECK(error_of([&] { load_model_file(hf); }) == errc::unsupported);
+    CHECK(load_model_file(hf).format == ModelFormat::hf);
+    CHECK(error_of([&] { (void)read_llama_weights(hf); }) == errc::unsupported);
     std::filesystem::remove(hf / "model.safetensors");
     CHECK(error_of([&] { load_model_file(hf); }) == errc::io);
 }
