@@ -8,7 +8,8 @@
 #                   benchmarks, examples, tool or CUDA: nothing ctest runs there needs them);
 #                   runs ctest except the tests labelled no_asan
 #   4. build-tsan/  ThreadSanitizer (NWC_SANITIZE_THREAD), only the tests labelled tsan
-#                   (tests/test_concurrency.cpp); runs ctest -L tsan
+#                   (tests/test_concurrency.cpp) as programs of their own (NWC_UNITY=OFF: not the
+#                   whole unity test program); runs ctest -L tsan
 #   5. build-fuzz/  the libFuzzer targets (fuzz/, clang++, NWC_BUILD_FUZZ): each runs once over its
 #                   checked-in corpus (ctest -L fuzz: the regression test), then fuzzes for
 #                   NWC_FUZZ_SECONDS from that corpus (targets in parallel, nwc_jobs at a time)
@@ -76,18 +77,20 @@ step() {
     return $status
 }
 
-# A sanitizer tree: tests only (no benchmarks, examples, tool), with the given NWC_SANITIZE* option.
+# A sanitizer tree: tests only (no benchmarks, examples, tool), with the given NWC_SANITIZE* option
+# and any further cmake arguments.
 # -O1 keeps sanitizer runs fast enough and compiles faster than -O2/-O3; no NDEBUG, so Eigen's own
 # assertions (index and size checks) stay on. Warnings are not errors here: GCC 12 reports false
 # positives in code instrumented by the sanitizers (the Release tree enforces -Werror).
 configure_sanitizer() {
     local build_dir=$1 sanitize_option=$2 output arguments
+    shift 2
     output=$(nwc_common_cmake_arguments "$build_dir" OFF) || return 1
     mapfile -t arguments <<<"$output"
     cmake -S "$nwc_root" -B "$build_dir" "${arguments[@]}" "-D$sanitize_option=ON" \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
         -DNWC_BUILD_TESTS=ON -DNWC_BUILD_BENCH=OFF -DNWC_BUILD_EXAMPLES=OFF -DNWC_BUILD_TOOLS=OFF \
-        -DNWC_INSTALL=OFF -DNWC_WERROR=OFF
+        -DNWC_INSTALL=OFF -DNWC_WERROR=OFF "$@"
 }
 
 # Only the tests that declare the tsan label: the others are covered by the ASan tree.
@@ -175,7 +178,7 @@ if ((run_asan)); then
 fi
 
 if ((run_tsan)); then
-    step "configure ThreadSanitizer ($tsan_build_dir)" configure_sanitizer "$tsan_build_dir" NWC_SANITIZE_THREAD &&
+    step "configure ThreadSanitizer ($tsan_build_dir)" configure_sanitizer "$tsan_build_dir" NWC_SANITIZE_THREAD -DNWC_UNITY=OFF &&
         step "build ThreadSanitizer (tests labelled tsan)" build_tsan &&
         step "ctest ThreadSanitizer (-L tsan)" ctest --test-dir "$tsan_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L tsan
 fi

@@ -20,6 +20,14 @@ int main(int argc, char* argv[]) {
     Catch::Session session;
     if (const int status = session.applyCommandLine(argc, argv); status != 0) return status;
     Catch::ConfigData data = session.configData();
+    // The unity test program (tests/CMakeLists.txt) holds every component: ctest selects one with
+    // `-# [#test_<component>]`. Catch2 v2 adds the file-name tags only inside run(), after the
+    // selection below would have found nothing, so they are added here, once.
+    if (data.filenamesAsTags) {
+        Catch::applyFilenamesAsTags(session.config());
+        data.filenamesAsTags = false;
+        session.useConfigData(data);
+    }
     if (data.listTests || data.listTestNamesOnly || data.listTags || data.listReporters || data.showHelp) return failure_status(session.run());
 
     const std::vector<Catch::TestCase> selected =

@@ -11,6 +11,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
+namespace nwc_test_allocation {
+
 using namespace nwc;
 
 namespace {
@@ -149,3 +151,5 @@ TEST_CASE("the byte account of a file sums to its size, payload apart from side 
         if (method == "rtn") CHECK(account.total.of("scales") >= 3 * 64 * 3 * 2);  // 3 groups of 32 per row, fp16 each
     }
 }
+
+}  // namespace nwc_test_allocation

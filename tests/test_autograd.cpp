@@ -11,6 +11,8 @@
 #include "nwc/autograd/autograd.hpp"
 #include "nwc/core/random.hpp"
 
+namespace nwc_test_autograd {
+
 using namespace nwc;
 using namespace nwc::autograd;
 using Matrix = RowMajorMatrix<double>;
@@ -750,3 +752,5 @@ TEST_CASE("optimizer: global-norm clipping and schedules", "[autograd][optimizer
     CHECK(schedule(110) == Approx(0.1));
     CHECK(schedule(500) == Approx(0.1));
 }
+
+}  // namespace nwc_test_autograd

@@ -27,6 +27,8 @@
 #include "nwc/pipeline/pipeline.hpp"
 #include "nwc/quant/dechunk_kernels.hpp"
 
+namespace nwc_test_backend_consistency {
+
 using namespace nwc;
 
 namespace {
@@ -312,3 +314,5 @@ TEST_CASE("backend_consistency: NeuralDecoder::decode within 1e-5, identical for
     CHECK(run(backend::simd{}, 2) == simd);
     CHECK(run(backend::scalar{}, 3) == reference);
 }
+
+}  // namespace nwc_test_backend_consistency

@@ -13,6 +13,8 @@
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
 
+namespace nwc_test_block_finetune {
+
 using nwc::Tensor;
 using namespace nwc::llm;
 using namespace nwc::llm::testing;
@@ -201,3 +203,5 @@ TEST_CASE("sequential compression: 3-bit RTN with fine-tuning is the same for 1 
     CHECK(improved > 0);
     CHECK(std::isfinite(report_one.steps.front().tensors.front().proxy_loss));  // tied embedding: classifier Hessian
 }
+
+}  // namespace nwc_test_block_finetune

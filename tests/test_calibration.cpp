@@ -11,6 +11,8 @@
 #include "nwc/llm/calibration.hpp"
 #include "nwc/io/llama2c_file.hpp"
 
+namespace nwc_test_calibration {
+
 using nwc::Shape;
 using nwc::Tensor;
 using namespace nwc::llm;
@@ -139,3 +141,5 @@ TEST_CASE("calibration: the block hook reproduces the forward pass", "[calibrati
     CHECK_THROWS_AS(run_block(model, 2, states), nwc::error);
     CHECK_THROWS_AS(run_block(model, 0, {Activations(4, 15)}), nwc::error);
 }
+
+}  // namespace nwc_test_calibration

@@ -15,6 +15,8 @@
 #include "nwc/entropy/cdf_table_set.hpp"
 #include "nwc/entropy/compact_cdf_table.hpp"
 
+namespace nwc_test_cdf_table {
+
 using namespace nwc;
 
 namespace {
@@ -522,3 +524,5 @@ TEST_CASE("compact_cdf_table: truncated, corrupt and hostile bytes give nwc::err
     ByteReader set_reader(no_tables, "no tables");
     CHECK_THROWS_AS(read_compact_set(set_reader), nwc::error);
 }
+
+}  // namespace nwc_test_cdf_table

@@ -9,6 +9,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/quant/chunker.hpp"
 
+namespace nwc_test_chunker {
+
 using namespace nwc;
 using nwc::testing::error_of;
 
@@ -219,3 +221,5 @@ TEST_CASE("chunker: levels serialize, and bad bytes are rejected with the offset
         CHECK_THAT(failure.message(), Catch::Contains("test side data") && Catch::Contains("offset 0"));
     }
 }
+
+}  // namespace nwc_test_chunker

@@ -33,6 +33,8 @@
 #include "nwc/pipeline/rate_control.hpp"
 #include "requirements.hpp"
 
+namespace nwc_test_cli {
+
 namespace {
 
 const char* const subcommands[] = {"compress", "decompress", "inspect", "train", "eval", "report", "demo"};
@@ -475,3 +477,5 @@ TEST_CASE("an HF model nwc cannot run compresses without calibration and says so
     CHECK(nwc::llm::detail::read_json_file(temp.path / "back" / "config.json") == config);
     CHECK(run("decompress " + (temp / "q.nwc") + " -o " + (temp / "q.bin")).status == 1);
 }
+
+}  // namespace nwc_test_cli

@@ -13,6 +13,8 @@
 #include "nwc/codec/sha256.hpp"
 #include "nwc/codec/trainer.hpp"
 
+namespace nwc_test_codec_model {
+
 using namespace nwc;
 
 namespace {
@@ -216,3 +218,5 @@ TEST_CASE("codec evaluation: real rANS bytes track the ideal rate; ECSQ matches 
     CHECK(ecsq.mse() == Approx(0.0625 / 12).epsilon(0.03));
     CHECK(ecsq.bits_per_weight() >= ecsq.ideal_bits_per_weight());
 }
+
+}  // namespace nwc_test_codec_model

@@ -15,6 +15,8 @@
 
 #include "reliability_support.hpp"
 
+namespace nwc_test_concurrency {
+
 using namespace nwc;
 
 namespace {
@@ -142,3 +144,5 @@ TEST_CASE("concurrency: a corrupt tensor fails in every thread and leaves the ot
     CHECK(mismatches == 0);
     CHECK(errors == thread_count);
 }
+
+}  // namespace nwc_test_concurrency

@@ -15,6 +15,8 @@
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/container.hpp"
 
+namespace nwc_test_container {
+
 using namespace nwc;
 
 namespace {
@@ -785,3 +787,5 @@ TEST_CASE("container: a failed write leaves the existing file and no temporary",
     exact.commit();
     CHECK(read_file(target) == big.serialize());
 }
+
+}  // namespace nwc_test_container

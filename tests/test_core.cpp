@@ -8,6 +8,8 @@
 
 #include "nwc/nwc.hpp"
 
+namespace nwc_test_core {
+
 using namespace nwc;
 
 TEST_CASE("half: every one of the 65536 bit patterns survives half -> float -> half", "[half]") {
@@ -199,3 +201,5 @@ TEST_CASE("parallel_for: every index once, exceptions propagate", "[thread_pool]
         CHECK_THROWS_AS(parallel_for(100, threads, [](std::int64_t i) { if (i == 50) fail(errc::corrupt, "item 50"); }), error);
     }
 }
+
+}  // namespace nwc_test_core

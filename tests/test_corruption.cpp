@@ -26,6 +26,8 @@
 #include "nwc/io/model_file.hpp"
 #include "reliability_support.hpp"
 
+namespace nwc_test_corruption {
+
 using namespace nwc;
 
 namespace {
@@ -345,3 +347,5 @@ TEST_CASE("corruption: metadata with valid CRCs whose step, scales or alpha over
     CHECK(decode_patched("nwc", [](std::vector<std::uint8_t>&) {}) == "decoded");
     CHECK(decode_patched("nwc", [&](std::vector<std::uint8_t>& metadata) { put_f32(metadata, knob_at, 1e-44f); }) == "error:corrupt");
 }
+
+}  // namespace nwc_test_corruption

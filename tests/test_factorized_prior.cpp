@@ -9,6 +9,8 @@
 #include "nwc/autograd/optimizer.hpp"
 #include "nwc/entropy/factorized_prior.hpp"
 
+namespace nwc_test_factorized_prior {
+
 using namespace nwc;
 using autograd::Tape;
 using autograd::Var;
@@ -239,3 +241,5 @@ TEST_CASE("FactorizedPrior: rows coded by per-group channels (one prior per leve
         CHECK(dy.data()[i] == Approx((plus - loss_of(shifted)) / (2 * step)).epsilon(1e-5).margin(1e-6));
     }
 }
+
+}  // namespace nwc_test_factorized_prior

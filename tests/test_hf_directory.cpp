@@ -12,6 +12,8 @@
 #include "llm_test_support.hpp"
 #include "nwc/io/hf_directory.hpp"
 
+namespace nwc_test_hf_directory {
+
 using namespace nwc;
 using nwc::testing::error_of;
 using nwc::llm::testing::random_llama_weights;
@@ -298,3 +300,5 @@ TEST_CASE("hf_directory: Mistral configs read as Llama with seq_len capped at th
     broken.erase("hidden_size");  // a Llama config with a field missing is corrupt, not another architecture
     CHECK(error_of([&] { (void)llm::hf_forward_pass_missing(broken, "broken"); }) == errc::corrupt);
 }
+
+}  // namespace nwc_test_hf_directory

@@ -23,6 +23,8 @@
 #include "nwc/quant/scalar_quantizers.hpp"
 #include "requirements.hpp"
 
+namespace nwc_test_ldlq_compensator {
+
 using namespace nwc;
 
 namespace {
@@ -371,3 +373,5 @@ TEST_CASE("ldlq: bad arguments are errors", "[ldlq]") {
     with_nan(3, 9) = std::nanf("");
     CHECK(id_of([&] { ldlq.compress(with_nan.view(), rtn); }) == errc::invalid_argument);
 }
+
+}  // namespace nwc_test_ldlq_compensator

@@ -17,6 +17,8 @@
 #include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/llama_model.hpp"
 
+namespace nwc_test_llama_model {
+
 using nwc::errc;
 using nwc::Shape;
 using nwc::Tensor;
@@ -385,3 +387,5 @@ TEST_CASE("HF layout: bad configs and missing or misshapen tensors are refused",
     foreign.write(directory.path() / "model.safetensors");
     CHECK(read_error(directory.path()) == errc::unsupported);
 }
+
+}  // namespace nwc_test_llama_model

@@ -22,6 +22,8 @@
 #include "nwc/io/safetensors.hpp"
 #include "requirements.hpp"
 
+namespace nwc_test_lossless_float {
+
 using namespace nwc;
 
 namespace {
@@ -493,3 +495,5 @@ TEST_CASE("lossless_float: truncated, corrupt and forged segments fail safely an
     std::vector<std::uint8_t> out(f32.layout.segment_output_bytes(0));
     error_id([&] { lossless_float::decode_segment(f32.layout, 0, bad_plane3, out, backend::simd{}); }, "plane 3 decodes a value outside 0..255");
 }
+
+}  // namespace nwc_test_lossless_float

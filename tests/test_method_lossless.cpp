@@ -26,6 +26,8 @@
 #include "nwc/pipeline/sequential_pipeline.hpp"
 #include "requirements.hpp"
 
+namespace nwc_test_method_lossless {
+
 using namespace nwc;
 using nwc::testing::error_of;
 
@@ -299,3 +301,5 @@ TEST_CASE("lossless: the GPT-Neo BF16 file shrinks to at most 0.68 of its size, 
     for (std::size_t k = 0; k < model.tensors.size(); ++k) different += stored_bytes(decoded.tensors[k]) != stored_bytes(model.tensors[k]);
     CHECK(different == 0);
 }
+
+}  // namespace nwc_test_method_lossless

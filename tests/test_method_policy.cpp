@@ -13,6 +13,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
+namespace nwc_test_method_policy {
+
 using namespace nwc;
 
 namespace {
@@ -269,3 +271,5 @@ TEST_CASE("codec blobs are parsed once per process, keyed by their bytes", "[met
     CHECK(reparsed->bytes == parsed_1->bytes);
     detail::ParsedCodecCache::instance().clear();
 }
+
+}  // namespace nwc_test_method_policy

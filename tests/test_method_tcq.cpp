@@ -18,6 +18,8 @@
 #include "nwc/pipeline/rate_control.hpp"
 #include "reliability_support.hpp"
 
+namespace nwc_test_method_tcq {
+
 using namespace nwc;
 using nwc::testing::error_of;
 
@@ -306,3 +308,5 @@ TEST_CASE("tcq: rate control reaches its target on a small model", "[tcq]") {
         CHECK(decoded.tensors.size() == model.tensors.size());
     }
 }
+
+}  // namespace nwc_test_method_tcq

@@ -10,6 +10,8 @@
 #include "llm_test_support.hpp"
 #include "nwc/io/model_file.hpp"
 
+namespace nwc_test_model_file {
+
 using namespace nwc;
 using nwc::llm::testing::random_llama_weights;
 using nwc::llm::testing::small_llama_config;
@@ -136,3 +138,5 @@ TEST_CASE("model_file: RoPE corrections pack against the recomputed tables and u
     CHECK(error_of({0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01}) == errc::corrupt);
     CHECK(error_of({0x00, 0x80}) == errc::truncated);
 }
+
+}  // namespace nwc_test_model_file

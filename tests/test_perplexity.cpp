@@ -12,6 +12,8 @@
 #include "nwc/llm/perplexity.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
 
+namespace nwc_test_perplexity {
+
 using nwc::RoundToNearest;
 using nwc::Shape;
 using nwc::Tensor;
@@ -143,3 +145,5 @@ TEST_CASE("perplexity: Q4_0 anchor, every 2-D matrix (tied embedding included), 
         CHECK(result.mean_nll > fp32_result().mean_nll);  // a slice: quantization must cost something
     }
 }
+
+}  // namespace nwc_test_perplexity

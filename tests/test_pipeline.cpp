@@ -18,6 +18,8 @@
 #include "nwc/pipeline/pipeline.hpp"
 #include "requirements.hpp"
 
+namespace nwc_test_pipeline {
+
 using namespace nwc;
 
 namespace {
@@ -407,3 +409,5 @@ TEST_CASE("a small file cannot ask for a huge allocation", "[pipeline]") {
         CHECK(problem.id() == errc::limit);
     }
 }
+
+}  // namespace nwc_test_pipeline

@@ -15,6 +15,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/entropy/range_coder.hpp"
 
+namespace nwc_test_range_coder {
+
 using namespace nwc;
 
 namespace {
@@ -424,3 +426,5 @@ TEST_CASE("range_coder: misuse, foreign streams and hostile headers give the rig
     const std::vector<std::uint8_t> long_tail = header({10, 0, 0, 0, 0b00010110, 0b10000000});
     CHECK(error_id([&] { rans::read_index(long_tail, tables); }) == errc::corrupt);
 }
+
+}  // namespace nwc_test_range_coder

@@ -10,6 +10,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/quant/rate_allocation.hpp"
 
+namespace nwc_test_rate_allocation {
+
 using nwc::OperatingCurve;
 using nwc::OperatingPoint;
 
@@ -214,3 +216,5 @@ TEST_CASE("rate allocation: bad input is refused", "[rate_allocation]") {
     CHECK_THROWS_AS(nwc::choose_at_slope(std::vector<OperatingCurve>{{{1.0, 1.0}}}, -1.0), nwc::error);
     CHECK(nwc::allocate_rate(std::vector<OperatingCurve>{}, 0.0).choice.empty());
 }
+
+}  // namespace nwc_test_rate_allocation

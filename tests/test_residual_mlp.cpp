@@ -7,6 +7,8 @@
 
 #include "nwc/nn/residual_mlp.hpp"
 
+namespace nwc_test_residual_mlp {
+
 using namespace nwc;
 using autograd::Tape;
 using autograd::Var;
@@ -164,3 +166,5 @@ TEST_CASE("ResidualMLP: the level embedding modulates each row by its own level"
                                 TensorView<float>(at_zero.data(), {8, 16})),
                     nwc::error);
 }
+
+}  // namespace nwc_test_residual_mlp

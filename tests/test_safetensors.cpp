@@ -16,6 +16,8 @@
 #include "nwc/io/safetensors.hpp"
 #include "requirements.hpp"
 
+namespace nwc_test_safetensors {
+
 using namespace nwc;
 
 namespace {
@@ -310,3 +312,5 @@ TEST_CASE("safetensors: a failed write leaves the existing file and no temporary
     big.write(target);
     CHECK(SafetensorsFile::open(target).info("x").byte_size() == 1000);
 }
+
+}  // namespace nwc_test_safetensors

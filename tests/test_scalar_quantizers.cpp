@@ -10,6 +10,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/quant/scalar_quantizers.hpp"
 
+namespace nwc_test_scalar_quantizers {
+
 using namespace nwc;
 
 namespace {
@@ -203,3 +205,5 @@ TEST_CASE("ecsq: the histogram becomes a CdfTable whose ideal code length matche
     CHECK(narrowed.support() == (1u << 11) - 1);
     CHECK(narrowed.offset() == -5000);
 }
+
+}  // namespace nwc_test_scalar_quantizers

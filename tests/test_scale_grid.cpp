@@ -9,6 +9,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/quant/scale_grid.hpp"
 
+namespace nwc_test_scale_grid {
+
 using namespace nwc;
 using nwc::testing::error_of;
 
@@ -117,3 +119,5 @@ TEST_CASE("scale grid: bad bytes are rejected with the field and its offset", "[
         CHECK_THAT(failure.message(), Catch::Contains("test scales") && Catch::Contains("offset 3"));
     }
 }
+
+}  // namespace nwc_test_scale_grid

@@ -15,6 +15,8 @@
 #include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 
+namespace nwc_test_sensitivity {
+
 using namespace nwc::llm;
 using namespace nwc::llm::testing;
 
@@ -164,3 +166,5 @@ TEST_CASE("sensitivity: stories260K on calibration text, positive and quadratic"
         CHECK(t.sensitivity == Approx(s.sensitivity).epsilon(0.05));
     }
 }
+
+}  // namespace nwc_test_sensitivity

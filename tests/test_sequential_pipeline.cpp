@@ -18,6 +18,8 @@
 #include "nwc/pipeline/sequential_pipeline.hpp"
 #include "requirements.hpp"
 
+namespace nwc_test_sequential_pipeline {
+
 using namespace nwc;
 
 namespace {
@@ -163,3 +165,5 @@ TEST_CASE("a Hugging Face model is compressed in its own layout", "[sequential][
         CHECK(decoded.tensors[i].shape == hf.tensors[i].shape);
     }
 }
+
+}  // namespace nwc_test_sequential_pipeline

@@ -12,6 +12,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/llm/tokenizer.hpp"
 
+namespace nwc_test_tokenizer {
+
 using nwc::errc;
 using nwc::llm::Tokenizer;
 using namespace nwc::llm::testing;
@@ -222,3 +224,5 @@ TEST_CASE("tokenizer: a vocabulary without \" \" cannot add the dummy prefix", "
         CHECK(problem.id() == errc::unsupported);
     }
 }
+
+}  // namespace nwc_test_tokenizer

@@ -17,6 +17,8 @@
 #include "nwc/core/random.hpp"
 #include "nwc/quant/trellis_quantizer.hpp"
 
+namespace nwc_test_trellis_quantizer {
+
 using namespace nwc;
 
 namespace {
@@ -748,3 +750,5 @@ TEST_CASE("trellis: column after column with error feedback, in 32-column strips
         REQUIRE(decoded == stream);
     }
 }
+
+}  // namespace nwc_test_trellis_quantizer
