@@ -62,6 +62,11 @@ MethodOptions options_for(std::int64_t method, std::int64_t threads) {
     options.threads = int(threads);
     options.step = 0.3f;  // ecsq ~4.3 bits per weight here; tcq's unions are 2 steps apart: half its step
     if (options.method == "tcq") options.step = 0.15f;
+    // rtn, gptq: llama.cpp's Q4_0 layout (fp16 scale per 32), as docs/bench/pipeline.md's rows were
+    // measured; the default grid scales decode through the same loop after unpacking a
+    // code set per segment.
+    options.fp16_group_scales = true;
+    options.group_size = 32;
     options.measure = false;
     return options;
 }

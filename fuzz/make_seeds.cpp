@@ -46,13 +46,17 @@ void method_seeds(const fs::path& folder) {
     [&]<class... Methods>(MethodList<Methods...>) {
         const auto seed = [&]<class M>(std::type_identity<M>) {
             if constexpr (!uses_codec_blob<M>) {
-                for (const std::size_t k : {std::size_t(0), std::size_t(1)}) {  // F32 32 x 16 and BF16 16 x 48
-                    const ModelTensor& tensor = model.tensors[k];
-                    const ContainerTensor coded = DefaultCodec(reliability::small_options(std::string(M::name)))
-                                                      .compress(tensor.name, tensor.values.view(), nullptr, nullptr, tensor.original_dtype);
+                // rtn, gptq: grid scales, and fp16 scales of 32 (the Q4_0 layout) as seeds _2, _3.
+                const bool grouped = M::knob.option == std::string_view("bits");
+                for (const std::size_t k : {std::size_t(0), std::size_t(1), std::size_t(2), std::size_t(3)}) {  // F32 32 x 16 and BF16 16 x 48
+                    if (k >= 2 && !grouped) break;
+                    const ModelTensor& tensor = model.tensors[k % 2];
+                    MethodOptions options = reliability::small_options(std::string(M::name));
+                    if (k >= 2) options.fp16_group_scales = true, options.group_size = 32;
+                    const ContainerTensor coded = DefaultCodec(options).compress(tensor.name, tensor.values.view(), nullptr, nullptr, tensor.original_dtype);
                     ByteWriter out;
                     out.put_u8(index);
-                    out.put_u16(std::uint16_t(tensor.shape[0] - 1));
+                    out.put_u16(std::uint16_t(tensor.shape[0] - 1));  // of model.tensors[k % 2]
                     out.put_u16(std::uint16_t(tensor.shape[1] - 1));
                     const std::size_t segments = std::max<std::size_t>(1, coded.segment_sizes.size());
                     out.put_u8(std::uint8_t(segments - 1));

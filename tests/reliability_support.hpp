@@ -81,7 +81,7 @@ inline std::vector<std::uint8_t> small_container(std::string method) {
 }
 
 /// One container holding every kind of tensor: rtn, gptq, ecsq, tcq and nwc matrices (the nwc decoder
-/// embedded as codec 0), a lossless BF16 matrix, a raw F32 vector and a raw I32 tensor, with the
+/// embedded as codec 0), an rtn BF16 matrix with fp16 scales, a lossless BF16 matrix, a raw F32 vector and a raw I32 tensor, with the
 /// pipeline's file metadata.
 inline std::vector<std::uint8_t> mixed_container() {
     const ModelFile model = small_model();
@@ -94,8 +94,11 @@ inline std::vector<std::uint8_t> mixed_container() {
         const DefaultCodec coder(small_options(method), method == "nwc" ? codec : nullptr);
         writer.add_tensor(coder.compress(matrix.name + "." + std::string(method), matrix.values.view()));
     }
+    MethodOptions q4_0 = small_options("rtn");  // the other rtn layout: fp16 scales per 32
+    q4_0.fp16_group_scales = true;
+    q4_0.group_size = 32;
+    writer.add_tensor(DefaultCodec(q4_0).compress(model.tensors[1].name, model.tensors[1].values.view(), nullptr, nullptr, dtype::bf16));
     const DefaultCodec raw(small_options("rtn"));
-    writer.add_tensor(raw.compress(model.tensors[1].name, model.tensors[1].values.view(), nullptr, nullptr, dtype::bf16));
     const DefaultCodec lossless(small_options("lossless"));
     writer.add_tensor(lossless.compress(model.tensors[1].name + ".lossless", model.tensors[1].values.view(), nullptr, nullptr, dtype::bf16));
     writer.add_tensor(raw.compress(model.tensors[2].name, model.tensors[2].values.view()));

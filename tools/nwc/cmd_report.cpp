@@ -53,8 +53,8 @@ const std::vector<Configuration>& all_configurations() {
         {"ecsq", "ecsq", true, false, "ECSQ + LDLQ"},
         {"tcq-ft", "tcq", true, true, "TCQ (8 states) + LDLQ + fine-tuning"},
         {"tcq", "tcq", true, false, "TCQ (8 states) + LDLQ"},
-        {"gptq", "gptq", true, false, "GPTQ (scale per 32)"},
-        {"rtn", "rtn", false, false, "RTN (scale per 32)"},
+        {"gptq", "gptq", true, false, "GPTQ (a coded scale per 32)"},
+        {"rtn", "rtn", false, false, "RTN (a coded scale per 32)"},
     };
     return configurations;
 }
@@ -142,9 +142,17 @@ struct ReportInputs {
     std::vector<std::shared_ptr<const NeuralCodec>> codecs;
 };
 
-/// A configuration at the fixed setting of its integer knob (MethodOptions' default: 4 bits per
-/// code, a fp16 scale per 32 weights, llama.cpp's Q4_0 layout) besides the target rates.
+/// A configuration of an integer knob also runs at llama.cpp's Q4_0 layout (4 bits per code, a
+/// fp16 scale per 32 weights: q4_0_options) besides the target rates.
 bool runs_at_fixed_setting(const Configuration& configuration) { return DefaultCodec::knob_of(configuration.method).integer; }
+
+/// `options` at llama.cpp's Q4_0 layout: 4 bits, a fp16 scale per 32 weights chosen as ggml does.
+MethodOptions q4_0_options(MethodOptions options) {
+    options.bits = 4;
+    options.group_size = 32;
+    options.fp16_group_scales = true;
+    return options;
+}
 
 struct ReportCommand {
     using Settings = ReportSettings;
@@ -157,9 +165,9 @@ EVAL (the `nwc eval` protocol). Bits per weight are those of the WHOLE .nwc file
 configurations (--configs):
 )";
         for (const Configuration& configuration : all_configurations()) append_format(description, "  %-14s %s\n", configuration.id.c_str(), configuration.description.c_str());
-        const MethodOptions defaults;
+        const MethodOptions q4_0 = q4_0_options(MethodOptions{});
         append_format(description, "Every configuration runs at each --rates target; those of an integer knob also run at %d bits per\n"
-                                   "code with a fp16 scale per %d weights (llama.cpp's Q4_0 layout).", defaults.bits, defaults.group_size);
+                                   "code with a fp16 scale per %d weights (llama.cpp's Q4_0 layout).", q4_0.bits, q4_0.group_size);
         return {.name = "report",
                 .usage = "MODEL --calib TEXT --text EVAL --tokenizer TOK [options]",
                 .description = description,
@@ -244,6 +252,7 @@ Row run_configuration(const Configuration& configuration, double target, const R
     options.method = configuration.method;
     options.ldlq = configuration.ldlq;
     options.threads = threads;
+    if (std::isnan(target)) options = q4_0_options(options);
     Row row;
     row.config = configuration.id;
     row.target = target;

@@ -45,7 +45,7 @@ struct method_infos<MethodList<Methods...>> {
 /// option, with a generated line.
 inline std::string knob_meaning(std::string_view option) {
     static const std::map<std::string_view, std::string> meanings = {
-        {"bits", "bits per code, 2..8; 4 is llama.cpp's Q4_0 layout, 4.5 bits per weight"},
+        {"bits", "bits per code, 2..8; a scale per group of weights comes on top (grid codes and signs about 0.16 bits per weight; Q4_0's fp16 scales 0.5)"},
         {"step", "quantizer step on normalized weights; smaller: more bits"},
         {"alpha", "weights are scaled by A before the encoder; larger: more bits"},
     };
@@ -96,8 +96,8 @@ inline void declare_method_choice(OptionTable& table, MethodOptions& options, co
 }
 
 /// One option per rate knob, set through the methods' own set_knob and applying to the methods
-/// that have that knob; the defaults shown are those of `options`. Then --group-size, which
-/// belongs to the layout of the integer-code methods (knob "bits": a fp16 scale per group).
+/// that have that knob; the defaults shown are those of `options`. Then --group-size and
+/// --fp16-scales, which belong to the layout of the integer-code methods (knob "bits": a scale per group).
 inline void declare_knob_options(OptionTable& table, MethodOptions& options) {
     for (const std::string& knob : knob_options()) {
         const std::vector<std::string> methods = method_names_where([&](const MethodInfo& method) { return method.knob.option == knob; });
@@ -115,8 +115,13 @@ inline void declare_knob_options(OptionTable& table, MethodOptions& options) {
         };
         option.for_methods(methods);
     }
-    table.value("group-size", "G", "weights per fp16 scale", options.group_size)
-        .for_methods(method_names_where([](const MethodInfo& method) { return method.knob.option == "bits"; }));
+    const std::vector<std::string> grouped = method_names_where([](const MethodInfo& method) { return method.knob.option == "bits"; });
+    table.value("group-size", "G", "weights of a row sharing one scale (32 with --fp16-scales is llama.cpp's Q4_0 layout)", options.group_size)
+        .at_least(1)
+        .for_methods(grouped);
+    table.flag("fp16-scales", "fp16 group scales chosen as llama.cpp's Q4_0 does (16 bits each) instead of least-error scales coded in ~4 bits",
+               options.fp16_group_scales)
+        .for_methods(grouped);
 }
 
 /// The methods whose tensors embed a trained codec (for --codec).

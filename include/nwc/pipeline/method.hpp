@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -229,11 +230,12 @@ concept AccountingMethod = Method<M> && requires(const typename M::Layout& layou
     M::account_segment(layout, size, bytes, account);
 };
 
-/// A method whose sizes follow from the shape and options alone (rtn, gptq): rate control sizes
-/// every operating point exactly, without coding.
+/// A method whose sizes may follow from the shape and options alone (rtn and gptq with fp16 group
+/// scales): predicted_sizes gives them (metadata, then each segment), or nullopt for options whose
+/// sizes depend on the values (grid scales); rate control then codes each tensor alone to size it.
 template <class M>
 concept SizePredictingMethod = Method<M> && requires(const Shape& shape, const MethodOptions& options) {
-    { M::predicted_sizes(shape, options) } -> std::same_as<std::vector<std::uint64_t>>;  // metadata, then each segment
+    { M::predicted_sizes(shape, options) } -> std::same_as<std::optional<std::vector<std::uint64_t>>>;
 };
 
 /// "step=0.4675": a method's knob as reports print it (integers without decimals); "" for a

@@ -46,7 +46,14 @@ struct MethodOptions {
     /// best on stories260K (docs/bench/report.md: ahead of nwc at 3 and 6 bits per weight, level at 4-5).
     std::string method = "ecsq";
     int bits = 4;            ///< rtn, gptq: bits per code (2..8); 4 is Q4_0's 4.5 bits per weight
-    int group_size = 32;     ///< rtn, gptq: weights of a row sharing one fp16 scale
+    /// rtn, gptq: weights of a row sharing one scale; with grid scales about 5 bits each (0.16 bits
+    /// per weight at 32; 64 halves that but gptq lost 0.013 nats more on stories260K's calibration
+    /// text at 4 bits per weight, equal bytes, docs/bench/report.md). 32 with fp16_group_scales is
+    /// ggml's Q4_0 layout.
+    int group_size = 32;
+    /// rtn, gptq: fp16 group scales chosen as ggml's Q4_0 does (16 bits per group) instead of
+    /// least-error scales on the quarter-octave grid coded in about 4 bits (RoundingScheme::grid).
+    bool fp16_group_scales = false;
     float step = 0.5f;       ///< ecsq: quantizer step on normalized (unit-variance) weights
     float alpha = 1.0f;      ///< nwc: rate knob, the normalized weights are scaled by alpha before g_a
     /// tcq: trellis states (4..256, a power of two); 8 gains about 1 dB of ECSQ's 1.53 dB to the

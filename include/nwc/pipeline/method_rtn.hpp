@@ -1,20 +1,28 @@
-// The "rtn" and "gptq" methods (RtnMethod, GptqMethod: one template, GroupRoundingMethod):
-// llama.cpp-style groups of 32 weights of a row sharing one fp16 scale (nwc::RoundToNearest),
-// codes bit-packed; gptq adds LDLQ per-column feedback (GPTQ) when a Hessian is given, and without
-// one writes exactly rtn's bytes under its own name. Their sizes follow from the shape and the
-// bits alone (predicted_sizes), which rate control uses to choose bits per tensor exactly.
+// The "rtn" and "gptq" methods (RtnMethod, GptqMethod: one template, GroupRoundingMethod): groups
+// of G weights of a row sharing one scale (nwc::RoundToNearest), codes bit-packed; gptq adds LDLQ
+// per-column feedback (GPTQ) when a Hessian is given, and without one writes exactly rtn's bytes
+// under its own name.
+//
+// Two scale layouts (MethodOptions::fp16_group_scales):
+// - grid (the default, RoundingScheme::grid): each scale the least-error value of +- the
+//   quarter-octave grid, a segment's magnitudes stored as one code set (scale_grid.hpp: u8 lowest
+//   code, u8 width, width-bit fields; width up to 7 so a set may span the whole grid), then one
+//   sign bit per group: about 5 bits per group, 0.16 bits per weight with G = 32 where fp16 scales cost 0.5. Sizes depend on the
+//   values, so rate control codes a tensor to size it.
+// - fp16 (ggml's Q4_0 layout with G = 32: RoundingScheme::signed_max): 16 bits per group; sizes
+//   follow from the shape and the bits alone (predicted_sizes).
 //
 // Metadata: MethodPrefix (span = rows per segment), u8 bits, u8 rounding scheme, varint group
-// size. Payload segment k = rows [k span, min((k + 1) span, m)): the fp16
-// scales of those rows (row-major, ceil(n / G) per row), then their codes, row-major, packed
-// `bits` bits each LSB first, zero-padded to a byte. Value = (code - 2^(bits-1)) * scale.
-// Bits per weight: bits + 16 / G (Q4_0: 4.5) plus about 12 bytes of metadata per tensor.
+// size. Payload segment k = rows [k span, min((k + 1) span, m)): the scales of those rows
+// (row-major, ceil(n / G) per row), then their codes, row-major, packed `bits` bits each LSB
+// first, zero-padded to a byte. Value = (code - 2^(bits-1)) * scale.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,6 +35,7 @@
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
+#include "nwc/quant/scale_grid.hpp"
 
 namespace nwc {
 
@@ -42,40 +51,55 @@ struct GroupRoundingMethod {
     struct Layout {
         std::int64_t rows = 0, cols = 0;
         int bits = 4, group_size = 32;
+        RoundingScheme scheme = RoundingScheme::grid;
         std::int64_t rows_per_segment = 1;
         std::int64_t groups_per_row = 1;
 
         std::size_t segment_count() const noexcept { return std::size_t(detail::segment_count(rows, rows_per_segment)); }
-        std::int64_t segment_weights(std::size_t segment) const noexcept {
-            return std::min(rows_per_segment, rows - std::int64_t(segment) * rows_per_segment) * cols;
+        std::int64_t segment_rows(std::size_t segment) const noexcept { return std::min(rows_per_segment, rows - std::int64_t(segment) * rows_per_segment); }
+        std::int64_t segment_weights(std::size_t segment) const noexcept { return segment_rows(segment) * cols; }
+        std::uint64_t code_bytes(std::int64_t segment_rows) const noexcept { return (std::uint64_t(segment_rows * cols) * std::uint64_t(bits) + 7) / 8; }
+        /// Bytes of a segment's scales: fp16 exactly; grid at least (the code set's header, or one
+        /// fp16, then the sign bits).
+        std::uint64_t scale_bytes(std::int64_t segment_rows) const noexcept {
+            const std::uint64_t count = std::uint64_t(segment_rows) * std::uint64_t(groups_per_row);
+            return scheme == RoundingScheme::grid ? 2 + sign_bytes(count) : count * 2;
         }
-        std::uint64_t segment_bytes(std::int64_t segment_rows) const noexcept {
-            return std::uint64_t(segment_rows) * std::uint64_t(groups_per_row) * 2 + (std::uint64_t(segment_rows * cols) * std::uint64_t(bits) + 7) / 8;
-        }
+        static std::uint64_t sign_bytes(std::uint64_t count) noexcept { return (count + 7) / 8; }
     };
 
+    /// The rounding scheme `options` asks for.
+    static RoundingScheme scheme_of(const MethodOptions& options) noexcept {
+        return options.fp16_group_scales ? RoundingScheme::signed_max : RoundingScheme::grid;
+    }
+
     /// The metadata: MethodPrefix, u8 bits, u8 rounding scheme, varint group size.
-    static std::vector<std::uint8_t> metadata_of(std::uint8_t flags, std::int64_t span, int bits, int group_size) {
+    static std::vector<std::uint8_t> metadata_of(std::uint8_t flags, std::int64_t span, int bits, RoundingScheme scheme, int group_size) {
         ByteWriter metadata;
         detail::MethodPrefix prefix;
         prefix.flags = flags;
         prefix.span = std::uint32_t(span);
         prefix.write(metadata);
         metadata.put_u8(std::uint8_t(bits));
-        metadata.put_u8(std::uint8_t(RoundingScheme::signed_max));
+        metadata.put_u8(std::uint8_t(scheme));
         detail::put_varint(metadata, std::uint64_t(group_size));
         return metadata.take();
     }
 
+    static Layout layout_of(std::int64_t rows, std::int64_t cols, const MethodOptions& options) {
+        return {rows, cols, options.bits, options.group_size, scheme_of(options), std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment)),
+                (cols + options.group_size - 1) / options.group_size};
+    }
+
     /// The sizes coding an m x n matrix with `options` gives: metadata, then each segment (exact,
-    /// whatever the values: rate control sizes operating points with it).
-    static std::vector<std::uint64_t> predicted_sizes(const Shape& shape, const MethodOptions& options) {
-        const std::int64_t rows = shape[0], cols = shape[1];
-        const Layout layout{rows, cols, options.bits, options.group_size, std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment)),
-                            (cols + options.group_size - 1) / options.group_size};
-        std::vector<std::uint64_t> sizes{metadata_of(0, layout.rows_per_segment, options.bits, options.group_size).size()};
-        for (std::int64_t first = 0; first < rows; first += layout.rows_per_segment)
-            sizes.push_back(layout.segment_bytes(std::min(layout.rows_per_segment, rows - first)));
+    /// whatever the values: rate control sizes operating points with it); nullopt for grid scales,
+    /// whose size depends on the values.
+    static std::optional<std::vector<std::uint64_t>> predicted_sizes(const Shape& shape, const MethodOptions& options) {
+        if (!options.fp16_group_scales) return std::nullopt;
+        const Layout layout = layout_of(shape[0], shape[1], options);
+        std::vector<std::uint64_t> sizes{metadata_of(0, layout.rows_per_segment, options.bits, layout.scheme, options.group_size).size()};
+        for (std::size_t k = 0; k < layout.segment_count(); ++k)
+            sizes.push_back(layout.scale_bytes(layout.segment_rows(k)) + layout.code_bytes(layout.segment_rows(k)));
         return sizes;
     }
 
@@ -88,7 +112,8 @@ struct GroupRoundingMethod {
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
-        RoundToNearest quantizer(RoundToNearestOptions{options.bits, options.group_size, RoundingScheme::signed_max});
+        const Layout layout = layout_of(rows, cols, options);
+        RoundToNearest quantizer(RoundToNearestOptions{options.bits, options.group_size, layout.scheme});
         EncodedMatrix result;
         const bool feedback = GptqFeedback && options.ldlq && hessian != nullptr;
         if (feedback) {
@@ -104,16 +129,26 @@ struct GroupRoundingMethod {
         result.used_hessian = feedback;
         result.setting = knob_setting<GroupRoundingMethod>(options.bits);
 
-        Layout layout{rows, cols, options.bits, options.group_size, std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment)),
-                      quantizer.groups_per_row()};
         ContainerTensor& tensor = result.tensor;
         tensor.method = std::string(name);
-        tensor.metadata = metadata_of(result.used_feedback ? detail::flag_feedback : 0, layout.rows_per_segment, options.bits, options.group_size);
+        tensor.metadata = metadata_of(result.used_feedback ? detail::flag_feedback : 0, layout.rows_per_segment, options.bits, layout.scheme, options.group_size);
         for (std::int64_t first = 0; first < rows; first += layout.rows_per_segment) {
             const std::int64_t count = std::min(layout.rows_per_segment, rows - first);
             ByteWriter segment;
-            for (half scale : quantizer.scales().subspan(std::size_t(first * layout.groups_per_row), std::size_t(count * layout.groups_per_row)))
-                segment.put_u16(scale.bits);
+            const std::span<const half> scales = quantizer.scales().subspan(std::size_t(first * layout.groups_per_row), std::size_t(count * layout.groups_per_row));
+            if (layout.scheme == RoundingScheme::grid) {
+                // The magnitudes as a code set, then the signs, one bit each, LSB first.
+                std::vector<half> magnitudes(scales.begin(), scales.end());
+                std::vector<std::uint8_t> signs(std::size_t(Layout::sign_bytes(scales.size())), 0);
+                for (std::size_t i = 0; i < scales.size(); ++i) {
+                    magnitudes[i].bits &= std::uint16_t(~half_sign_mask);
+                    if (scales[i].bits & half_sign_mask) signs[i / 8] |= std::uint8_t(1u << (i % 8));
+                }
+                write_scales(segment, magnitudes, grid_scale_width);
+                segment.put_bytes(signs);
+            } else {
+                for (half scale : scales) segment.put_u16(scale.bits);
+            }
             segment.put_bytes(detail::pack_codes(quantizer.codes().subspan(std::size_t(first * cols), std::size_t(count * cols)), options.bits));
             tensor.add_segment(segment.bytes());
         }
@@ -131,7 +166,8 @@ struct GroupRoundingMethod {
         layout.bits = in.get_u8();
         require(layout.bits >= 2 && layout.bits <= 8, errc::corrupt, context, ": ", layout.bits, " bits per code (2..8)");
         const std::uint8_t scheme = in.get_u8();
-        require(scheme <= std::uint8_t(RoundingScheme::absmax), errc::unsupported, context, ": rounding scheme ", int(scheme));
+        require(scheme <= std::uint8_t(RoundingScheme::grid), errc::unsupported, context, ": rounding scheme ", int(scheme));
+        layout.scheme = RoundingScheme(scheme);
         const std::uint64_t group = detail::get_varint(in, "group size");
         require(group >= 1 && group <= 65536, errc::corrupt, context, ": group size ", group, " (1..65536)");
         in.expect_end();
@@ -144,12 +180,11 @@ struct GroupRoundingMethod {
     }
 
     static void account_metadata(const Layout&, std::size_t size, ByteAccount& account) { account.add("metadata", size); }
-    /// A segment is its rows' fp16 group scales, then their packed codes.
+    /// A segment is its rows' group scales, then their packed codes.
     static void account_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, ByteAccount& account) {
-        const std::int64_t first = std::int64_t(segment) * layout.rows_per_segment;
-        const std::uint64_t scales = std::uint64_t(std::min(layout.rows_per_segment, layout.rows - first) * layout.groups_per_row) * 2;
-        account.add("scales", std::min<std::uint64_t>(scales, bytes.size()));
-        account.add("payload", bytes.size() - std::min<std::uint64_t>(scales, bytes.size()));
+        const std::uint64_t codes = std::min<std::uint64_t>(layout.code_bytes(layout.segment_rows(segment)), bytes.size());
+        account.add("scales", bytes.size() - codes);
+        account.add("payload", codes);
     }
 
     /// Decodes segment `segment` into its rows of `output` (m x n).
@@ -157,25 +192,50 @@ struct GroupRoundingMethod {
     static void decode_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, TensorView<float> output,
                                const std::string& context, Backend) {
         const std::int64_t first = std::int64_t(segment) * layout.rows_per_segment;
-        const std::int64_t count = std::min(layout.rows_per_segment, layout.rows - first);
+        const std::int64_t count = layout.segment_rows(segment);
         const std::string where = context + std::string(" segment ") + std::to_string(segment);
-        require(bytes.size() == layout.segment_bytes(count), errc::corrupt, where, ": ", bytes.size(), " bytes, ", count, " rows need ",
-                layout.segment_bytes(count));
-        const std::size_t scale_bytes = std::size_t(count * layout.groups_per_row) * 2;
-        thread_local std::vector<std::uint8_t> codes;  // reused: see NwcMethod::decode_segment
+        const std::uint64_t code_bytes = layout.code_bytes(count);
+        // Checked before anything is allocated: the scales never outnumber the codes' bytes times 8.
+        require(bytes.size() >= layout.scale_bytes(count) + code_bytes, errc::corrupt, where, ": ", bytes.size(), " bytes, ", count,
+                " rows need at least ", layout.scale_bytes(count) + code_bytes);
+        const std::size_t scale_count = std::size_t(count * layout.groups_per_row);
+        thread_local std::vector<half> scales;  // reused: see NwcMethod::decode_segment
+        ByteReader in(bytes.first(bytes.size() - code_bytes), where + " scales");
+        if (layout.scheme == RoundingScheme::grid) {
+            scales = read_scales(in, scale_count, grid_scale_width);
+            const std::size_t signs_at = in.offset();
+            const std::span<const std::uint8_t> signs = in.get_bytes(std::size_t(Layout::sign_bytes(scale_count)));
+            for (std::size_t i = 0; i < scale_count; ++i)
+                if ((signs[i / 8] >> (i % 8)) & 1u) scales[i].bits |= half_sign_mask;
+            if (scale_count % 8 != 0)
+                require((signs.back() >> (scale_count % 8)) == 0, errc::corrupt, where, ": unused bits of the last sign byte (offset ",
+                        signs_at + signs.size() - 1, ") are not zero");
+        } else {
+            scales.resize(scale_count);
+            for (half& scale : scales) {
+                scale.bits = in.get_u16();
+                require(is_finite(scale), errc::corrupt, where, ": scale of row ", first + std::int64_t(&scale - scales.data()) / layout.groups_per_row,
+                        " group ", std::int64_t(&scale - scales.data()) % layout.groups_per_row, " is not finite");
+            }
+        }
+        require(in.at_end(), errc::corrupt, where, ": ", bytes.size(), " bytes, but ", count, " rows of codes and their scales take ",
+                in.offset() + code_bytes);
+        thread_local std::vector<std::uint8_t> codes;
         codes.resize(std::size_t(count * layout.cols));
-        detail::unpack_codes(bytes.subspan(scale_bytes), layout.bits, codes, where);
+        detail::unpack_codes(bytes.subspan(bytes.size() - code_bytes), layout.bits, codes, where);
         for (std::int64_t r = 0; r < count; ++r) {
             for (std::int64_t g = 0; g < layout.groups_per_row; ++g) {
-                half scale;
-                std::memcpy(&scale.bits, bytes.data() + 2 * std::size_t(r * layout.groups_per_row + g), 2);
-                require(is_finite(scale), errc::corrupt, where, ": scale of row ", first + r, " group ", g, " is not finite");
+                const half scale = scales[std::size_t(r * layout.groups_per_row + g)];
                 const std::int64_t end = std::min<std::int64_t>((g + 1) * layout.group_size, layout.cols);
                 for (std::int64_t c = g * layout.group_size; c < end; ++c)
                     output(first + r, c) = detail::rtn_value(codes[std::size_t(r * layout.cols + c)], scale, layout.bits);
             }
         }
     }
+
+private:
+    /// Grid scale sets may span the whole grid (they are not snapped to within 16 octaves).
+    static constexpr int grid_scale_width = 7;
 };
 
 using RtnMethod = GroupRoundingMethod<false>;

@@ -187,8 +187,8 @@ public:
     /// "step=0.5", "bits=4", "alpha=1.2": the knob as reports print it.
     std::string setting() const { return dispatch([&]<class M>(std::type_identity<M>) { return knob_setting<M>(M::knob_value(m_options)); }); }
 
-    /// The sizes coding a `shape` matrix with `options` gives (metadata, then each segment), for
-    /// methods whose sizes do not depend on the values (rtn, gptq); nullopt for the others.
+    /// The sizes coding a `shape` matrix with `options` gives (metadata, then each segment), when
+    /// they do not depend on the values (rtn, gptq with fp16 group scales); nullopt otherwise.
     std::optional<std::vector<std::uint64_t>> predicted_sizes(const Shape& shape, const MethodOptions& options) const {
         return dispatch([&]<class M>(std::type_identity<M>) -> std::optional<std::vector<std::uint64_t>> {
             if constexpr (SizePredictingMethod<M>) return M::predicted_sizes(shape, options);
@@ -199,9 +199,6 @@ public:
     /// Whether the configured method normalizes by MethodOptions::axis.
     bool uses_normalization_axis() const {
         return dispatch([&]<class M>(std::type_identity<M>) { return nwc::uses_normalization_axis<M>; });
-    }
-    bool predicts_sizes() const {
-        return dispatch([&]<class M>(std::type_identity<M>) { return SizePredictingMethod<M>; });
     }
     /// Whether the configured method has a rate knob (method.hpp's has_rate_knob; not lossless).
     bool has_rate_knob() const {

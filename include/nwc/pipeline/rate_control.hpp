@@ -11,10 +11,11 @@
 //   out), and keeps the best pass. Passes skip the error measurements; the chosen knob is
 //   compressed once more with them (same bytes otherwise). The same search object also runs the
 //   secant corrections of sequential compression (sequential_pipeline.hpp).
-// - An integer knob (rtn, gptq bits) belongs to a method whose sizes follow from the shape alone
-//   (SizePredictingMethod): one measurement-free pass gives the container's fixed overhead, every
-//   tensor's size at every bit width follows (exactly, but for the container's alignment padding,
-//   counted at its most), and bits are chosen PER TENSOR: all at the
+// - An integer knob (rtn, gptq bits): one measurement-free pass gives the container's fixed
+//   overhead, every tensor's size at every bit width follows (from the shape alone with fp16
+//   group scales, SizePredictingMethod; by coding the tensor alone, without a Hessian, with grid
+//   scales; exactly, but for the container's alignment padding, counted at its most; a Hessian's
+//   feedback moves grid scales a little, hence the file a little), and bits are chosen PER TENSOR: all at the
 //   largest b whose file fits, then tensors, largest step first, move to b + 1 while the file still
 //   fits. With one tensor, or a target outside the knob's range, the target may stay out of reach:
 //   the report says so.
@@ -26,6 +27,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -131,23 +133,32 @@ CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFi
     const int lowest = int(std::ceil(std::isnan(target.knob_min) ? knob.lowest : target.knob_min));
     const int highest = int(std::floor(std::isnan(target.knob_max) ? knob.highest : target.knob_max));
     require(lowest <= highest, errc::invalid_argument, "rate control: empty ", knob.option, " range [", lowest, ", ", highest, "]");
-    // Bytes of a tensor at knob k with the most padding the container can add before its payload
-    // (metadata, then the payload of all segments).
-    const auto aligned_bytes = [&](const Shape& shape, double value) {
-        const std::vector<std::uint64_t> sizes = *codec.predicted_sizes(shape, codec.with_knob(value).options());
-        std::uint64_t payload = 0;
-        for (std::size_t k = 1; k < sizes.size(); ++k) payload += sizes[k];
-        return container_tensor_bytes_bound(sizes[0], payload);
+    // Bytes of tensor i at knob k with the most padding the container can add before its payload:
+    // predicted from the shape, or (sizes that depend on the values) measured by coding it alone.
+    MethodOptions single = probe;
+    single.threads = 1;
+    const auto aligned_bytes = [&](std::size_t i, double value) {
+        const MethodOptions options = CodecType::options_with_knob(single, value);
+        if (const std::optional<std::vector<std::uint64_t>> sizes = codec.predicted_sizes(model.tensors[i].shape, options)) {
+            std::uint64_t payload = 0;
+            for (std::size_t k = 1; k < sizes->size(); ++k) payload += (*sizes)[k];
+            return container_tensor_bytes_bound((*sizes)[0], payload);
+        }
+        TensorReport report;
+        const ContainerTensor coded = codec.with_options(options).compress(model.tensors[i], nullptr, report);
+        return container_tensor_bytes_bound(coded.metadata.size(), coded.payload.size());
     };
-    std::vector<std::vector<std::uint64_t>> sizes(model.tensors.size());  // [tensor][knob - lowest]
+    std::vector<std::vector<std::uint64_t>> sizes(model.tensors.size());  // [tensor][knob - lowest], then the probe's knob
     std::vector<std::size_t> coded;
+    for (std::size_t i = 0; i < model.tensors.size(); ++i)
+        if (first.report.tensors[i].method == codec.options().method) coded.push_back(i);  // not raw, nor a vector coded by ecsq
+    parallel_for(std::int64_t(coded.size()), resolve_thread_count(probe.threads), [&](std::int64_t slot) {
+        const std::size_t i = coded[std::size_t(slot)];
+        for (int value = lowest; value <= highest; ++value) sizes[i].push_back(aligned_bytes(i, value));
+        sizes[i].push_back(aligned_bytes(i, codec.knob_value()));
+    });
     double overhead = double(first.report.file_bytes);
-    for (std::size_t i = 0; i < model.tensors.size(); ++i) {
-        if (first.report.tensors[i].method != codec.options().method) continue;  // raw, or a vector coded by ecsq
-        coded.push_back(i);
-        for (int value = lowest; value <= highest; ++value) sizes[i].push_back(aligned_bytes(model.tensors[i].shape, value));
-        overhead -= double(aligned_bytes(model.tensors[i].shape, codec.knob_value()));
-    }
+    for (std::size_t i : coded) overhead -= double(sizes[i].back());
     std::vector<int> chosen(model.tensors.size(), int(codec.knob_value()));
     const auto size_at = [&](std::size_t i, int value) { return double(sizes[i][std::size_t(value - lowest)]); };
     const auto total = [&] {
@@ -246,8 +257,6 @@ CompressedModel compress_to_target(const CodecType& codec, const ModelFile& mode
     if (target.sensitivities != nullptr) {
         result = detail::compress_allocated(codec, model, hessians, target, progress);
     } else if (knob.integer) {
-        require(codec.predicts_sizes(), errc::invalid_argument, "rate control: method '",
-                codec.options().method, "' has an integer knob but does not predict its sizes");
         result = detail::compress_to_integer_target(codec, model, hessians, target, progress);
     } else {
         const double lowest = std::log2(std::isnan(target.knob_min) ? knob.lowest : target.knob_min);

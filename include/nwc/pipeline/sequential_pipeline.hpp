@@ -15,8 +15,8 @@
 //   (Hessians of the original model, no fine-tuning: cheap), then the sequential pass runs there.
 //   Fine-tuned weights code to slightly different sizes, so continuous knobs are then corrected by
 //   secant steps on sequential passes until the file is within the tolerance (at most
-//   `max_corrections`). rtn / gptq sizes do not depend on the values: their per-tensor bits carry
-//   over exactly.
+//   `max_corrections`). rtn / gptq keep their per-tensor bits: only their grid scale codes
+//   depend on the values, a few bytes per tensor (fp16 scales: exactly the same size).
 // - Determinism: everything is the same bits for any thread count (the parts guarantee it).
 #pragma once
 

@@ -74,8 +74,9 @@ inline void snap_scales(std::span<half> scales) noexcept {
 
 /// Writes scales: one scale as its fp16 bits (u16); more (which must be on the grid, within 63
 /// codes of each other: snap_scales) as u8 lowest code, u8 width, the packed codes. Throws
-/// invalid_argument for scales off the grid.
-inline void write_scales(ByteWriter& writer, std::span<const half> scales) {
+/// invalid_argument for scales off the grid. `max_width` 7 lets a set span the whole grid (rtn and
+/// gptq group scales, which are not snapped; their reader passes 7 too).
+inline void write_scales(ByteWriter& writer, std::span<const half> scales, int max_width = detail::scale_code_max_width) {
     if (scales.size() == 1) {
         writer.put_u16(scales[0].bits);
         return;
@@ -89,8 +90,8 @@ inline void write_scales(ByteWriter& writer, std::span<const half> scales) {
     }
     const auto [low, high] = std::minmax_element(codes.begin(), codes.end());
     const int width = detail::scale_code_width(*high - *low);
-    require(width <= detail::scale_code_max_width, errc::invalid_argument, "write_scales: scales span ", *high - *low, " grid codes (at most ",
-            (1 << detail::scale_code_max_width) - 1, ": snap_scales)");
+    require(width <= max_width, errc::invalid_argument, "write_scales: scales span ", *high - *low, " grid codes (at most ",
+            (1 << max_width) - 1, ": snap_scales)");
     writer.put_u8(std::uint8_t(*low));
     writer.put_u8(std::uint8_t(width));
     std::uint32_t pending = 0;
@@ -108,8 +109,8 @@ constexpr std::size_t packed_scale_bytes(std::size_t count, int width) noexcept 
 /// Reads `count` scales written by write_scales (the count follows from the shape and axis, so it
 /// is not stored); every scale is a finite, positive fp16 value (errc::corrupt names the index or
 /// field and its byte offset otherwise, errc::truncated if the bytes run out, checked before
-/// allocating).
-inline std::vector<half> read_scales(ByteReader& reader, std::size_t count) {
+/// allocating). `max_width`: as write_scales was given.
+inline std::vector<half> read_scales(ByteReader& reader, std::size_t count, int max_width = detail::scale_code_max_width) {
     if (count <= 1) {
         std::vector<half> scales(count);
         if (count == 1) {
@@ -126,8 +127,8 @@ inline std::vector<half> read_scales(ByteReader& reader, std::size_t count) {
     const int width = reader.get_u8();
     require(lowest >= detail::scale_code_lowest && lowest <= detail::scale_code_highest, errc::corrupt, reader.context(), ": lowest scale code ",
             lowest, " at offset ", header_at, " (must be ", detail::scale_code_lowest, "..", detail::scale_code_highest, ")");
-    require(width <= detail::scale_code_max_width, errc::corrupt, reader.context(), ": scale code width ", width, " at offset ", header_at + 1,
-            " (at most ", detail::scale_code_max_width, ")");
+    require(width <= max_width, errc::corrupt, reader.context(), ": scale code width ", width, " at offset ", header_at + 1, " (at most ",
+            max_width, ")");
     const std::size_t packed = packed_scale_bytes(count, width) - 2;
     require(reader.remaining() >= packed, errc::truncated, reader.context(), ": ", count, " scales of ", width, " bits at offset ", reader.offset(),
             " need ", packed, " bytes, ", reader.remaining(), " remain");
