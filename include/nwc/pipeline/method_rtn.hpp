@@ -7,8 +7,8 @@
 // - grid (the default, RoundingScheme::grid): each scale the least-error value of +- the
 //   quarter-octave grid, a segment's magnitudes stored as one code set (scale_grid.hpp: u8 lowest
 //   code, u8 width, width-bit fields; width up to 7 so a set may span the whole grid), then one
-//   sign bit per group: about 5 bits per group, 0.16 bits per weight with G = 32 where fp16 scales cost 0.5. Sizes depend on the
-//   values, so rate control codes a tensor to size it.
+//   sign bit per group: about 5 bits per group, 0.16 bits per weight with G = 32 where fp16
+//   scales cost 0.5. Sizes depend on the values, so rate control codes a tensor to size it.
 // - fp16 (ggml's Q4_0 layout with G = 32: RoundingScheme::signed_max): 16 bits per group; sizes
 //   follow from the shape and the bits alone (predicted_sizes).
 //
@@ -212,10 +212,10 @@ struct GroupRoundingMethod {
                         signs_at + signs.size() - 1, ") are not zero");
         } else {
             scales.resize(scale_count);
-            for (half& scale : scales) {
-                scale.bits = in.get_u16();
-                require(is_finite(scale), errc::corrupt, where, ": scale of row ", first + std::int64_t(&scale - scales.data()) / layout.groups_per_row,
-                        " group ", std::int64_t(&scale - scales.data()) % layout.groups_per_row, " is not finite");
+            for (std::size_t i = 0; i < scale_count; ++i) {
+                scales[i].bits = in.get_u16();
+                require(is_finite(scales[i]), errc::corrupt, where, ": scale of row ", first + std::int64_t(i) / layout.groups_per_row, " group ",
+                        std::int64_t(i) % layout.groups_per_row, " is not finite");
             }
         }
         require(in.at_end(), errc::corrupt, where, ": ", bytes.size(), " bytes, but ", count, " rows of codes and their scales take ",

@@ -148,17 +148,19 @@ CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFi
         const ContainerTensor coded = codec.with_options(options).compress(model.tensors[i], nullptr, report);
         return container_tensor_bytes_bound(coded.metadata.size(), coded.payload.size());
     };
-    std::vector<std::vector<std::uint64_t>> sizes(model.tensors.size());  // [tensor][knob - lowest], then the probe's knob
+    std::vector<std::vector<std::uint64_t>> sizes(model.tensors.size());  // [tensor][knob - lowest]
     std::vector<std::size_t> coded;
     for (std::size_t i = 0; i < model.tensors.size(); ++i)
         if (first.report.tensors[i].method == codec.options().method) coded.push_back(i);  // not raw, nor a vector coded by ecsq
     parallel_for(std::int64_t(coded.size()), resolve_thread_count(probe.threads), [&](std::int64_t slot) {
         const std::size_t i = coded[std::size_t(slot)];
         for (int value = lowest; value <= highest; ++value) sizes[i].push_back(aligned_bytes(i, value));
-        sizes[i].push_back(aligned_bytes(i, codec.knob_value()));
     });
+    // The probe's share of the first pass, from the sizes above when its knob is in the range.
+    const int probed = int(codec.knob_value());
     double overhead = double(first.report.file_bytes);
-    for (std::size_t i : coded) overhead -= double(sizes[i].back());
+    for (std::size_t i : coded)
+        overhead -= double(probed >= lowest && probed <= highest ? sizes[i][std::size_t(probed - lowest)] : aligned_bytes(i, probed));
     std::vector<int> chosen(model.tensors.size(), int(codec.knob_value()));
     const auto size_at = [&](std::size_t i, int value) { return double(sizes[i][std::size_t(value - lowest)]); };
     const auto total = [&] {
