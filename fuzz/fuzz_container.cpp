@@ -1,16 +1,47 @@
 // Fuzzes a whole .nwc decode: ContainerReader::from_bytes, then every tensor through the method
 // decoders (raw, rtn/gptq, ecsq, nwc with the codec the file embeds), with the SIMD and the scalar
-// backend, then Codec::decompress_model. Invariants on success: the shape is the directory's, the
-// coded tensors' values are finite, both backends agree (bit for bit except the nwc decoder
-// network, whose float sums each backend orders its own way) and so does the whole-model decode.
+// backend, then Codec::decompress_model and the streamed decode to a .safetensors file
+// (StreamingDecompressor, what `nwc decompress` runs). Invariants on success: the shape is the
+// directory's, the coded tensors' values are finite, both backends agree (bit for bit except the
+// nwc decoder network, whose float sums each backend orders its own way) and so does the
+// whole-model decode; the streamed file is byte for byte the in-memory one, and when one path
+// rejects the file so does the other, leaving no output.
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
 
 #include "fuzz_support.hpp"
+#include "nwc/io/model_file.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
+#include "nwc/pipeline/streaming_decompress.hpp"
+
+namespace {
+// The output files of this process (the fuzzers of scripts/test.sh run side by side), removed at exit.
+struct ScratchDirectory {
+    std::filesystem::path path = std::filesystem::temp_directory_path() / ("nwc_fuzz_container_" + std::to_string(::getpid()));
+    ScratchDirectory() { std::filesystem::create_directories(path); }
+    ~ScratchDirectory() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+};
+
+std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace nwc;
+    static const ScratchDirectory scratch_directory;
+    const std::filesystem::path& scratch = scratch_directory.path;
     nwc::fuzz::rejects_cleanly([&] {
         const ContainerReader reader = ContainerReader::from_bytes(std::span<const std::uint8_t>(data, size), "fuzz container");
         bool every_tensor_decoded = true;
@@ -38,7 +69,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         nwc::fuzz::rejects_cleanly([&] { reader.verify(); });
         if (!every_tensor_decoded) return;
         // Every tensor decodes alone; the whole-model path must then agree (or reject the metadata).
-        nwc::fuzz::rejects_cleanly([&] {
+        const std::filesystem::path in_memory = scratch / "in_memory.safetensors", streamed = scratch / "streamed.safetensors";
+        const bool written = nwc::fuzz::rejects_cleanly([&] {
             const ModelFile model = DefaultCodec::decompress_model(reader, 1);
             for (const ModelTensor& tensor : model.tensors) {
                 const std::size_t index = reader.index_of(tensor.name);
@@ -46,7 +78,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 NWC_FUZZ_CHECK(tensor.values.values().size() == decoded[index].values().size());
                 NWC_FUZZ_CHECK(std::memcmp(tensor.values.data(), decoded[index].data(), decoded[index].values().size() * sizeof(float)) == 0);
             }
+            write_model_file(model, in_memory);
         });
+        // `nwc decompress` to a .safetensors streams: the same bytes, or the same rejection with
+        // nothing left behind.
+        const bool streamed_ok = nwc::fuzz::rejects_cleanly([&] { StreamingDecompressor<>(reader).write_safetensors(streamed, 1); });
+        NWC_FUZZ_CHECK(streamed_ok == written);
+        NWC_FUZZ_CHECK(std::filesystem::exists(streamed) == streamed_ok);
+        if (written) NWC_FUZZ_CHECK(read_file_bytes(in_memory) == read_file_bytes(streamed));
+        std::filesystem::remove(in_memory);
+        std::filesystem::remove(streamed);
     });
     return 0;
 }

@@ -36,6 +36,7 @@ void container_seeds(const fs::path& folder) {
     for (std::string method : {"rtn", "gptq", "ecsq", "tcq", "lossless", "nwc"})
         write_seed(folder, "seed_" + std::string(method) + ".nwc", reliability::small_container(method));
     write_seed(folder, "seed_mixed.nwc", reliability::mixed_container());
+    write_seed(folder, "seed_llama2c_rope.nwc", reliability::llama2c_container_with_rope_corrections());
 }
 
 // fuzz_method's input: u8 method index, u16 rows - 1, u16 cols - 1, u8 segments - 1, the first

@@ -128,6 +128,34 @@ inline std::vector<std::uint8_t> tiny_llama2c(bool shared_classifier = true) {
     return llm::serialize_llama2c(model);
 }
 
+/// A tiny llama2.c model (as tiny_llama2c(true)) whose stored RoPE tables differ from the computed
+/// ones in a few entries, as another libm's would, compressed with ecsq: the container holds the
+/// bit-packed RoPE corrections (detail::rope_correction_bits_name) next to the coded tensors.
+inline std::vector<std::uint8_t> llama2c_container_with_rope_corrections() {
+    ModelFile model;
+    model.format = ModelFormat::llama2c;
+    llm::LlamaConfig config;
+    config.dim = 8, config.hidden_dim = 16, config.n_layers = 1, config.n_heads = 2, config.n_kv_heads = 2;
+    config.vocab_size = 16, config.seq_len = 4, config.shared_classifier = true;
+    model.source = {{"source_format", "llama2c"}, {"llama2c", detail::llama_config_json(config)}};
+    llm::LlamaWeights weights = llm::LlamaWeights::zeros(config);
+    Random random(5);
+    weights.for_each_tensor([&](const std::string& name, Tensor<float>& values, const Shape& shape) {
+        for (float& value : values.values()) value = 0.1f * float(random.normal());
+        model.tensors.push_back({name, dtype::f32, shape, values, {}});
+    });
+    const auto [real, imag] = llm::llama2c_rope_tables(config);
+    std::vector<std::int32_t> corrections;
+    for (const std::int64_t index : {std::int64_t(1), std::int64_t(2), real.numel() + 3}) {  // +1, -1, +3 ulps
+        const float computed = index < real.numel() ? real[index] : imag[index - real.numel()];
+        const std::int64_t offset = index == 2 ? -1 : index == 1 ? 1 : 3;
+        corrections.push_back(std::int32_t(index));
+        corrections.push_back(std::int32_t(std::uint32_t(std::int64_t(float_bits(computed)) + offset)));
+    }
+    model.rope_corrections = Tensor<std::int32_t>(Shape{3, 2}, std::move(corrections));
+    return DefaultCodec(small_options("ecsq")).compress_model(model).writer.serialize();
+}
+
 /// Every tensor of `reader` decoded one by one through the method decoders; integer tensors
 /// (which have no float32 form) come back empty, their payload CRC checked.
 template <class Backend = backend::default_backend>

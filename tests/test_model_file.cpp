@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "error_testing.hpp"
 #include "llm_test_support.hpp"
 #include "nwc/io/model_file.hpp"
 
@@ -137,6 +138,47 @@ TEST_CASE("model_file: RoPE corrections pack against the recomputed tables and u
     CHECK(error_of({0xFF, 0xFF, 0x03, 0x00}) == errc::corrupt);
     CHECK(error_of({0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01}) == errc::corrupt);
     CHECK(error_of({0x00, 0x80}) == errc::truncated);
+
+    // The bit-packed layout (what files hold now): the same corrections, in fewer bytes.
+    // A "correction" equal to the computed value changes nothing: it is not written.
+    const std::vector<std::uint8_t> bits = detail::pack_rope_correction_bits(corrections, config);
+    CHECK(bits.size() < packed.size());
+    std::vector<std::int32_t> kept;
+    for (std::size_t k = 0; k < entries.size(); ++k) {
+        const std::int64_t index = entries[k];
+        const float computed = index < real.numel() ? real[index] : imag[index - real.numel()];
+        if (std::uint32_t(values[2 * k + 1]) != float_bits(computed)) kept.insert(kept.end(), {values[2 * k], values[2 * k + 1]});
+    }
+    CHECK(kept.size() == 2 * entries.size() - 4);  // entries 3 and real.numel() were no corrections
+    CHECK(detail::unpack_rope_correction_bits(bits, config, "test").values() == kept);
+    const std::vector<std::uint8_t> none = detail::pack_rope_correction_bits(Tensor<std::int32_t>(), config);
+    CHECK(none == std::vector<std::uint8_t>{0});
+    CHECK(detail::unpack_rope_correction_bits(none, config, "test").values().empty());
+    auto bits_error_of = [&](std::vector<std::uint8_t> bytes) {
+        return nwc::testing::error_of([&] { (void)detail::unpack_rope_correction_bits(bytes, config, "hostile"); });
+    };
+    // Every cut and every single-bit flip is an nwc::error or decodes to valid corrections.
+    for (std::size_t size = 0; size < bits.size(); ++size) {
+        INFO("cut to " << size << " bytes");
+        const errc id = bits_error_of(std::vector<std::uint8_t>(bits.begin(), bits.begin() + std::ptrdiff_t(size)));
+        CHECK((id == errc::corrupt || id == errc::truncated));
+    }
+    for (std::size_t bit = 0; bit < 8 * bits.size(); ++bit) {
+        std::vector<std::uint8_t> damaged = bits;
+        damaged[bit / 8] ^= std::uint8_t(0x80u >> (bit % 8));
+        try {
+            const Tensor<std::int32_t> decoded = detail::unpack_rope_correction_bits(damaged, config, "hostile");
+            for (std::int64_t k = 1; k < (decoded.values().empty() ? 0 : decoded.rows()); ++k) CHECK(decoded(k, 0) > decoded(k - 1, 0));
+        } catch (const nwc::error& failure) {
+            CHECK((failure.id() == errc::corrupt || failure.id() == errc::truncated));
+        }
+    }
+    CHECK(bits_error_of({0x01}) == errc::corrupt);                  // a count without its bits
+    CHECK(bits_error_of({0x00, 0x00}) == errc::corrupt);            // bytes after a count of 0
+    CHECK(bits_error_of({0x40, 0x00}) == errc::corrupt);            // 64 corrections in one byte
+    std::vector<std::uint8_t> padded = bits;
+    padded.push_back(0);
+    CHECK(bits_error_of(padded) == errc::corrupt);                  // a byte left over
 }
 
 }  // namespace nwc_test_model_file

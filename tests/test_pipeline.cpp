@@ -17,7 +17,9 @@
 #include "nwc/llm/calibration.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "nwc/pipeline/pipeline.hpp"
+#include "nwc/pipeline/streaming_decompress.hpp"
 #include "error_testing.hpp"
+#include "reliability_support.hpp"
 #include "requirements.hpp"
 
 namespace nwc_test_pipeline {
@@ -198,6 +200,71 @@ TEST_CASE("llama2.c round trip is exact without compression loss in raw tensors 
     write_model_file(model, path);
     CHECK(read_file(path) == read_file(data("stories260K.bin")));
     CHECK(!model.rope_corrections.values().empty());
+}
+
+TEST_CASE("llama2.c RoPE corrections are stored bit-packed; files with the older varint layout still decode", "[pipeline][data]") {
+    const ModelFile& model = stories();
+    const CompressedModel compressed = DefaultCodec(options_for("rtn")).compress_model(model);
+    const std::vector<std::uint8_t> file = compressed.writer.serialize();
+    const ContainerReader reader = ContainerReader::from_bytes(file);
+    const nwc::llm::LlamaConfig config = detail::llama_config_from_json(model.source.at("llama2c"), "test");
+    const std::size_t bits_index = reader.index_of(std::string(detail::rope_correction_bits_name));
+    CHECK(reader.payload(bits_index).size() < detail::pack_rope_corrections(model.rope_corrections, config).size() * 6 / 10);
+    CHECK(DefaultCodec::decompress_model(reader).rope_corrections.values() == model.rope_corrections.values());
+
+    // The same file as an older writer made it: the corrections as varint pairs under the old name.
+    ContainerWriter older;
+    older.set_file_metadata(std::string(reader.file_metadata()));
+    for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+        const ContainerEntry& entry = reader.entry(index);
+        if (index == bits_index) continue;
+        ContainerTensor tensor;
+        tensor.name = entry.name;
+        tensor.original_dtype = entry.original_dtype;
+        tensor.shape = entry.shape;
+        tensor.method = entry.method;
+        tensor.metadata.assign(reader.metadata(index).begin(), reader.metadata(index).end());
+        for (std::size_t k = 0; k < entry.segment_count(); ++k) tensor.add_segment(reader.segment(index, k));
+        older.add_tensor(std::move(tensor));
+    }
+    const std::vector<std::uint8_t> varints = detail::pack_rope_corrections(model.rope_corrections, config);
+    older.add_tensor(make_raw_tensor(std::string(detail::rope_corrections_name), dtype::u8, Shape{std::int64_t(varints.size())}, varints));
+    const std::vector<std::uint8_t> older_file = older.serialize();
+    const ModelFile decoded = DefaultCodec::decompress_model(ContainerReader::from_bytes(older_file));
+    CHECK(decoded.rope_corrections.values() == model.rope_corrections.values());
+    CHECK(decoded.tensors.size() == model.tensors.size());
+    // The bit layout under the old name (or the reverse) is refused or decodes to other corrections, never crashes.
+    ContainerWriter swapped;
+    swapped.set_file_metadata(std::string(reader.file_metadata()));
+    const std::vector<std::uint8_t> bits(reader.payload(bits_index).begin(), reader.payload(bits_index).end());
+    swapped.add_tensor(make_raw_tensor(std::string(detail::rope_correction_bits_name), dtype::i32, Shape{std::int64_t(bits.size() / 8), 2},
+                                       std::vector<std::uint8_t>(bits.begin(), bits.begin() + std::ptrdiff_t(bits.size() / 8 * 8))));
+    CHECK(nwc::testing::error_of([&] { (void)DefaultCodec::decompress_model(ContainerReader::from_bytes(swapped.serialize())); }) == errc::corrupt);
+}
+
+TEST_CASE("llama2.c RoPE corrections of a tiny model: bit-packed, decoded in memory and streamed alike", "[pipeline]") {
+    const std::vector<std::uint8_t> file = reliability::llama2c_container_with_rope_corrections();
+    const ContainerReader reader = ContainerReader::from_bytes(file);
+    const std::size_t index = reader.index_of(std::string(detail::rope_correction_bits_name));
+    CHECK(reader.payload(index).size() <= 4);  // count 3, then 4 bits of k and ~3 x 5 bits
+    const ModelFile decoded = DefaultCodec::decompress_model(reader);
+    REQUIRE(decoded.rope_corrections.rows() == 3);
+    const std::vector<std::int32_t> entries{decoded.rope_corrections(0, 0), decoded.rope_corrections(1, 0), decoded.rope_corrections(2, 0)};
+    const nwc::llm::LlamaConfig config = detail::llama_config_from_json(decoded.source.at("llama2c"), "test");
+    const auto [real, imag] = nwc::llm::llama2c_rope_tables(config);
+    CHECK(entries == std::vector<std::int32_t>{1, 2, std::int32_t(real.numel()) + 3});
+    CHECK(std::uint32_t(decoded.rope_corrections(1, 1)) == float_bits(real[2]) - 1);
+    CHECK(std::uint32_t(decoded.rope_corrections(2, 1)) == float_bits(imag[3]) + 3);
+    // The .bin written from memory holds the corrected tables; the streamed decode (which checks the
+    // corrections while it writes a .safetensors, which has no RoPE tables) accepts them.
+    nwc::StreamingDecompressor<>(reader).write_safetensors(temp().path / "rope.safetensors", 1);
+    CHECK(std::filesystem::exists(temp().path / "rope.safetensors"));
+    const auto bin = temp().path / "rope.bin";
+    write_model_file(decoded, bin);
+    const nwc::llm::Llama2cModel back = nwc::llm::read_llama2c(bin);
+    CHECK(float_bits(back.rope_real[1]) == float_bits(real[1]) + 1);
+    CHECK(float_bits(back.rope_imag[3]) == float_bits(imag[3]) + 3);
+    CHECK(float_bits(back.rope_real[0]) == float_bits(real[0]));
 }
 
 TEST_CASE("whole real safetensors files round trip with rtn", "[pipeline][data]") {

@@ -61,7 +61,9 @@ TEST_CASE("scale grid: sets keep 64 codes below their largest and round-trip in 
             for (const half scale : scales) low = std::min(low, detail::scale_code(scale)), high = std::max(high, detail::scale_code(scale));
             const int width = detail::scale_code_width(high - low);
             REQUIRE(width <= detail::scale_code_max_width);
-            REQUIRE(bytes.size() == packed_scale_bytes(count, width));
+            // Fixed-width fields, or Rice codes (width byte 0x80 | k) where those are shorter.
+            REQUIRE(bytes.size() <= packed_scale_bytes(count, width));
+            if ((bytes[1] & detail::scale_rice_flag) == 0) REQUIRE(bytes.size() == packed_scale_bytes(count, width));
             ByteReader reader(bytes, "scales");
             const std::vector<half> read_back = read_scales(reader, count);
             reader.expect_end();
@@ -73,6 +75,57 @@ TEST_CASE("scale grid: sets keep 64 codes below their largest and round-trip in 
     for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = to_half(float(0.01 * std::exp2(3.0 * double(i) / 63.0)));
     snap_scales(rows);
     CHECK(written(rows).size() == 2 + 64 * 4 / 8);
+}
+
+TEST_CASE("scale grid: sets clustered around their median with a few far codes are Rice-coded, and bad Rice bytes are refused", "[scale_grid]") {
+    // 64 rows within a step of code 60, and four rows 30-40 codes below: fixed width takes 6 bits each.
+    std::vector<half> scales;
+    Random random(3);
+    for (int i = 0; i < 64; ++i) scales.push_back(detail::scale_of_code(i % 16 == 5 ? 20 + i / 8 : 59 + int(random.uniform() * 3.0)));
+    const std::vector<std::uint8_t> bytes = written(scales);
+    REQUIRE((bytes[1] & detail::scale_rice_flag) != 0);
+    CHECK(bytes[0] == 60);  // the median code
+    CHECK(bytes.size() + 10 < packed_scale_bytes(scales.size(), 6));  // 35 bytes instead of 50
+    {
+        ByteReader reader(bytes, "rice");
+        const std::vector<half> back = read_scales(reader, scales.size());
+        reader.expect_end();
+        for (std::size_t i = 0; i < scales.size(); ++i) REQUIRE(back[i].bits == scales[i].bits);
+    }
+    auto reading = [](std::vector<std::uint8_t> data, std::size_t count) {
+        return error_of([&] {
+            ByteReader reader(data, "test scales");
+            read_scales(reader, count);
+        });
+    };
+    for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
+        INFO("cut to " << cut);
+        const errc id = reading({bytes.begin(), bytes.begin() + std::ptrdiff_t(cut)}, scales.size());
+        CHECK((id == errc::truncated || id == errc::corrupt));
+    }
+    auto patched = [&](std::size_t at, std::uint8_t value) {
+        std::vector<std::uint8_t> damaged = bytes;
+        damaged[at] = value;
+        return reading(damaged, scales.size());
+    };
+    CHECK(patched(1, std::uint8_t(detail::scale_rice_flag | 8)) == errc::corrupt);  // k beyond 7
+    CHECK(patched(0, 2) == errc::corrupt);                                          // center below the grid
+    CHECK(patched(0, 15) == errc::corrupt);                                         // far codes fall below the grid
+    CHECK(reading(bytes, 8 * bytes.size()) == errc::truncated);                    // more codes than bits
+    // A run of ones longer than any distance on the grid.
+    std::vector<std::uint8_t> ones{60, detail::scale_rice_flag};
+    ones.insert(ones.end(), 40, 0xFF);
+    CHECK(reading(ones, 2) == errc::corrupt);
+    // Nonzero padding after the last code, with its offset.
+    std::vector<std::uint8_t> two{60, detail::scale_rice_flag, 0x00};  // k = 0: codes 60, 60 ("0", "0"), then 6 padding bits
+    {
+        ByteReader reader(two, "two");
+        const std::vector<half> back = read_scales(reader, 2);
+        CHECK(detail::scale_code(back[0]) == 60);
+        CHECK(detail::scale_code(back[1]) == 60);
+    }
+    two[2] = 0x01;
+    CHECK(reading(two, 2) == errc::corrupt);
 }
 
 TEST_CASE("scale grid: one scale is its fp16 bits; scales off the grid are refused", "[scale_grid]") {

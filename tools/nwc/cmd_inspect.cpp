@@ -51,7 +51,7 @@ std::vector<std::pair<TensorRow, Shape>> tensor_rows(const ContainerReader& read
     std::vector<std::pair<TensorRow, Shape>> rows;
     for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
         const ContainerEntry& entry = reader.entry(index);
-        if (entry.name == nwc::detail::rope_corrections_name) continue;
+        if (nwc::detail::is_rope_corrections(entry.name)) continue;
         const auto metadata = reader.metadata(index);
         const nwc::detail::StoredDiagnostics stored =
             entry.method == "raw" ? nwc::detail::StoredDiagnostics{0.0, NAN} : nwc::detail::stored_diagnostics(metadata);
@@ -109,7 +109,7 @@ Outcome InspectCommand::run(const Settings& settings, const std::vector<std::str
         // Per tensor: its own categories (the rope corrections row is not listed, as above).
         std::size_t row = 0;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
-            if (reader.entry(index).name == nwc::detail::rope_corrections_name) continue;
+            if (nwc::detail::is_rope_corrections(reader.entry(index).name)) continue;
             nlohmann::json bytes = nlohmann::json::object();
             for (const auto& [category, count] : account.tensors[index].bytes) bytes[category] = count;
             outcome.json["tensors"][row++]["bytes"] = std::move(bytes);

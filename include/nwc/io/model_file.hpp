@@ -43,6 +43,7 @@
 #include "nwc/core/error.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/tensor.hpp"
+#include "nwc/entropy/bit_io.hpp"
 #include "nwc/io/hf_llama.hpp"
 #include "nwc/io/llama2c_file.hpp"
 #include "nwc/io/safetensors.hpp"
@@ -251,21 +252,20 @@ inline std::vector<std::uint8_t> pack_rope_corrections(const Tensor<std::int32_t
     return writer.take();
 }
 
-/// Reads what pack_rope_corrections wrote; throws nwc::error(corrupt) naming `context` for an entry
-/// beyond the tables or a value that is not a 32-bit pattern.
-inline Tensor<std::int32_t> unpack_rope_corrections(std::span<const std::uint8_t> bytes, const llm::LlamaConfig& config, std::string_view context) {
+/// Unpacks corrections coded as (gap, difference) pairs: next(values) reads one pair, returning false
+/// at the end; checks each entry against the tables (errc::corrupt naming `context`).
+template <class NextPair>
+Tensor<std::int32_t> unpack_rope_pairs(const llm::LlamaConfig& config, std::string_view context, NextPair&& next) {
     const auto [real, imag] = llm::llama2c_rope_tables(config);
     const std::int64_t real_count = real.numel(), all = real_count + imag.numel();
-    ByteReader reader(bytes, std::string(context));
     std::vector<std::int32_t> values;
     std::int64_t previous = -1;
-    while (!reader.at_end()) {
-        const std::uint64_t gap = detail::get_varint(reader, "RoPE correction gap");
+    std::uint64_t gap = 0;
+    std::int64_t difference = 0;
+    while (next(gap, difference)) {
         require(gap < std::uint64_t(all - previous - 1), errc::corrupt, context, ": RoPE correction ", values.size() / 2, " skips ", gap,
                 " entries past entry ", previous, " of ", all);
         const std::int64_t index = previous + 1 + std::int64_t(gap);
-        const std::uint64_t zigzag = detail::get_varint(reader, "RoPE correction");
-        const std::int64_t difference = std::int64_t(zigzag >> 1) ^ -std::int64_t(zigzag & 1);
         const float computed = index < real_count ? real[index] : imag[index - real_count];
         const std::int64_t bits = std::int64_t(float_bits(computed)) + difference;
         require(bits >= 0 && bits <= std::int64_t(UINT32_MAX), errc::corrupt, context, ": RoPE correction of entry ", index, " is not a float");
@@ -275,6 +275,93 @@ inline Tensor<std::int32_t> unpack_rope_corrections(std::span<const std::uint8_t
     }
     const std::int64_t count = std::int64_t(values.size() / 2);
     return count == 0 ? Tensor<std::int32_t>() : Tensor<std::int32_t>(Shape{count, 2}, std::move(values));
+}
+
+/// Reads what pack_rope_corrections wrote (files before the bit-packed layout); throws
+/// nwc::error(corrupt) naming `context` for an entry beyond the tables or a value that is not a
+/// 32-bit pattern.
+inline Tensor<std::int32_t> unpack_rope_corrections(std::span<const std::uint8_t> bytes, const llm::LlamaConfig& config, std::string_view context) {
+    ByteReader reader(bytes, std::string(context));
+    return unpack_rope_pairs(config, context, [&](std::uint64_t& gap, std::int64_t& difference) {
+        if (reader.at_end()) return false;
+        gap = detail::get_varint(reader, "RoPE correction gap");
+        difference = unzigzag(detail::get_varint(reader, "RoPE correction"));
+        return true;
+    });
+}
+
+/// The RoPE corrections bit-packed (docs/format/methods.md): varint count C, then a bit stream
+/// (entropy/bit_io.hpp): 4 bits k, then per correction in index order EG_k(index - previous - 1),
+/// one sign bit and EG_0(|stored bits - computed bits| - 1); zero padding. Gaps are geometric-like
+/// (mean ~20 for stories260K) and differences +-1 ulp: ~8 bits per correction against the 16 of
+/// pack_rope_corrections' two varints. A correction equal to the computed value is not written.
+inline std::vector<std::uint8_t> pack_rope_correction_bits(const Tensor<std::int32_t>& corrections, const llm::LlamaConfig& config) {
+    std::vector<std::uint64_t> gaps;
+    std::vector<std::int64_t> differences;
+    {
+        const std::vector<std::uint8_t> bytes = pack_rope_corrections(corrections, config);  // validated pairs, as varints
+        ByteReader reader(bytes, "pack_rope_correction_bits");
+        std::uint64_t skipped = 0;  // entries since the last one written
+        while (!reader.at_end()) {
+            const std::uint64_t gap = get_varint(reader, "gap");
+            const std::int64_t difference = unzigzag(get_varint(reader, "difference"));
+            if (difference == 0) {  // the computed value itself: nothing to correct
+                skipped += gap + 1;
+                continue;
+            }
+            gaps.push_back(skipped + gap);
+            differences.push_back(difference);
+            skipped = 0;
+        }
+    }
+    ByteWriter writer;
+    put_varint(writer, gaps.size());
+    if (gaps.empty()) return writer.take();
+    int best = 0;
+    std::uint64_t best_bits = ~std::uint64_t(0);
+    for (int k = 0; k < 16; ++k) {
+        std::uint64_t total = 0;
+        for (const std::uint64_t gap : gaps) total += std::uint64_t(exp_golomb_bits(gap, k));
+        if (total < best_bits) best_bits = total, best = k;
+    }
+    BitWriter bits;
+    bits.put(std::uint64_t(best), 4);
+    for (std::size_t i = 0; i < gaps.size(); ++i) {
+        bits.put_exp_golomb(gaps[i], best);
+        bits.put(differences[i] < 0, 1);
+        bits.put_exp_golomb(std::uint64_t(differences[i] < 0 ? -differences[i] : differences[i]) - 1, 0);
+    }
+    writer.put_bytes(bits.finish());
+    return writer.take();
+}
+
+/// Reads what pack_rope_correction_bits wrote: errc::corrupt for an entry beyond the tables, a
+/// value that is not a 32-bit pattern, a count the bytes cannot hold, bits left over or nonzero
+/// padding; errc::truncated for a cut count.
+inline Tensor<std::int32_t> unpack_rope_correction_bits(std::span<const std::uint8_t> bytes, const llm::LlamaConfig& config, std::string_view context) {
+    ByteReader reader(bytes, std::string(context));
+    const std::uint64_t count = get_varint(reader, "RoPE correction count");
+    const std::span<const std::uint8_t> stream = bytes.subspan(reader.offset());
+    require(count <= 8 * std::uint64_t(stream.size()), errc::corrupt, context, ": ", count, " RoPE corrections in ", stream.size(), " bytes");
+    if (count == 0) {
+        require(stream.empty(), errc::corrupt, context, ": ", stream.size(), " bytes after a count of 0");
+        return {};
+    }
+    const std::string where(context);
+    BitReader bits(stream, where, reader.offset());
+    const int k = int(bits.get(4));
+    std::uint64_t read = 0;
+    Tensor<std::int32_t> result = unpack_rope_pairs(config, context, [&](std::uint64_t& gap, std::int64_t& difference) {
+        if (read == count) return false;
+        ++read;
+        gap = bits.get_exp_golomb(k, 40);
+        const bool negative = bits.get_bit() != 0;
+        const std::int64_t magnitude = std::int64_t(bits.get_exp_golomb(0, 33)) + 1;
+        difference = negative ? -magnitude : magnitude;
+        return true;
+    });
+    bits.expect_end();
+    return result;
 }
 
 inline llm::LlamaWeights llama2c_weights_of(const ModelFile& model, std::string_view context) {

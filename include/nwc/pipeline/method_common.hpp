@@ -151,8 +151,11 @@ namespace detail {
 
 /// 3: row and column scales on the quarter-octave grid, ~4 bits each (scale_grid.hpp), and two
 /// diagnostics instead of three (the proxy loss, which reports print at compression time, is not
-/// stored); 2 is refused with errc::unsupported.
-inline constexpr std::uint8_t method_layout_version = 3;
+/// stored); 2 is refused with errc::unsupported. 4: scale sets may be Rice-coded and tcq's union 1
+/// table derived (one byte); otherwise version 3's layout, so both are read and 4 is written
+/// (readers of 3 refuse 4 as unsupported rather than misread it).
+inline constexpr std::uint8_t method_layout_version = 4;
+inline constexpr std::uint8_t oldest_method_layout_version = 3;
 /// Decoders refuse (errc::limit) a coded tensor with more weights per payload byte than this
 /// before allocating its output: a small hostile file cannot ask for a huge allocation.
 inline constexpr std::int64_t max_weights_per_payload_byte = 8192;
@@ -181,8 +184,8 @@ struct MethodPrefix {
     static MethodPrefix read(ByteReader& in, std::uint8_t allowed_flags) {
         MethodPrefix prefix;
         const std::uint8_t version = in.get_u8();
-        require(version == method_layout_version, errc::unsupported, in.context(), ": layout version ", int(version), " (this build reads ",
-                int(method_layout_version), ")");
+        require(version >= oldest_method_layout_version && version <= method_layout_version, errc::unsupported, in.context(), ": layout version ",
+                int(version), " (this build reads ", int(oldest_method_layout_version), "..", int(method_layout_version), ")");
         prefix.flags = in.get_u8();
         require((prefix.flags & ~allowed_flags) == 0, errc::corrupt, in.context(), ": unknown flags 0x", std::hex, int(prefix.flags), " at offset 1");
         for (float* value : {&prefix.relative_mse, &prefix.sensitivity}) *value = to_float(bfloat16{in.get_u16()});
@@ -212,7 +215,8 @@ struct StoredDiagnostics {
 };
 inline StoredDiagnostics stored_diagnostics(std::span<const std::uint8_t> metadata) noexcept {
     StoredDiagnostics result;
-    if (metadata.size() < diagnostics_offset + diagnostics_bytes || metadata[0] != method_layout_version) return result;
+    if (metadata.size() < diagnostics_offset + diagnostics_bytes || metadata[0] < oldest_method_layout_version || metadata[0] > method_layout_version)
+        return result;
     double* fields[2] = {&result.relative_mse, &result.sensitivity};
     for (std::size_t k = 0; k < 2; ++k) {
         std::uint16_t bits;

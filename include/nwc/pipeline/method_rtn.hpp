@@ -5,10 +5,11 @@
 //
 // Two scale layouts (MethodOptions::fp16_group_scales):
 // - grid (the default, RoundingScheme::grid): each scale the least-error value of +- the
-//   quarter-octave grid, a segment's magnitudes stored as one code set (scale_grid.hpp: u8 lowest
-//   code, u8 width, width-bit fields; width up to 7 so a set may span the whole grid), then one
-//   sign bit per group: about 5 bits per group, 0.16 bits per weight with G = 32 where fp16
-//   scales cost 0.5. Sizes depend on the values, so rate control codes a tensor to size it.
+//   quarter-octave grid, a segment's magnitudes stored as one code set (scale_grid.hpp: fixed-width
+//   fields up to 7 bits so a set may span the whole grid, or Rice codes around the median where
+//   shorter), then one sign bit per group: about 4 bits per group, 0.125 bits per weight with
+//   G = 32 where fp16 scales cost 0.5. Sizes depend on the values, so rate control codes a tensor
+//   to size it.
 // - fp16 (ggml's Q4_0 layout with G = 32: RoundingScheme::signed_max): 16 bits per group; sizes
 //   follow from the shape and the bits alone (predicted_sizes).
 //

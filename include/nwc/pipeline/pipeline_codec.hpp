@@ -21,11 +21,12 @@
 // - The container's file metadata is JSON: the ModelFile's `source` and the tool (the methods are
 //   the container's method table).
 //   It never holds per-pass numbers, so its size is the same in every pass of a rate search. The
-//   llama2.c RoPE corrections are the raw tensor detail::rope_corrections_name (a fixed name).
+//   llama2.c RoPE corrections are the raw tensor detail::rope_correction_bits_name (a fixed name).
 #pragma once
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -105,7 +106,46 @@ struct CompressedModel {
 };
 
 namespace detail {
-inline constexpr const char* rope_corrections_name = "__nwc__.llama2c.rope_corrections";
+/// The llama2.c RoPE corrections as a raw U8 tensor: bit-packed (pack_rope_correction_bits) under
+/// the first name; files written before it hold varint pairs or I32 pairs under the second.
+inline constexpr std::string_view rope_correction_bits_name = "__nwc__.rope_bits";
+inline constexpr std::string_view rope_corrections_name = "__nwc__.llama2c.rope_corrections";
+inline bool is_rope_corrections(std::string_view name) noexcept { return name == rope_correction_bits_name || name == rope_corrections_name; }
+
+/// What a pipeline container says of its source (format and the "source" JSON of its file
+/// metadata; no tensors): the first step of every whole-model decode, in memory or streamed.
+inline ModelFile model_source_of(const ContainerReader& reader) {
+    const nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
+    require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
+            reader.context(), ": file metadata is not the JSON the pipeline writes");
+    ModelFile model;
+    model.source = metadata["source"];
+    const std::string format = model.source.value("source_format", "");
+    const std::optional<ModelFormat> known = model_format_named(format);
+    require(known.has_value(), errc::unsupported, reader.context(), ": source format '", format, "'");
+    model.format = *known;
+    return model;
+}
+
+/// The RoPE corrections of entry `index` (is_rope_corrections(its name)), checked: raw, packed
+/// bytes of a llama2c source (bit-packed, or varint pairs under the older name) or, under the
+/// older name, (rows, 2) int32 pairs.
+inline Tensor<std::int32_t> rope_corrections_of(const ContainerReader& reader, std::size_t index, const ModelFile& source) {
+    const ContainerEntry& entry = reader.entry(index);
+    const bool packed = entry.original_dtype == dtype::u8 && entry.shape.rank() == 1 && source.source.contains("llama2c");
+    const bool bits = entry.name == rope_correction_bits_name;
+    require(entry.method == "raw" && (packed || (!bits && entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2)),
+            errc::corrupt, reader.context(), ": malformed RoPE corrections");
+    const auto bytes = reader.payload(index);
+    if (packed) {
+        const llm::LlamaConfig config = llama_config_from_json(source.source["llama2c"], reader.context() + ": llama2c source");
+        const std::string context = reader.context() + ": RoPE corrections";
+        return bits ? unpack_rope_correction_bits(bytes, config, context) : unpack_rope_corrections(bytes, config, context);
+    }
+    Tensor<std::int32_t> corrections(entry.shape);
+    std::memcpy(corrections.data(), bytes.data(), bytes.size());
+    return corrections;
+}
 
 }  // namespace detail
 
@@ -342,10 +382,11 @@ public:
         result.writer.set_file_metadata(file_metadata(model));
         if (std::vector<std::uint8_t> blob = decoder_blob(); !blob.empty()) result.writer.add_codec(std::move(blob));
         for (auto& tensor : tensors) result.writer.add_tensor(std::move(tensor));
-        if (!model.rope_corrections.values().empty()) {  // packed against the recomputed tables (u8; older files: i32 pairs)
+        if (!model.rope_corrections.values().empty()) {  // bit-packed against the recomputed tables (older files: varint or i32 pairs)
             const llm::LlamaConfig config = detail::llama_config_from_json(model.source.at("llama2c"), "assemble_model: llama2c source");
-            const std::vector<std::uint8_t> packed = detail::pack_rope_corrections(model.rope_corrections, config);
-            result.writer.add_tensor(make_raw_tensor(detail::rope_corrections_name, dtype::u8, Shape{std::int64_t(packed.size())}, packed));
+            const std::vector<std::uint8_t> packed = detail::pack_rope_correction_bits(model.rope_corrections, config);
+            result.writer.add_tensor(
+                make_raw_tensor(std::string(detail::rope_correction_bits_name), dtype::u8, Shape{std::int64_t(packed.size())}, packed));
         }
         ModelReport& report = result.report;
         report.tensors = std::move(reports);
@@ -364,32 +405,14 @@ public:
 
     /// Decodes a whole container back into a ModelFile (the source's format, names, dtypes, order).
     static ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const ProgressCallback& progress = {}) {
-        ModelFile model;
-        nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
-        require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
-                reader.context(), ": file metadata is not the JSON the pipeline writes");
-        model.source = metadata["source"];
-        const std::string format = model.source.value("source_format", "");
-        const std::optional<ModelFormat> known = model_format_named(format);
-        require(known.has_value(), errc::unsupported, reader.context(), ": source format '", format, "'");
-        model.format = *known;
+        ModelFile model = detail::model_source_of(reader);
         DecodeResources resources(reader);
         std::vector<Plan> plans;
         std::vector<std::size_t> model_index;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             const ContainerEntry& entry = reader.entry(index);
-            if (entry.name == detail::rope_corrections_name) {
-                const bool packed = entry.original_dtype == dtype::u8 && entry.shape.rank() == 1 && model.source.contains("llama2c");
-                require(entry.method == "raw" && (packed || (entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2)),
-                        errc::corrupt, reader.context(), ": malformed RoPE corrections");
-                const auto bytes = reader.payload(index);
-                if (packed) {
-                    const llm::LlamaConfig config = detail::llama_config_from_json(model.source["llama2c"], reader.context() + ": llama2c source");
-                    model.rope_corrections = detail::unpack_rope_corrections(bytes, config, reader.context() + ": RoPE corrections");
-                } else {
-                    model.rope_corrections = Tensor<std::int32_t>(entry.shape);
-                    std::memcpy(model.rope_corrections.data(), bytes.data(), bytes.size());
-                }
+            if (detail::is_rope_corrections(entry.name)) {
+                model.rope_corrections = detail::rope_corrections_of(reader, index, model);
                 continue;
             }
             plans.push_back(detail::make_decode_plan(reader, index, resources, methods{}));

@@ -143,29 +143,14 @@ template <class CodecType = DefaultCodec>
 class StreamingDecompressor {
 public:
     /// Reads the file metadata and the directory (tensors are checked when they are decoded).
-    explicit StreamingDecompressor(const ContainerReader& reader) : m_reader(reader), m_resources(reader) {
-        const nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
-        require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
-                reader.context(), ": file metadata is not the JSON the pipeline writes");
-        m_source.source = metadata["source"];
-        const std::string format = m_source.source.value("source_format", "");
-        const std::optional<ModelFormat> known = model_format_named(format);
-        require(known.has_value(), errc::unsupported, reader.context(), ": source format '", format, "'");
-        m_source.format = *known;
+    explicit StreamingDecompressor(const ContainerReader& reader) : m_reader(reader), m_resources(reader), m_source(detail::model_source_of(reader)) {
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
-            const ContainerEntry& entry = reader.entry(index);
-            if (entry.name == detail::rope_corrections_name) {  // only a .bin needs them: checked as decompress_model() checks them
-                const bool packed = entry.original_dtype == dtype::u8 && entry.shape.rank() == 1 && m_source.source.contains("llama2c");
-                require(entry.method == "raw" && (packed || (entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2)),
-                        errc::corrupt, reader.context(), ": malformed RoPE corrections");
-                if (packed) {
-                    const llm::LlamaConfig config = detail::llama_config_from_json(m_source.source["llama2c"], reader.context() + ": llama2c source");
-                    detail::unpack_rope_corrections(reader.payload(index), config, reader.context() + ": RoPE corrections");
-                }
+            if (detail::is_rope_corrections(reader.entry(index).name)) {  // only a .bin needs them: checked as decompress_model() checks them
+                (void)detail::rope_corrections_of(reader, index, m_source);
                 continue;
             }
             m_model_tensors.push_back(index);
-            m_weights += entry.shape.numel();
+            m_weights += reader.entry(index).shape.numel();
         }
     }
     StreamingDecompressor(const StreamingDecompressor&) = delete;
