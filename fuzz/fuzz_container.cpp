@@ -11,12 +11,11 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
 #include "fuzz_support.hpp"
+#include "nwc/core/file_io.hpp"
 #include "nwc/io/model_file.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 #include "nwc/pipeline/streaming_decompress.hpp"
@@ -31,11 +30,6 @@ struct ScratchDirectory {
         std::filesystem::remove_all(path, ignored);
     }
 };
-
-std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -85,7 +79,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const bool streamed_ok = nwc::fuzz::rejects_cleanly([&] { StreamingDecompressor<>(reader).write_safetensors(streamed, 1); });
         NWC_FUZZ_CHECK(streamed_ok == written);
         NWC_FUZZ_CHECK(std::filesystem::exists(streamed) == streamed_ok);
-        if (written) NWC_FUZZ_CHECK(read_file_bytes(in_memory) == read_file_bytes(streamed));
+        if (written) NWC_FUZZ_CHECK(read_file(in_memory) == read_file(streamed));
         std::filesystem::remove(in_memory);
         std::filesystem::remove(streamed);
     });

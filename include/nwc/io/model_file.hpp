@@ -230,24 +230,47 @@ inline ModelFile load_llama2c(const std::filesystem::path& path) {
     return model;
 }
 
+/// One RoPE correction as the packed layouts store it: entries skipped since the previous
+/// correction, and stored minus computed float bits.
+struct RopeCorrectionPair {
+    std::uint64_t gap = 0;
+    std::int64_t difference = 0;
+};
+
+/// The (gap, difference) pairs of `corrections` against llama2c_rope_tables(config), in index
+/// order; errc::invalid_argument (naming `caller`) unless the entries increase and lie in the
+/// tables. With `skip_unchanged`, an entry equal to the computed value is left out (its gap carries
+/// over to the next one).
+inline std::vector<RopeCorrectionPair> rope_correction_pairs(const Tensor<std::int32_t>& corrections, const llm::LlamaConfig& config,
+                                                             bool skip_unchanged, std::string_view caller) {
+    const auto [real, imag] = llm::llama2c_rope_tables(config);
+    const std::int64_t real_count = real.numel(), all = real_count + imag.numel();
+    std::vector<RopeCorrectionPair> pairs;
+    std::int64_t previous = -1, written = -1;
+    for (std::int64_t k = 0; k < (corrections.values().empty() ? 0 : corrections.rows()); ++k) {
+        const std::int64_t index = corrections(k, 0);
+        require(index > previous && index < all, errc::invalid_argument, caller, ": correction ", k, " names entry ", index,
+                " (entries must increase, below ", all, ")");
+        previous = index;
+        const float computed = index < real_count ? real[index] : imag[index - real_count];
+        const std::int64_t difference = std::int64_t(std::uint32_t(corrections(k, 1))) - std::int64_t(float_bits(computed));
+        if (skip_unchanged && difference == 0) continue;  // the computed value itself: nothing to correct
+        pairs.push_back({std::uint64_t(index - written - 1), difference});
+        written = index;
+    }
+    return pairs;
+}
+
 /// The RoPE corrections as the bytes a container stores (docs/format/container.md): per correction,
 /// in index order, varint(index - previous index - 1) then zigzag varint(stored bits - computed
 /// bits), the computed table being llama2c_rope_tables(config). Float rounding in another libm
-/// moves an entry by a few ulps, so most corrections take 2 bytes instead of 8.
+/// moves an entry by a few ulps, so most corrections take 2 bytes instead of 8. (The layout of
+/// files before pack_rope_correction_bits; kept to test that they still read.)
 inline std::vector<std::uint8_t> pack_rope_corrections(const Tensor<std::int32_t>& corrections, const llm::LlamaConfig& config) {
-    const auto [real, imag] = llm::llama2c_rope_tables(config);
-    const std::int64_t real_count = real.numel(), all = real_count + imag.numel();
     ByteWriter writer;
-    std::int64_t previous = -1;
-    for (std::int64_t k = 0; k < (corrections.values().empty() ? 0 : corrections.rows()); ++k) {
-        const std::int64_t index = corrections(k, 0);
-        require(index > previous && index < all, errc::invalid_argument, "pack_rope_corrections: correction ", k, " names entry ", index,
-                " (entries must increase, below ", all, ")");
-        const float computed = index < real_count ? real[index] : imag[index - real_count];
-        const std::int64_t difference = std::int64_t(std::uint32_t(corrections(k, 1))) - std::int64_t(float_bits(computed));
-        detail::put_varint(writer, std::uint64_t(index - previous - 1));
-        detail::put_varint(writer, (std::uint64_t(difference) << 1) ^ std::uint64_t(difference >> 63));
-        previous = index;
+    for (const RopeCorrectionPair& pair : rope_correction_pairs(corrections, config, false, "pack_rope_corrections")) {
+        detail::put_varint(writer, pair.gap);
+        detail::put_varint(writer, zigzag(pair.difference));
     }
     return writer.take();
 }
@@ -296,40 +319,23 @@ inline Tensor<std::int32_t> unpack_rope_corrections(std::span<const std::uint8_t
 /// (mean ~20 for stories260K) and differences +-1 ulp: ~8 bits per correction against the 16 of
 /// pack_rope_corrections' two varints. A correction equal to the computed value is not written.
 inline std::vector<std::uint8_t> pack_rope_correction_bits(const Tensor<std::int32_t>& corrections, const llm::LlamaConfig& config) {
-    std::vector<std::uint64_t> gaps;
-    std::vector<std::int64_t> differences;
-    {
-        const std::vector<std::uint8_t> bytes = pack_rope_corrections(corrections, config);  // validated pairs, as varints
-        ByteReader reader(bytes, "pack_rope_correction_bits");
-        std::uint64_t skipped = 0;  // entries since the last one written
-        while (!reader.at_end()) {
-            const std::uint64_t gap = get_varint(reader, "gap");
-            const std::int64_t difference = unzigzag(get_varint(reader, "difference"));
-            if (difference == 0) {  // the computed value itself: nothing to correct
-                skipped += gap + 1;
-                continue;
-            }
-            gaps.push_back(skipped + gap);
-            differences.push_back(difference);
-            skipped = 0;
-        }
-    }
+    const std::vector<RopeCorrectionPair> pairs = rope_correction_pairs(corrections, config, true, "pack_rope_correction_bits");
     ByteWriter writer;
-    put_varint(writer, gaps.size());
-    if (gaps.empty()) return writer.take();
+    put_varint(writer, pairs.size());
+    if (pairs.empty()) return writer.take();
     int best = 0;
     std::uint64_t best_bits = ~std::uint64_t(0);
     for (int k = 0; k < 16; ++k) {
         std::uint64_t total = 0;
-        for (const std::uint64_t gap : gaps) total += std::uint64_t(exp_golomb_bits(gap, k));
+        for (const RopeCorrectionPair& pair : pairs) total += std::uint64_t(exp_golomb_bits(pair.gap, k));
         if (total < best_bits) best_bits = total, best = k;
     }
     BitWriter bits;
     bits.put(std::uint64_t(best), 4);
-    for (std::size_t i = 0; i < gaps.size(); ++i) {
-        bits.put_exp_golomb(gaps[i], best);
-        bits.put(differences[i] < 0, 1);
-        bits.put_exp_golomb(std::uint64_t(differences[i] < 0 ? -differences[i] : differences[i]) - 1, 0);
+    for (const RopeCorrectionPair& pair : pairs) {
+        bits.put_exp_golomb(pair.gap, best);
+        bits.put(pair.difference < 0, 1);
+        bits.put_exp_golomb(std::uint64_t(pair.difference < 0 ? -pair.difference : pair.difference) - 1, 0);
     }
     writer.put_bytes(bits.finish());
     return writer.take();

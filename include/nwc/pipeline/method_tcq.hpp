@@ -245,8 +245,8 @@ struct TcqMethod {
     /// 0's frequencies of j and j + 1 (log-density interpolated halfway), for j = o - 1 .. o + n - 1
     /// (a missing neighbour at either end counts as union 0's escape frequency), and union 0's
     /// escape frequency as its escape weight; then CdfTable::from_weights at union 0's precision.
-    /// Integer arithmetic only. On stories260K at 4 bits per weight the encoder chose it for 33 of
-    /// the 36 matrices: their tables took 432 bytes instead of 625 (docs/format/methods.md).
+    /// Integer arithmetic only. On stories260K at 4 bits per weight (no calibration) the encoder
+    /// chose it for 33 of the 36 matrices: the tables took 428 bytes instead of 625 (docs/format/methods.md).
     /// Throws nwc::error(invalid_argument) when the table would not be valid (offset or bins out of range).
     static CdfTable derived_union_table(const CdfTable& union0) {
         const std::span<const std::uint32_t> f = union0.frequencies();
@@ -325,20 +325,21 @@ private:
         std::vector<CdfTable> tables;
         CompactTableFitOptions fit_options;
         SymbolHistogram union1;
-        std::uint64_t fitted_q16 = 0;
+        std::uint64_t fitted_q16 = 0;  // union 1's fitted table: its bytes and its payload with the coder's loss
         for (auto& union_symbols : by_union) {
             if (union_symbols.empty()) union_symbols.push_back(0);
             SymbolHistogram histogram = detail::histogram_of(union_symbols);
             CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts, fit_options);
             fit_options.precisions = {fit.table.precision()};
-            fitted_q16 = (fit.table_bytes << 19) + payload_q16(fit.table, histogram);
+            fitted_q16 = (fit.table_bytes << 19) + fit.payload_q16;
             result.compact.push_back(std::move(fit.compact));
             tables.push_back(std::move(fit.table));
             union1 = std::move(histogram);
         }
         try {
             CdfTable derived = derived_union_table(tables[0]);
-            if ((std::uint64_t(8) << 16) + payload_q16(derived, union1) < fitted_q16) {
+            const std::uint64_t coder_loss = union1.total() * nwc::detail::coder_loss_q16[derived.precision() - CdfTable::min_precision];
+            if ((std::uint64_t(8) << 16) + payload_q16(derived, union1) + coder_loss < fitted_q16) {
                 tables[1] = std::move(derived);
                 result.union1_derived = true;
             }
