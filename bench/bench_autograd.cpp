@@ -13,6 +13,10 @@
 #include "nwc/autograd/autograd.hpp"
 #include "nwc/core/random.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_autograd {
+
 namespace {
 
 using namespace nwc;
@@ -128,4 +132,4 @@ BENCHMARK(BM_EigenGemm2048x512x512)->Unit(benchmark::kMillisecond)->MinTime(1.0)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_autograd

@@ -15,6 +15,10 @@
 #include "nwc/io/safetensors.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_container {
+
 namespace {
 
 const std::filesystem::path mt3_path = std::filesystem::path(NWC_DATA_DIR) / "mt3.safetensors";
@@ -256,4 +260,4 @@ BENCHMARK(BM_DecodeMisaligned)->ArgsProduct({{0, 1, 2}, {0, 1, 4, 16, 32}})->Uni
 
 }  // namespace
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_container

@@ -33,6 +33,10 @@
 #include "nwc/io/safetensors.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_decode {
+
 namespace {
 
 std::filesystem::path codec_dir() {
@@ -246,4 +250,4 @@ BENCHMARK(decode<nwc::backend::simd>)->Apply(configs_threaded);
 
 BENCHMARK(bf16_decoder_distortion)->Iterations(1)->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_decode

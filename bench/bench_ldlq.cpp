@@ -15,6 +15,10 @@
 #include "nwc/quant/ldlq_compensator.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_ldlq {
+
 namespace {
 struct Problem {
     nwc::Tensor<float> weights;
@@ -118,4 +122,4 @@ BENCHMARK(BM_ldl_factorization)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisec
 BENCHMARK_TEMPLATE(BM_eigen_gemm, double)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_eigen_gemm, float)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_ldlq

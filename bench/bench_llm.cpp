@@ -16,6 +16,10 @@
 #include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_llm {
+
 using namespace nwc;
 using namespace nwc::llm;
 
@@ -174,4 +178,4 @@ BENCHMARK(BM_Tokenize_EvalText)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_llm

@@ -27,6 +27,10 @@
 #include "nwc/entropy/lossless_float.hpp"
 #include "nwc/io/safetensors.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_lossless_float {
+
 namespace {
 
 struct CodedTensor {
@@ -256,11 +260,7 @@ void register_all() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    register_all();
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
-}
+// Registered before main (benchmark::benchmark_main's) runs.
+[[maybe_unused]] const bool registered = (register_all(), true);
+
+}  // namespace nwc_bench_lossless_float

@@ -25,6 +25,10 @@
 #include "nwc/codec/codec_model.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_pipeline {
+
 namespace {
 
 using namespace nwc;
@@ -60,8 +64,8 @@ MethodOptions options_for(std::int64_t method, std::int64_t threads) {
     MethodOptions options;
     options.method = method_names[method];
     options.threads = int(threads);
-    options.step = 0.3f;  // ecsq ~4.3 bits per weight here; tcq's unions are 2 steps apart: half its step
-    if (options.method == "tcq") options.step = 0.15f;
+    options.step = 0.3f;       // ecsq ~4.3 bits per weight here;
+    options.tcq_step = 0.15f;  // tcq's unions are 2 steps apart: half its step
     // rtn, gptq: llama.cpp's Q4_0 layout (fp16 scale per 32), as docs/bench/pipeline.md's rows were
     // measured; the default grid scales decode through the same loop after unpacking a
     // code set per segment.
@@ -201,4 +205,4 @@ BENCHMARK(decompress)->Apply(arguments);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_pipeline

@@ -44,6 +44,10 @@
 #include "nwc/quant/trellis.hpp"
 #include "rans_v1_reference.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_range_coder {
+
 namespace {
 
 constexpr std::size_t channel_count = 16;
@@ -423,4 +427,4 @@ BENCHMARK_CAPTURE(BM_real_side_information, stories260K, std::string("stories260
 BENCHMARK_CAPTURE(BM_real_side_information, mt3, std::string("mt3"))
     ->ArgName("bits")->Arg(3)->Arg(4)->Arg(5)->Iterations(1)->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_range_coder

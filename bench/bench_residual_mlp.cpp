@@ -10,6 +10,10 @@
 
 #include "nwc/nn/residual_mlp.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_residual_mlp {
+
 namespace {
 
 constexpr std::int64_t rows = 16384;  // chunks per call: 262,144 weights
@@ -61,4 +65,4 @@ BENCHMARK(decoder_inference<nwc::backend::scalar>)->Apply(sizes);
 BENCHMARK(decoder_inference<nwc::backend::simd>)->Apply(sizes);
 BENCHMARK(eigen_sgemm)->Arg(32)->Arg(64)->Arg(128)->Arg(256)->Arg(512)->ArgName("width")->Unit(benchmark::kMicrosecond);
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_residual_mlp

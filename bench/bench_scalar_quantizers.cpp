@@ -10,6 +10,10 @@
 #include "nwc/core/random.hpp"
 #include "nwc/quant/scalar_quantizers.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_scalar_quantizers {
+
 namespace {
 const nwc::Tensor<float>& matrix(std::int64_t size) {
     static std::map<std::int64_t, std::unique_ptr<nwc::Tensor<float>>> cache;
@@ -77,4 +81,4 @@ BENCHMARK(BM_ecsq_quantize)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTi
 BENCHMARK(BM_ecsq_entropy)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ecsq_step_for_target_bits)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_scalar_quantizers

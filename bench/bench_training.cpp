@@ -13,6 +13,10 @@
 
 #include "nwc/codec/codec_model.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_training {
+
 namespace {
 
 void codec_forward_backward(benchmark::State& state) {
@@ -65,4 +69,4 @@ BENCHMARK(codec_forward_backward)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(eigen_sgemm)->ArgNames({"width", "rows"})->Args({128, 256})->Args({256, 256})->Args({512, 256})->Unit(benchmark::kMicrosecond);
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_training

@@ -31,6 +31,10 @@
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/trellis_quantizer.hpp"
 
+// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
+// as one translation unit (bench/CMakeLists.txt).
+namespace nwc_bench_trellis_quantizer {
+
 namespace {
 
 constexpr int method_states[] = {0, 4, 8, 32, 256};  // 0: ECSQ
@@ -405,4 +409,4 @@ BENCHMARK(BM_path_length)->ArgsProduct({{8, 256}, {24, 128, 768, 4096, 32768}})-
 BENCHMARK(BM_state_contexts)->Arg(4)->Arg(8)->Arg(32)->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_rate_distortion)->Apply(rate_distortion_arguments)->Unit(benchmark::kMillisecond)->Iterations(1);
 
-BENCHMARK_MAIN();
+}  // namespace nwc_bench_trellis_quantizer

@@ -33,6 +33,12 @@ echo "(load average 4-19 on 2 cores), so the pages quote CPU time where wall tim
 echo "figure comes with its same-run reference (scalar path, Eigen GEMM, memcpy) and the command that"
 echo "produced it. No GPU was lent to this task: the CUDA programs are compiled and linked, not measured."
 echo
+echo 'The commands name one program per component, `build/bench/nwc_bench_<component>`. The default'
+echo 'build (NWC_UNITY, what scripts/test.sh and CI build) compiles every benchmark into one program,'
+echo '`build/bench/nwc_benchmarks` (`--benchmark_filter` picks rows; names may repeat across'
+echo 'components), and builds the per-component ones on request:'
+echo '`cmake --build build --target nwc_bench_pipeline`.'
+echo
 for f in report allocation pipeline scale codec decode range_coder lossless trellis autograd quant finetune llm io headers; do
   [ -f docs/bench/$f.md ] || continue
   echo; echo "---"; echo

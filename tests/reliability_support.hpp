@@ -69,6 +69,7 @@ inline MethodOptions small_options(std::string method) {
     options.method = method;
     options.bits = 4;
     options.step = 0.5f;
+    options.tcq_step = 0.5f;
     options.weights_per_segment = 256;
     options.threads = 1;
     return options;

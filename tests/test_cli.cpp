@@ -465,7 +465,7 @@ TEST_CASE("an HF model nwc cannot run compresses without calibration and says so
     const Result plain = run("compress " + (temp / "qwen2") + " -o " + (temp / "q.nwc") + " --target-bpw 4");
     INFO(plain.out);
     REQUIRE(plain.status == 0);
-    CHECK_THAT(plain.out, Catch::Contains("(hf, ecsq)") && Catch::Contains("Qwen2ForCausalLM") && Catch::Contains("without calibration"));
+    CHECK_THAT(plain.out, Catch::Contains("(hf, tcq)") && Catch::Contains("Qwen2ForCausalLM") && Catch::Contains("without calibration"));
     const nlohmann::json report = json_of(run("compress " + (temp / "qwen2") + " -o " + (temp / "q2.nwc") + " --step 0.3 --json"));
     CHECK(report["source_format"] == "hf");
     CHECK_THAT(report["forward_pass_missing"].get<std::string>(), Catch::Contains("qwen2"));

@@ -47,7 +47,7 @@ Tensor<double> correlated_hessian(std::int64_t cols, double rho) {
 MethodOptions tcq_options(float step = 0.2f, NormalizationAxis axis = NormalizationAxis::per_tensor) {
     MethodOptions options;
     options.method = "tcq";
-    options.step = step;
+    options.tcq_step = step;
     options.axis = axis;
     options.threads = 1;
     return options;

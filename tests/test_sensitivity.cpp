@@ -136,10 +136,6 @@ TEST_CASE("sensitivity: bad options and names are refused", "[sensitivity]") {
 }
 
 TEST_CASE("sensitivity: stories260K on calibration text, positive and quadratic", "[sensitivity][data]") {
-    if (!std::filesystem::exists(data_path("stories260K.bin")) || !std::filesystem::exists(data_path("tinystories_calib.txt"))) {
-        WARN("skipped: stories260K.bin or tinystories_calib.txt not found in " << NWC_DATA_DIR);
-        return;
-    }
     const LlamaModel model(read_llama2c(data_path("stories260K.bin")).weights);
     const std::vector<int> tokens = tokenize_for_evaluation(Tokenizer::read(data_path("tok512.bin"), 512), read_text("tinystories_calib.txt"));
     SensitivityOptions options;

@@ -32,9 +32,8 @@ struct DemoSettings {
     double target_bpw = RateTarget{}.bits_per_weight;
     int threads = 0;  // all cores
 
-    // ecsq, the library's default method: the small shipped neural codecs do not yet beat it at
+    // The library's default method (tcq): the small shipped neural codecs do not yet beat it at
     // 4 bits per weight on this model (README, Results); --method nwc runs them.
-    DemoSettings() { method.method = "ecsq"; }
 };
 
 /// The files of one demo run.
@@ -66,7 +65,7 @@ sizes, bits per weight and perplexity on the evaluation text before and after.)"
         table.value("data", "DIR", "folder with stories260K.bin, tok512.bin, tinystories_calib.txt and tinystories_eval.txt",
                     settings.data);
         table.value("codec", "FILE[,..]", "codec file(s)", settings.codec).shows_default("every .nwcc file in the shipped codecs/ folder").for_methods(codec_methods());
-        declare_method_choice(table, settings.method, "the per-tensor method; ecsq by default, as the small shipped neural codecs do not yet beat it here",
+        declare_method_choice(table, settings.method, "the per-tensor method; the library's default, tcq, measures best here (--method nwc: the shipped neural codecs)",
                               /*rate_only=*/true);
         table.value("target-bpw", "B", "target bits per weight of the whole file", settings.target_bpw).above(0);
         table.value("out", "DIR", "where the .nwc and decoded files go", settings.out).shows_default("nwc-demo in the temp folder");

@@ -106,8 +106,17 @@ inline void declare_knob_options(OptionTable& table, MethodOptions& options) {
         OptionDeclaration& option = table.custom(knob, integer ? ValueKind::integer : ValueKind::number,
                                                  integer ? "N" : std::string(1, char(std::toupper(static_cast<unsigned char>(knob.front())))),
                                                  internal::knob_meaning(knob));
-        const double value = first.knob_value(options);
-        option.default_text = integer ? std::to_string(static_cast<long long>(value)) : number_text(value);
+        // One default when the methods sharing the knob agree; else each method's ("0.25 (tcq), 0.5 (ecsq)").
+        const auto text_of = [integer](double value) { return integer ? std::to_string(static_cast<long long>(value)) : number_text(value); };
+        option.default_text = text_of(first.knob_value(options));
+        bool agree = true;
+        std::string each;
+        for (const MethodInfo& method : cli_methods()) {
+            if (std::find(methods.begin(), methods.end(), method.name) == methods.end()) continue;
+            agree = agree && method.knob_value(options) == first.knob_value(options);
+            each += (each.empty() ? "" : ", ") + text_of(method.knob_value(options)) + " (" + method.name + ")";
+        }
+        if (!agree) option.default_text = each;
         option.assign = [&option, &options, methods, integer](const std::string& text) {
             const double knob_value = integer ? double(cli::internal::parse_integer(option, text, -1000000, 1000000)) : cli::internal::parse_number(option, text);
             for (const MethodInfo& method : cli_methods())

@@ -42,9 +42,11 @@ struct MethodOptions {
     /// more than 2^20 / 172 < detail::max_weights_per_payload_byte weights per payload byte.
     static constexpr std::int64_t max_weights_per_segment = std::int64_t(1) << 20;
 
-    /// The name of a method in the codec's list (Codec::method_names()). ecsq by default: it measures
-    /// best on stories260K (docs/bench/report.md: ahead of nwc at 3 and 6 bits per weight, level at 4-5).
-    std::string method = "ecsq";
+    /// The name of a method in the codec's list (Codec::method_names()). tcq by default: it measures
+    /// best on stories260K at equal bytes (docs/bench/report.md, fine-tuned: ahead of ecsq at 3, 4
+    /// and 6 bits per weight, level at 5; nwc and gptq behind both) and codes MT3's matrices with
+    /// about a fifth less error than ecsq at 4 bits per weight; it encodes several times slower.
+    std::string method = "tcq";
     int bits = 4;            ///< rtn, gptq: bits per code (2..8); 4 is Q4_0's 4.5 bits per weight
     /// rtn, gptq: weights of a row sharing one scale; with grid scales about 5 bits each (0.16 bits
     /// per weight at 32; 64 halves that but gptq lost 0.013 nats more on stories260K's calibration
@@ -55,6 +57,10 @@ struct MethodOptions {
     /// least-error scales on the quarter-octave grid coded in about 4 bits (RoundingScheme::grid).
     bool fp16_group_scales = false;
     float step = 0.5f;       ///< ecsq: quantizer step on normalized (unit-variance) weights
+    /// tcq: the step of its union grid on normalized weights (the CLI's --step, as for ecsq). Its
+    /// unions are two steps apart, so at the same rate the step is about half of ecsq's: 0.25
+    /// lands near ecsq's 0.5 (stories260K: about 3.1 bits per weight).
+    float tcq_step = 0.25f;
     float alpha = 1.0f;      ///< nwc: rate knob, the normalized weights are scaled by alpha before g_a
     /// tcq: trellis states (4..256, a power of two); 8 gains about 1 dB of ECSQ's 1.53 dB to the
     /// rate-distortion bound, 256 about 1.3 dB at several times the encoding time.
@@ -88,6 +94,7 @@ struct MethodOptions {
         require(bits >= 2 && bits <= 8, errc::invalid_argument, "--bits ", bits, " is outside 2..8");
         require(group_size >= 1 && group_size <= 65536, errc::invalid_argument, "group size ", group_size, " is outside 1..65536");
         require(std::isfinite(step) && step > 0.0f, errc::invalid_argument, "ECSQ step ", step, " must be finite and positive");
+        require(std::isfinite(tcq_step) && tcq_step > 0.0f, errc::invalid_argument, "tcq step ", tcq_step, " must be finite and positive");
         require(std::isfinite(vector_step) && vector_step > 0.0f, errc::invalid_argument, "vector step ", vector_step, " must be finite and positive");
         require(tcq_states >= 4 && tcq_states <= 256 && (tcq_states & (tcq_states - 1)) == 0, errc::invalid_argument, "tcq states ", tcq_states,
                 " must be a power of two in 4..256");

@@ -5,7 +5,8 @@
 // - Normalization exactly as ecsq: Chunker scales s (one per tensor, row or column, on the scale
 //   grid), one step Δ stored as fp16 (the encoder quantizes with the stored value); a weight is
 //   coded in grid units w / (Δ s) and decodes as k * (Δ s), the float product. The rate knob is
-//   "step" as for ecsq (fewer bytes as it grows), so rate control and allocation work unchanged.
+//   "step" as for ecsq (fewer bytes as it grows; MethodOptions::tcq_step, its own field so that
+//   each method's default lands near the same rate), so rate control and allocation work unchanged.
 // - Layout (quant/trellis_strips.hpp): strips of 32 columns, column c on lane c % 32, its trellis
 //   path continuing into the lane's next column; segments of whole strips, each its own context
 //   rANS stream (docs/format/rans.md, section 3) that decodes alone.
@@ -49,8 +50,8 @@ struct TcqMethod {
     static constexpr MethodKnob knob{
         .option = "step", .integer = false, .rate_grows = false, .lowest = 0x1p-12, .highest = 16.0, .guess_intercept = 1.047, .guess_slope = -1.0};
     static constexpr bool uses_normalization_axis = true;
-    static double knob_value(const MethodOptions& options) noexcept { return options.step; }
-    static void set_knob(MethodOptions& options, double value) noexcept { options.step = float(value); }
+    static double knob_value(const MethodOptions& options) noexcept { return options.tcq_step; }
+    static void set_knob(MethodOptions& options, double value) noexcept { options.tcq_step = float(value); }
 
     /// Decoding parameters of one tensor.
     struct Layout {
@@ -73,12 +74,12 @@ struct TcqMethod {
         });
     }
 
-    /// Codes W (m x n) with step options.step and options.tcq_states trellis states.
+    /// Codes W (m x n) with step options.tcq_step and options.tcq_states trellis states.
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
-        const half stored_step = to_half(options.step);
-        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "tcq step ", options.step,
+        const half stored_step = to_half(options.tcq_step);
+        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "tcq step ", options.tcq_step,
                 " is outside fp16's normal range (6.1e-5 .. 65504)");
         const float step = to_float(stored_step);
         const std::vector<half> scales = Chunker(ChunkerOptions{.axis = options.axis}).compute_scales(weights);
