@@ -278,7 +278,7 @@ TEST_CASE("--json prints one JSON object in every subcommand", "[cli][data][tool
     CHECK(report["rows"].size() == 2);  // the target and the Q4_0 setting
     CHECK(nlohmann::json::parse(nwc::read_file(temp.path / "rd.json")) == report);
 
-    const nlohmann::json demo = json_of(run("demo --method rtn --threads 2 --out " + (temp / "demo") + " --json"));
+    const nlohmann::json demo = json_of(run("demo --method rtn --threads 2 --sensitivity-windows 2 --sensitivity-pairs 1 --out " + (temp / "demo") + " --json"));
     CHECK(demo["compress"]["file_bytes"].get<std::uint64_t>() == std::filesystem::file_size(temp.path / "demo" / "stories260K.nwc"));
     CHECK(demo["compress"]["calibration"]["finetune"] == true);
     CHECK(demo["original"]["perplexity"].get<double>() < demo["compressed"]["perplexity"].get<double>());
