@@ -106,7 +106,7 @@ inline void declare_knob_options(OptionTable& table, MethodOptions& options) {
         OptionDeclaration& option = table.custom(knob, integer ? ValueKind::integer : ValueKind::number,
                                                  integer ? "N" : std::string(1, char(std::toupper(static_cast<unsigned char>(knob.front())))),
                                                  internal::knob_meaning(knob));
-        // One default when the methods sharing the knob agree; else each method's ("0.25 (tcq), 0.5 (ecsq)").
+        // One default when the methods sharing the knob agree; else each method's ("0.5 (ecsq), 0.25 (tcq)").
         const auto text_of = [integer](double value) { return integer ? std::to_string(static_cast<long long>(value)) : number_text(value); };
         option.default_text = text_of(first.knob_value(options));
         bool agree = true;

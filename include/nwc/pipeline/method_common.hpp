@@ -59,7 +59,8 @@ struct MethodOptions {
     float step = 0.5f;       ///< ecsq: quantizer step on normalized (unit-variance) weights
     /// tcq: the step of its union grid on normalized weights (the CLI's --step, as for ecsq). Its
     /// unions are two steps apart, so at the same rate the step is about half of ecsq's: 0.25
-    /// lands near ecsq's 0.5 (stories260K: about 3.1 bits per weight).
+    /// lands near ecsq's 0.5 (stories260K without calibration: 3.10 bits per weight at relative MSE
+    /// 1.40e-2, ecsq 3.14 at 1.87e-2).
     float tcq_step = 0.25f;
     float alpha = 1.0f;      ///< nwc: rate knob, the normalized weights are scaled by alpha before g_a
     /// tcq: trellis states (4..256, a power of two); 8 gains about 1 dB of ECSQ's 1.53 dB to the
