@@ -13,8 +13,6 @@
 #include "nwc/autograd/autograd.hpp"
 #include "nwc/core/random.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_autograd {
 
 namespace {

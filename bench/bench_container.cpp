@@ -15,8 +15,6 @@
 #include "nwc/io/safetensors.hpp"
 #include "nwc/pipeline/pipeline_codec.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_container {
 
 namespace {

@@ -33,8 +33,6 @@
 #include "nwc/io/safetensors.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_decode {
 
 namespace {

@@ -15,8 +15,6 @@
 #include "nwc/quant/ldlq_compensator.hpp"
 #include "nwc/quant/round_to_nearest.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_ldlq {
 
 namespace {

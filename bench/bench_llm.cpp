@@ -16,8 +16,6 @@
 #include "nwc/io/llama2c_file.hpp"
 #include "nwc/llm/perplexity.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_llm {
 
 using namespace nwc;

@@ -27,8 +27,6 @@
 #include "nwc/entropy/lossless_float.hpp"
 #include "nwc/io/safetensors.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_lossless_float {
 
 namespace {

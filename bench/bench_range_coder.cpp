@@ -44,8 +44,6 @@
 #include "nwc/quant/trellis.hpp"
 #include "rans_v1_reference.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_range_coder {
 
 namespace {

@@ -10,8 +10,6 @@
 
 #include "nwc/nn/residual_mlp.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_residual_mlp {
 
 namespace {

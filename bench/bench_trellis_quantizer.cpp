@@ -31,8 +31,6 @@
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/trellis_quantizer.hpp"
 
-// Inside a namespace of its own: the unity program nwc_benchmarks compiles several benchmark files
-// as one translation unit (bench/CMakeLists.txt).
 namespace nwc_bench_trellis_quantizer {
 
 namespace {
