@@ -117,12 +117,7 @@ original block's.)",
                    "sensitivity (noise injected on the calibration text)",
                    settings.allocate, false)
             .needing("calib");
-        table.value("sensitivity-windows", "N", "allocation: sensitivities from the first N calibration windows", settings.sensitivity.windows)
-            .at_least(1)
-            .needing("calib");
-        table.value("sensitivity-pairs", "N", "allocation: antithetic noise pairs per tensor and window", settings.sensitivity.pairs)
-            .at_least(1)
-            .needing("calib");
+        declare_sensitivity_options(table, settings.sensitivity, "calib");
         table.value("tcq-states", "S", "trellis states of tcq (4..256, a power of two): more gain more, at more encoding time",
                     settings.method.tcq_states)
             .for_methods({"tcq"});

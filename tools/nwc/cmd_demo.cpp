@@ -15,7 +15,6 @@
 #include "nwc/core/file_io.hpp"
 #include "nwc/io/model_file.hpp"
 #include "nwc/llm/perplexity.hpp"
-#include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/tokenizer.hpp"
 #include "pipeline_cli.hpp"
 
@@ -32,7 +31,7 @@ struct DemoSettings {
     MethodOptions method;
     double target_bpw = RateTarget{}.bits_per_weight;
     int threads = 0;  // all cores
-    int sensitivity_windows = llm::SensitivityOptions{}.windows, sensitivity_pairs = llm::SensitivityOptions{}.pairs;
+    llm::SensitivityOptions sensitivity;  // only windows and pairs: passed to compress
 
     // The library's default method (tcq): the small shipped neural codecs do not yet beat it at
     // 4 bits per weight on this model (README, Results); --method nwc runs them.
@@ -72,8 +71,7 @@ sizes, bits per weight and perplexity on the evaluation text before and after.)"
         table.value("target-bpw", "B", "target bits per weight of the whole file", settings.target_bpw).above(0);
         table.value("out", "DIR", "where the .nwc and decoded files go", settings.out).shows_default("nwc-demo in the temp folder");
         table.value("threads", "N", "worker threads, 0 = all cores", settings.threads).at_least(0);
-        table.value("sensitivity-windows", "N", "allocation: sensitivities from the first N calibration windows", settings.sensitivity_windows).at_least(1);
-        table.value("sensitivity-pairs", "N", "allocation: antithetic noise pairs per tensor and window", settings.sensitivity_pairs).at_least(1);
+        declare_sensitivity_options(table, settings.sensitivity);
     }
 
     static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation);
@@ -96,7 +94,7 @@ std::vector<std::string> compress_arguments(const DemoSettings& settings, const 
     std::vector<std::string> arguments = {files.model, "-o", files.compressed, "--method", settings.method.method, "--target-bpw",
                                           number_text(settings.target_bpw), "--calib", files.calibration, "--tokenizer", files.tokenizer,
                                           "--threads", std::to_string(settings.threads), "--sensitivity-windows",
-                                          std::to_string(settings.sensitivity_windows), "--sensitivity-pairs", std::to_string(settings.sensitivity_pairs)};
+                                          std::to_string(settings.sensitivity.windows), "--sensitivity-pairs", std::to_string(settings.sensitivity.pairs)};
     const std::vector<std::string>& needs_codec = codec_methods();
     if (std::find(needs_codec.begin(), needs_codec.end(), settings.method.method) != needs_codec.end()) {
         const std::string codecs = settings.codec.value_or(default_codec_list());

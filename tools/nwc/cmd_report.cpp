@@ -192,9 +192,7 @@ configurations (--configs):
                         std::to_string(settings.sequential.validation_windows) + " are held out for early stopping",
                     settings.sequential.windows)
             .above(settings.sequential.validation_windows);
-        table.value("sensitivity-windows", "N", "allocation: sensitivities from the first N calibration windows", settings.sensitivity.windows)
-            .at_least(1);
-        table.value("sensitivity-pairs", "N", "allocation: antithetic noise pairs per tensor and window", settings.sensitivity.pairs).at_least(1);
+        declare_sensitivity_options(table, settings.sensitivity);
         table.flag("no-allocation", "one knob for every tensor at each target instead of per-tensor settings chosen by measured sensitivity",
                    settings.allocate, false);
         table.value("eval-windows", "N", "evaluate only the first N windows of EVAL", settings.eval_windows).shows_default("all").at_least(1);

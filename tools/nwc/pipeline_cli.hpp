@@ -18,6 +18,7 @@
 
 #include "commands.hpp"
 #include "options.hpp"
+#include "nwc/llm/sensitivity.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
 #ifndef NWC_CODEC_DIR
@@ -42,6 +43,15 @@ inline std::string default_codec_list() {
 }
 
 /// A number for JSON: null when unknown (NaN).
+/// --sensitivity-windows and --sensitivity-pairs, bound to `options` (compress, report, demo);
+/// `needing` names the option they require, if any (compress: --calib).
+inline void declare_sensitivity_options(OptionTable& table, llm::SensitivityOptions& options, const std::string& needing = "") {
+    OptionDeclaration& windows = table.value("sensitivity-windows", "N", "allocation: sensitivities from the first N calibration windows", options.windows).at_least(1);
+    if (!needing.empty()) windows.needing(needing);
+    OptionDeclaration& pairs = table.value("sensitivity-pairs", "N", "allocation: antithetic noise pairs per tensor and window", options.pairs).at_least(1);
+    if (!needing.empty()) pairs.needing(needing);
+}
+
 inline nlohmann::json number_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr); }
 
 inline nlohmann::json shape_json(const Shape& shape) {
