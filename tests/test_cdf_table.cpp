@@ -469,6 +469,62 @@ TEST_CASE("compact_cdf_table: the fit minimizes table bytes + payload and accoun
     CHECK_THROWS_AS(fit_compact_table(0, std::vector<std::uint64_t>{1}, {.precisions = {17}}), nwc::error);
 }
 
+TEST_CASE("compact_cdf_table: the fitter's shortcuts agree with the full computations", "[cdf_table][compact]") {
+    // fit_compact_table prices candidates by table_frequencies(), a counted byte_size() and a table
+    // of log2_q16: each must give exactly what the table, the written bytes and log2_q16 give.
+    for (std::uint64_t f = 1; f <= (std::uint64_t(1) << 16); ++f)
+        if (detail::log2_q16_of_frequency(std::uint32_t(f)) != detail::log2_q16(f)) FAIL("log2_q16_of_frequency(" << f << ")");
+    Random random(17);
+    for (int trial = 0; trial < 300; ++trial) {
+        const CompactCdfTable derived = random_compact(random);
+        const CdfTable table = derived.table();
+        CHECK(derived.table_frequencies() == std::vector<std::uint32_t>(table.frequencies().begin(), table.frequencies().end()));
+        const CompactCdfTable exact = CompactCdfTable::exact(random_table(random));
+        for (const CompactCdfTable* compact : {&derived, &exact}) {
+            ByteWriter writer;
+            compact->write(writer);
+            CHECK(compact->byte_size() == writer.size());
+        }
+        const std::vector<std::uint64_t> weights = derived.weights();
+        CHECK(CdfTable::frequencies_from_weights(derived.offset, weights, derived.precision) == derived.table_frequencies());
+    }
+    CHECK_THROWS_AS(CdfTable::frequencies_from_weights(0, std::vector<std::uint64_t>{0, 0}, 12), nwc::error);
+    // The fits themselves, pinned (values of the version that built a CdfTable per candidate):
+    // a Gaussian-shaped histogram with two outliers, a tiny one, and a large irregular one.
+    std::vector<std::uint64_t> gaussian(61);
+    for (int i = 0; i < 61; ++i) gaussian[std::size_t(i)] = std::uint64_t(std::llround(3000.0 * std::exp(-double((i - 25) * (i - 25)) / 60.0)));
+    gaussian[0] = 2;
+    gaussian[60] = 1;
+    std::vector<std::uint64_t> irregular(81);
+    for (int i = 0; i < 81; ++i)
+        irregular[std::size_t(i)] = std::uint64_t(std::llround(1e5 * std::exp(-double((i - 40) * (i - 40)) / 200.0))) + std::uint64_t(i % 7) * 50;
+    struct Pinned {
+        std::int32_t offset;
+        std::vector<std::uint64_t> counts;
+        std::vector<int> precisions;
+        int kind, precision;
+        std::int32_t table_offset;
+        std::uint32_t support;
+        std::uint64_t bytes, payload_q16;
+    };
+    const Pinned cases[] = {
+        {-25, gaussian, {12, 13, 14, 15, 16}, 2, 13, -20, 40, 8, 12151618927ull},
+        {-25, gaussian, {14}, 2, 14, -22, 44, 8, 12151778732ull},
+        {7, {0, 3, 9, 4, 0, 0, 1}, {12, 13, 14, 15, 16}, 2, 14, 8, 6, 5, 2104755ull},
+        {-40, irregular, {12, 13, 14, 15, 16}, 1, 14, -40, 81, 43, 888328393750ull},
+    };
+    for (const Pinned& pinned : cases) {
+        const CompactTableFit fit = fit_compact_table(pinned.offset, pinned.counts, {.precisions = pinned.precisions});
+        CHECK(int(fit.compact.kind) == pinned.kind);
+        CHECK(fit.compact.precision == pinned.precision);
+        CHECK(fit.compact.offset == pinned.table_offset);
+        CHECK(fit.compact.support == pinned.support);
+        CHECK(fit.table_bytes == pinned.bytes);
+        CHECK(fit.payload_q16 == pinned.payload_q16);
+        CHECK(fit.table == fit.compact.table());
+    }
+}
+
 TEST_CASE("compact_cdf_table: truncated, corrupt and hostile bytes give nwc::error", "[cdf_table][compact]") {
     Random random(17);
     int accepted = 0, rejected = 0;

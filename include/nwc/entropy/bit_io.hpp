@@ -62,6 +62,18 @@ private:
 /// Bits of the codes above, for size estimates.
 constexpr int gamma_bits(std::uint64_t value) noexcept { return 2 * int(std::bit_width(value)) - 1; }
 constexpr int exp_golomb_bits(std::uint64_t value, int k) noexcept { return gamma_bits((value >> k) + 1) + k; }
+/// Counts the bits a BitWriter would write, with its interface: a size without making the bytes.
+class BitCounter {
+public:
+    void put(std::uint64_t, int count) noexcept { m_bit_count += std::uint64_t(count); }
+    void put_gamma(std::uint64_t value) noexcept { m_bit_count += std::uint64_t(gamma_bits(value)); }
+    void put_exp_golomb(std::uint64_t value, int k) noexcept { m_bit_count += std::uint64_t(exp_golomb_bits(value, k)); }
+    std::uint64_t bit_count() const noexcept { return m_bit_count; }
+
+private:
+    std::uint64_t m_bit_count = 0;
+};
+
 /// Zigzag: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ...
 constexpr std::uint64_t zigzag(std::int64_t value) noexcept {
     return value >= 0 ? 2 * std::uint64_t(value) : 2 * (~std::uint64_t(value)) + 1;

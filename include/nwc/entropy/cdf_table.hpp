@@ -83,11 +83,18 @@ public:
     /// integer arithmetic, so a decoder may derive a table from stored integers this way. Throws
     /// nwc::error(invalid_argument) when every weight is zero or the shape is invalid (as above).
     static CdfTable from_weights(std::int32_t offset, std::span<const std::uint64_t> weights, int precision) {
+        return CdfTable(offset, frequencies_from_weights(offset, weights, precision), precision);
+    }
+
+    /// The frequencies of from_weights(offset, weights, precision), with the same checks, without
+    /// building the decoder's slot index (2^precision entries): what a table fitter needs to
+    /// price a candidate.
+    static std::vector<std::uint32_t> frequencies_from_weights(std::int32_t offset, std::span<const std::uint64_t> weights, int precision) {
         check_shape(offset, weights.size(), precision, "CdfTable::from_weights");
         bool any = false;
         for (std::uint64_t weight : weights) any = any || weight != 0;
         require(any, errc::invalid_argument, "CdfTable::from_weights: all ", weights.size(), " weights are zero");
-        return CdfTable(offset, quantize(weights, precision), precision);
+        return quantize(weights, precision);
     }
 
     /// Every value of [offset, offset + support) equally likely (support >= 1), the escape bin at frequency 1.

@@ -23,6 +23,7 @@
 #include <span>
 #include <vector>
 
+#include "nwc/core/config.hpp"
 #include "nwc/core/error.hpp"
 #include "nwc/entropy/bit_io.hpp"
 #include "nwc/entropy/cdf_table.hpp"
@@ -68,6 +69,18 @@ constexpr std::uint64_t log2_q16(compact_u128 value) noexcept {
     return (std::uint64_t(whole) << 16) | fraction;
 }
 
+/// log2_q16 of a table frequency (1..2^16) from a table made once per process: pricing a
+/// candidate table takes one per bin, and the squarings cost ~50 cycles each.
+inline std::uint64_t log2_q16_of_frequency(std::uint32_t frequency) noexcept {
+    static const std::vector<std::uint32_t> table = [] {
+        std::vector<std::uint32_t> values((std::size_t(1) << 16) + 1, 0);
+        for (std::size_t value = 1; value < values.size(); ++value) values[value] = std::uint32_t(log2_q16(value));
+        return values;
+    }();
+    NWC_ASSERT(frequency >= 1 && frequency < table.size());
+    return table[frequency];
+}
+
 /// The rANS coder's own loss per symbol at precision 12..16, in Q16 bits: measured as the size
 /// over the ideal of one 16M-symbol segment of the bench workload (~4.3 bits per symbol;
 /// docs/bench/range_coder.md, BM_segment_overhead): 4.8e-5, 3.6e-4 and 4.7e-3 bits at 12, 14
@@ -100,15 +113,18 @@ inline FitWindow make_window(std::int32_t offset, std::span<const std::uint64_t>
     return window;
 }
 
-/// Payload of the window's counts under `table` (whose bin 0 is histogram bin window.first), Q16.
-inline std::uint64_t payload_q16(const FitWindow& window, const CdfTable& table) {
-    const std::uint64_t precision_q16 = std::uint64_t(table.precision()) << 16;
-    const auto frequencies = table.frequencies();
-    std::uint64_t total = window.outside_code_q16 + window.outside * (precision_q16 - log2_q16(frequencies.back()));
+/// Payload of the window's counts under a table of these frequencies (bin 0 is histogram bin
+/// window.first, the escape bin last) at `precision`, Q16.
+inline std::uint64_t payload_q16(const FitWindow& window, std::span<const std::uint32_t> frequencies, int precision) {
+    const std::uint64_t precision_q16 = std::uint64_t(precision) << 16;
+    std::uint64_t total = window.outside_code_q16 + window.outside * (precision_q16 - log2_q16_of_frequency(frequencies.back()));
     for (std::size_t i = window.first; i <= window.last; ++i)
-        if (window.counts[i] != 0) total += window.counts[i] * (precision_q16 - log2_q16(frequencies[i - window.first]));
+        if (window.counts[i] != 0) total += window.counts[i] * (precision_q16 - log2_q16_of_frequency(frequencies[i - window.first]));
     return total;
 }
+
+/// Payload of the window's counts under `table` (whose bin 0 is histogram bin window.first), Q16.
+inline std::uint64_t payload_q16(const FitWindow& window, const CdfTable& table) { return payload_q16(window, table.frequencies(), table.precision()); }
 
 /// q = round(2^r log2(largest / count)), capped where the frequency would be 1 anyway.
 inline std::uint32_t code_length_of(std::uint64_t count, std::uint64_t largest, int resolution, std::uint64_t cap) {
@@ -131,15 +147,16 @@ public:
     TableFitter(const FitWindow& window, int precision, CompactTableFit& best) : m_window(window), m_precision(precision), m_best(best) {}
 
     /// Evaluates a candidate; keeps it when it beats the best so far. Returns its total in Q16.
+    /// Priced by its frequencies alone: fit_compact_table builds the winner's CdfTable once at the end.
     std::uint64_t consider(const CompactCdfTable& compact) {
-        CdfTable table = compact.table();
+        const std::vector<std::uint32_t> frequencies = compact.table_frequencies();
         const std::uint64_t bytes = compact.byte_size();
-        const std::uint64_t payload = payload_q16(m_window, table) + (m_window.inside + m_window.outside) * coder_loss_q16[m_precision - CdfTable::min_precision];
+        const std::uint64_t payload =
+            payload_q16(m_window, frequencies, m_precision) + (m_window.inside + m_window.outside) * coder_loss_q16[m_precision - CdfTable::min_precision];
         const std::uint64_t total = (bytes << 19) + payload;
         if (compact.kind == CompactCdfTable::Kind::parametric && total < m_best_parametric_total) m_best_parametric_total = total, m_best_parametric = compact;
         if (m_best.table_bytes == 0 || total < (m_best.table_bytes << 19) + m_best.payload_q16) {
             m_best.compact = compact;
-            m_best.table = std::move(table);
             m_best.table_bytes = bytes;
             m_best.payload_q16 = payload;
         }
@@ -326,6 +343,7 @@ inline CompactTableFit fit_compact_table(std::int32_t offset, std::span<const st
             }
         }
     }
+    best.table = best.compact.table();
     return best;
 }
 

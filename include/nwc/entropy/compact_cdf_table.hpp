@@ -135,9 +135,33 @@ struct CompactCdfTable {
         return CdfTable::from_weights(offset, bin_weights, precision);
     }
 
+    /// table().frequencies() without building the table (fit_compact_table prices thousands of
+    /// candidates by their frequencies alone). The frequencies kind's are returned as stored
+    /// (table() validates them).
+    std::vector<std::uint32_t> table_frequencies() const {
+        if (kind == Kind::frequencies) return frequencies;
+        const std::vector<std::uint64_t> bin_weights = weights();
+        return CdfTable::frequencies_from_weights(offset, bin_weights, precision);
+    }
+
     /// Appends the bit-packed description, zero-padded to a whole byte.
     void write(ByteWriter& writer) const {
         detail::BitWriter bits;
+        put_fields(bits);
+        writer.put_bytes(bits.finish());
+    }
+
+    /// Bytes write() produces (counted, not written: the fitter sizes thousands of candidates).
+    std::size_t byte_size() const {
+        detail::BitCounter bits;
+        put_fields(bits);
+        return std::size_t((bits.bit_count() + 7) / 8);
+    }
+
+private:
+    /// The description's fields into a detail::BitWriter or detail::BitCounter.
+    template <class Bits>
+    void put_fields(Bits& bits) const {
         bits.put(std::uint64_t(kind), 2);
         bits.put(std::uint64_t(precision - CdfTable::min_precision), 3);
         bits.put_exp_golomb(detail::zigzag(offset), 3);
@@ -163,15 +187,9 @@ struct CompactCdfTable {
             bits.put(has_escape_length, 1);
             if (has_escape_length) bits.put_exp_golomb(escape_length, 6);
         }
-        writer.put_bytes(bits.finish());
     }
 
-    /// Bytes write() produces.
-    std::size_t byte_size() const {
-        ByteWriter writer;
-        write(writer);
-        return writer.size();
-    }
+public:
 
     /// Reads what write() wrote and derives the table; throws nwc::error (corrupt, truncated) on
     /// any violation, before allocating more than the input could describe.
@@ -266,8 +284,11 @@ private:
     }
     static int best_order(std::span<const std::uint64_t> codes) {
         int best = 0;
-        for (int k = 1; k < 16; ++k)
-            if (total_bits(codes, k) < total_bits(codes, best)) best = k;
+        std::uint64_t best_bits = total_bits(codes, 0);
+        for (int k = 1; k < 16; ++k) {
+            const std::uint64_t bits = total_bits(codes, k);
+            if (bits < best_bits) best = k, best_bits = bits;
+        }
         return best;
     }
 };
