@@ -158,38 +158,6 @@ struct CompactCdfTable {
         return std::size_t((bits.bit_count() + 7) / 8);
     }
 
-private:
-    /// The description's fields into a detail::BitWriter or detail::BitCounter.
-    template <class Bits>
-    void put_fields(Bits& bits) const {
-        bits.put(std::uint64_t(kind), 2);
-        bits.put(std::uint64_t(precision - CdfTable::min_precision), 3);
-        bits.put_exp_golomb(detail::zigzag(offset), 3);
-        bits.put_exp_golomb(support - 1, 3);
-        if (kind == Kind::frequencies) {
-            const int k = best_order(difference_codes(frequencies, 1, frequencies.size() - 1));
-            bits.put(std::uint64_t(k), 4);
-            for (std::uint64_t code : difference_codes(frequencies, 1, frequencies.size() - 1)) bits.put_exp_golomb(code, k);
-        } else if (kind == Kind::code_lengths) {
-            bits.put(std::uint64_t(resolution), 4);
-            const std::vector<std::uint64_t> first = difference_codes(lengths, 1, lengths.size()), second = difference_codes(lengths, 2, lengths.size());
-            const int k1 = best_order(first), k2 = best_order(second);
-            const bool use_second = total_bits(second, k2) < total_bits(first, k1);
-            bits.put(use_second, 1);
-            bits.put(std::uint64_t(use_second ? k2 : k1), 4);
-            for (std::uint64_t code : use_second ? second : first) bits.put_exp_golomb(code, use_second ? k2 : k1);
-        } else {
-            bits.put_exp_golomb(center, 3);
-            bits.put(quadratic, 10);
-            bits.put(linear, 10);
-        }
-        if (kind != Kind::frequencies) {
-            bits.put(has_escape_length, 1);
-            if (has_escape_length) bits.put_exp_golomb(escape_length, 6);
-        }
-    }
-
-public:
 
     /// Reads what write() wrote and derives the table; throws nwc::error (corrupt, truncated) on
     /// any violation, before allocating more than the input could describe.
@@ -264,6 +232,36 @@ public:
     }
 
 private:
+    /// The description's fields into a detail::BitWriter or detail::BitCounter.
+    template <class Bits>
+    void put_fields(Bits& bits) const {
+        bits.put(std::uint64_t(kind), 2);
+        bits.put(std::uint64_t(precision - CdfTable::min_precision), 3);
+        bits.put_exp_golomb(detail::zigzag(offset), 3);
+        bits.put_exp_golomb(support - 1, 3);
+        if (kind == Kind::frequencies) {
+            const int k = best_order(difference_codes(frequencies, 1, frequencies.size() - 1));
+            bits.put(std::uint64_t(k), 4);
+            for (std::uint64_t code : difference_codes(frequencies, 1, frequencies.size() - 1)) bits.put_exp_golomb(code, k);
+        } else if (kind == Kind::code_lengths) {
+            bits.put(std::uint64_t(resolution), 4);
+            const std::vector<std::uint64_t> first = difference_codes(lengths, 1, lengths.size()), second = difference_codes(lengths, 2, lengths.size());
+            const int k1 = best_order(first), k2 = best_order(second);
+            const bool use_second = total_bits(second, k2) < total_bits(first, k1);
+            bits.put(use_second, 1);
+            bits.put(std::uint64_t(use_second ? k2 : k1), 4);
+            for (std::uint64_t code : use_second ? second : first) bits.put_exp_golomb(code, use_second ? k2 : k1);
+        } else {
+            bits.put_exp_golomb(center, 3);
+            bits.put(quadratic, 10);
+            bits.put(linear, 10);
+        }
+        if (kind != Kind::frequencies) {
+            bits.put(has_escape_length, 1);
+            if (has_escape_length) bits.put_exp_golomb(escape_length, 6);
+        }
+    }
+
     /// Zigzag codes of the differences of values[0..count) (the first value from 0); order 2 codes
     /// each difference from the third on minus the one before it (a constant slope costs nothing).
     static std::vector<std::uint64_t> difference_codes(std::span<const std::uint32_t> values, int order, std::size_t count) {
