@@ -31,7 +31,8 @@ echo "Measured on this project's machine (2 cores, AMD Zen 5 with AVX-512, 24 Gi
 echo "(-O3 -march=native). While these were measured the machine was shared by several concurrent builds"
 echo "(load average 4-19 on 2 cores), so the pages quote CPU time where wall time was distorted; every"
 echo "figure comes with its same-run reference (scalar path, Eigen GEMM, memcpy) and the command that"
-echo "produced it. No GPU was lent to this task: the CUDA programs are compiled and linked, not measured."
+echo "produced it. GPU figures (docs/bench/decode.md, section GPU) come from an NVIDIA H200 lent for one"
+echo "session (2026-12-04); CI has no GPU, so there the CUDA programs are compiled and linked, and skip."
 echo
 echo 'The commands name one program per component, `build/bench/nwc_bench_<component>`. The default'
 echo 'build (NWC_UNITY, what scripts/test.sh and CI build) compiles every benchmark into one program,'

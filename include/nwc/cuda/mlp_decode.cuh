@@ -125,7 +125,8 @@ public:
         return {};
     }
 
-    explicit DeviceNeuralDecoder(const NeuralDecoder& decoder) : m_architecture(decoder.architecture()) {
+    /// Uploads the decoder (from `memory`: a decoder's pool when it lives for one tensor).
+    explicit DeviceNeuralDecoder(const NeuralDecoder& decoder, TemporaryMemory memory = {}) : m_architecture(decoder.architecture()) {
         const CanImplement check = can_implement(m_architecture);
         require(check.ok, errc::unsupported, "DeviceNeuralDecoder: ", check.reason);
         std::vector<float> packed;
@@ -133,11 +134,12 @@ public:
             m_offsets.push_back(packed.size());
             packed.insert(packed.end(), parameter->value.data(), parameter->value.data() + parameter->value.size());
         }
-        m_parameters = DeviceBuffer<float>(std::span<const float>(packed));
-        m_medians = DeviceBuffer<float>(decoder.all_medians());
+        m_parameters = DeviceBuffer<float>(std::span<const float>(packed), memory);
+        m_medians = DeviceBuffer<float>(decoder.all_medians(), memory);
         std::vector<std::uint8_t> groups(std::size_t(m_architecture.levels));
         for (int level = 0; level < m_architecture.levels; ++level) groups[std::size_t(level)] = std::uint8_t(m_architecture.prior_group(level));
-        m_group_of_level = DeviceBuffer<std::uint8_t>(std::span<const std::uint8_t>(groups));
+        m_group_of_level = DeviceBuffer<std::uint8_t>(std::span<const std::uint8_t>(groups), memory);
+        // The uploads above are queued on memory.stream; `packed` and `groups` are staged already.
     }
 
     const CodecArchitecture& architecture() const noexcept { return m_architecture; }

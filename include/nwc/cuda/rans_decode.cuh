@@ -15,6 +15,9 @@
 //   read-only cache.
 // - Escapes (values outside a channel's support) are rare: lane 0 reads their Elias-gamma codes
 //   from the segment's escape bit stream in symbol order, exactly as EscapeBitReader does.
+// - Which table codes a symbol, and what value a bin stands for, is a policy of the kernel: the
+//   plain stream's channels cycle (CyclicChannels, here); the context-coded stream's follow each
+//   path's state machine (MachineChannels, cuda/context_rans_decode.cuh). Everything else is shared.
 // - The host validates the stream's header, index and CRC (rans::read_index) before anything is
 //   launched; every check that needs the decoded data (word overrun, final states, escape stream
 //   used up) is a status per segment that the host turns into nwc::error(corrupt). No read ever
@@ -26,6 +29,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -81,17 +86,18 @@ public:
     /// Shared memory the slot table may use (the rest of the tables are small).
     static constexpr std::size_t shared_slot_budget_bytes = 96 * 1024;
 
-    explicit DeviceRansTables(const CdfTableSet& tables) : m_checksum(tables.checksum()) {
+    /// Uploads `tables`' decode tables (from `memory`: a decoder's pool for per-tensor tables).
+    explicit DeviceRansTables(const CdfTableSet& tables, TemporaryMemory memory = {}) : m_checksum(tables.checksum()) {
         const nwc::detail::RansDecodeTables& host = tables.decode_tables();
         m_precision = host.precision;
         m_channels = host.channel_count;
         m_slot_count = std::size_t(host.channel_count) << host.precision;
         m_bin_count = host.bin_entries.size();
-        m_slot_bins = DeviceBuffer<std::uint16_t>(std::span<const std::uint16_t>(host.slot_bins.data(), m_slot_count));
-        m_bin_entries = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.bin_entries));
-        m_bin_bases = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.bin_bases));
-        m_offsets = DeviceBuffer<std::int32_t>(std::span<const std::int32_t>(host.offsets));
-        m_supports = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.supports));
+        m_slot_bins = DeviceBuffer<std::uint16_t>(std::span<const std::uint16_t>(host.slot_bins.data(), m_slot_count), memory);
+        m_bin_entries = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.bin_entries), memory);
+        m_bin_bases = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.bin_bases), memory);
+        m_offsets = DeviceBuffer<std::int32_t>(std::span<const std::int32_t>(host.offsets), memory);
+        m_supports = DeviceBuffer<std::uint32_t>(std::span<const std::uint32_t>(host.supports), memory);
     }
 
     int precision() const noexcept { return m_precision; }
@@ -173,12 +179,39 @@ __device__ inline std::uint32_t load_u32(const std::uint8_t* at) {
 }
 __device__ inline std::uint32_t load_u16(const std::uint8_t* at) { return std::uint32_t(at[0]) | (std::uint32_t(at[1]) << 8); }
 
+/// The plain stream's symbols: symbol i of a job uses channel (first_channel + i) % channels and
+/// is its table's value offset + bin (escapes: the escaped value itself).
+struct CyclicChannels {
+    static constexpr std::uint32_t shared_words = 0;
+    std::uint32_t channels = 1;
+    std::uint32_t first = 0;
+
+    __device__ void bind(std::uint32_t*) {}
+    __device__ void begin(const RansSegmentJob& job) { first = job.first_channel; }
+    __device__ std::uint32_t channel(std::uint32_t i) const { return (first + i) % channels; }
+    __device__ std::int32_t value(std::uint32_t channel, std::uint32_t bin, const std::int32_t* offsets) const {
+        return std::int32_t(std::uint32_t(offsets[channel]) + bin);
+    }
+    __device__ void take(std::uint32_t, std::uint32_t) {}
+    /// The value of an escaped symbol; false when it cannot be one (never, here).
+    __device__ bool take_escape(std::uint32_t, std::uint32_t, std::int32_t symbol, std::int32_t& value) {
+        value = symbol;
+        return true;
+    }
+    __device__ void end_step() {}
+};
+
 /// One warp per job; blockDim.x = 32 (one warp per block keeps the shared tables per warp simple).
+/// `Symbols` picks each symbol's channel and value (CyclicChannels; context_rans_decode.cuh's
+/// MachineChannels); the rANS steps, renormalization, escapes and end checks are the same for both.
+/// Dynamic shared memory: `Symbols::shared_words` u32 for the policy, then the tables.
+template <class Symbols>
 __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJob* jobs, std::uint32_t job_count, RansKernelTables tables,
-                                   std::int32_t* out, RansSegmentStatus* status) {
+                                   Symbols symbols, std::int32_t* out, RansSegmentStatus* status) {
     extern __shared__ std::uint32_t shared[];
     const std::uint32_t lane = threadIdx.x;
-    std::uint32_t* bin_entries = shared;
+    symbols.bind(shared);
+    std::uint32_t* bin_entries = shared + Symbols::shared_words;
     std::uint32_t* bin_bases = bin_entries + tables.bin_count;
     std::int32_t* offsets = reinterpret_cast<std::int32_t*>(bin_bases + tables.channels);
     std::uint32_t* supports = reinterpret_cast<std::uint32_t*>(offsets + tables.channels);
@@ -199,7 +232,7 @@ __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJ
         const RansSegmentJob& job = jobs[j];
         const std::uint32_t lanes = job.lane_count, symbol_count = job.symbol_count, word_count = job.word_count;
         const std::uint64_t first_output = job.first_output;
-        const std::uint32_t first_channel = job.first_channel;
+        symbols.begin(job);
         const bool active = lane < lanes;
         std::uint32_t x = active ? job.states[lane] : rans::initial_state;
         const std::uint32_t renormalized = active ? job.renormalized[lane] : 0;
@@ -212,7 +245,7 @@ __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJ
         for (std::uint32_t step = 0; step < steps; ++step) {
             const std::uint32_t i = step * lanes + lane;
             const bool valid = active && i < symbol_count;
-            const std::uint32_t channel = (first_channel + i) % tables.channels;
+            const std::uint32_t channel = valid ? symbols.channel(i) : 0;
             std::uint32_t bin = 0;
             if (valid) {
                 const std::uint32_t slot = x & slot_mask;
@@ -220,15 +253,21 @@ __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJ
                 const std::uint32_t entry = bin_entries[bin_bases[channel] + bin];
                 x = (entry >> 16) * (x >> tables.precision) + slot - (entry & 0xFFFFu);
                 // Escaped symbols are written by lane 0 below (one writer per element).
-                if (bin != supports[channel]) out[first_output + i] = std::int32_t(std::uint32_t(offsets[channel]) + bin);
+                if (bin != supports[channel]) {
+                    out[first_output + i] = symbols.value(channel, bin, offsets);
+                    symbols.take(i, bin);
+                }
             }
             const std::uint32_t escaped = __ballot_sync(0xFFFFFFFFu, valid && bin == supports[channel]);
             if (escaped != 0 && lane == 0) {  // in symbol order, as the reference reads them
                 for (std::uint32_t mask = escaped; mask != 0; mask &= mask - 1) {
-                    const std::uint32_t k = __ffs(mask) - 1, c = (first_channel + step * lanes + k) % tables.channels;
-                    out[first_output + step * lanes + k] = escapes.read_value(offsets[c], supports[c]);
+                    const std::uint32_t k = step * lanes + (__ffs(mask) - 1), c = symbols.channel(k);
+                    std::int32_t value = 0;
+                    if (!symbols.take_escape(k, c, escapes.read_value(offsets[c], supports[c]), value)) escapes.failed = true;
+                    out[first_output + k] = value;
                 }
             }
+            symbols.end_step();
             const bool need = valid && x < rans::state_lower_bound && step < renormalized;
             const std::uint32_t needing = __ballot_sync(0xFFFFFFFFu, need);
             if (need) {
@@ -256,36 +295,60 @@ __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJ
                         : bad_end    ? RansSegmentStatus::bad_end
                         : bad_escape ? RansSegmentStatus::bad_escape
                                      : RansSegmentStatus::ok;
+        __syncwarp();  // the policy's shared state is reset by the next job's begin()
     }
 }
 
-}  // namespace detail
-
-/// Decodes the segments `jobs` of streams already copied to `device_bytes` (validated on the host
-/// with rans::read_index against the same tables) into `out` (device memory), on `stream`.
-/// Waits for the stream, then throws nwc::error(corrupt) naming `context` and the segment if one
-/// is inconsistent (the symbols are then unspecified).
-inline void rans_decode_segments(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, const DeviceRansTables& tables,
-                                 std::int32_t* out, cudaStream_t stream, const std::string& context) {
+/// Launches rans_decode_kernel<Symbols> over `jobs`, waits, and turns a bad segment's status into
+/// nwc::error(corrupt) naming `context` and the segment.
+template <class Symbols>
+void launch_rans_decode(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, const DeviceRansTables& tables, Symbols symbols,
+                        std::int32_t* out, TemporaryMemory memory, const std::string& context) {
     if (jobs.empty()) return;
-    DeviceBuffer<RansSegmentJob> device_jobs(jobs);
-    DeviceBuffer<RansSegmentStatus> status(jobs.size());
-    const detail::RansKernelTables kernel_tables{tables.precision(), tables.channel_count(), std::uint32_t(tables.bin_count()),
-                                                 tables.slots_in_shared_memory(), tables.slot_bins(), tables.bin_entries(),
-                                                 tables.bin_bases(), tables.offsets(), tables.supports()};
-    const std::size_t shared = tables.shared_bytes();
-    NWC_CUDA_CHECK(cudaFuncSetAttribute(detail::rans_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    const cudaStream_t stream = memory.stream;
+    const DeviceBuffer<RansSegmentJob> device_jobs(jobs, memory);
+    DeviceBuffer<RansSegmentStatus> status(jobs.size(), memory);
+    const RansKernelTables kernel_tables{tables.precision(), tables.channel_count(), std::uint32_t(tables.bin_count()), tables.slots_in_shared_memory(),
+                                        tables.slot_bins(), tables.bin_entries(), tables.bin_bases(), tables.offsets(), tables.supports()};
+    const std::size_t shared = 4 * std::size_t(Symbols::shared_words) + tables.shared_bytes();
+    {
+        // The limit is one attribute of the kernel for the whole process (per device): decoders on
+        // several threads must only ever raise it, or one would launch above another's lower value.
+        static std::mutex mutex;
+        static std::map<int, std::size_t> allowed;  // device -> bytes allowed so far
+        int device = 0;
+        NWC_CUDA_CHECK(cudaGetDevice(&device));
+        const std::lock_guard lock(mutex);
+        std::size_t& limit = allowed.try_emplace(device, std::size_t(48) << 10).first->second;  // the default limit
+        if (shared > limit) {
+            NWC_CUDA_CHECK(cudaFuncSetAttribute(rans_decode_kernel<Symbols>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+            limit = shared;
+        }
+    }
     const unsigned blocks = unsigned(std::min<std::size_t>(jobs.size(), 65535));
-    detail::rans_decode_kernel<<<blocks, 32, shared, stream>>>(device_bytes, device_jobs.data(), std::uint32_t(jobs.size()), kernel_tables, out,
-                                                               status.data());
+    rans_decode_kernel<Symbols><<<blocks, 32, shared, stream>>>(device_bytes, device_jobs.data(), std::uint32_t(jobs.size()), kernel_tables, symbols,
+                                                                out, status.data());
     NWC_CUDA_CHECK_LAUNCH("rans_decode_kernel");
+    std::vector<RansSegmentStatus> outcome(jobs.size());
+    status.download_async(outcome, stream);
     NWC_CUDA_CHECK(cudaStreamSynchronize(stream));
-    const std::vector<RansSegmentStatus> outcome = status.to_host();
     static constexpr const char* reasons[] = {"", "it needs more words than the index announces",
                                               "it does not end with all words used and every lane at state 1", "its escape stream is corrupt"};
     for (std::size_t j = 0; j < outcome.size(); ++j)
         require(outcome[j] == RansSegmentStatus::ok, errc::corrupt, context, ": rANS segment job ", j, " (words at byte ", jobs[j].words_offset,
                 "): ", reasons[std::min<std::uint32_t>(std::uint32_t(outcome[j]), 3)]);
+}
+
+}  // namespace detail
+
+/// Decodes the segments `jobs` of streams already copied to `device_bytes` (validated on the host
+/// with rans::read_index against the same tables) into `out` (device memory), on `memory`'s
+/// stream (a plain stream converts to it; a pool there serves the job list). Waits for the
+/// stream, then throws nwc::error(corrupt) naming `context` and the segment if one is
+/// inconsistent (the symbols are then unspecified).
+inline void rans_decode_segments(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, const DeviceRansTables& tables,
+                                 std::int32_t* out, TemporaryMemory memory, const std::string& context) {
+    detail::launch_rans_decode(device_bytes, jobs, tables, detail::CyclicChannels{tables.channel_count()}, out, memory, context);
 }
 
 /// Convenience: decodes a whole host stream on the GPU and returns the symbols on the host

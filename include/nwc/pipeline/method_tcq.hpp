@@ -264,6 +264,16 @@ struct TcqMethod {
         return CdfTable::from_weights(union0.offset() - 1, weights, union0.precision());
     }
 
+    /// The segment's stream index; a stream that does not fit the tables is a corrupt file.
+    static RansStreamIndex read_index(const Layout& layout, std::span<const std::uint8_t> bytes, const std::string& where) {
+        try {
+            return context_rans::read_index(bytes, layout.tables, layout.machine);
+        } catch (const error& bad) {
+            if (bad.id() != errc::invalid_argument) throw;
+            fail(errc::corrupt, where, ": ", bad.message());
+        }
+    }
+
 private:
     /// output(r, c) = symbol * its step for every weight of segment k. A full strip holds each row's
     /// 32 columns contiguously, in the output as in the stream: those rows are one vectorizable
@@ -349,16 +359,6 @@ private:
         }
         result.tables = CdfTableSet(std::move(tables));
         return result;
-    }
-
-    /// The segment's stream index; a stream that does not fit the tables is a corrupt file.
-    static RansStreamIndex read_index(const Layout& layout, std::span<const std::uint8_t> bytes, const std::string& where) {
-        try {
-            return context_rans::read_index(bytes, layout.tables, layout.machine);
-        } catch (const error& bad) {
-            if (bad.id() != errc::invalid_argument) throw;
-            fail(errc::corrupt, where, ": ", bad.message());
-        }
     }
 };
 
