@@ -12,10 +12,11 @@
 // decode_grid_to_device (method 0 ecsq, 1 tcq with 8 states, 2 tcq with 256; 4096 x 4096, the
 // methods' default steps, ~3 bits per weight): weights/s and cpu_weights/s (CPU, one thread,
 // float output).
-// With NWC_BENCH_FILES=a.nwc:b.nwc, decode_file_to_device/<file>/streams:S decodes every tensor
-// of each file into fp16 device memory (weights/s over the whole file): S = 1 one
-// decompress_to_device call after another, S > 1 decompress_tensors_to_device on S streams; beside
-// the CPU decoder of the whole file (simd, one thread, float output: cpu_weights/s).
+// With NWC_BENCH_FILES=a.nwc:b.nwc, decode_file_to_device/<file>/batched:B decodes every tensor
+// of each file into fp16 device memory (weights/s over the whole file): B = 0 one
+// decompress_to_device call after another, B = 1 decompress_tensors_to_device (ecsq and tcq
+// tensors in one launch); beside the CPU decoder of the whole file (simd, one thread, float
+// output: cpu_weights/s).
 #define EIGEN_NO_CUDA  // Eigen is host-only here (see cuda/decompress.cuh)
 
 #include <benchmark/benchmark.h>
@@ -168,11 +169,11 @@ void decode_file_to_device(benchmark::State& state, const std::string& path) {
             tensors.push_back(i);
             weights += reader.entry(i).shape.numel();
         }
-    const int streams = int(state.range(0));
+    const bool batched = state.range(0) != 0;
     nwc::cuda::GpuDecodeContext context;
     for (auto _ : state) {
-        if (streams > 1) {
-            const auto out = nwc::cuda::decompress_tensors_to_device<nwc::half>(reader, tensors, streams);
+        if (batched) {
+            const auto out = nwc::cuda::decompress_tensors_to_device<nwc::half>(reader, tensors, context);
             benchmark::DoNotOptimize(out.data());
             continue;
         }
@@ -218,10 +219,9 @@ int main(int argc, char** argv) {
             const std::string path = files.substr(begin, end - begin);
             begin = end + 1;
             benchmark::RegisterBenchmark(("decode_file_to_device/" + std::filesystem::path(path).filename().string()).c_str(), decode_file_to_device, path)
+                ->Arg(0)
                 ->Arg(1)
-                ->Arg(8)
-                ->Arg(32)
-                ->ArgName("streams")
+                ->ArgName("batched")
                 ->Unit(benchmark::kMillisecond)
                 ->UseRealTime();
         }

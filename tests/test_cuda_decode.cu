@@ -13,7 +13,8 @@
 //   a non-blocking stream of its own;
 // - a corrupt segment gives nwc::error(corrupt), never a crash;
 // - with NWC_CUDA_TEST_FILES=a.nwc:b.nwc (real models; NWC_CODEC_PATH for referenced codecs), every
-//   tensor of each file decoded on the device by decompress_tensors_to_device (8 streams at once):
+//   tensor of each file decoded on the device by decompress_tensors_to_device (ecsq/tcq tensors in
+//   batches of up to 2^27 weights, and of 2^20 so that a file takes several batches):
 //   ecsq/tcq/rtn/gptq/raw/lossless bit-identical to the CPU decoder, nwc within the tolerance above.
 //
 // Exit codes: 0 passed, 1 failed, 77 skipped (no CUDA device or driver; ctest's SKIP_RETURN_CODE).
@@ -344,6 +345,7 @@ void check_files() {
     const char* list = std::getenv("NWC_CUDA_TEST_FILES");
     if (list == nullptr) return;
     std::string files = list;
+    for (const std::uint64_t batch_weights : {std::uint64_t(1) << 27, std::uint64_t(1) << 20})
     for (std::size_t begin = 0; begin < files.size();) {
         const std::size_t end = std::min(files.find(':', begin), files.size());
         const std::string path = files.substr(begin, end - begin);
@@ -353,7 +355,8 @@ void check_files() {
         std::vector<std::size_t> tensors;
         for (std::size_t i = 0; i < reader.tensor_count(); ++i)
             if (!reader.entry(i).name.starts_with("__nwc__.")) tensors.push_back(i);  // not the pipeline's RoPE correction bits
-        const auto decoded = nwc::cuda::decompress_tensors_to_device<float>(reader, tensors, 8);
+        nwc::cuda::GpuDecodeContext context;
+        const auto decoded = nwc::cuda::decompress_tensors_to_device<float>(reader, tensors, context, batch_weights);
         std::int64_t weights = 0;
         std::size_t exact = 0, close = 0;
         for (std::size_t k = 0; k < tensors.size(); ++k) {

@@ -35,43 +35,17 @@
 
 namespace nwc::cuda {
 
-/// A LaneStateMachine bound to its tables (nwc::detail::ContextDecodeTables) in device memory.
-class DeviceLaneMachine {
-public:
-    /// Uploads the bound machine (from `memory`: a decoder's pool for a per-tensor machine).
-    explicit DeviceLaneMachine(const nwc::detail::ContextDecodeTables& host, TemporaryMemory memory = {})
-        : m_state_contexts(std::span<const std::uint16_t>(host.state_contexts), memory),
-          m_symbol_transitions(std::span<const std::uint16_t>(host.symbol_transitions), memory),
-          m_bin_transitions(std::span<const std::uint32_t>(host.bin_transitions), memory),
-          m_value_offsets(std::span<const std::int32_t>(host.value_offsets), memory),
-          m_addends(std::span<const std::int32_t>(host.addends), memory),
-          m_value_stride(host.value_stride) {}
-
-    const std::uint16_t* state_contexts() const noexcept { return m_state_contexts.data(); }
-    const std::uint16_t* symbol_transitions() const noexcept { return m_symbol_transitions.data(); }
-    const std::uint32_t* bin_transitions() const noexcept { return m_bin_transitions.data(); }
-    const std::int32_t* value_offsets() const noexcept { return m_value_offsets.data(); }
-    const std::int32_t* addends() const noexcept { return m_addends.data(); }
-    std::int32_t value_stride() const noexcept { return m_value_stride; }
-
-private:
-    DeviceBuffer<std::uint16_t> m_state_contexts, m_symbol_transitions;
-    DeviceBuffer<std::uint32_t> m_bin_transitions;
-    DeviceBuffer<std::int32_t> m_value_offsets, m_addends;
-    std::int32_t m_value_stride = 1;
-};
-
 namespace detail {
 
 /// rans_decode_kernel's policy for context-coded streams (see the header comment).
 struct MachineChannels {
     static constexpr std::uint32_t shared_words = 32;  // one state per path
-    const std::uint16_t* state_contexts;
-    const std::uint16_t* symbol_transitions;
-    const std::uint32_t* bin_transitions;
-    const std::int32_t* value_offsets;
-    const std::int32_t* addends;
-    std::int32_t value_stride;
+    const std::uint16_t* state_contexts = nullptr;
+    const std::uint16_t* symbol_transitions = nullptr;
+    const std::uint32_t* bin_transitions = nullptr;
+    const std::int32_t* value_offsets = nullptr;
+    const std::int32_t* addends = nullptr;
+    std::int32_t value_stride = 1;
     std::uint32_t* path_states = nullptr;
 
     __device__ void bind(std::uint32_t* shared) { path_states = shared; }
@@ -102,15 +76,46 @@ struct MachineChannels {
 
 }  // namespace detail
 
+/// A LaneStateMachine bound to its tables (nwc::detail::ContextDecodeTables) in device memory.
+class DeviceLaneMachine {
+public:
+    /// Uploads the bound machine (from `memory`: a decoder's pool for a per-tensor machine).
+    explicit DeviceLaneMachine(const nwc::detail::ContextDecodeTables& host, TemporaryMemory memory = {})
+        : m_state_contexts(std::span<const std::uint16_t>(host.state_contexts), memory),
+          m_symbol_transitions(std::span<const std::uint16_t>(host.symbol_transitions), memory),
+          m_bin_transitions(std::span<const std::uint32_t>(host.bin_transitions), memory),
+          m_value_offsets(std::span<const std::int32_t>(host.value_offsets), memory),
+          m_addends(std::span<const std::int32_t>(host.addends), memory),
+          m_value_stride(host.value_stride) {}
+
+    const std::uint16_t* state_contexts() const noexcept { return m_state_contexts.data(); }
+    const std::uint16_t* symbol_transitions() const noexcept { return m_symbol_transitions.data(); }
+    const std::uint32_t* bin_transitions() const noexcept { return m_bin_transitions.data(); }
+    const std::int32_t* value_offsets() const noexcept { return m_value_offsets.data(); }
+    const std::int32_t* addends() const noexcept { return m_addends.data(); }
+    std::int32_t value_stride() const noexcept { return m_value_stride; }
+    /// The kernel's policy for this machine.
+    detail::MachineChannels policy() const noexcept {
+        return {state_contexts(), symbol_transitions(), bin_transitions(), value_offsets(), addends(), value_stride()};
+    }
+
+private:
+    DeviceBuffer<std::uint16_t> m_state_contexts, m_symbol_transitions;
+    DeviceBuffer<std::uint32_t> m_bin_transitions;
+    DeviceBuffer<std::int32_t> m_value_offsets, m_addends;
+    std::int32_t m_value_stride = 1;
+};
+
 /// Decodes the segments `jobs` (make_rans_job on streams validated with context_rans::read_index
 /// against the same tables and machine, already in `device_bytes`) into `out` (device memory) on
 /// `stream`. Waits, then throws nwc::error(corrupt) naming `context` and the segment if one is
 /// inconsistent (the values are then unspecified). `memory` as for rans_decode_segments.
 inline void context_rans_decode_segments(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, const DeviceRansTables& tables,
                                          const DeviceLaneMachine& machine, std::int32_t* out, TemporaryMemory memory, const std::string& context) {
-    const detail::MachineChannels symbols{machine.state_contexts(), machine.symbol_transitions(), machine.bin_transitions(),
-                                          machine.value_offsets(), machine.addends(), machine.value_stride()};
-    detail::launch_rans_decode(device_bytes, jobs, tables, symbols, out, memory, context);
+    const DeviceRansTables* const sets[] = {&tables};
+    const detail::MachineChannels policies[] = {machine.policy()};
+    const std::string contexts[] = {context};
+    detail::launch_rans_decode<detail::MachineChannels>(device_bytes, jobs, sets, policies, out, memory, contexts);
 }
 
 /// Convenience: decodes a whole host stream on the GPU and returns its values on the host (tests

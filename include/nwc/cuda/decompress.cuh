@@ -1,5 +1,6 @@
 // nwc::cuda::decompress_to_device: one tensor of a .nwc container decoded into GPU memory as
-// float, half or bfloat16 (backend tag nwc::backend::cuda).
+// float, half or bfloat16 (backend tag nwc::backend::cuda); decompress_tensors_to_device: many
+// (a model's), its ecsq and tcq tensors decoded together.
 //
 // Read me first:
 // - The host parses and validates everything first, exactly as the CPU decoder does
@@ -17,6 +18,10 @@
 //   product, rounded once): bit-identical to the CPU decoder, in every output type.
 // - Tensors of the other methods (raw, rtn, gptq, lossless) are decoded on the CPU (simd backend)
 //   and uploaded: correct, not accelerated.
+// - One tensor keeps few warps busy (one per rANS segment: an MT3 matrix has 4), so a model is
+//   decoded with decompress_tensors_to_device: GridBatch puts the rANS segments of many ecsq and
+//   tcq tensors into one launch (each job names its tensor's table set), 8.6x one call per tensor
+//   on MT3 (docs/bench/decode.md, section GPU).
 // - Translation units that include this header also include Eigen through the pipeline; nvcc must
 //   see EIGEN_NO_CUDA (defined here if Eigen was not included yet) or Eigen marks host-only code
 //   __host__ __device__ and nvcc warns on every LDLT instantiation.
@@ -29,7 +34,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
@@ -38,7 +42,6 @@
 #include <vector>
 
 #include "nwc/core/half.hpp"
-#include "nwc/core/thread_pool.hpp"
 #include "nwc/cuda/context_rans_decode.cuh"
 #include "nwc/cuda/cuda_check.cuh"
 #include "nwc/cuda/device_buffer.cuh"
@@ -111,62 +114,145 @@ __global__ void dequantize_strips_kernel(const std::int32_t* indices, std::int64
     out[row * cols + column] = from_float<T>(__fmul_rn(float(indices[p]), steps[scale_index(axis, row, column)]));
 }
 
-/// The ecsq and tcq paths: every rANS segment of every tensor segment on the device, then the
-/// dequantization kernel. `Method` is EcsqMethod or TcqMethod.
-template <class T, class Method, class Plan>
-DeviceBuffer<T> decompress_grid(const ContainerReader& reader, const Plan& plan, const typename Method::Layout& layout, GpuDecodeContext& context) {
-    constexpr bool trellis = std::is_same_v<Method, TcqMethod>;
-    std::int64_t rows = 0, cols = 0;  // an ecsq vector is one row
-    if constexpr (trellis)
-        rows = layout.strips.rows, cols = layout.strips.cols;
-    else
-        rows = layout.rows, cols = layout.cols;
-    const auto payload = reader.payload(plan.index);
-    std::vector<RansSegmentJob> jobs;
-    for (std::size_t s = 0; s < layout.segment_count(); ++s) {
-        const auto bytes = reader.segment(plan.index, s);
-        const std::string where = plan.context + " segment " + std::to_string(s);
-        std::uint64_t first = 0;
-        RansStreamIndex index;
-        if constexpr (trellis) {
-            index = Method::read_index(layout, bytes, where);
-            first = std::uint64_t(layout.strips.segment_begin(s));
+/// Whether a plan's tensor is ecsq or tcq (decoded by GridBatch).
+template <class Plan>
+bool on_grid(const Plan& plan) noexcept {
+    return std::holds_alternative<nwc::detail::MethodLayout<EcsqMethod>>(plan.layout) ||
+           std::holds_alternative<nwc::detail::MethodLayout<TcqMethod>>(plan.layout);
+}
+
+/// ecsq and tcq tensors decoded together: every rANS segment of every tensor in one launch per
+/// method (each job with its tensor's tables; one launch keeps the GPU busy where one tensor's few
+/// segments would leave it idle), then one dequantization kernel per tensor, then one wait.
+/// add() parses and validates on the host (as the CPU decoder does); run() does the device work.
+template <class T, class Plan>
+class GridBatch {
+public:
+    /// Adds `plan` (an ecsq or tcq tensor of `reader`) to be decoded into outputs[slot] by run().
+    void add(const ContainerReader& reader, Plan plan, std::size_t slot) {
+        Entry entry;
+        entry.plan = std::move(plan);
+        entry.slot = slot;
+        const Plan& kept = entry.plan;
+        entry.payload = reader.payload(kept.index);
+        entry.trellis = std::holds_alternative<nwc::detail::MethodLayout<TcqMethod>>(kept.layout);
+        std::vector<RansSegmentJob>& jobs = m_jobs[entry.trellis];
+        entry.set = m_set_count[entry.trellis]++;
+        entry.first_value = m_values;
+        entry.payload_offset = m_bytes;
+        auto add_segments = [&](const auto& layout, auto read_index, auto first_of) {
+            for (std::size_t s = 0; s < layout.segment_count(); ++s) {
+                const auto bytes = reader.segment(kept.index, s);
+                const std::string where = kept.context + " segment " + std::to_string(s);
+                const RansStreamIndex index = read_index(layout, bytes, where);
+                require(index.symbol_count == std::uint64_t(layout.segment_weights(s)), errc::corrupt, where, ": ", index.symbol_count, " symbols for ",
+                        layout.segment_weights(s), " weights");
+                const std::uint64_t stream_offset = m_bytes + std::uint64_t(bytes.data() - entry.payload.data());
+                for (std::size_t k = 0; k < index.segments.size(); ++k) {
+                    jobs.push_back(make_rans_job(bytes, index, k, stream_offset, m_values + first_of(layout, s) + index.segments[k].first_symbol));
+                    jobs.back().table_set = entry.set;
+                }
+            }
+        };
+        if (entry.trellis) {
+            const auto& layout = std::get<nwc::detail::MethodLayout<TcqMethod>>(kept.layout).layout;
+            entry.rows = layout.strips.rows, entry.cols = layout.strips.cols;
+            add_segments(layout, [](const auto& l, auto bytes, const std::string& where) { return TcqMethod::read_index(l, bytes, where); },
+                         [](const auto& l, std::size_t s) { return std::uint64_t(l.strips.segment_begin(s)); });
         } else {
-            index = rans::read_index(bytes, layout.tables);
-            first = std::uint64_t(std::int64_t(s) * layout.rows_per_segment * cols);
+            const auto& layout = std::get<nwc::detail::MethodLayout<EcsqMethod>>(kept.layout).layout;
+            entry.rows = layout.rows, entry.cols = layout.cols;  // a vector is one row
+            add_segments(layout, [](const auto& l, auto bytes, const std::string&) { return rans::read_index(bytes, l.tables); },
+                         [](const auto& l, std::size_t s) { return std::uint64_t(std::int64_t(s) * l.rows_per_segment * l.cols); });
         }
-        require(index.symbol_count == std::uint64_t(layout.segment_weights(s)), errc::corrupt, where, ": ", index.symbol_count, " symbols for ",
-                layout.segment_weights(s), " weights");
-        const std::uint64_t stream_offset = std::uint64_t(bytes.data() - payload.data());
-        for (std::size_t k = 0; k < index.segments.size(); ++k)
-            jobs.push_back(make_rans_job(bytes, index, k, stream_offset, first + index.segments[k].first_symbol));
+        m_values += std::uint64_t(entry.rows * entry.cols);
+        m_bytes += entry.payload.size();
+        m_entries.push_back(std::move(entry));
     }
 
-    const cudaStream_t stream = context.stream();
-    const TemporaryMemory temporaries = context.temporaries();
-    DeviceBuffer<T> output(std::size_t(rows * cols));
-    if (rows * cols == 0) return output;
-    const DeviceBuffer<std::uint8_t> device_payload(payload, temporaries);
-    DeviceBuffer<std::int32_t> indices(std::size_t(rows * cols), temporaries);
-    const DeviceRansTables tables(layout.tables, temporaries);
-    if constexpr (trellis) {
-        const DeviceLaneMachine machine(nwc::detail::ContextDecodeTables(layout.tables, layout.machine), temporaries);
-        context_rans_decode_segments(device_payload.data(), jobs, tables, machine, indices.data(), temporaries, plan.context);
-    } else {
-        rans_decode_segments(device_payload.data(), jobs, tables, indices.data(), temporaries, plan.context);
+    bool empty() const noexcept { return m_entries.empty(); }
+    std::uint64_t weights() const noexcept { return m_values; }
+
+    /// Decodes every tensor added into outputs[slot] (row-major T), waits, and starts over empty.
+    void run(GpuDecodeContext& context, std::vector<DeviceBuffer<T>>& outputs) {
+        if (m_entries.empty()) return;
+        const cudaStream_t stream = context.stream();
+        const TemporaryMemory temporaries = context.temporaries();
+        DeviceBuffer<std::uint8_t> bytes(m_bytes, temporaries);
+        for (const Entry& entry : m_entries)
+            if (!entry.payload.empty())
+                NWC_CUDA_CHECK(cudaMemcpyAsync(bytes.data() + entry.payload_offset, entry.payload.data(), entry.payload.size(), cudaMemcpyHostToDevice, stream));
+        DeviceBuffer<std::int32_t> indices(m_values, temporaries);
+        // Per method: each tensor's tables (and machine), in the order of its set index.
+        std::vector<DeviceRansTables> tables[2];
+        std::vector<DeviceLaneMachine> machines;
+        std::vector<CyclicChannels> cyclic;
+        std::vector<MachineChannels> by_machine;
+        std::vector<std::string> contexts[2];
+        for (int kind = 0; kind < 2; ++kind) tables[kind].reserve(m_set_count[kind]);  // stable addresses for the launch
+        machines.reserve(m_set_count[1]);
+        for (const Entry& entry : m_entries) {
+            contexts[entry.trellis].push_back(entry.plan.context);
+            if (entry.trellis) {
+                const auto& layout = std::get<nwc::detail::MethodLayout<TcqMethod>>(entry.plan.layout).layout;
+                tables[1].emplace_back(layout.tables, temporaries);
+                machines.emplace_back(nwc::detail::ContextDecodeTables(layout.tables, layout.machine), temporaries);
+                by_machine.push_back(machines.back().policy());
+            } else {
+                const auto& layout = std::get<nwc::detail::MethodLayout<EcsqMethod>>(entry.plan.layout).layout;
+                tables[0].emplace_back(layout.tables, temporaries);
+                cyclic.push_back({tables[0].back().channel_count()});
+            }
+        }
+        for (int kind = 0; kind < 2; ++kind) {
+            std::vector<const DeviceRansTables*> sets;
+            for (const DeviceRansTables& set : tables[kind]) sets.push_back(&set);
+            if (kind == 0)
+                launch_rans_decode<CyclicChannels>(bytes.data(), m_jobs[0], sets, cyclic, indices.data(), temporaries, contexts[0]);
+            else
+                launch_rans_decode<MachineChannels>(bytes.data(), m_jobs[1], sets, by_machine, indices.data(), temporaries, contexts[1]);
+        }
+        std::vector<DeviceBuffer<float>> steps;
+        steps.reserve(m_entries.size());
+        constexpr int threads = 256;
+        for (const Entry& entry : m_entries) {
+            const std::int64_t count = entry.rows * entry.cols;
+            DeviceBuffer<T>& output = outputs[entry.slot];
+            output = DeviceBuffer<T>(std::size_t(count));
+            if (count == 0) continue;
+            const std::int32_t* values = indices.data() + entry.first_value;
+            if (entry.trellis) {
+                const auto& layout = std::get<nwc::detail::MethodLayout<TcqMethod>>(entry.plan.layout).layout;
+                steps.emplace_back(std::span<const float>(layout.steps), temporaries);
+                dequantize_strips_kernel<T><<<blocks_for(count, threads), threads, 0, stream>>>(values, entry.rows, entry.cols, steps.back().data(),
+                                                                                                  layout.axis, output.data());
+            } else {
+                const auto& layout = std::get<nwc::detail::MethodLayout<EcsqMethod>>(entry.plan.layout).layout;
+                steps.emplace_back(std::span<const float>(layout.steps), temporaries);
+                dequantize_rows_kernel<T><<<blocks_for(count, threads), threads, 0, stream>>>(values, entry.rows, entry.cols, steps.back().data(),
+                                                                                                layout.axis, output.data());
+            }
+            NWC_CUDA_CHECK_LAUNCH("dequantize kernel");
+        }
+        NWC_CUDA_CHECK(cudaStreamSynchronize(stream));  // the temporaries are freed on return
+        *this = GridBatch();
     }
-    const DeviceBuffer<float> steps(std::span<const float>(layout.steps), temporaries);
-    constexpr int threads = 256;
-    if constexpr (trellis)
-        dequantize_strips_kernel<T><<<blocks_for(rows * cols, threads), threads, 0, stream>>>(indices.data(), rows, cols, steps.data(), layout.axis,
-                                                                                              output.data());
-    else
-        dequantize_rows_kernel<T><<<blocks_for(rows * cols, threads), threads, 0, stream>>>(indices.data(), rows, cols, steps.data(), layout.axis,
-                                                                                            output.data());
-    NWC_CUDA_CHECK_LAUNCH("dequantize kernel");
-    NWC_CUDA_CHECK(cudaStreamSynchronize(stream));  // the temporaries are freed on return
-    return output;
-}
+
+private:
+    struct Entry {
+        Plan plan;
+        std::size_t slot = 0;
+        std::span<const std::uint8_t> payload;
+        bool trellis = false;
+        std::uint32_t set = 0;  ///< its table set among its method's
+        std::int64_t rows = 0, cols = 0;
+        std::uint64_t first_value = 0, payload_offset = 0;  ///< in the batch's index and byte buffers
+    };
+    std::vector<Entry> m_entries;
+    std::vector<RansSegmentJob> m_jobs[2];  ///< ecsq, tcq
+    std::uint32_t m_set_count[2] = {};
+    std::uint64_t m_values = 0, m_bytes = 0;
+};
 
 /// The nwc path: everything on the device.
 template <class T, class Plan>
@@ -244,13 +330,16 @@ template <class T>
 DeviceBuffer<T> decompress_to_device(const ContainerReader& reader, std::size_t index, GpuDecodeContext& context) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, half> || std::is_same_v<T, bfloat16>, "decompress_to_device: float, half or bfloat16");
     DecodeResources resources(reader);
-    const auto plan = nwc::detail::make_decode_plan(reader, index, resources, BuiltinMethods{});
+    auto plan = nwc::detail::make_decode_plan(reader, index, resources, BuiltinMethods{});
     if (const auto* parsed = std::get_if<nwc::detail::MethodLayout<NwcMethod>>(&plan.layout))
         return detail::decompress_nwc<T>(reader, plan, parsed->layout, context);
-    if (const auto* parsed = std::get_if<nwc::detail::MethodLayout<EcsqMethod>>(&plan.layout))
-        return detail::decompress_grid<T, EcsqMethod>(reader, plan, parsed->layout, context);
-    if (const auto* parsed = std::get_if<nwc::detail::MethodLayout<TcqMethod>>(&plan.layout))
-        return detail::decompress_grid<T, TcqMethod>(reader, plan, parsed->layout, context);
+    if (detail::on_grid(plan)) {  // a batch of one
+        detail::GridBatch<T, decltype(plan)> batch;
+        std::vector<DeviceBuffer<T>> outputs(1);
+        batch.add(reader, std::move(plan), 0);
+        batch.run(context, outputs);
+        return std::move(outputs[0]);
+    }
     // Other methods: the CPU decoder, then one upload.
     Tensor<float> decoded(reader.entry(index).shape);
     nwc::detail::decode_plans<backend::simd>(reader, std::vector{plan}, {&decoded}, 1, {}, 1);
@@ -259,32 +348,29 @@ DeviceBuffer<T> decompress_to_device(const ContainerReader& reader, std::size_t 
     return DeviceBuffer<T>(std::span<const T>(converted));
 }
 
-/// Decodes tensors `indices` of `reader` into device memory as T, on `streams` streams at once
-/// (one host thread, stream, cuBLAS handle and memory pool each; 0 = one per core): a single
-/// tensor's decode keeps only a few warps busy (one per rANS segment), so a model's tensors are
-/// decoded side by side. out[k] is tensor indices[k], as decompress_to_device would give it
-/// (bit-identical for ecsq and tcq). Runs on the calling thread's current device; waits for the
-/// GPU. Throws the first error any tensor gives (the others stop being started).
+/// Decodes tensors `indices` of `reader` into device memory as T: out[k] is tensor indices[k], as
+/// decompress_to_device would give it (bit-identical for ecsq and tcq). The ecsq and tcq tensors
+/// are decoded together, up to `batch_weights` weights at a time (their int32 grid indices are
+/// held on the device meanwhile): a single tensor has only a few rANS segments, one warp each, so
+/// one launch for many tensors is what fills the GPU. Other tensors are decoded one by one. Waits
+/// for the GPU; throws what decompress_to_device throws.
 template <class T>
-std::vector<DeviceBuffer<T>> decompress_tensors_to_device(const ContainerReader& reader, std::span<const std::size_t> indices, int streams = 8) {
+std::vector<DeviceBuffer<T>> decompress_tensors_to_device(const ContainerReader& reader, std::span<const std::size_t> indices, GpuDecodeContext& context,
+                                                          std::uint64_t batch_weights = std::uint64_t(1) << 27) {
     std::vector<DeviceBuffer<T>> out(indices.size());
-    int device = 0;
-    NWC_CUDA_CHECK(cudaGetDevice(&device));
-    const int workers = int(std::min<std::size_t>(std::size_t(resolve_thread_count(streams)), std::max<std::size_t>(indices.size(), 1)));
-    std::atomic<std::size_t> next{0};
-    parallel_for(workers, workers, [&](std::int64_t) {
-        NWC_CUDA_CHECK(cudaSetDevice(device));
-        cudaStream_t stream = nullptr;
-        NWC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-        const std::unique_ptr<CUstream_st, decltype(&cudaStreamDestroy)> owned(stream, &cudaStreamDestroy);
-        GpuDecodeContext context(stream);
-        try {
-            for (std::size_t k = next++; k < indices.size(); k = next++) out[k] = decompress_to_device<T>(reader, indices[k], context);
-        } catch (...) {
-            next = indices.size();  // no new tensors anywhere
-            throw;
+    DecodeResources resources(reader);
+    using Plan = decltype(nwc::detail::make_decode_plan(reader, 0, resources, BuiltinMethods{}));
+    detail::GridBatch<T, Plan> batch;
+    for (std::size_t k = 0; k < indices.size(); ++k) {
+        Plan plan = nwc::detail::make_decode_plan(reader, indices[k], resources, BuiltinMethods{});
+        if (!detail::on_grid(plan)) {
+            out[k] = decompress_to_device<T>(reader, indices[k], context);
+            continue;
         }
-    });
+        batch.add(reader, std::move(plan), k);
+        if (batch.weights() >= batch_weights) batch.run(context, out);
+    }
+    batch.run(context, out);
     return out;
 }
 

@@ -53,6 +53,7 @@ struct RansSegmentJob {
     std::uint32_t word_count = 0;
     std::uint32_t escape_bytes = 0;   ///< the escape bit stream follows the words
     std::uint32_t first_channel = 0;  ///< channel of its first symbol (0: segments start at channel 0)
+    std::uint32_t table_set = 0;      ///< which of the launch's table sets (and symbol policies) it uses
     std::uint32_t lane_count = 0;
     std::uint32_t states[rans::max_lane_count] = {};
     std::uint32_t renormalized[rans::max_lane_count] = {};  ///< per lane, its symbols before its tail
@@ -204,32 +205,48 @@ struct CyclicChannels {
 /// One warp per job; blockDim.x = 32 (one warp per block keeps the shared tables per warp simple).
 /// `Symbols` picks each symbol's channel and value (CyclicChannels; context_rans_decode.cuh's
 /// MachineChannels); the rANS steps, renormalization, escapes and end checks are the same for both.
-/// Dynamic shared memory: `Symbols::shared_words` u32 for the policy, then the tables.
+/// Job j uses table set jobs[j].table_set (its tables and its policy): a launch may decode the
+/// segments of many tensors, each with tables of its own; a warp loads a set into shared memory
+/// when its next job needs another one. Dynamic shared memory: `Symbols::shared_words` u32 for the
+/// policy, then the largest set's tables.
 template <class Symbols>
-__global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJob* jobs, std::uint32_t job_count, RansKernelTables tables,
-                                   Symbols symbols, std::int32_t* out, RansSegmentStatus* status) {
+__global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJob* jobs, std::uint32_t job_count,
+                                   const RansKernelTables* table_sets, const Symbols* policies, std::int32_t* out, RansSegmentStatus* status) {
     extern __shared__ std::uint32_t shared[];
     const std::uint32_t lane = threadIdx.x;
-    symbols.bind(shared);
-    std::uint32_t* bin_entries = shared + Symbols::shared_words;
-    std::uint32_t* bin_bases = bin_entries + tables.bin_count;
-    std::int32_t* offsets = reinterpret_cast<std::int32_t*>(bin_bases + tables.channels);
-    std::uint32_t* supports = reinterpret_cast<std::uint32_t*>(offsets + tables.channels);
-    std::uint16_t* shared_slots = reinterpret_cast<std::uint16_t*>(supports + tables.channels);
-    for (std::uint32_t i = lane; i < tables.bin_count; i += 32) bin_entries[i] = tables.bin_entries[i];
-    for (std::uint32_t i = lane; i < tables.channels; i += 32) {
-        bin_bases[i] = tables.bin_bases[i];
-        offsets[i] = tables.offsets[i];
-        supports[i] = tables.supports[i];
-    }
-    const std::uint64_t slot_count = std::uint64_t(tables.channels) << tables.precision;
-    if (tables.slots_shared)
-        for (std::uint64_t i = lane; i < slot_count; i += 32) shared_slots[i] = tables.slot_bins[i];
-    const std::uint16_t* slot_bins = tables.slots_shared ? shared_slots : tables.slot_bins;
-    __syncwarp();
+    std::uint32_t loaded = UINT32_MAX;  // the same in every lane: all lanes take the same jobs
+    RansKernelTables tables{};
+    Symbols symbols{};
+    std::uint32_t* const bin_entries = shared + Symbols::shared_words;
+    std::uint32_t* bin_bases = nullptr;
+    std::int32_t* offsets = nullptr;
+    std::uint32_t* supports = nullptr;
+    const std::uint16_t* slot_bins = nullptr;
 
     for (std::uint32_t j = blockIdx.x; j < job_count; j += gridDim.x) {
         const RansSegmentJob& job = jobs[j];
+        if (job.table_set != loaded) {
+            __syncwarp();  // every lane is done with the tables loaded before
+            loaded = job.table_set;
+            tables = table_sets[loaded];
+            symbols = policies[loaded];
+            symbols.bind(shared);
+            bin_bases = bin_entries + tables.bin_count;
+            offsets = reinterpret_cast<std::int32_t*>(bin_bases + tables.channels);
+            supports = reinterpret_cast<std::uint32_t*>(offsets + tables.channels);
+            std::uint16_t* shared_slots = reinterpret_cast<std::uint16_t*>(supports + tables.channels);
+            for (std::uint32_t i = lane; i < tables.bin_count; i += 32) bin_entries[i] = tables.bin_entries[i];
+            for (std::uint32_t i = lane; i < tables.channels; i += 32) {
+                bin_bases[i] = tables.bin_bases[i];
+                offsets[i] = tables.offsets[i];
+                supports[i] = tables.supports[i];
+            }
+            const std::uint64_t slot_count = std::uint64_t(tables.channels) << tables.precision;
+            if (tables.slots_shared)
+                for (std::uint64_t i = lane; i < slot_count; i += 32) shared_slots[i] = tables.slot_bins[i];
+            slot_bins = tables.slots_shared ? shared_slots : tables.slot_bins;
+            __syncwarp();
+        }
         const std::uint32_t lanes = job.lane_count, symbol_count = job.symbol_count, word_count = job.word_count;
         const std::uint64_t first_output = job.first_output;
         symbols.begin(job);
@@ -299,18 +316,26 @@ __global__ void rans_decode_kernel(const std::uint8_t* bytes, const RansSegmentJ
     }
 }
 
-/// Launches rans_decode_kernel<Symbols> over `jobs`, waits, and turns a bad segment's status into
-/// nwc::error(corrupt) naming `context` and the segment.
+/// Launches rans_decode_kernel<Symbols> over `jobs` with table set k = (*table_sets[k], policies[k]),
+/// waits, and turns a bad segment's status into nwc::error(corrupt) naming contexts[its set] and
+/// the job.
 template <class Symbols>
-void launch_rans_decode(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, const DeviceRansTables& tables, Symbols symbols,
-                        std::int32_t* out, TemporaryMemory memory, const std::string& context) {
+void launch_rans_decode(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, std::span<const DeviceRansTables* const> table_sets,
+                        std::span<const Symbols> policies, std::int32_t* out, TemporaryMemory memory, std::span<const std::string> contexts) {
     if (jobs.empty()) return;
+    NWC_ASSERT(table_sets.size() == policies.size() && table_sets.size() == contexts.size());
     const cudaStream_t stream = memory.stream;
+    std::vector<RansKernelTables> kernel_tables;
+    std::size_t shared = 0;
+    for (const DeviceRansTables* tables : table_sets) {
+        kernel_tables.push_back({tables->precision(), tables->channel_count(), std::uint32_t(tables->bin_count()), tables->slots_in_shared_memory(),
+                                 tables->slot_bins(), tables->bin_entries(), tables->bin_bases(), tables->offsets(), tables->supports()});
+        shared = std::max(shared, 4 * std::size_t(Symbols::shared_words) + tables->shared_bytes());
+    }
+    const DeviceBuffer<RansKernelTables> device_tables(std::span<const RansKernelTables>(kernel_tables), memory);
+    const DeviceBuffer<Symbols> device_policies(policies, memory);
     const DeviceBuffer<RansSegmentJob> device_jobs(jobs, memory);
     DeviceBuffer<RansSegmentStatus> status(jobs.size(), memory);
-    const RansKernelTables kernel_tables{tables.precision(), tables.channel_count(), std::uint32_t(tables.bin_count()), tables.slots_in_shared_memory(),
-                                        tables.slot_bins(), tables.bin_entries(), tables.bin_bases(), tables.offsets(), tables.supports()};
-    const std::size_t shared = 4 * std::size_t(Symbols::shared_words) + tables.shared_bytes();
     {
         // The limit is one attribute of the kernel for the whole process (per device): decoders on
         // several threads must only ever raise it, or one would launch above another's lower value.
@@ -326,8 +351,8 @@ void launch_rans_decode(const std::uint8_t* device_bytes, std::span<const RansSe
         }
     }
     const unsigned blocks = unsigned(std::min<std::size_t>(jobs.size(), 65535));
-    rans_decode_kernel<Symbols><<<blocks, 32, shared, stream>>>(device_bytes, device_jobs.data(), std::uint32_t(jobs.size()), kernel_tables, symbols,
-                                                                out, status.data());
+    rans_decode_kernel<Symbols><<<blocks, 32, shared, stream>>>(device_bytes, device_jobs.data(), std::uint32_t(jobs.size()), device_tables.data(),
+                                                                device_policies.data(), out, status.data());
     NWC_CUDA_CHECK_LAUNCH("rans_decode_kernel");
     std::vector<RansSegmentStatus> outcome(jobs.size());
     status.download_async(outcome, stream);
@@ -335,8 +360,8 @@ void launch_rans_decode(const std::uint8_t* device_bytes, std::span<const RansSe
     static constexpr const char* reasons[] = {"", "it needs more words than the index announces",
                                               "it does not end with all words used and every lane at state 1", "its escape stream is corrupt"};
     for (std::size_t j = 0; j < outcome.size(); ++j)
-        require(outcome[j] == RansSegmentStatus::ok, errc::corrupt, context, ": rANS segment job ", j, " (words at byte ", jobs[j].words_offset,
-                "): ", reasons[std::min<std::uint32_t>(std::uint32_t(outcome[j]), 3)]);
+        require(outcome[j] == RansSegmentStatus::ok, errc::corrupt, contexts[jobs[j].table_set], ": rANS segment job ", j, " (words at byte ",
+                jobs[j].words_offset, "): ", reasons[std::min<std::uint32_t>(std::uint32_t(outcome[j]), 3)]);
 }
 
 }  // namespace detail
@@ -348,7 +373,10 @@ void launch_rans_decode(const std::uint8_t* device_bytes, std::span<const RansSe
 /// inconsistent (the symbols are then unspecified).
 inline void rans_decode_segments(const std::uint8_t* device_bytes, std::span<const RansSegmentJob> jobs, const DeviceRansTables& tables,
                                  std::int32_t* out, TemporaryMemory memory, const std::string& context) {
-    detail::launch_rans_decode(device_bytes, jobs, tables, detail::CyclicChannels{tables.channel_count()}, out, memory, context);
+    const DeviceRansTables* const sets[] = {&tables};
+    const detail::CyclicChannels policies[] = {{tables.channel_count()}};
+    const std::string contexts[] = {context};
+    detail::launch_rans_decode<detail::CyclicChannels>(device_bytes, jobs, sets, policies, out, memory, contexts);
 }
 
 /// Convenience: decodes a whole host stream on the GPU and returns the symbols on the host
