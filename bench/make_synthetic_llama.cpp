@@ -125,7 +125,7 @@ void make_model(const Options& options) {
     }
     nlohmann::json config = nwc::llm::hf_config_json(options.config);
     config["torch_dtype"] = "bfloat16";
-    nwc::detail::finish_hf_directory(output, config, shard_names, report);
+    nwc::detail::finish_hf_directory(output, config, {}, shard_names, report);
     output.commit();
     std::int64_t weights = 0;
     for (const auto& tensor : tensors) weights += tensor.shape.numel();

@@ -461,6 +461,8 @@ TEST_CASE("an HF model nwc cannot run compresses without calibration and says so
     config["model_type"] = "qwen2";
     const std::string text = config.dump(2);
     nwc::write_file_atomic(source / "config.json", {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+    const std::vector<std::uint8_t> tokenizer_model{0x0A, 0x00, 0xFF, 0x13};  // travels byte for byte to a directory output
+    nwc::write_file_atomic(source / "tokenizer.model", tokenizer_model);
 
     const Result plain = run("compress " + (temp / "qwen2") + " -o " + (temp / "q.nwc") + " --target-bpw 4");
     INFO(plain.out);
@@ -473,8 +475,14 @@ TEST_CASE("an HF model nwc cannot run compresses without calibration and says so
                                   " --tokenizer " + quoted_data("tok512.bin"));
     CHECK(calibrated.status == 1);
     CHECK_FALSE(std::filesystem::exists(temp.path / "q3.nwc"));
-    REQUIRE(run("decompress " + (temp / "q.nwc") + " -o " + (temp / "back") + "/").status == 0);
+    const Result back = run("decompress " + (temp / "q.nwc") + " -o " + (temp / "back") + "/");
+    REQUIRE(back.status == 0);
+    CHECK_THAT(back.out, Catch::Contains("1 other files"));
     CHECK(nwc::llm::detail::read_json_file(temp.path / "back" / "config.json") == config);
+    CHECK(nwc::read_file(temp.path / "back" / "tokenizer.model") == tokenizer_model);
+    const Result single = run("decompress " + (temp / "q.nwc") + " -o " + (temp / "single.safetensors"));
+    REQUIRE(single.status == 0);
+    CHECK_THAT(single.out, Catch::Contains("written only to a directory output"));
     CHECK(run("decompress " + (temp / "q.nwc") + " -o " + (temp / "q.bin")).status == 1);
 }
 

@@ -1,9 +1,11 @@
 // io/hf_directory.hpp: a model written as a Hugging Face directory (config.json, safetensors shards,
 // the index) reads back as the same model; shards respect their size; a directory is written
-// whole or not at all and never over another model.
+// whole or not at all and never over another model; the source directory's other files
+// (tokenizer, generation config) travel through compression byte for byte.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -11,6 +13,8 @@
 #include "error_testing.hpp"
 #include "llm_test_support.hpp"
 #include "nwc/io/hf_directory.hpp"
+#include "nwc/pipeline/pipeline.hpp"
+#include "nwc/pipeline/streaming_decompress.hpp"
 
 namespace nwc_test_hf_directory {
 
@@ -123,6 +127,68 @@ TEST_CASE("hf_directory: Llama models come back as a directory transformers and 
     const llm::LlamaWeights back = read_llama_weights(from_llama2c);
     REQUIRE(back.config == weights.config);
     weights.for_each_tensor([&](const std::string& name, const Tensor<float>& tensor, const Shape&) { REQUIRE(tensor.values() == back.tensor(name).values()); });
+}
+
+TEST_CASE("hf_directory: tokenizer files and the other small files of the directory travel through compression", "[hf_directory][pipeline]") {
+    const TemporaryDirectory temp("hf_directory_files");
+    const auto source = temp.path() / "source";
+    llm::write_hf_llama(source, random_llama_weights(small_llama_config(), 4), dtype::bf16);
+    const auto put = [&](const std::string& name, std::vector<std::uint8_t> bytes) { write_file_atomic(source / name, bytes); };
+    const std::string tokenizer = R"({"model": {"type": "BPE", "vocab": {"a": 0}}})";
+    put("tokenizer.json", {tokenizer.begin(), tokenizer.end()});
+    put("tokenizer.model", {0x0A, 0x00, 0xFF, 0x80, 0x00});  // binary: NUL and high bytes
+    put("generation_config.json", {'{', '}'});
+    put("added_tokens.json", {});  // empty
+    put(".gitattributes", {'*'});  // hidden: left behind
+    put("pytorch_model.bin", {1, 2, 3});  // weights in another format: left behind
+    std::filesystem::create_directory(source / "original");
+    put("original/params.json", {'{', '}'});  // not top-level: left behind
+    {
+        std::ofstream large(source / "large.txt", std::ios::binary);  // one byte over the limit (sparse)
+        large.seekp(std::streamoff(detail::max_source_file_bytes));
+        large.put('x');
+    }
+    const ModelFile model = load_model_file(source);
+    std::vector<std::string> names;
+    for (const SourceFile& file : model.files) names.push_back(file.name);
+    CHECK(names == std::vector<std::string>{"added_tokens.json", "generation_config.json", "tokenizer.json", "tokenizer.model"});
+    CHECK(model.files[3].bytes == std::vector<std::uint8_t>{0x0A, 0x00, 0xFF, 0x80, 0x00});
+
+    // Through a .nwc file: decoded in memory, written as a directory from memory and streamed.
+    MethodOptions options;
+    options.method = "ecsq";
+    const CompressedModel compressed = DefaultCodec(options).compress_model(model);
+    const std::vector<std::uint8_t> bytes = compressed.writer.serialize();
+    CHECK(compressed.report.file_bytes == bytes.size());
+    const ContainerReader reader = ContainerReader::from_bytes(bytes);
+    const ModelFile back = DefaultCodec::decompress_model(reader);
+    CHECK(back.files == model.files);
+    CHECK(back.tensors.size() == model.tensors.size());
+    const auto expect_files = [&](const std::filesystem::path& directory) {
+        for (const SourceFile& file : model.files) CHECK(read_file(directory / file.name) == file.bytes);
+        CHECK(entries_of(directory).size() == model.files.size() + 2);  // + config.json, model.safetensors
+    };
+    write_hf_directory(back, temp.path() / "from_memory");
+    expect_files(temp.path() / "from_memory");
+    StreamingDecompressor<>(reader).write_hf_directory(temp.path() / "streamed");
+    expect_files(temp.path() / "streamed");
+    // A .safetensors output has no place for them: the tensors alone.
+    StreamingDecompressor<>(reader).write_safetensors(temp.path() / "alone.safetensors");
+    CHECK(SafetensorsFile::open(temp.path() / "alone.safetensors").tensors().size() == model.tensors.size());
+
+    // A hostile file name never leaves the directory: a corrupt file, whichever path reads it.
+    for (const std::string name : {"../escape", "sub/dir", ".hidden", "config.json", ""}) {
+        INFO(name);
+        ContainerWriter writer;
+        writer.set_file_metadata(std::string(reader.file_metadata()));
+        writer.add_tensor(make_raw_tensor(std::string(detail::source_file_prefix) + name, dtype::u8, Shape{1}, std::vector<std::uint8_t>{1}));
+        const std::vector<std::uint8_t> hostile = writer.serialize();
+        const ContainerReader bad = ContainerReader::from_bytes(hostile);
+        CHECK(error_of([&] { (void)DefaultCodec::decompress_model(bad); }) == errc::corrupt);
+        CHECK(error_of([&] { StreamingDecompressor<>(bad).write_hf_directory(temp.path() / "hostile"); }) == errc::corrupt);
+        CHECK(!std::filesystem::exists(temp.path() / "hostile"));
+        CHECK(!std::filesystem::exists(temp.path() / "escape"));
+    }
 }
 
 TEST_CASE("hf_directory: written whole or not at all, never over another model", "[hf_directory]") {

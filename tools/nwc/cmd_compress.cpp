@@ -59,8 +59,8 @@ struct CompressCommand {
         return {.name = "compress",
                 .usage = "IN -o OUT.nwc [options]",
                 .description = R"(Compresses every tensor of a model into one .nwc file. IN is a safetensors file, a llama2.c model
-(.bin) or a Hugging Face Llama directory (config.json + model.safetensors); the format is detected
-from the content. Matrices with both sides >= 16 (embeddings included) are coded with the method,
+(.bin) or a Hugging Face Llama directory (config.json + model.safetensors; its tokenizer files and
+other small files travel in the .nwc file byte for byte); the format is detected from the content. Matrices with both sides >= 16 (embeddings included) are coded with the method,
 vectors of 16 or more (norm scales) with ecsq at a fine step; smaller tensors are stored as they
 are. --method lossless stores every tensor bit for bit (vectors too): no knob, no rate target, no
 calibration; decompress gives back the very bits of the input. With --calib and --target-bpw, each matrix's setting (step, bits or alpha, and its

@@ -55,8 +55,9 @@ struct DecompressCommand {
                 .description = R"(Decodes every tensor of a .nwc file and writes the model: OUT.safetensors
 (the original names, shapes and dtypes), OUT.bin (llama2.c, for files made from a llama2.c or
 Hugging Face Llama model), or a Hugging Face directory when OUT ends in '/' or is an existing
-empty directory: config.json (for Llama sources), safetensors shards of at most --shard-size and
-model.safetensors.index.json when there are several, as save_pretrained writes them. Safetensors
+empty directory: config.json (for Llama sources), the source directory's other files (tokenizer
+files, generation_config.json: the file carries them), safetensors shards of at most --shard-size
+and model.safetensors.index.json when there are several, as save_pretrained writes them. Safetensors
 outputs (a file or a directory) are streamed: each tensor is decoded, converted and written in
 turn, a few tensors in memory at a time; a .bin decodes the whole model first. Outputs are written atomically: on any failure an
 existing OUT is left untouched, and a directory is only written when it is absent or empty.)",
@@ -85,6 +86,8 @@ existing OUT is left untouched, and a directory is only written when it is absen
 
         const auto start = std::chrono::steady_clock::now();
         const ContainerReader reader = ContainerReader::open(input);
+        std::size_t files = 0;  // the source directory's files the container carries
+        for (std::size_t index = 0; index < reader.tensor_count(); ++index) files += nwc::detail::is_source_file(reader.entry(index).name) ? 1 : 0;
         ProgressBar progress;
         // A llama2.c .bin is not streamed (streaming_decompress.hpp): it decodes the whole model.
         const bool streamed = !settings.in_memory && (directory || extension == ".safetensors");
@@ -121,9 +124,14 @@ existing OUT is left untouched, and a directory is only written when it is absen
                         {"decode_seconds", decode_seconds},
                         {"streamed", streamed},
                         {"shards", shards},
+                        {"files", directory ? files : 0},
                         {"seconds", seconds}};
-        append_format(outcome.text, "%s -> %s: %zu tensors, %lld weights (%s), %.2f s\n", input.c_str(), output.c_str(), tensors,
-                      static_cast<long long>(weights), std::string(model_format_name(format)).c_str(), seconds);
+        append_format(outcome.text, "%s -> %s: %zu tensors, %lld weights (%s)%s, %.2f s\n", input.c_str(), output.c_str(), tensors,
+                      static_cast<long long>(weights), std::string(model_format_name(format)).c_str(),
+                      directory && files > 0 ? (", " + std::to_string(files) + " other files").c_str() : "", seconds);
+        if (!directory && files > 0)
+            append_format(outcome.text, "note: the %zu other files of the source directory (tokenizer, generation config) are written only to a directory output (-o DIR/)\n",
+                          files);
         return outcome;
     }
 };

@@ -46,12 +46,13 @@ passthrough tensors); the categories sum exactly to the file size.)",
     static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation);
 };
 
-/// One row per tensor (the llama2.c RoPE corrections the container adds are not a model tensor).
+/// One row per tensor (the llama2.c RoPE corrections and a model directory's files the container
+/// adds are not model tensors).
 std::vector<std::pair<TensorRow, Shape>> tensor_rows(const ContainerReader& reader) {
     std::vector<std::pair<TensorRow, Shape>> rows;
     for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
         const ContainerEntry& entry = reader.entry(index);
-        if (nwc::detail::is_rope_corrections(entry.name)) continue;
+        if (nwc::detail::is_rope_corrections(entry.name) || nwc::detail::is_source_file(entry.name)) continue;
         const auto metadata = reader.metadata(index);
         const nwc::detail::StoredDiagnostics stored =
             entry.method == "raw" ? nwc::detail::StoredDiagnostics{0.0, NAN} : nwc::detail::stored_diagnostics(metadata);
@@ -109,7 +110,7 @@ Outcome InspectCommand::run(const Settings& settings, const std::vector<std::str
         // Per tensor: its own categories (the rope corrections row is not listed, as above).
         std::size_t row = 0;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
-            if (nwc::detail::is_rope_corrections(reader.entry(index).name)) continue;
+            if (nwc::detail::is_rope_corrections(reader.entry(index).name) || nwc::detail::is_source_file(reader.entry(index).name)) continue;
             nlohmann::json bytes = nlohmann::json::object();
             for (const auto& [category, count] : account.tensors[index].bytes) bytes[category] = count;
             outcome.json["tensors"][row++]["bytes"] = std::move(bytes);

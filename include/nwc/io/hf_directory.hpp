@@ -10,6 +10,8 @@
 // - config.json: the source's config.json for a model read from a Hugging Face directory, the
 //   config llama2.c's header implies for a llama2.c model (tensors under HF names and row order,
 //   as write_model_file's .safetensors does); a plain safetensors source has none to write.
+// - The source directory's other files (ModelFile::files: tokenizer files, generation_config.json)
+//   are written back byte for byte beside config.json.
 // - Nothing is lost: everything is written into a temporary sibling directory, which replaces the
 //   target by one rename only when complete. The target may be absent or an empty directory; an
 //   existing non-empty one is refused before anything is written (errc::invalid_argument), and on
@@ -131,17 +133,24 @@ private:
     std::filesystem::path m_target, m_temporary;
 };
 
-/// Writes config.json (unless null) and, for several shards, the index into `directory`, whose
-/// shards already have their final names; shard_tensors[k] names shard k's tensors. Fills
-/// report.files (config, shards, index: the order write_hf_directory reports) and report.shards.
-inline void finish_hf_directory(const AtomicDirectory& directory, const nlohmann::json& config, const std::vector<std::vector<std::string>>& shard_tensors,
-                                HfDirectoryReport& report) {
+/// Writes config.json (unless null), the source's other files and, for several shards, the index
+/// into `directory`, whose shards already have their final names; shard_tensors[k] names shard
+/// k's tensors. Fills report.files (config, files, shards, index: the order write_hf_directory
+/// reports) and report.shards.
+inline void finish_hf_directory(const AtomicDirectory& directory, const nlohmann::json& config, std::span<const SourceFile> files,
+                                const std::vector<std::vector<std::string>>& shard_tensors, HfDirectoryReport& report) {
     const auto write_text = [&](const std::string& file, const nlohmann::json& value) {
         const std::string text = value.dump(2) + "\n";
         write_file_atomic(directory.path() / file, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
         report.files.push_back(file);
     };
     if (!config.is_null()) write_text("config.json", config);
+    for (const SourceFile& file : files) {
+        require(is_plain_file_name(file.name) && file.name != "config.json", errc::invalid_argument, directory.context(), ": file name '", file.name,
+                "' is not a plain file name");
+        write_file_atomic(directory.path() / file.name, file.bytes);
+        report.files.push_back(file.name);
+    }
     nlohmann::json weight_map = nlohmann::json::object();
     for (std::size_t k = 0; k < shard_tensors.size(); ++k) {
         const std::string file = hf_shard_name(k, shard_tensors.size());
@@ -192,7 +201,7 @@ inline HfDirectoryReport write_hf_directory(const ModelFile& model, const std::f
         std::filesystem::rename(provisional(k), output.path() / detail::hf_shard_name(k, shard_names.size()), problem);
         require(!problem, errc::io, context, ": cannot rename shard ", k, ": ", problem.message());
     }
-    detail::finish_hf_directory(output, config, shard_names, report);
+    detail::finish_hf_directory(output, config, model.files, shard_names, report);
     output.commit();
     return report;
 }

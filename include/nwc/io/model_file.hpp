@@ -17,6 +17,11 @@
 //   order; HF models keep the names, order (shard by shard, name order) and row layout of their files.
 // - `source` (JSON) holds what writing back needs: the llama2.c header, the HF config.json, the
 //   safetensors __metadata__. It travels as the .nwc file's file metadata.
+// - `files`: a Hugging Face directory's other small files (tokenizer.json, tokenizer.model,
+//   generation_config.json, ...: every top-level regular file of at most 64 MiB that is not
+//   config.json, weights or an index, and whose name does not start with '.'), byte for byte, so
+//   that the directory nwc decompress writes loads with its tokenizer. The pipeline carries them as
+//   raw U8 tensors named "__nwc__.file.<name>" (pipeline_codec.hpp).
 // - llama2.c files carry two RoPE tables that run.c never reads. They are not weights: they are
 //   recomputed as llama2.c's export computes them, and the few entries where the file differs from
 //   that computation (float rounding in another libm) are kept in `rope_corrections` (flat index,
@@ -27,6 +32,7 @@
 //   does, so it loads in transformers next to hf_config_json()). Both writes are atomic.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -86,6 +92,13 @@ struct ModelTensor {
     bool is_floating() const noexcept { return is_floating_dtype(original_dtype); }
 };
 
+/// A file of a Hugging Face model directory carried as it is (see the header comment).
+struct SourceFile {
+    std::string name;  ///< a plain file name (detail::is_plain_file_name)
+    std::vector<std::uint8_t> bytes;
+    friend bool operator==(const SourceFile&, const SourceFile&) = default;
+};
+
 /// A model as an ordered list of named tensors plus what writing it back needs.
 struct ModelFile {
     ModelFormat format = ModelFormat::safetensors;
@@ -96,6 +109,8 @@ struct ModelFile {
     /// llama2.c RoPE table entries that differ from llama2c_rope_tables(): pairs (flat index into
     /// real then imag, float bits), as an I32 [k, 2] tensor; no values for none.
     Tensor<std::int32_t> rope_corrections;
+    /// hf_llama, hf read from a directory: its other small files, by name (see the header comment).
+    std::vector<SourceFile> files;
 
     /// Elements of every tensor: the denominator of bits per weight.
     std::int64_t weight_count() const noexcept {
@@ -185,6 +200,32 @@ inline void add_safetensors_tensors(ModelFile& model, const SafetensorsFile& fil
     }
 }
 
+/// The largest file of a model directory carried as a SourceFile.
+inline constexpr std::uintmax_t max_source_file_bytes = std::uintmax_t(64) << 20;
+
+/// A name a file can be written under inside a directory, and nowhere else: not empty, at most 255
+/// bytes, no '/', '\' or NUL, not starting with '.' (no ".", "..", hidden files).
+inline bool is_plain_file_name(std::string_view name) noexcept {
+    return !name.empty() && name.size() <= 255 && name.front() != '.' && name.find_first_of(std::string_view("/\\\0", 3)) == std::string_view::npos;
+}
+
+/// The files of model directory `directory` that travel with its weights (see the header comment),
+/// in name order.
+inline std::vector<SourceFile> source_files_of(const std::filesystem::path& directory) {
+    static constexpr std::string_view weight_suffixes[] = {".safetensors", ".index.json", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx"};
+    std::vector<SourceFile> files;
+    for (const auto& item : std::filesystem::directory_iterator(directory)) {
+        const std::string name = item.path().filename().string();
+        bool weights = false;
+        for (std::string_view suffix : weight_suffixes) weights = weights || name.ends_with(suffix);
+        if (!item.is_regular_file() || !is_plain_file_name(name) || name == "config.json" || weights || item.file_size() > max_source_file_bytes)
+            continue;
+        files.push_back({name, item.file_size() == 0 ? std::vector<std::uint8_t>{} : read_file(item.path())});
+    }
+    std::sort(files.begin(), files.end(), [](const SourceFile& a, const SourceFile& b) { return a.name < b.name; });
+    return files;
+}
+
 inline ModelFile load_hf(const std::filesystem::path& path) {
     const llm::HfModelFiles files = llm::hf_model_files(path);
     nlohmann::json config = llm::detail::read_json_file(files.config);
@@ -201,6 +242,7 @@ inline ModelFile load_hf(const std::filesystem::path& path) {
     }
     files.check_complete([&](const std::string& name) { return model.find(name) != nullptr; });
     model.source = {{"source_format", model_format_name(model.format)}, {"hf_config", std::move(config)}, {"safetensors_metadata", std::move(metadata)}};
+    if (std::filesystem::is_directory(path)) model.files = source_files_of(path);
     return model;
 }
 

@@ -110,7 +110,8 @@ struct MethodOptions {
 /// Bytes of a file by what they are for (nwc inspect --breakdown): "payload" for the coded bits
 /// themselves, and side information under "scales", "levels", "tables", "framing" (stream headers,
 /// segment indexes, lane states, escapes), "metadata" (the rest of a method's metadata),
-/// "directory", "header", "padding", "codecs" (codec blobs), "passthrough" (raw tensors).
+/// "directory", "header", "padding", "codecs" (codec blobs), "passthrough" (raw tensors), "files"
+/// (a model directory's tokenizer and other files, pipeline_codec.hpp).
 struct ByteAccount {
     std::map<std::string, std::uint64_t, std::less<>> bytes;
 

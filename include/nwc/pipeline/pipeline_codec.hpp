@@ -112,6 +112,23 @@ inline constexpr std::string_view rope_correction_bits_name = "__nwc__.rope_bits
 inline constexpr std::string_view rope_corrections_name = "__nwc__.llama2c.rope_corrections";
 inline bool is_rope_corrections(std::string_view name) noexcept { return name == rope_correction_bits_name || name == rope_corrections_name; }
 
+/// A model directory's SourceFile as a raw U8 tensor: this prefix, then the file's name.
+inline constexpr std::string_view source_file_prefix = "__nwc__.file.";
+inline bool is_source_file(std::string_view name) noexcept { return name.starts_with(source_file_prefix); }
+
+/// The SourceFile of entry `index` (is_source_file(its name)), checked: raw U8 of rank 1, and a
+/// name that writes inside the output directory only (a hostile file could name "../x").
+inline SourceFile source_file_of(const ContainerReader& reader, std::size_t index) {
+    const ContainerEntry& entry = reader.entry(index);
+    const std::string name = entry.name.substr(source_file_prefix.size());
+    require(entry.method == "raw" && entry.original_dtype == dtype::u8 && entry.shape.rank() == 1, errc::corrupt, reader.context(), ": file '", name,
+            "' is not stored as raw bytes");
+    require(is_plain_file_name(name) && name != "config.json", errc::corrupt, reader.context(), ": file name '", name,
+            "' is not a plain file name (or is config.json, which the source JSON holds)");
+    const auto bytes = reader.payload(index);
+    return {name, {bytes.begin(), bytes.end()}};
+}
+
 /// What a pipeline container says of its source (format and the "source" JSON of its file
 /// metadata; no tensors): the first step of every whole-model decode, in memory or streamed.
 inline ModelFile model_source_of(const ContainerReader& reader) {
@@ -293,7 +310,7 @@ public:
             const ContainerEntry& entry = reader.entry(index);
             ByteAccount tensor;
             if (entry.method == "raw") {
-                tensor.add("passthrough", entry.metadata_size + entry.payload_size);
+                tensor.add(detail::is_source_file(entry.name) ? "files" : "passthrough", entry.metadata_size + entry.payload_size);
             } else {
                 const Plan plan = detail::make_decode_plan(reader, index, resources, methods{});
                 std::visit(
@@ -388,6 +405,9 @@ public:
             result.writer.add_tensor(
                 make_raw_tensor(std::string(detail::rope_correction_bits_name), dtype::u8, Shape{std::int64_t(packed.size())}, packed));
         }
+        for (const SourceFile& file : model.files)  // every byte counts: part of the whole file's rate, like the directory
+            result.writer.add_tensor(make_raw_tensor(std::string(detail::source_file_prefix) + file.name, dtype::u8, Shape{std::int64_t(file.bytes.size())},
+                                                     file.bytes));
         ModelReport& report = result.report;
         report.tensors = std::move(reports);
         report.method = m_options.method;
@@ -413,6 +433,10 @@ public:
             const ContainerEntry& entry = reader.entry(index);
             if (detail::is_rope_corrections(entry.name)) {
                 model.rope_corrections = detail::rope_corrections_of(reader, index, model);
+                continue;
+            }
+            if (detail::is_source_file(entry.name)) {
+                model.files.push_back(detail::source_file_of(reader, index));
                 continue;
             }
             plans.push_back(detail::make_decode_plan(reader, index, resources, methods{}));

@@ -16,8 +16,9 @@
 //   pages are handed back to the kernel afterwards: the mapped input never becomes resident whole.
 // - The same output as the in-memory path because the same functions choose it: the tensors
 //   (a llama2.c source: Hugging Face names, q/k rows in HF order, F32, as
-//   detail::for_each_safetensors_tensor gives them), the __metadata__, config.json, the shard
-//   split (detail::hf_shards_of) and the index. tests/test_cli.cpp compares the bytes.
+//   detail::for_each_safetensors_tensor gives them), the __metadata__, config.json, the source
+//   directory's other files (a directory output only), the shard split (detail::hf_shards_of) and
+//   the index. tests/test_cli.cpp compares the bytes.
 // - Not streamed: a llama2.c .bin output (nwc decompress decodes the whole model for it).
 // - Errors as decompress_model() (the same nwc::error naming the tensor), but a tensor's metadata
 //   or payload is checked when its turn comes: a failure midway leaves no partial file or
@@ -149,6 +150,10 @@ public:
                 (void)detail::rope_corrections_of(reader, index, m_source);
                 continue;
             }
+            if (detail::is_source_file(reader.entry(index).name)) {  // only a directory gets them; read when it is written
+                m_source_files.push_back(index);
+                continue;
+            }
             m_model_tensors.push_back(index);
             m_weights += reader.entry(index).shape.numel();
         }
@@ -195,7 +200,9 @@ public:
         Progress state{progress, {"decompress", 0, tensors.size(), 0, m_weights}};
         for (std::size_t k = 0; k < shards; ++k)
             write_file(output.path() / detail::hf_shard_name(k, shards), shard_tensors[k], metadata, resolve_thread_count(threads), state, UINT64_MAX);
-        detail::finish_hf_directory(output, config, shard_names, report);
+        std::vector<SourceFile> files;
+        for (std::size_t index : m_source_files) files.push_back(detail::source_file_of(m_reader, index));
+        detail::finish_hf_directory(output, config, files, shard_names, report);
         output.commit();
         return report;
     }
@@ -304,6 +311,7 @@ private:
     DecodeResources m_resources;
     ModelFile m_source;  // format and source only: what the metadata and config.json come from
     std::vector<std::size_t> m_model_tensors;   // model tensor -> container index
+    std::vector<std::size_t> m_source_files;    // container indices of the source directory's files
     std::int64_t m_weights = 0;
 };
 
