@@ -37,6 +37,7 @@ void container_seeds(const fs::path& folder) {
         write_seed(folder, "seed_" + std::string(method) + ".nwc", reliability::small_container(method));
     write_seed(folder, "seed_mixed.nwc", reliability::mixed_container());
     write_seed(folder, "seed_llama2c_rope.nwc", reliability::llama2c_container_with_rope_corrections());
+    write_seed(folder, "seed_source_files.nwc", reliability::container_with_source_files());
 }
 
 // fuzz_method's input: u8 method index, u16 rows - 1, u16 cols - 1, u8 segments - 1, the first

@@ -157,6 +157,14 @@ inline std::vector<std::uint8_t> llama2c_container_with_rope_corrections() {
     return DefaultCodec(small_options("ecsq")).compress_model(model).writer.serialize();
 }
 
+/// small_model() as if read from a Hugging Face directory with a tokenizer: its files carried as
+/// raw U8 tensors "__nwc__.file.<name>" (binary bytes and an empty file included).
+inline std::vector<std::uint8_t> container_with_source_files() {
+    ModelFile model = small_model();
+    model.files = {{"added_tokens.json", {}}, {"tokenizer.json", {'{', '"', 'v', '"', ':', '1', '}'}}, {"tokenizer.model", {0x0A, 0x00, 0xFF, 0x80}}};
+    return DefaultCodec(small_options("ecsq")).compress_model(model).writer.serialize();
+}
+
 /// Every tensor of `reader` decoded one by one through the method decoders; integer tensors
 /// (which have no float32 form) come back empty, their payload CRC checked.
 template <class Backend = backend::default_backend>

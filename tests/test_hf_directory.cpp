@@ -186,7 +186,9 @@ TEST_CASE("hf_directory: tokenizer files and the other small files of the direct
         const ContainerReader bad = ContainerReader::from_bytes(hostile);
         CHECK(error_of([&] { (void)DefaultCodec::decompress_model(bad); }) == errc::corrupt);
         CHECK(error_of([&] { StreamingDecompressor<>(bad).write_hf_directory(temp.path() / "hostile"); }) == errc::corrupt);
+        CHECK(error_of([&] { StreamingDecompressor<>(bad).write_safetensors(temp.path() / "hostile.safetensors"); }) == errc::corrupt);
         CHECK(!std::filesystem::exists(temp.path() / "hostile"));
+        CHECK(!std::filesystem::exists(temp.path() / "hostile.safetensors"));
         CHECK(!std::filesystem::exists(temp.path() / "escape"));
     }
 }

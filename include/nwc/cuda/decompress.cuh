@@ -170,7 +170,6 @@ public:
         m_entries.push_back(std::move(entry));
     }
 
-    bool empty() const noexcept { return m_entries.empty(); }
     std::uint64_t weights() const noexcept { return m_values; }
 
     /// Decodes every tensor added into outputs[slot] (row-major T), waits, and starts over empty.

@@ -150,8 +150,8 @@ public:
                 (void)detail::rope_corrections_of(reader, index, m_source);
                 continue;
             }
-            if (detail::is_source_file(reader.entry(index).name)) {  // only a directory gets them; read when it is written
-                m_source_files.push_back(index);
+            if (detail::is_source_file(reader.entry(index).name)) {  // only a directory gets them: checked as decompress_model() checks them
+                m_source_files.push_back(detail::source_file_of(reader, index));
                 continue;
             }
             m_model_tensors.push_back(index);
@@ -200,9 +200,7 @@ public:
         Progress state{progress, {"decompress", 0, tensors.size(), 0, m_weights}};
         for (std::size_t k = 0; k < shards; ++k)
             write_file(output.path() / detail::hf_shard_name(k, shards), shard_tensors[k], metadata, resolve_thread_count(threads), state, UINT64_MAX);
-        std::vector<SourceFile> files;
-        for (std::size_t index : m_source_files) files.push_back(detail::source_file_of(m_reader, index));
-        detail::finish_hf_directory(output, config, files, shard_names, report);
+        detail::finish_hf_directory(output, config, m_source_files, shard_names, report);
         output.commit();
         return report;
     }
@@ -311,7 +309,7 @@ private:
     DecodeResources m_resources;
     ModelFile m_source;  // format and source only: what the metadata and config.json come from
     std::vector<std::size_t> m_model_tensors;   // model tensor -> container index
-    std::vector<std::size_t> m_source_files;    // container indices of the source directory's files
+    std::vector<SourceFile> m_source_files;     // the source directory's files (small: at most 64 MiB each)
     std::int64_t m_weights = 0;
 };
 
