@@ -452,6 +452,39 @@ TEST_CASE("decompress streams tensor by tensor: the same bytes as decoding the w
     }
 }
 
+// Without --calib, compress reads, codes and writes one tensor at a time (model_reader.hpp,
+// compress_model_into); --in-memory reads the whole model first. The same bytes, for any --threads
+// and with rate control (continuous and integer knobs).
+TEST_CASE("compress streams tensor by tensor: the same bytes as reading the whole model first", "[cli][data][tool]") {
+    const TempDir temp;
+    REQUIRE(run("compress " + quoted_data("stories260K.bin") + " -o " + (temp / "l.nwc") + " --method rtn").status == 0);
+    REQUIRE(run("decompress " + (temp / "l.nwc") + " -o " + (temp / "hf") + "/ --shard-size 100KB").status == 0);
+    REQUIRE(std::filesystem::exists(temp.path / "hf" / "model.safetensors.index.json"));
+    for (const std::string& source : {quoted_data("stories260K.bin"), temp / "hf"}) {
+        for (const std::string method : {"", " --method ecsq --target-bpw 3", " --method rtn --target-bpw 4"}) {
+            INFO(source << method);
+            const nlohmann::json whole = json_of(run("compress " + source + " -o " + (temp / "whole.nwc") + method + " --in-memory --json"));
+            for (const char* threads : {"1", "3"}) {
+                INFO("--threads " << threads);
+                const nlohmann::json streamed = json_of(run("compress " + source + " -o " + (temp / "streamed.nwc") + method + " --threads " + threads + " --json"));
+                CHECK(streamed["file_bytes"] == whole["file_bytes"]);
+                CHECK(streamed["passes"] == whole["passes"]);
+                CHECK(nwc::read_file(temp.path / "streamed.nwc") == nwc::read_file(temp.path / "whole.nwc"));
+            }
+        }
+    }
+    // A shard cut short: refused before anything is written; an existing output is left untouched.
+    const std::vector<std::uint8_t> before = nwc::read_file(temp.path / "streamed.nwc");
+    std::filesystem::path second_shard;
+    for (const auto& entry : std::filesystem::directory_iterator(temp.path / "hf"))
+        if (entry.path().filename().string().starts_with("model-00002-of-")) second_shard = entry.path();
+    REQUIRE(!second_shard.empty());
+    std::filesystem::resize_file(second_shard, 1000);
+    CHECK(run("compress " + (temp / "hf") + " -o " + (temp / "streamed.nwc")).status == 1);
+    CHECK(nwc::read_file(temp.path / "streamed.nwc") == before);
+    for (const auto& entry : std::filesystem::directory_iterator(temp.path)) CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+}
+
 TEST_CASE("an HF model nwc cannot run compresses without calibration and says so; --calib is refused with the reason", "[cli][data][tool]") {
     const TempDir temp;
     const auto source = temp.path / "qwen2";

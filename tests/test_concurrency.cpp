@@ -1,18 +1,23 @@
 // Many threads decoding the same and different .nwc files at once (shared readers whose CRCs are
 // verified lazily by whichever thread comes first, reader copies, readers of their own, nested
-// thread pools) must give exactly what one thread gives. Built and run in the ThreadSanitizer
-// tree too (scripts/test.sh: label tsan), where a data race fails the test.
+// thread pools) must give exactly what one thread gives; so must many streamed compressions of one
+// shared ModelReader; produce_in_order keeps its order and its limit under any scheduling. Built
+// and run in the ThreadSanitizer tree too (scripts/test.sh: label tsan), where a data race fails
+// the test.
 // nwc-ctest-labels: tsan
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <thread>
 #include <vector>
 
+#include "nwc/core/produce_in_order.hpp"
+#include "nwc/io/model_reader.hpp"
 #include "reliability_support.hpp"
 
 namespace nwc_test_concurrency {
@@ -143,6 +148,71 @@ TEST_CASE("concurrency: a corrupt tensor fails in every thread and leaves the ot
     CHECK(failures == 0);
     CHECK(mismatches == 0);
     CHECK(errors == thread_count);
+}
+
+TEST_CASE("concurrency: produce_in_order hands results on in order, within its limit, and stops at the first error", "[concurrency]") {
+    for (const int threads : {1, 3, 8}) {
+        INFO(threads << " workers");
+        constexpr std::size_t count = 40, weight = 10, limit_bytes = 30;
+        std::atomic<std::size_t> consumed{0}, furthest_ahead{0};
+        std::vector<std::size_t> order;
+        const auto weigh = [](const std::size_t&) { return weight; };
+        produce_in_order<std::size_t>(
+            count, threads, WaitingLimit<decltype(weigh)>{SIZE_MAX, limit_bytes, weigh},
+            [&](std::size_t k) {
+                if (k == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the others run ahead into the limit
+                const std::size_t ahead = k - consumed.load();
+                for (std::size_t seen = furthest_ahead.load(); ahead > seen && !furthest_ahead.compare_exchange_weak(seen, ahead);) {
+                }
+                return k * k;
+            },
+            [&](std::size_t k, std::size_t& result) {
+                order.push_back(result == k * k ? k : count);
+                consumed.fetch_add(1);
+            });
+        std::vector<std::size_t> expected(count);
+        for (std::size_t k = 0; k < count; ++k) expected[k] = k;
+        CHECK(order == expected);
+        // An item starts while fewer than 3 results wait (30 bytes of 10 each): at most 2 waiting,
+        // the other workers' items in flight and the one being consumed lie between it and `consumed`.
+        CHECK(furthest_ahead.load() <= std::size_t(threads) + 3);
+
+        std::vector<std::size_t> before_error;
+        const auto failing = [&] {
+            produce_in_order<std::size_t>(
+                count, threads, 4,
+                [&](std::size_t k) {
+                    if (k == 5) fail(errc::corrupt, "item 5");
+                    return k;
+                },
+                [&](std::size_t k, std::size_t&) { before_error.push_back(k); });
+        };
+        CHECK_THROWS_AS(failing(), nwc::error);
+        // In order, and never the failed item or one after it (how many came first depends on timing).
+        CHECK(before_error.size() <= 5);
+        for (std::size_t k = 0; k < before_error.size(); ++k) CHECK(before_error[k] == k);
+    }
+}
+
+TEST_CASE("concurrency: one model read by many streamed compressions at once, each with its own workers", "[concurrency]") {
+    const Fixture fixture;
+    const auto path = fixture.folder / "model.safetensors";
+    write_model_file(reliability::small_model(), path);
+    const ModelFile model = load_model_file(path);
+    const ModelReader reader = ModelReader::open(path);  // shared by every thread
+    std::vector<std::vector<std::uint8_t>> expected;
+    for (const std::string method : {"ecsq", "tcq", "lossless"}) expected.push_back(DefaultCodec(reliability::small_options(method)).compress_model(model).writer.serialize());
+    std::atomic<int> mismatches{0};
+    const int failures = run_threads([&](int t) {
+        const std::size_t k = std::size_t(t) % expected.size();
+        MethodOptions options = reliability::small_options(k == 0 ? "ecsq" : k == 1 ? "tcq" : "lossless");
+        options.threads = 1 + t % 3;
+        ContainerWriter writer;
+        (void)DefaultCodec(options).compress_model_into(reader, writer);
+        if (writer.serialize() != expected[k]) mismatches.fetch_add(1);
+    });
+    CHECK(failures == 0);
+    CHECK(mismatches == 0);
 }
 
 }  // namespace nwc_test_concurrency

@@ -8,6 +8,7 @@
 
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/io/container_writer.hpp"
+#include "nwc/io/model_reader.hpp"
 #include "nwc/io/safetensors_writer.hpp"
 #include "nwc/pipeline/allocation.hpp"
 #include "nwc/pipeline/pipeline.hpp"

@@ -15,6 +15,7 @@
 #include "commands.hpp"
 #include "method_options.hpp"
 #include "nwc/codec/codec_file.hpp"
+#include "nwc/io/model_reader.hpp"
 #include "nwc/llm/calibration.hpp"
 #include "nwc/llm/sensitivity.hpp"
 #include "nwc/llm/tokenizer.hpp"
@@ -33,7 +34,7 @@ struct CompressSettings {
     llm::CalibrationOptions calibration;
     llm::SequentialCompressionOptions sequential;
     llm::SensitivityOptions sensitivity;
-    bool finetune = true, allocate = true;
+    bool finetune = true, allocate = true, in_memory = false;
     std::string axis;
 
     CompressSettings() {
@@ -66,7 +67,8 @@ are. --method lossless stores every tensor bit for bit (vectors too): no knob, n
 calibration; decompress gives back the very bits of the input. With --calib and --target-bpw, each matrix's setting (step, bits or alpha, and its
 normalization axis) is chosen by how much its error costs the model (its sensitivity, measured by
 noise on the calibration text), so the bytes go where they cut the loss most. The output is written atomically: on any failure an
-existing OUT is left untouched. With --calib, layers are coded sequentially: each block's layers
+existing OUT is left untouched. Without --calib the model is read, coded and written one tensor at a time, so memory holds the
+tensors in flight, not the model (--in-memory reads it whole first; the bytes are the same). With --calib, layers are coded sequentially: each block's layers
 are coded with the Hessians of the compressed model so far, and after each coding step the block's
 still-uncoded layers are fine-tuned (Adam) so the block's output on calibration windows matches the
 original block's.)",
@@ -131,6 +133,10 @@ original block's.)",
             .above(settings.sequential.validation_windows)
             .needing("calib");
         table.value("threads", "N", "worker threads, 0 = all cores; the output never depends on it", settings.method.threads).at_least(0);
+        table.flag("in-memory",
+                   "read the whole model before coding (~3x the model's memory; the same bytes as the default, which reads and writes one tensor "
+                   "at a time; --calib always reads the whole model)",
+                   settings.in_memory);
     }
 
     static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation);
@@ -254,7 +260,17 @@ Outcome CompressCommand::run(const Settings& settings, const std::vector<std::st
     std::vector<std::string> codec_paths = codec_paths_of(settings);
     const std::string& input = positional[0];
     const auto start = std::chrono::steady_clock::now();
-    const ModelFile model = load_model_file(input);
+    // Without calibration the model is read and the container written one tensor at a time
+    // (memory for the tensors in flight); calibration runs the whole model, so it reads it whole.
+    const bool streamed = !settings.calib && !settings.in_memory;
+    std::optional<ModelReader> reader;
+    std::optional<ModelFile> loaded;
+    if (streamed)
+        reader.emplace(ModelReader::open(input));
+    else
+        loaded.emplace(load_model_file(input));
+    const ModelFile& model = streamed ? reader->outline() : *loaded;
+    const auto with_model = [&](auto&& f) { return streamed ? f(*reader) : f(*loaded); };
     std::vector<std::shared_ptr<const NeuralCodec>> codecs;
     for (const auto& path : codec_paths) codecs.push_back(std::make_shared<const NeuralCodec>(read_codec_file(path)));
     const Calibration calibration = calibrate(settings, model, input);
@@ -265,14 +281,25 @@ Outcome CompressCommand::run(const Settings& settings, const std::vector<std::st
     if (settings.target_bpw) rate.bits_per_weight = *settings.target_bpw;
     if (calibration.sensitivities) rate.sensitivities = &*calibration.sensitivities;
     // Of several codecs, the one nearest the target (without one, RateTarget's default rate).
-    const std::size_t chosen = codecs.size() > 1 ? nearest_codec(method, std::span(codecs), model, lookup, rate.bits_per_weight, progress.callback()) : 0;
+    const std::size_t chosen = codecs.size() > 1 ? with_model([&](const auto& source) {
+        return nearest_codec(method, std::span(codecs), source, lookup, rate.bits_per_weight, progress.callback());
+    })
+                                                 : 0;
     if (!codec_paths.empty()) codec_paths = {codec_paths[chosen]};
     const DefaultCodec codec(method, codecs.empty() ? nullptr : codecs[chosen]);
-    const CompressedModel compressed = compress_with(settings, codec, model, calibration, lookup, rate, progress, invocation);
-    compressed.writer.write(settings.output);
+    ModelReport report;
+    if (streamed) {
+        ContainerStreamWriter output(settings.output);
+        report = settings.target_bpw ? compress_to_target_into(codec, *reader, output, lookup, rate, progress.callback())
+                                     : codec.compress_model_into(*reader, output, lookup, progress.callback());
+        output.commit();
+    } else {
+        CompressedModel compressed = compress_with(settings, codec, *loaded, calibration, lookup, rate, progress, invocation);
+        compressed.writer.write(settings.output);
+        report = std::move(compressed.report);
+    }
     progress.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const ModelReport& report = compressed.report;
     if (!report.target_met) std::fprintf(stderr, "nwc compress: warning: %s\n", report.note.c_str());
 
     Outcome outcome{report_json(report), report_text(report, input, settings.output, model, seconds)};

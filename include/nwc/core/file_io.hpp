@@ -66,6 +66,18 @@ private:
     std::size_t m_size = 0;
 };
 
+/// Tells the kernel that the pages wholly inside `bytes` will not be read again, so a pipeline that
+/// walks a mapped file once does not end up holding all of it: `evict` (MADV_PAGEOUT) also drops
+/// them from the page cache (a decoded tensor's compressed bytes), otherwise (MADV_DONTNEED) they
+/// only leave this process (a model's weights, which rate control may read again). A hint: the
+/// contents stay valid, on a read-only mapping or any other memory.
+inline void release_pages(std::span<const std::uint8_t> bytes, bool evict = false) noexcept {
+    const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
+    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, evict ? MADV_PAGEOUT : MADV_DONTNEED);  // failure only means the pages stay
+}
+
 /// Reads a whole file into memory.
 inline std::vector<std::uint8_t> read_file(const std::filesystem::path& path) {
     MappedFile file(path);

@@ -3,7 +3,7 @@
 // ContainerWriter collects every tensor in memory (serialize(), write()); ContainerStreamWriter
 // appends each tensor's regions to the temporary file as it is added and holds only the directory
 // (and the codec blobs, to deduplicate them), so compressing a model needs memory for the tensors
-// in flight, not for the file. Both validate through one ContainerLayout (what the reader will
+// in flight, not for the file; ContainerSizer keeps only the layout (the size a file would have). Both validate through one ContainerLayout (what the reader will
 // check, so a file they write always opens) and give byte-identical files for the same calls.
 // Tensors keep the order they were added in (the source model's order, which decompress
 // reproduces); codec blobs come first, so a codec cannot be added after the first tensor.
@@ -128,6 +128,20 @@ private:
     ContainerLayout m_layout;
     std::vector<CodecBlob> m_codecs;
     std::vector<StoredTensor> m_tensors;
+};
+
+/// The size a container would have, with nothing kept or written: what rate control's passes need
+/// (the same layout, so the same size as ContainerWriter for the same calls; CRCs are not
+/// computed). Codec blobs are not compared, so add each one once.
+class ContainerSizer {
+public:
+    std::int32_t add_codec(const std::vector<std::uint8_t>& blob) { return m_layout.add_codec(blob.size(), 0); }
+    void set_file_metadata(std::string text) { m_layout.set_file_metadata(std::move(text)); }
+    void add_tensor(const ContainerTensor& tensor) { m_layout.add_tensor(ContainerTensorInfo::of(tensor), 0); }
+    const ContainerLayout& layout() const noexcept { return m_layout; }
+
+private:
+    ContainerLayout m_layout;
 };
 
 /// Writes a .nwc container as its tensors arrive: each add_tensor() appends the tensor's regions

@@ -187,17 +187,40 @@ inline std::optional<ModelFormat> hf_format_beside(const std::filesystem::path& 
     }
 }
 
-inline void add_safetensors_tensors(ModelFile& model, const SafetensorsFile& file) {
-    for (const SafetensorsTensorInfo& info : file.tensors()) {
-        ModelTensor tensor{info.name, info.type, info.shape, {}, {}};
-        if (is_floating_dtype(info.type)) {
-            tensor.values = file.read_float32(info.name);
+/// A safetensors model (one file or the shards of a Hugging Face directory) opened without reading
+/// its values: `outline` holds every tensor's name, dtype and shape (no values) and the source
+/// record; tensor i lives in files[file_of[i]], read by read_into().
+struct SafetensorsModel {
+    ModelFile outline;
+    std::vector<SafetensorsFile> files;
+    std::vector<std::size_t> file_of;
+
+    /// Reads outline tensor `index` from its mapped file into `tensor`: float32 values for a
+    /// floating dtype, the stored bytes otherwise.
+    void read_into(std::size_t index, ModelTensor& tensor) const {
+        const SafetensorsFile& file = files[file_of[index]];
+        const std::string& name = outline.tensors[index].name;
+        if (is_floating_dtype(outline.tensors[index].original_dtype)) {
+            tensor.values = file.read_float32(name);
         } else {
-            const auto bytes = file.raw_bytes(info.name);
+            const auto bytes = file.raw_bytes(name);
             tensor.raw_bytes.assign(bytes.begin(), bytes.end());
         }
-        model.tensors.push_back(std::move(tensor));
     }
+    /// The whole model in memory.
+    ModelFile read_all() && {
+        for (std::size_t index = 0; index < outline.tensors.size(); ++index) read_into(index, outline.tensors[index]);
+        return std::move(outline);
+    }
+};
+
+// Appends `file`'s tensors (name order) to `opened` without reading them.
+inline void add_safetensors_outline(SafetensorsModel& opened, SafetensorsFile file) {
+    for (const SafetensorsTensorInfo& info : file.tensors()) {
+        opened.outline.tensors.push_back({info.name, info.type, info.shape, {}, {}});
+        opened.file_of.push_back(opened.files.size());
+    }
+    opened.files.push_back(std::move(file));
 }
 
 /// The largest file of a model directory carried as a SourceFile.
@@ -226,24 +249,36 @@ inline std::vector<SourceFile> source_files_of(const std::filesystem::path& dire
     return files;
 }
 
-inline ModelFile load_hf(const std::filesystem::path& path) {
+inline SafetensorsModel open_hf(const std::filesystem::path& path) {
     const llm::HfModelFiles files = llm::hf_model_files(path);
     nlohmann::json config = llm::detail::read_json_file(files.config);
-    ModelFile model;
+    SafetensorsModel opened;
+    ModelFile& model = opened.outline;
     model.format = llm::hf_forward_pass_missing(config, "'" + files.config.string() + "'") ? ModelFormat::hf : ModelFormat::hf_llama;
     nlohmann::json metadata = nlohmann::json::object();
     for (const auto& shard_path : files.shards) {
-        const SafetensorsFile shard = SafetensorsFile::open(shard_path);
+        SafetensorsFile shard = SafetensorsFile::open(shard_path);
         files.check_placement(shard_path, shard);
         for (const auto& [key, value] : shard.metadata()) metadata[key] = value;
         for (const auto& info : shard.tensors())
             require(model.find(info.name) == nullptr, errc::corrupt, "'", shard_path.string(), "': tensor '", info.name, "' appears in two shards");
-        add_safetensors_tensors(model, shard);
+        add_safetensors_outline(opened, std::move(shard));
     }
     files.check_complete([&](const std::string& name) { return model.find(name) != nullptr; });
     model.source = {{"source_format", model_format_name(model.format)}, {"hf_config", std::move(config)}, {"safetensors_metadata", std::move(metadata)}};
     if (std::filesystem::is_directory(path)) model.files = source_files_of(path);
-    return model;
+    return opened;
+}
+
+inline SafetensorsModel open_plain_safetensors(const std::filesystem::path& path) {
+    SafetensorsModel opened;
+    opened.outline.format = ModelFormat::safetensors;
+    SafetensorsFile file = SafetensorsFile::open(path);
+    nlohmann::json metadata = nlohmann::json::object();
+    for (const auto& [key, value] : file.metadata()) metadata[key] = value;
+    opened.outline.source = {{"source_format", "safetensors"}, {"safetensors_metadata", std::move(metadata)}};
+    add_safetensors_outline(opened, std::move(file));
+    return opened;
 }
 
 inline ModelFile load_llama2c(const std::filesystem::path& path) {
@@ -456,18 +491,11 @@ inline ModelFormat detect_model_format(const std::filesystem::path& path) {
 inline ModelFile load_model_file(const std::filesystem::path& path) {
     switch (detect_model_format(path)) {
         case ModelFormat::hf_llama:
-        case ModelFormat::hf: return detail::load_hf(path);
+        case ModelFormat::hf: return detail::open_hf(path).read_all();
         case ModelFormat::llama2c: return detail::load_llama2c(path);
         case ModelFormat::safetensors: break;
     }
-    const SafetensorsFile file = SafetensorsFile::open(path);
-    ModelFile model;
-    model.format = ModelFormat::safetensors;
-    detail::add_safetensors_tensors(model, file);
-    nlohmann::json metadata = nlohmann::json::object();
-    for (const auto& [key, value] : file.metadata()) metadata[key] = value;
-    model.source = {{"source_format", "safetensors"}, {"safetensors_metadata", std::move(metadata)}};
-    return model;
+    return detail::open_plain_safetensors(path).read_all();
 }
 
 /// The model as LlamaWeights (llama2.c row order), for calibration and llama2.c output; nullopt

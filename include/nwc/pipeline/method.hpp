@@ -15,7 +15,8 @@
 //   `is_lossless = true`), and rate control, allocation and the tools refuse to search it.
 // - Encoding gets the weights (m x n, float32), the input Hessian or null, the options and the
 //   MethodResources (a trained codec for nwc); it returns the container bytes of the tensor and,
-//   when options.measure is set, the reconstruction the decoder will produce.
+//   when options.measure is set, the reconstruction the decoder will produce (a lossless method
+//   may leave it empty: the pipeline then measures against the weights themselves).
 // - Decoding is two steps: parse() validates the metadata against the entry (shape, segment
 //   count, codec reference) BEFORE the caller allocates the output, and returns a Layout;
 //   decode_segment() decodes one independently decodable segment into the output. Both throw

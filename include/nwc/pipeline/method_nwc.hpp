@@ -203,6 +203,7 @@ struct NwcMethod {
             normalized_reconstruction = std::move(coded.reconstructed);
         } else {
             std::vector<float> chunks = chunker.chunk(normalized.view());
+            normalized = Tensor<float>();  // copies of the tensor not held at once: memory for the largest tensor of a model
             for (float& value : chunks) value *= options.alpha;
             std::vector<std::uint8_t> chunk_levels(std::size_t(cols * per_column));
             for (std::int64_t c = 0; c < cols; ++c) std::fill_n(chunk_levels.begin() + c * per_column, per_column, levels[std::size_t(c)]);
@@ -218,6 +219,7 @@ struct NwcMethod {
         if (!normalized_reconstruction.values().empty()) {
             result.reconstruction = Tensor<float>(weights.shape());
             chunker.denormalize(normalized_reconstruction.view(), scales, result.reconstruction.view());
+            normalized_reconstruction = Tensor<float>();
         }
 
         ContainerTensor& tensor = result.tensor;

@@ -123,6 +123,7 @@ struct TcqMethod {
         }
         result.used_hessian = feedback;
         result.setting = knob_setting<TcqMethod>(step);
+        std::vector<float>().swap(normalized);  // a tensor's worth of memory not held while the tables are fitted and the streams written
 
         const TableFit fit = fit_union_tables(symbols);
         ContainerTensor& tensor = result.tensor;

@@ -43,9 +43,10 @@
 
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/core/backend.hpp"
+#include "nwc/core/produce_in_order.hpp"
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/container.hpp"
-#include "nwc/io/model_file.hpp"
+#include "nwc/io/model_reader.hpp"
 #include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/version.hpp"
@@ -366,25 +367,61 @@ public:
     /// the method's knob and normalization per tensor (rate control's bits, allocated steps).
     CompressedModel compress_model(const ModelFile& model, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
                                    std::span<const TensorSetting> settings = {}) const {
+        CompressedModel result;
+        result.report = compress_model_into(model, result.writer, hessians, progress, settings);
+        return result;
+    }
+
+    /// compress_model_into() from a ModelReader: coded tensors that wait for the writer hold at most
+    /// this many bytes (a worker starts no new tensor while they do).
+    static constexpr std::size_t waiting_bytes_limit = std::size_t(64) << 20;
+
+    /// compress_model() from a model in memory (ModelFile) or read tensor by tensor (ModelReader),
+    /// into any container sink: ContainerWriter (in memory), ContainerStreamWriter (straight to the
+    /// file) or ContainerSizer (only the size: rate control's passes). The same bytes in every
+    /// case. Workers read and code tensors while the calling thread adds them in model order; from
+    /// a reader coded tensors wait up to waiting_bytes_limit, so memory holds the tensors in flight
+    /// (at most `threads` of them, in float32, with the method's working set), never the model.
+    template <class Model, class Sink>
+    ModelReport compress_model_into(const Model& model, Sink& sink, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
+                                    std::span<const TensorSetting> settings = {}) const {
         const auto start = std::chrono::steady_clock::now();
-        const std::size_t count = model.tensors.size();
+        const ModelFile& outline = outline_of(model);
+        const std::size_t count = outline.tensors.size();
         require(settings.empty() || settings.size() == count, errc::invalid_argument, "compress_model: ", settings.size(), " tensor settings for ",
                 count, " tensors");
         const int threads = resolve_thread_count(m_options.threads);
         const int outer = int(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, std::int64_t(count))));
         MethodOptions inner = m_options;
         inner.threads = std::max(1, threads / outer);
-        std::vector<ContainerTensor> tensors(count);
+        begin_container(outline, sink);
         std::vector<TensorReport> reports(count);
-        detail::run_with_progress(std::int64_t(count), outer, progress, "compress", count, model.weight_count(), [&](std::int64_t i) {
-            const ModelTensor& tensor = model.tensors[std::size_t(i)];
-            const MethodOptions options = settings.empty() ? inner : options_with(inner, settings[std::size_t(i)]);
-            const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
-            tensors[std::size_t(i)] = compress_model_tensor(tensor, hessian, options, reports[std::size_t(i)]);
-            if (!settings.empty()) record_sensitivity(tensors[std::size_t(i)], settings[std::size_t(i)]);
-            return std::pair<std::size_t, std::int64_t>{1, tensor.shape.numel()};
-        });
-        return assemble_model(model, std::move(tensors), std::move(reports), start, settings);
+        PipelineProgress state{"compress", 0, count, 0, outline.weight_count()};
+        // In memory nothing is saved by making workers wait for the writer. From a reader, coded
+        // tensors wait for the ones before them up to waiting_bytes_limit: enough to keep workers
+        // busy while one large tensor (an embedding, first in most models) is coded.
+        const auto weigh = [](const ContainerTensor& tensor) { return tensor.metadata.size() + tensor.payload.size(); };
+        const WaitingLimit<decltype(weigh)> limit{SIZE_MAX, std::is_same_v<Model, ModelFile> ? SIZE_MAX : waiting_bytes_limit, weigh};
+        produce_in_order<ContainerTensor>(
+            count, outer, limit,
+            [&](std::size_t i) {
+                return with_model_tensor(model, i, [&](const ModelTensor& tensor) {
+                    const MethodOptions options = settings.empty() ? inner : options_with(inner, settings[i]);
+                    const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
+                    ContainerTensor coded = compress_model_tensor(tensor, hessian, options, reports[i]);
+                    if (!settings.empty()) record_sensitivity(coded, settings[i]);
+                    return coded;
+                });
+            },
+            [&](std::size_t i, ContainerTensor& coded) {
+                sink.add_tensor(std::move(coded));
+                if (!progress) return;
+                ++state.tensors_done;
+                state.weights_done += outline.tensors[i].shape.numel();
+                progress(state);
+            });
+        end_container(outline, sink);
+        return model_report(outline, std::move(reports), sink.layout().file_size(), start, settings);
     }
 
     /// The last step of compress_model(), public for drivers that code the tensors themselves
@@ -396,30 +433,10 @@ public:
         require(tensors.size() == model.tensors.size() && reports.size() == tensors.size(), errc::invalid_argument, "assemble_model: ",
                 tensors.size(), " tensors and ", reports.size(), " reports for a model of ", model.tensors.size());
         CompressedModel result;
-        result.writer.set_file_metadata(file_metadata(model));
-        if (std::vector<std::uint8_t> blob = decoder_blob(); !blob.empty()) result.writer.add_codec(std::move(blob));
+        begin_container(model, result.writer);
         for (auto& tensor : tensors) result.writer.add_tensor(std::move(tensor));
-        if (!model.rope_corrections.values().empty()) {  // bit-packed against the recomputed tables (older files: varint or i32 pairs)
-            const llm::LlamaConfig config = detail::llama_config_from_json(model.source.at("llama2c"), "assemble_model: llama2c source");
-            const std::vector<std::uint8_t> packed = detail::pack_rope_correction_bits(model.rope_corrections, config);
-            result.writer.add_tensor(
-                make_raw_tensor(std::string(detail::rope_correction_bits_name), dtype::u8, Shape{std::int64_t(packed.size())}, packed));
-        }
-        for (const SourceFile& file : model.files)  // every byte counts: part of the whole file's rate, like the directory
-            result.writer.add_tensor(make_raw_tensor(std::string(detail::source_file_prefix) + file.name, dtype::u8, Shape{std::int64_t(file.bytes.size())},
-                                                     file.bytes));
-        ModelReport& report = result.report;
-        report.tensors = std::move(reports);
-        report.method = m_options.method;
-        report.setting = setting();
-        report.weight_count = model.weight_count();
-        report.file_bytes = result.writer.serialized_size();
-        report.tensor_settings.assign(settings.begin(), settings.end());
-        for (const TensorReport& tensor : report.tensors) {
-            report.squared_error += tensor.squared_error;
-            report.squared_norm += tensor.squared_norm;
-        }
-        report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        end_container(model, result.writer);
+        result.report = model_report(model, std::move(reports), result.writer.serialized_size(), start, settings);
         return result;
     }
 
@@ -473,6 +490,41 @@ private:
             methods::visit(m_options.method, [&](auto method) { result.emplace(f(method)); });
             return Result(std::move(*result));
         }
+    }
+
+    /// What a container holds before its tensors: the file metadata and the codec blob.
+    template <class Sink>
+    void begin_container(const ModelFile& model, Sink& sink) const {
+        sink.set_file_metadata(file_metadata(model));
+        if (std::vector<std::uint8_t> blob = decoder_blob(); !blob.empty()) sink.add_codec(std::move(blob));
+    }
+    /// What follows the model's tensors: the llama2.c RoPE corrections and the source files.
+    template <class Sink>
+    static void end_container(const ModelFile& model, Sink& sink) {
+        if (!model.rope_corrections.values().empty()) {  // bit-packed against the recomputed tables (older files: varint or i32 pairs)
+            const llm::LlamaConfig config = detail::llama_config_from_json(model.source.at("llama2c"), "assemble_model: llama2c source");
+            const std::vector<std::uint8_t> packed = detail::pack_rope_correction_bits(model.rope_corrections, config);
+            sink.add_tensor(make_raw_tensor(std::string(detail::rope_correction_bits_name), dtype::u8, Shape{std::int64_t(packed.size())}, packed));
+        }
+        for (const SourceFile& file : model.files)  // every byte counts: part of the whole file's rate, like the directory
+            sink.add_tensor(
+                make_raw_tensor(std::string(detail::source_file_prefix) + file.name, dtype::u8, Shape{std::int64_t(file.bytes.size())}, file.bytes));
+    }
+    ModelReport model_report(const ModelFile& model, std::vector<TensorReport> reports, std::uint64_t file_bytes,
+                             std::chrono::steady_clock::time_point start, std::span<const TensorSetting> settings) const {
+        ModelReport report;
+        report.tensors = std::move(reports);
+        report.method = m_options.method;
+        report.setting = setting();
+        report.weight_count = model.weight_count();
+        report.file_bytes = file_bytes;
+        report.tensor_settings.assign(settings.begin(), settings.end());
+        for (const TensorReport& tensor : report.tensors) {
+            report.squared_error += tensor.squared_error;
+            report.squared_norm += tensor.squared_norm;
+        }
+        report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        return report;
     }
 
     static TensorReport raw_report(const ContainerTensor& tensor) {
@@ -538,24 +590,31 @@ private:
         detail::require_hessian_fits(hessian, weights.cols(), name);
         EncodedMatrix encoded;
         std::int32_t codec_index = -1;
+        bool lossless = false;
         methods::visit(options.method, [&]<class M>(std::type_identity<M>) {
             encoded = M::encode(weights, hessian, options, m_resources);
             if constexpr (uses_codec_blob<M>) codec_index = 0;
+            lossless = nwc::is_lossless<M>;
         });
+        // A lossless method's decoder gives the weights back: it need not copy them (a whole
+        // tensor of memory while the largest tensor is coded).
+        const bool exact = lossless && encoded.reconstruction.values().empty();
         ContainerTensor tensor = std::move(encoded.tensor);
         tensor.name = std::move(name);
         tensor.original_dtype = original_dtype;
         tensor.shape = weights.shape();
         tensor.codec_index = codec_index;
         TensorReport local;
-        if (options.measure && std::int64_t(encoded.reconstruction.values().size()) == weights.numel()) {
-            const detail::ErrorMeasure measure = detail::measure_error(weights, encoded.reconstruction.view(), hessian);
+        if (options.measure && (exact || std::int64_t(encoded.reconstruction.values().size()) == weights.numel())) {
+            const detail::ErrorMeasure measure = detail::measure_error(weights, exact ? weights : encoded.reconstruction.view(), hessian);
             local.relative_mse = measure.relative_mse();
             local.proxy_loss = measure.proxy_loss();
             local.squared_error = measure.squared_error;
             local.squared_norm = measure.squared_norm;
             detail::patch_diagnostics(tensor.metadata, local.relative_mse, NAN);
-            if (reconstruction) *reconstruction = std::move(encoded.reconstruction);
+            if (reconstruction)
+                *reconstruction = exact ? Tensor<float>(weights.shape(), std::vector<float>(weights.data(), weights.data() + weights.numel()))
+                                        : std::move(encoded.reconstruction);
         }
         if (report) {
             local.name = tensor.name;

@@ -19,6 +19,9 @@
 //   largest b whose file fits, then tensors, largest step first, move to b + 1 while the file still
 //   fits. With one tensor, or a target outside the knob's range, the target may stay out of reach:
 //   the report says so.
+// - Memory: a pass keeps no coded bytes (ContainerSizer: the layout, so the file's exact size), and
+//   the model may be a ModelReader, read again tensor by tensor in every pass; only the last pass
+//   writes, into the caller's sink (compress_to_target_into). Allocation needs the model in memory.
 // - Cost: ecsq needs ~5-8 passes of a cheap method; nwc as many encoder passes (g_a over every chunk).
 #pragma once
 
@@ -121,15 +124,26 @@ private:
     double m_best_u = 0.0, m_best_miss = INFINITY;
 };
 
+/// One measurement-free pass's report: only the file's size is kept (ContainerSizer).
+template <class CodecType, class Model>
+ModelReport sized_pass(const CodecType& codec, const Model& model, const HessianLookup& hessians, const ProgressCallback& progress,
+                       std::span<const TensorSetting> settings = {}) {
+    MethodOptions options = codec.options();
+    options.measure = false;
+    ContainerSizer sizer;
+    return codec.with_options(options).compress_model_into(model, sizer, hessians, progress, settings);
+}
+
 /// Integer knob: the knob per tensor from exact predicted sizes (see the header comment).
-template <class CodecType>
-CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
-                                           const ProgressCallback& progress) {
+template <class CodecType, class Model, class Sink>
+ModelReport compress_to_integer_target(const CodecType& codec, const Model& model, Sink& sink, const HessianLookup& hessians, const RateTarget& target,
+                                       const ProgressCallback& progress) {
+    const ModelFile& outline = outline_of(model);
     const MethodKnob knob = codec.knob();
     MethodOptions probe = codec.options();
     probe.measure = false;
-    const CompressedModel first = codec.with_options(probe).compress_model(model, {}, progress);
-    const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
+    const ModelReport first = sized_pass(codec, model, {}, progress);
+    const double target_bytes = target.bits_per_weight * double(outline.weight_count()) / 8.0;
     const int lowest = int(std::ceil(std::isnan(target.knob_min) ? knob.lowest : target.knob_min));
     const int highest = int(std::floor(std::isnan(target.knob_max) ? knob.highest : target.knob_max));
     require(lowest <= highest, errc::invalid_argument, "rate control: empty ", knob.option, " range [", lowest, ", ", highest, "]");
@@ -137,31 +151,47 @@ CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFi
     // predicted from the shape, or (sizes that depend on the values) measured by coding it alone.
     MethodOptions single = probe;
     single.threads = 1;
-    const auto aligned_bytes = [&](std::size_t i, double value) {
-        const MethodOptions options = CodecType::options_with_knob(single, value);
-        if (const std::optional<std::vector<std::uint64_t>> sizes = codec.predicted_sizes(model.tensors[i].shape, options)) {
-            std::uint64_t payload = 0;
-            for (std::size_t k = 1; k < sizes->size(); ++k) payload += (*sizes)[k];
-            return container_tensor_bytes_bound((*sizes)[0], payload);
-        }
-        TensorReport report;
-        const ContainerTensor coded = codec.with_options(options).compress(model.tensors[i], nullptr, report);
-        return container_tensor_bytes_bound(coded.metadata.size(), coded.payload.size());
+    const auto predicted_bytes = [&](const Shape& shape, double value) -> std::optional<std::uint64_t> {
+        const std::optional<std::vector<std::uint64_t>> sizes = codec.predicted_sizes(shape, CodecType::options_with_knob(single, value));
+        if (!sizes) return std::nullopt;
+        std::uint64_t payload = 0;
+        for (std::size_t k = 1; k < sizes->size(); ++k) payload += (*sizes)[k];
+        return container_tensor_bytes_bound((*sizes)[0], payload);
     };
-    std::vector<std::vector<std::uint64_t>> sizes(model.tensors.size());  // [tensor][knob - lowest]
+    // The sizes of tensor i at `values`, reading its values only when a size depends on them.
+    const auto tensor_bytes = [&](std::size_t i, std::span<const double> values) {
+        std::vector<std::uint64_t> bytes;
+        for (double value : values)
+            if (const std::optional<std::uint64_t> predicted = predicted_bytes(outline.tensors[i].shape, value)) bytes.push_back(*predicted);
+        if (bytes.size() == values.size()) return bytes;
+        bytes.clear();
+        with_model_tensor(model, i, [&](const ModelTensor& tensor) {
+            for (double value : values) {
+                TensorReport report;
+                const ContainerTensor coded = codec.with_options(CodecType::options_with_knob(single, value)).compress(tensor, nullptr, report);
+                bytes.push_back(container_tensor_bytes_bound(coded.metadata.size(), coded.payload.size()));
+            }
+        });
+        return bytes;
+    };
+    std::vector<double> range;
+    for (int value = lowest; value <= highest; ++value) range.push_back(value);
+    std::vector<std::vector<std::uint64_t>> sizes(outline.tensors.size());  // [tensor][knob - lowest]
     std::vector<std::size_t> coded;
-    for (std::size_t i = 0; i < model.tensors.size(); ++i)
-        if (first.report.tensors[i].method == codec.options().method) coded.push_back(i);  // not raw, nor a vector coded by ecsq
+    for (std::size_t i = 0; i < outline.tensors.size(); ++i)
+        if (first.tensors[i].method == codec.options().method) coded.push_back(i);  // not raw, nor a vector coded by ecsq
     parallel_for(std::int64_t(coded.size()), resolve_thread_count(probe.threads), [&](std::int64_t slot) {
         const std::size_t i = coded[std::size_t(slot)];
-        for (int value = lowest; value <= highest; ++value) sizes[i].push_back(aligned_bytes(i, value));
+        sizes[i] = tensor_bytes(i, range);
     });
     // The probe's share of the first pass, from the sizes above when its knob is in the range.
     const int probed = int(codec.knob_value());
-    double overhead = double(first.report.file_bytes);
-    for (std::size_t i : coded)
-        overhead -= double(probed >= lowest && probed <= highest ? sizes[i][std::size_t(probed - lowest)] : aligned_bytes(i, probed));
-    std::vector<int> chosen(model.tensors.size(), int(codec.knob_value()));
+    double overhead = double(first.file_bytes);
+    for (std::size_t i : coded) {
+        const double value = probed;
+        overhead -= double(probed >= lowest && probed <= highest ? sizes[i][std::size_t(probed - lowest)] : tensor_bytes(i, std::span(&value, 1))[0]);
+    }
+    std::vector<int> chosen(outline.tensors.size(), int(codec.knob_value()));
     const auto size_at = [&](std::size_t i, int value) { return double(sizes[i][std::size_t(value - lowest)]); };
     const auto total = [&] {
         double bytes = overhead;
@@ -192,11 +222,11 @@ CompressedModel compress_to_integer_target(const CodecType& codec, const ModelFi
     }
     std::vector<TensorSetting> settings(chosen.size());
     for (std::size_t i = 0; i < chosen.size(); ++i) settings[i].knob = chosen[i];
-    CompressedModel result = codec.compress_model(model, hessians, progress, settings);
+    ModelReport result = codec.compress_model_into(model, sink, hessians, progress, settings);
     int high = low;
     for (std::size_t i : coded) high = std::max(high, chosen[i]);
-    result.report.setting = low == high ? detail::concat(knob.option, "=", low) : detail::concat(knob.option, "=", low, "..", high);
-    result.report.passes = 2;
+    result.setting = low == high ? detail::concat(knob.option, "=", low) : detail::concat(knob.option, "=", low, "..", high);
+    result.passes = 2;
     return result;
 }
 
@@ -213,68 +243,66 @@ std::string settings_text(const CodecType& codec, std::span<const TensorSetting>
 
 /// Allocation (allocation.hpp), then one common factor 2^u on every allocated continuous knob,
 /// searched like a global knob until the file lands on the target.
-template <class CodecType>
-CompressedModel compress_allocated(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
-                                   const ProgressCallback& progress) {
+template <class CodecType, class Sink>
+ModelReport compress_allocated(const CodecType& codec, const ModelFile& model, Sink& sink, const HessianLookup& hessians, const RateTarget& target,
+                               const ProgressCallback& progress) {
     const MethodKnob knob = codec.knob();
     const std::vector<TensorSetting> allocated =
         allocate_settings(codec, model, *target.sensitivities, target.bits_per_weight, target.allocation, progress).settings;
-    CompressedModel result;
+    ModelReport result;
     if (knob.integer) {
-        result = codec.compress_model(model, hessians, progress, allocated);
-        result.report.passes = 2;
+        result = codec.compress_model_into(model, sink, hessians, progress, allocated);
+        result.passes = 2;
     } else {
         const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
-        MethodOptions quick = codec.options();
-        quick.measure = false;
-        const CodecType pass = codec.with_options(quick);
-        KnobSearch search(target_bytes, target.tolerance, target.max_passes, [&](double u) {
-            return double(pass.compress_model(model, hessians, progress, scaled_settings(allocated, u)).report.file_bytes);
-        });
+        KnobSearch search(target_bytes, target.tolerance, target.max_passes,
+                          [&](double u) { return double(sized_pass(codec, model, hessians, progress, scaled_settings(allocated, u)).file_bytes); });
         search.bracket_and_narrow(0.0, -4.0, 4.0, knob.rate_grows);
         const std::vector<TensorSetting> settings = scaled_settings(allocated, search.best_u());
-        result = codec.compress_model(model, hessians, progress, settings);
-        result.report.passes = search.passes() + 2;
-        result.report.knob = std::exp2(search.best_u());
+        result = codec.compress_model_into(model, sink, hessians, progress, settings);
+        result.passes = search.passes() + 2;
+        result.knob = std::exp2(search.best_u());
     }
-    result.report.setting = settings_text(codec, result.report.tensor_settings) + " (allocated)";
+    result.setting = settings_text(codec, result.tensor_settings) + " (allocated)";
     return result;
 }
 
 }  // namespace detail
 
-/// Compresses `model` with `codec`'s method and options, choosing the rate so that the whole file
-/// lands within target.tolerance of target.bits_per_weight (see the header comment). The report's
-/// target_met / note say whether it did.
-template <class CodecType>
-CompressedModel compress_to_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
-                                   const ProgressCallback& progress = {}) {
+/// Compresses `model` (a ModelFile, or a ModelReader that reads it tensor by tensor) into `sink`
+/// (see compress_model_into) with `codec`'s method and options, choosing the rate so that the
+/// whole file lands within target.tolerance of target.bits_per_weight (see the header comment).
+/// Every pass but the last only sizes the file. The report's target_met / note say whether it did.
+/// Allocation (target.sensitivities) needs the model in memory.
+template <class CodecType, class Model, class Sink>
+ModelReport compress_to_target_into(const CodecType& codec, const Model& model, Sink& sink, const HessianLookup& hessians, const RateTarget& target,
+                                    const ProgressCallback& progress = {}) {
+    const ModelFile& outline = outline_of(model);
     require(std::isfinite(target.bits_per_weight) && target.bits_per_weight > 0.0, errc::invalid_argument, "target of ", target.bits_per_weight,
             " bits per weight must be positive");
-    require(model.weight_count() > 0, errc::invalid_argument, "the model has no weights");
+    require(outline.weight_count() > 0, errc::invalid_argument, "the model has no weights");
     codec.require_rate_knob("rate control");
     const MethodKnob knob = codec.knob();
-    const double target_bytes = target.bits_per_weight * double(model.weight_count()) / 8.0;
-    CompressedModel result;
+    const double target_bytes = target.bits_per_weight * double(outline.weight_count()) / 8.0;
+    ModelReport report;
     if (target.sensitivities != nullptr) {
-        result = detail::compress_allocated(codec, model, hessians, target, progress);
+        if constexpr (std::is_same_v<Model, ModelFile>)
+            report = detail::compress_allocated(codec, model, sink, hessians, target, progress);
+        else
+            fail(errc::invalid_argument, "rate control: allocation by sensitivities needs the model in memory (a ModelFile)");
     } else if (knob.integer) {
-        result = detail::compress_to_integer_target(codec, model, hessians, target, progress);
+        report = detail::compress_to_integer_target(codec, model, sink, hessians, target, progress);
     } else {
         const double lowest = std::log2(std::isnan(target.knob_min) ? knob.lowest : target.knob_min);
         const double highest = std::log2(std::isnan(target.knob_max) ? knob.highest : target.knob_max);
-        detail::KnobSearch search(target_bytes, target.tolerance, target.max_passes, [&](double u) {
-            MethodOptions options = codec.with_knob(std::exp2(u)).options();
-            options.measure = false;
-            return double(codec.with_options(options).compress_model(model, hessians, progress).report.file_bytes);
-        });
+        detail::KnobSearch search(target_bytes, target.tolerance, target.max_passes,
+                                  [&](double u) { return double(detail::sized_pass(codec.with_knob(std::exp2(u)), model, hessians, progress).file_bytes); });
         search.bracket_and_narrow(std::clamp(knob.guess_intercept + knob.guess_slope * target.bits_per_weight, lowest, highest), lowest, highest,
                                   knob.rate_grows);
-        result = codec.with_knob(std::exp2(search.best_u())).compress_model(model, hessians, progress);
-        result.report.passes = search.passes() + 1;
-        result.report.knob = std::exp2(search.best_u());
+        report = codec.with_knob(std::exp2(search.best_u())).compress_model_into(model, sink, hessians, progress);
+        report.passes = search.passes() + 1;
+        report.knob = std::exp2(search.best_u());
     }
-    ModelReport& report = result.report;
     report.target_bits_per_weight = target.bits_per_weight;
     const double miss = double(report.file_bytes) / target_bytes - 1.0;
     report.target_met = std::fabs(miss) <= target.tolerance;
@@ -282,14 +310,23 @@ CompressedModel compress_to_target(const CodecType& codec, const ModelFile& mode
         report.note = detail::concat("achieved ", report.bits_per_weight(), " bits per weight, ", 100.0 * miss, "% from the target",
                                      knob.integer ? ": integer knob values per tensor cannot land within the tolerance"
                                                   : ": the knob's range (or the fixed overhead of headers, scales, the codec and raw tensors) cannot reach it");
+    return report;
+}
+
+/// compress_to_target_into() a container in memory.
+template <class CodecType>
+CompressedModel compress_to_target(const CodecType& codec, const ModelFile& model, const HessianLookup& hessians, const RateTarget& target,
+                                   const ProgressCallback& progress = {}) {
+    CompressedModel result;
+    result.report = compress_to_target_into(codec, model, result.writer, hessians, target, progress);
     return result;
 }
 
 /// Of several trained codecs, the one whose file at alpha = 1 lands nearest `bits_per_weight` (in
 /// log size): it needs the least stretching by alpha, which the decoder was not trained for. One
 /// measurement-free pass per codec.
-template <class CodecType = DefaultCodec>
-std::size_t nearest_codec(const MethodOptions& options, std::span<const std::shared_ptr<const NeuralCodec>> candidates, const ModelFile& model,
+template <class CodecType = DefaultCodec, class Model = ModelFile>
+std::size_t nearest_codec(const MethodOptions& options, std::span<const std::shared_ptr<const NeuralCodec>> candidates, const Model& model,
                           const HessianLookup& hessians, double bits_per_weight, const ProgressCallback& progress = {}) {
     require(!candidates.empty(), errc::invalid_argument, "nearest_codec: no candidate codecs");
     std::size_t chosen = 0;
@@ -298,8 +335,8 @@ std::size_t nearest_codec(const MethodOptions& options, std::span<const std::sha
         MethodOptions probe = options;
         probe.measure = false;
         probe.alpha = 1.0f;
-        const CompressedModel pass = CodecType(probe, candidates[k]).compress_model(model, hessians, progress);
-        const double distance = std::fabs(std::log(pass.report.bits_per_weight() / bits_per_weight));
+        const ModelReport pass = detail::sized_pass(CodecType(probe, candidates[k]), model, hessians, progress);
+        const double distance = std::fabs(std::log(pass.bits_per_weight() / bits_per_weight));
         if (distance < nearest) nearest = distance, chosen = k;
     }
     return chosen;

@@ -25,20 +25,13 @@
 //   directory (AtomicFileWriter, detail::AtomicDirectory), so the result is the same.
 #pragma once
 
-#include <sys/mman.h>
-#include <unistd.h>
-
-#include <condition_variable>
 #include <cstring>
 #include <cstdint>
-#include <exception>
 #include <filesystem>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -46,6 +39,7 @@
 
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/half_simd.hpp"
+#include "nwc/core/produce_in_order.hpp"
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/hf_directory.hpp"
 #include "nwc/io/safetensors_writer.hpp"
@@ -54,80 +48,6 @@
 namespace nwc {
 
 namespace detail {
-
-/// Runs produce(k) for k = 0 .. count-1 on `threads` workers and consume(k, result) on the calling
-/// thread in order of k. A worker starts item k only once item k - window has been handed to
-/// consume, so at most `window` results exist besides the one being consumed. The first error
-/// (of either side) stops everything and is rethrown.
-template <class Result, class Produce, class Consume>
-void produce_in_order(std::size_t count, int threads, std::size_t window, Produce&& produce, Consume&& consume) {
-    std::mutex mutex;
-    std::condition_variable changed;
-    std::vector<std::optional<Result>> slots(window);  // item k waits in slot k % window
-    std::size_t next = 0, handed = 0;
-    bool stop = false;
-    std::exception_ptr error;
-    const auto record = [&](std::exception_ptr problem) {
-        std::lock_guard lock(mutex);
-        if (!error) error = std::move(problem);
-        stop = true;
-    };
-    const auto work = [&] {
-        for (;;) {
-            std::size_t k = 0;
-            {
-                std::unique_lock lock(mutex);
-                changed.wait(lock, [&] { return stop || next >= count || next < handed + window; });
-                if (stop || next >= count) return;
-                k = next++;
-            }
-            try {
-                Result result = produce(k);
-                std::lock_guard lock(mutex);
-                slots[k % window].emplace(std::move(result));
-            } catch (...) {
-                record(std::current_exception());
-            }
-            changed.notify_all();
-        }
-    };
-    {
-        std::vector<std::jthread> workers;
-        for (int t = 0; t < threads; ++t) workers.emplace_back(work);
-        try {
-            for (std::size_t k = 0; k < count; ++k) {
-                std::optional<Result> result;
-                {
-                    std::unique_lock lock(mutex);
-                    changed.wait(lock, [&] { return stop || slots[k % window].has_value(); });
-                    if (stop) break;
-                    result.swap(slots[k % window]);
-                    ++handed;
-                }
-                changed.notify_all();
-                consume(k, *result);
-            }
-        } catch (...) {
-            record(std::current_exception());
-        }
-        {
-            std::lock_guard lock(mutex);
-            stop = true;
-        }
-        changed.notify_all();
-    }  // joins the workers
-    if (error) std::rethrow_exception(error);
-}
-
-/// Tells the kernel the pages wholly inside `bytes` will not be read again (MADV_PAGEOUT: a
-/// decoded tensor's compressed bytes), so a streamed decompression does not end up holding the
-/// whole mapped input as well. A hint: the contents stay valid, on a mapping or any other memory.
-inline void release_pages(std::span<const std::uint8_t> bytes) noexcept {
-    const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
-    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
-    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);  // failure only means the pages stay
-}
 
 /// One tensor of a safetensors output: its header entry and where its values come from.
 struct StreamedTensor {
@@ -259,7 +179,7 @@ private:
         if (!is_floating_dtype(tensor.entry.type)) return {};
         Tensor<float> values(m_reader.entry(index).shape);
         detail::decode_plans<Backend>(m_reader, plan, {&values}, 1, {}, 1);
-        detail::release_pages(m_reader.payload(index));
+        release_pages(m_reader.payload(index), /*evict=*/true);
         if (tensor.rope_heads > 0) values = llm::permute_rows_to_hf(values.view(), tensor.rope_heads);
         StoredTensor stored{std::move(values), std::size_t(tensor.entry.bytes())};
         if (tensor.entry.type == dtype::bf16) convert_in_place<bfloat16>(stored.storage);
@@ -291,7 +211,7 @@ private:
         AtomicFileWriter file(path, max_bytes);
         file.write(header);
         const int workers = int(std::max<std::size_t>(1, std::min<std::size_t>(std::size_t(threads), order.size())));
-        detail::produce_in_order<StoredTensor>(
+        produce_in_order<StoredTensor>(
             order.size(), workers, std::size_t(workers),
             [&](std::size_t k) { return decode(tensors[order[k]]); },
             [&](std::size_t k, const StoredTensor& stored) {
