@@ -8,14 +8,20 @@
 // decoder network, dechunking and de-normalization), combined as 1 / (1/r_entropy + 1/r_rest).
 // 1.0 means decode_model adds nothing to its parts; issue 15 asks for at least 0.6.
 //
+// compress_file: file to file with 2 threads, streamed (ModelReader -> ContainerStreamWriter, what
+// nwc compress runs) against the in-memory path in the same run.
+//
 // The nwc rows use the codec named by $NWC_BENCH_CODEC, or else an untrained codec of the paper's
 // size (chunk 16, width 512, 4 blocks, 16 latents): speed does not depend on training.
 //
 //   build-*/bench/nwc_bench_pipeline --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <iterator>
 #include <memory>
 #include <string>
@@ -23,6 +29,7 @@
 
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/codec_model.hpp"
+#include "nwc/io/model_reader.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
 namespace nwc_bench_pipeline {
@@ -192,6 +199,39 @@ void decompress(benchmark::State& state) {
     }
 }
 
+/// The subset as a safetensors file (ModelReader reads files), removed at exit.
+struct SubsetFile {
+    std::filesystem::path path = std::filesystem::temp_directory_path() / ("nwc_bench_pipeline_" + std::to_string(::getpid()) + ".safetensors");
+    std::filesystem::path output = std::filesystem::path(path).replace_extension(".nwc");
+    SubsetFile() { write_model_file(subset(), path); }
+    ~SubsetFile() {
+        std::error_code ignored;
+        std::filesystem::remove(path, ignored);
+        std::filesystem::remove(output, ignored);
+    }
+};
+
+/// File to file, as nwc compress runs without --calib, 2 threads: streamed 1 reads the model with
+/// ModelReader and codes it into a ContainerStreamWriter (compress_model_into); streamed 0, the
+/// reference in the same run, is the in-memory path (load_model_file, compress_model, write).
+/// Both write the same bytes; the rows show what streaming costs or saves in time.
+void compress_file(benchmark::State& state) {
+    static const SubsetFile file;
+    const DefaultCodec codec(options_for(state.range(0), 2), bench_codec());
+    for (auto _ : state) {
+        if (state.range(1) == 1) {
+            const ModelReader reader = ModelReader::open(file.path);
+            ContainerStreamWriter output(file.output);
+            benchmark::DoNotOptimize(codec.compress_model_into(reader, output));
+            output.commit();
+        } else {
+            codec.compress_model(load_model_file(file.path)).writer.write(file.output);
+        }
+    }
+    state.SetItemsProcessed(state.iterations() * subset().weight_count());
+    state.SetLabel(std::string(method_names[state.range(0)]) + (state.range(1) == 1 ? ", streamed" : ", in memory") + ", 2 threads");
+}
+
 void arguments(benchmark::internal::Benchmark* benchmark) {
     for (std::int64_t method = 0; method < method_count; ++method)
         for (std::int64_t threads : {1, 2}) benchmark->Args({method, threads});
@@ -200,6 +240,12 @@ void arguments(benchmark::internal::Benchmark* benchmark) {
 
 BENCHMARK(compress)->Apply(arguments);
 BENCHMARK(decompress)->Apply(arguments);
+BENCHMARK(compress_file)
+    ->ArgsProduct({{3, 5, 6}, {0, 1}})
+    ->ArgNames({"method", "streamed"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(0.5);
 
 }  // namespace
 
