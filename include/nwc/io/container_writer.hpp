@@ -3,8 +3,9 @@
 // ContainerWriter collects every tensor in memory (serialize(), write()); ContainerStreamWriter
 // appends each tensor's regions to the temporary file as it is added and holds only the directory
 // (and the codec blobs, to deduplicate them), so compressing a model needs memory for the tensors
-// in flight, not for the file; ContainerSizer keeps only the layout (the size a file would have). Both validate through one ContainerLayout (what the reader will
-// check, so a file they write always opens) and give byte-identical files for the same calls.
+// in flight, not for the file; ContainerSizer keeps only the layout (the size a file would have).
+// All validate through one ContainerLayout (what the reader will check, so a file they write
+// always opens); the two writers give byte-identical files for the same calls.
 // Tensors keep the order they were added in (the source model's order, which decompress
 // reproduces); codec blobs come first, so a codec cannot be added after the first tensor.
 #pragma once

@@ -196,16 +196,16 @@ struct SafetensorsModel {
     std::vector<std::size_t> file_of;
 
     /// Reads outline tensor `index` from its mapped file into `tensor`: float32 values for a
-    /// floating dtype, the stored bytes otherwise.
-    void read_into(std::size_t index, ModelTensor& tensor) const {
+    /// floating dtype, the stored bytes otherwise. Returns the mapped bytes it read.
+    std::span<const std::uint8_t> read_into(std::size_t index, ModelTensor& tensor) const {
         const SafetensorsFile& file = files[file_of[index]];
         const std::string& name = outline.tensors[index].name;
-        if (is_floating_dtype(outline.tensors[index].original_dtype)) {
+        const std::span<const std::uint8_t> bytes = file.raw_bytes(name);
+        if (is_floating_dtype(outline.tensors[index].original_dtype))
             tensor.values = file.read_float32(name);
-        } else {
-            const auto bytes = file.raw_bytes(name);
+        else
             tensor.raw_bytes.assign(bytes.begin(), bytes.end());
-        }
+        return bytes;
     }
     /// The whole model in memory.
     ModelFile read_all() && {

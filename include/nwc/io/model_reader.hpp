@@ -42,30 +42,27 @@ public:
             return reader;
         }
         reader.m_mapped = format == ModelFormat::safetensors ? detail::open_plain_safetensors(path) : detail::open_hf(path);
-        reader.m_outline = reader.m_mapped->outline;
         return reader;
     }
 
     /// The model without its values (see the header comment).
-    const ModelFile& outline() const noexcept { return m_outline; }
-    std::size_t tensor_count() const noexcept { return m_outline.tensors.size(); }
-    std::int64_t weight_count() const noexcept { return m_outline.weight_count(); }
+    const ModelFile& outline() const noexcept { return m_mapped ? m_mapped->outline : m_outline; }
+    std::size_t tensor_count() const noexcept { return outline().tensors.size(); }
+    std::int64_t weight_count() const noexcept { return outline().weight_count(); }
 
     /// Tensor `index` with its values (or raw bytes), as load_model_file() holds it.
     ModelTensor read(std::size_t index) const {
         require(index < tensor_count(), errc::invalid_argument, "ModelReader: tensor ", index, " of ", tensor_count());
         if (m_whole) return m_whole->tensors[index];
-        ModelTensor tensor = m_outline.tensors[index];
-        m_mapped->read_into(index, tensor);
-        const SafetensorsFile& file = m_mapped->files[m_mapped->file_of[index]];
-        release_pages(file.raw_bytes(tensor.name));
+        ModelTensor tensor = m_mapped->outline.tensors[index];
+        release_pages(m_mapped->read_into(index, tensor));
         return tensor;
     }
 
     /// The whole model in memory: what load_model_file() returns.
     ModelFile read_all() const {
         if (m_whole) return *m_whole;
-        ModelFile model = m_outline;
+        ModelFile model = m_mapped->outline;
         for (std::size_t index = 0; index < model.tensors.size(); ++index) model.tensors[index] = read(index);
         return model;
     }
@@ -73,9 +70,9 @@ public:
 private:
     ModelReader() = default;
 
-    ModelFile m_outline;
     std::optional<detail::SafetensorsModel> m_mapped;  // safetensors and Hugging Face sources
     std::optional<ModelFile> m_whole;                  // llama2.c
+    ModelFile m_outline;                               // llama2.c: m_whole without values
 };
 
 /// The model's names, dtypes, shapes and source record, for a model in memory or a reader.
