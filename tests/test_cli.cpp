@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <type_traits>
 #include <string>
@@ -414,8 +415,32 @@ TEST_CASE("decompress streams tensor by tensor: the same bytes as decoding the w
     writer.write(temp.path / "mixed.safetensors");
     REQUIRE(run("compress " + (temp / "mixed.safetensors") + " -o " + (temp / "m.nwc")).status == 0);
     REQUIRE(run("compress " + quoted_data("stories260K.bin") + " -o " + (temp / "l.nwc") + " --threads 2").status == 0);
+    // A tensor far above the mean (its segments are split among the workers) beside small ones,
+    // coded with ecsq (e) and lossless (x: decoded straight into BF16 and F16, NaNs and infinities
+    // kept bit for bit).
+    nwc::Tensor<float> big(nwc::Shape{1024, 1100});
+    for (float& value : big.values()) value = 0.02f * random.normal();
+    const auto write_large = [&](const std::filesystem::path& path) {
+        nwc::SafetensorsWriter large;
+        large.add_float32("big.weight", big.view(), nwc::dtype::bf16);
+        nwc::Random small_values(6);
+        for (int k = 0; k < 6; ++k) {
+            nwc::Tensor<float> small(nwc::Shape{64, 40});
+            for (float& value : small.values()) value = 0.02f * small_values.normal();
+            large.add_float32("small." + std::to_string(k), small.view(), k % 2 == 0 ? nwc::dtype::f16 : nwc::dtype::bf16);
+        }
+        large.write(path);
+    };
+    write_large(temp.path / "large.safetensors");
+    REQUIRE(run("compress " + (temp / "large.safetensors") + " -o " + (temp / "e.nwc") + " --method ecsq").status == 0);
+    for (const std::size_t k : {3, 70000, 123456}) big.values()[k] = std::numeric_limits<float>::quiet_NaN();
+    big.values()[5] = std::numeric_limits<float>::infinity();
+    big.values()[6] = -0.0f;
+    write_large(temp.path / "special.safetensors");
+    REQUIRE(run("compress " + (temp / "special.safetensors") + " -o " + (temp / "x.nwc") + " --method lossless").status == 0);
 
-    for (const auto& [source, shard_size] : {std::pair<std::string, std::string>{"m", "10KB"}, {"l", "100KB"}, {"h", "100KB"}}) {
+    for (const auto& [source, shard_size] :
+         {std::pair<std::string, std::string>{"m", "10KB"}, {"l", "100KB"}, {"h", "100KB"}, {"e", "1MB"}, {"x", "1MB"}}) {
         INFO(source);
         if (source == "h") REQUIRE(run("compress " + (temp / "l-whole") + " -o " + (temp / "h.nwc")).status == 0);
         const std::string input = temp / (source + ".nwc"), shards = " --shard-size " + shard_size;

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "nwc/core/buffer_pool.hpp"
 #include "nwc/core/produce_in_order.hpp"
 #include "nwc/io/model_reader.hpp"
 #include "reliability_support.hpp"
@@ -192,6 +193,31 @@ TEST_CASE("concurrency: produce_in_order hands results on in order, within its l
         CHECK(before_error.size() <= 5);
         for (std::size_t k = 0; k < before_error.size(); ++k) CHECK(before_error[k] == k);
     }
+}
+
+TEST_CASE("concurrency: a BufferPool lent to many threads at once never lends one buffer twice", "[concurrency][buffer_pool]") {
+    BufferPool pool;
+    constexpr int thread_count = 6, rounds = 200;
+    const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+    std::atomic<int> clobbered{0};
+    {
+        std::vector<std::jthread> threads;
+        for (int t = 0; t < thread_count; ++t)
+            threads.emplace_back([&, t] {
+                for (int round = 0; round < rounds; ++round) {
+                    const std::size_t bytes = page * std::size_t(1 + (t + round) % 5);
+                    BufferPool::Lease lease = pool.take(bytes);
+                    const auto mark = std::byte(t * 31 + round);
+                    std::memset(lease.data(), int(mark), bytes);
+                    std::this_thread::yield();
+                    for (std::size_t i = 0; i < bytes; i += 512)
+                        if (lease.data()[i] != mark) clobbered.fetch_add(1);
+                    if (round % 50 == 0) pool.lower_need(page * std::size_t(5 - round / 50));
+                }
+            });
+    }
+    CHECK(clobbered.load() == 0);
+    CHECK(pool.idle_count() <= std::size_t(thread_count));
 }
 
 TEST_CASE("concurrency: one model read by many streamed compressions at once, each with its own workers", "[concurrency]") {

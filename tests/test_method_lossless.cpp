@@ -187,6 +187,41 @@ TEST_CASE("lossless: scalar and SIMD decoding give the same bytes", "[lossless][
     }
 }
 
+// A streamed decompress (streaming_decompress.hpp) decodes lossless tensors straight into their
+// stored bytes (StoredDecodingMethod): the source's bytes, NaN payloads and all, on every backend;
+// a tensor whose planes are narrower than its dtype goes through float32 instead.
+TEST_CASE("lossless: decoding into the stored dtype gives the source's bytes", "[lossless][backend]") {
+    const ModelFile model = tricky_model();
+    const ContainerReader reader = ContainerReader::from_bytes(DefaultCodec(lossless_options()).compress_model(model).writer.serialize());
+    DecodeResources resources(reader);
+    std::size_t stored = 0, multi_segment = 0;
+    for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+        const ContainerEntry& entry = reader.entry(index);
+        if (entry.method != "lossless") continue;
+        INFO(entry.name);
+        const auto plan = detail::make_decode_plan(reader, index, resources, DefaultCodec::methods{});
+        const auto source = std::find_if(model.tensors.begin(), model.tensors.end(), [&](const ModelTensor& tensor) { return tensor.name == entry.name; });
+        REQUIRE(source != model.tensors.end());
+        if (entry.name == "f32_holding_bf16.matrix") {  // bf16 planes for an F32 tensor
+            CHECK(!detail::decodes_stored(plan, dtype::f32));
+            continue;
+        }
+        REQUIRE(detail::decodes_stored(plan, entry.original_dtype));
+        CHECK(!detail::decodes_stored(plan, entry.original_dtype == dtype::f32 ? dtype::bf16 : dtype::f32));
+        ++stored;
+        std::vector<std::uint8_t> scalar(std::size_t(entry.shape.numel()) * dtype_size(entry.original_dtype), 0x5A), simd = scalar;
+        multi_segment += plan.segments > 1 ? 1 : 0;
+        for (std::size_t segment = plan.segments; segment-- > 0;) {  // any order: segments are independent
+            detail::decode_plan_segment_stored<backend::scalar>(reader, plan, segment, scalar);
+            detail::decode_plan_segment_stored<backend::simd>(reader, plan, segment, simd);
+        }
+        CHECK(scalar == stored_bytes(*source));
+        CHECK(simd == scalar);
+    }
+    CHECK(stored >= 3);  // a BF16, an F16 and an F32 matrix at least
+    CHECK(multi_segment >= 2);
+}
+
 TEST_CASE("lossless: a BF16 safetensors file comes back as the same bytes", "[lossless][safetensors]") {
     const TempDir temp;
     SafetensorsWriter writer;

@@ -130,19 +130,24 @@ void check_same_tensors(const ModelFile& a, const ModelFile& b) {
 
 TEST_CASE("codes pack and unpack at every width", "[pipeline]") {
     Random random(3);
-    for (int bits = 2; bits <= 8; ++bits) {
-        std::vector<std::uint8_t> codes(1001);
-        for (auto& code : codes) code = std::uint8_t(random.below(1u << bits));
-        const auto packed = detail::pack_codes(codes, bits);
-        CHECK(packed.size() == (codes.size() * std::size_t(bits) + 7) / 8);
-        std::vector<std::uint8_t> back(codes.size());
-        detail::unpack_codes(packed, bits, back, "test");
-        CHECK(back == codes);
+    // Widths that divide 8 unpack whole bytes first, then the tail: counts that end mid-byte too.
+    for (int bits = 1; bits <= 8; ++bits)
+        for (const std::size_t count : {0, 1, 7, 1000, 1001, 1003}) {
+            INFO(bits << " bits, " << count << " codes");
+            std::vector<std::uint8_t> codes(count);
+            for (auto& code : codes) code = std::uint8_t(random.below(1u << bits));
+            const auto packed = detail::pack_codes(codes, bits);
+            CHECK(packed.size() == (codes.size() * std::size_t(bits) + 7) / 8);
+            std::vector<std::uint8_t> back(codes.size(), 0xEE);
+            detail::unpack_codes(packed, bits, back, "test");
+            CHECK(back == codes);
+        }
+    for (const int bits : {3, 4}) {
+        std::vector<std::uint8_t> packed = detail::pack_codes(std::vector<std::uint8_t>{1, 2, 3}, bits);
+        packed.back() |= 0x80;  // a padding bit
+        std::vector<std::uint8_t> back(3);
+        CHECK_THROWS_AS(detail::unpack_codes(packed, bits, back, "test"), error);
     }
-    std::vector<std::uint8_t> packed = detail::pack_codes(std::vector<std::uint8_t>{1, 2, 3}, 3);
-    packed.back() |= 0x80;  // a padding bit
-    std::vector<std::uint8_t> back(3);
-    CHECK_THROWS_AS(detail::unpack_codes(packed, 3, back, "test"), error);
 }
 
 TEST_CASE("model files are detected by content", "[pipeline][data]") {

@@ -19,8 +19,9 @@
 //   may leave it empty: the pipeline then measures against the weights themselves).
 // - Decoding is two steps: parse() validates the metadata against the entry (shape, segment
 //   count, codec reference) BEFORE the caller allocates the output, and returns a Layout;
-//   decode_segment() decodes one independently decodable segment into the output. Both throw
-//   nwc::error (corrupt, unsupported, limit) naming `context`, never assert on file bytes.
+//   decode_segment() decodes one independently decodable segment into the output, writing every
+//   weight of the segment (outputs are not cleared first). Both throw nwc::error (corrupt,
+//   unsupported, limit) naming `context`, never assert on file bytes.
 // - Methods whose tensors need a codec blob of the container (the decoder half of a trained
 //   codec) set `static constexpr bool uses_codec_blob = true` and provide codec_blob(resources);
 //   the codec embeds the blob once and decoding gets it parsed and cached through DecodeResources.
@@ -229,6 +230,16 @@ concept AccountingMethod = Method<M> && requires(const typename M::Layout& layou
                                                  ByteAccount& account) {
     M::account_metadata(layout, size, account);
     M::account_segment(layout, size, bytes, account);
+};
+
+/// A method that can also decode a segment straight into the tensor's stored bytes (the whole
+/// tensor row-major as stored_dtype(layout), the source's dtype): a streamed decompress writing
+/// that dtype then skips float32 altogether (the lossless method). Checked for backend::scalar.
+template <class M>
+concept StoredDecodingMethod = Method<M> && requires(const typename M::Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes,
+                                                     std::span<std::uint8_t> output, const std::string& context) {
+    { M::stored_dtype(layout) } -> std::same_as<dtype>;
+    M::decode_segment_stored(layout, segment, bytes, output, context, backend::scalar{});
 };
 
 /// A method whose sizes may follow from the shape and options alone (rtn and gptq with fp16 group

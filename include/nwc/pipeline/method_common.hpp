@@ -288,12 +288,20 @@ inline std::vector<std::uint8_t> pack_codes(std::span<const std::uint8_t> codes,
 
 /// Inverse of pack_codes; `packed` must be exactly ceil(count b / 8) bytes with zero padding bits.
 inline void unpack_codes(std::span<const std::uint8_t> packed, int bits, std::span<std::uint8_t> codes, std::string_view context) {
+    require(bits >= 1 && bits <= 8, errc::invalid_argument, context, ": codes of ", bits, " bits (1..8)");
     const std::uint64_t total_bits = std::uint64_t(codes.size()) * std::uint64_t(bits);
     require(packed.size() == (total_bits + 7) / 8, errc::corrupt, context, ": ", packed.size(), " bytes of codes, ", codes.size(), " codes of ", bits,
             " bits need ", (total_bits + 7) / 8);
     const std::uint32_t mask = (1u << bits) - 1u;
     std::uint64_t position = 0;
-    for (auto& code : codes) {
+    if (8 % bits == 0) {  // 1, 2, 4 or 8 bits: whole codes per byte, least significant first (the loop below's order)
+        const std::size_t per_byte = std::size_t(8 / bits);
+        const std::size_t whole = codes.size() / per_byte;
+        for (std::size_t i = 0; i < whole; ++i)
+            for (std::size_t k = 0; k < per_byte; ++k) codes[i * per_byte + k] = std::uint8_t((packed[i] >> (k * std::size_t(bits))) & mask);
+        position = std::uint64_t(whole) * 8;
+    }
+    for (auto& code : codes.subspan(std::size_t(position / std::uint64_t(bits)))) {
         std::uint32_t window = packed[position / 8];
         if ((position % 8) + std::uint64_t(bits) > 8) window |= std::uint32_t(packed[position / 8 + 1]) << 8;
         code = std::uint8_t((window >> (position % 8)) & mask);

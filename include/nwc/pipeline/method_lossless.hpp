@@ -164,6 +164,23 @@ struct LosslessMethod {
         planes.expect_end();
     }
 
+    /// The dtype decode_segment_stored writes: the source's.
+    static dtype stored_dtype(const Layout& layout) noexcept { return layout.codec.type; }
+
+    /// Decodes segment `segment` into its elements of `output`, the whole tensor's bytes as the
+    /// source stored them (StoredDecodingMethod): decode_segment without the widening to float32.
+    template <class Backend>
+    static void decode_segment_stored(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, std::span<std::uint8_t> output,
+                                      const std::string& context, Backend backend) {
+        const LosslessFloatLayout& codec = layout.codec;
+        require(segment < codec.segment_count, errc::invalid_argument, context, ": segment ", segment, " of ", codec.segment_count);
+        const std::size_t size = dtype_size(codec.type), count = codec.segment_elements(segment);
+        NWC_ASSERT(output.size() == codec.element_count * size);
+        constexpr bool verify_segment_crc = false;  // as in decode_segment
+        lossless_float::decode_segment(codec, segment, bytes, output.subspan(std::size_t(codec.first_element(segment)) * size, count * size), backend,
+                                       context, verify_segment_crc);
+    }
+
     /// Decodes segment `segment` into its elements of `output` (the whole tensor, row-major).
     template <class Backend>
     static void decode_segment(const Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, TensorView<float> output,

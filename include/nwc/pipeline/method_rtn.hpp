@@ -224,12 +224,16 @@ struct GroupRoundingMethod {
         thread_local std::vector<std::uint8_t> codes;
         codes.resize(std::size_t(count * layout.cols));
         detail::unpack_codes(bytes.subspan(bytes.size() - code_bytes), layout.bits, codes, where);
+        // rtn_value(code, scale, bits) with the scale's conversion and the offset hoisted out of the
+        // group: the same product, in a loop the compiler vectorizes.
+        const int offset = 1 << (layout.bits - 1);
         for (std::int64_t r = 0; r < count; ++r) {
+            const std::uint8_t* row_codes = codes.data() + r * layout.cols;
+            float* row = &output(first + r, 0);
             for (std::int64_t g = 0; g < layout.groups_per_row; ++g) {
-                const half scale = scales[std::size_t(r * layout.groups_per_row + g)];
+                const float scale = to_float(scales[std::size_t(r * layout.groups_per_row + g)]);
                 const std::int64_t end = std::min<std::int64_t>((g + 1) * layout.group_size, layout.cols);
-                for (std::int64_t c = g * layout.group_size; c < end; ++c)
-                    output(first + r, c) = detail::rtn_value(codes[std::size_t(r * layout.cols + c)], scale, layout.bits);
+                for (std::int64_t c = g * layout.group_size; c < end; ++c) row[c] = float(int(row_codes[c]) - offset) * scale;
             }
         }
     }

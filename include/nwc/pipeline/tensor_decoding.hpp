@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -114,10 +115,27 @@ bool decodes_lossy(const Plan& plan) {
         plan.layout);
 }
 
-/// Throws errc::corrupt unless every decoded weight of a lossy coded tensor is finite: metadata
+/// Throws errc::corrupt unless the decoded weights [begin, end) of `values` are finite: metadata
 /// with valid CRCs can still hold a step, scale or alpha whose product with the codes overflows
-/// (found by fuzz_container). Raw tensors and lossless methods' keep whatever the source held.
-/// Blocks of 2^20 weights in parallel.
+/// (found by fuzz_container).
+inline void require_finite_range(std::span<const float> values, std::size_t begin, std::size_t end, const std::string& context) {
+    // An integer test of the exponent bits, OR-reduced: it vectorizes (a branch per weight on
+    // std::isfinite did not, and was a fifth of a whole `nwc decompress`); the index is looked for
+    // only when the range holds a non-finite value.
+    std::uint32_t non_finite = 0;
+    for (std::size_t i = begin; i < end; ++i) {
+        std::uint32_t bits;
+        std::memcpy(&bits, values.data() + i, sizeof bits);
+        non_finite |= std::uint32_t((bits & 0x7F800000u) == 0x7F800000u);
+    }
+    if (NWC_LIKELY(non_finite == 0)) return;
+    for (std::size_t i = begin; i < end; ++i)
+        if (!std::isfinite(values[i]))
+            fail(errc::corrupt, context, ": decoded weight ", i, " is ", values[i], " (the metadata's step, scales or alpha overflow)");
+}
+
+/// require_finite_range over every lossy coded tensor of `plans` (raw tensors and lossless
+/// methods' keep whatever the source held), blocks of 2^20 weights in parallel.
 template <class Plan>
 void require_finite_outputs(const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads) {
     constexpr std::int64_t block = std::int64_t(1) << 20;
@@ -127,22 +145,62 @@ void require_finite_outputs(const std::vector<Plan>& plans, const std::vector<Te
             for (std::int64_t begin = 0; begin < outputs[p]->numel(); begin += block) blocks.emplace_back(p, begin);
     parallel_for(std::int64_t(blocks.size()), threads, [&](std::int64_t item) {
         const auto [p, begin] = blocks[std::size_t(item)];
-        const float* values = outputs[p]->data();
         const std::int64_t end = std::min(outputs[p]->numel(), begin + block);
-        // An integer test of the exponent bits, OR-reduced: it vectorizes (a branch per weight on
-        // std::isfinite did not, and was a fifth of a whole `nwc decompress`); the index is looked
-        // for only when the block holds a non-finite value.
-        std::uint32_t non_finite = 0;
-        for (std::int64_t i = begin; i < end; ++i) {
-            std::uint32_t bits;
-            std::memcpy(&bits, values + i, sizeof bits);
-            non_finite |= std::uint32_t((bits & 0x7F800000u) == 0x7F800000u);
-        }
-        if (NWC_LIKELY(non_finite == 0)) return;
-        for (std::int64_t i = begin; i < end; ++i)
-            if (!std::isfinite(values[i]))
-                fail(errc::corrupt, plans[p].context, ": decoded weight ", i, " is ", values[i], " (the metadata's step, scales or alpha overflow)");
+        require_finite_range(outputs[p]->view().span(), std::size_t(begin), std::size_t(end), plans[p].context);
     });
+}
+
+/// Decodes segment `segment` of `plan` into `output` (the tensor's shape; a raw tensor has one
+/// segment, its whole payload) and returns the weights it covered.
+template <class Backend, class Plan>
+std::int64_t decode_plan_segment(const ContainerReader& reader, const Plan& plan, std::size_t segment, TensorView<float> output) {
+    const ContainerEntry& entry = reader.entry(plan.index);
+    const auto bytes = std::holds_alternative<RawPlan>(plan.layout) ? reader.payload(plan.index) : reader.segment(plan.index, segment);
+    std::int64_t weights = plan.weights;
+    std::visit(
+        [&]<class Parsed>(const Parsed& parsed) {
+            if constexpr (std::is_same_v<Parsed, RawPlan>) {
+                NWC_ASSERT(output.shape() == entry.shape);
+                const Tensor<float> values = decode_float32(entry.original_dtype, entry.shape, bytes, plan.context);
+                std::copy(values.data(), values.data() + values.numel(), output.data());
+            } else {
+                method_of_t<Parsed>::decode_segment(parsed.layout, segment, bytes, output, plan.context, Backend{});
+                weights = parsed.layout.segment_weights(segment);
+            }
+        },
+        plan.layout);
+    return weights;
+}
+
+/// Whether `plan`'s method decodes straight into stored bytes of dtype `type`
+/// (StoredDecodingMethod; decode_plan_segment_stored).
+template <class Plan>
+bool decodes_stored(const Plan& plan, dtype type) {
+    return std::visit(
+        [&]<class Parsed>(const Parsed& parsed) {
+            if constexpr (std::is_same_v<Parsed, RawPlan>) return false;
+            else if constexpr (StoredDecodingMethod<method_of_t<Parsed>>) return method_of_t<Parsed>::stored_dtype(parsed.layout) == type;
+            else return false;
+        },
+        plan.layout);
+}
+
+/// Decodes segment `segment` of `plan` into `output`, the tensor's stored bytes; only where
+/// decodes_stored(plan, its dtype).
+template <class Backend, class Plan>
+void decode_plan_segment_stored(const ContainerReader& reader, const Plan& plan, std::size_t segment, std::span<std::uint8_t> output) {
+    std::visit(
+        [&]<class Parsed>(const Parsed& parsed) {
+            if constexpr (!std::is_same_v<Parsed, RawPlan>) {
+                if constexpr (StoredDecodingMethod<method_of_t<Parsed>>)
+                    method_of_t<Parsed>::decode_segment_stored(parsed.layout, segment, reader.segment(plan.index, segment), output, plan.context, Backend{});
+                else
+                    NWC_ASSERT(false);
+            } else {
+                NWC_ASSERT(false);
+            }
+        },
+        plan.layout);
 }
 
 /// Decodes every (plan, segment) pair as one work item into `outputs` (null: skip the tensor).
@@ -162,20 +220,7 @@ void decode_plans(const ContainerReader& reader, const std::vector<Plan>& plans,
         const std::size_t done = segment + 1 == plan.segments ? 1 : 0;
         Tensor<float>* output = outputs[p];
         if (output == nullptr) return std::pair<std::size_t, std::int64_t>{done, plan.weights};
-        const ContainerEntry& entry = reader.entry(plan.index);
-        const auto bytes = std::holds_alternative<RawPlan>(plan.layout) ? reader.payload(plan.index) : reader.segment(plan.index, segment);
-        std::int64_t weights = plan.weights;
-        std::visit(
-            [&]<class Parsed>(const Parsed& parsed) {
-                if constexpr (std::is_same_v<Parsed, RawPlan>) {
-                    *output = decode_float32(entry.original_dtype, entry.shape, bytes, plan.context);
-                } else {
-                    method_of_t<Parsed>::decode_segment(parsed.layout, segment, bytes, output->view(), plan.context, Backend{});
-                    weights = parsed.layout.segment_weights(segment);
-                }
-            },
-            plan.layout);
-        return std::pair<std::size_t, std::int64_t>{done, weights};
+        return std::pair<std::size_t, std::int64_t>{done, decode_plan_segment<Backend>(reader, plan, segment, output->view())};
     });
     require_finite_outputs(plans, outputs, threads);
 }
