@@ -224,8 +224,8 @@ struct GroupRoundingMethod {
         thread_local std::vector<std::uint8_t> codes;
         codes.resize(std::size_t(count * layout.cols));
         detail::unpack_codes(bytes.subspan(bytes.size() - code_bytes), layout.bits, codes, where);
-        // rtn_value(code, scale, bits) with the scale's conversion and the offset hoisted out of the
-        // group: the same product, in a loop the compiler vectorizes.
+        // A code's value is (code - 2^(b-1)) x its group's scale; the scale is converted once per
+        // group (RoundToNearest::dequantize computes the same product), in a loop that vectorizes.
         const int offset = 1 << (layout.bits - 1);
         for (std::int64_t r = 0; r < count; ++r) {
             const std::uint8_t* row_codes = codes.data() + r * layout.cols;

@@ -125,8 +125,6 @@ RtnGroupScale rtn_grid_group_scale(const Values& values, std::int64_t count, int
     return best;
 }
 
-/// The decoder's value of a code.
-inline float rtn_value(int code, half scale, int bits) noexcept { return float(code - (1 << (bits - 1))) * to_float(scale); }
 }  // namespace detail
 
 /// Round-to-nearest group quantizer with fp16 or grid group scales; a ColumnQuantizer for LDLQ.
@@ -196,7 +194,7 @@ public:
             const std::int64_t row = position.first_row + std::int64_t(i);
             const int code = detail::rtn_code(column[i], m_active_inverse[std::size_t(row)], bits(), code_scheme());
             m_codes[std::size_t(row * m_cols + c)] = std::uint8_t(code);
-            reconstructed[i] = float(code - offset) * m_active_scale[std::size_t(row)];  // = rtn_value(code, scale, bits)
+            reconstructed[i] = float(code - offset) * m_active_scale[std::size_t(row)];  // the decoder's value: (code - 2^(b-1)) x scale
         }
     }
 
@@ -217,7 +215,7 @@ public:
         const int offset = 1 << (bits() - 1);
         for (std::int64_t r = 0; r < m_rows; ++r)
             for (std::int64_t g = 0; g < m_groups_per_row; ++g) {
-                const float group_scale = to_float(scale(r, g));  // the same product as rtn_value, hoisted
+                const float group_scale = to_float(scale(r, g));  // the same product as the decoder's, hoisted
                 for (std::int64_t c = g * group_size(); c < std::min<std::int64_t>((g + 1) * group_size(), m_cols); ++c)
                     result(r, c) = float(code(r, c) - offset) * group_scale;
             }
