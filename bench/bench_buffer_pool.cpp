@@ -10,7 +10,6 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
-#include <cstring>
 #include <map>
 #include <vector>
 

@@ -1,17 +1,14 @@
 // BufferPool and PageBuffer (core/buffer_pool.hpp): buffers come back with their pages, grow
-// keeping their contents, give back the pages past what is still needed; AtomicFileWriter's
-// write-behind leaves the bytes as written. Threads taking and giving at once: test_concurrency.cpp.
+// keeping their contents, give back the pages past what is still needed. Threads taking and
+// giving at once: test_concurrency.cpp.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
-#include <filesystem>
-#include <vector>
 
 #include "nwc/core/buffer_pool.hpp"
-#include "nwc/core/file_io.hpp"
 
 namespace nwc_test_buffer_pool {
 
@@ -117,22 +114,6 @@ TEST_CASE("buffer_pool: idle buffers keep only the pages a later take can need",
     const BufferPool::Lease last = pool.take(page);
     CHECK(all_bytes_are(last.data(), 2 * page, std::byte{0x44}));
     CHECK(all_bytes_are(last.data() + 2 * page, 4 * page, std::byte{0}));
-}
-
-TEST_CASE("file_io: a file written in many pieces past the write-behind span reads back as written", "[buffer_pool][file_io]") {
-    const auto folder = std::filesystem::temp_directory_path() / "nwc_test_buffer_pool_files";
-    std::filesystem::remove_all(folder);
-    std::filesystem::create_directories(folder);
-    std::vector<std::uint8_t> bytes(std::size_t(21) << 20);  // 21 MiB: two whole write-behind spans of 8 MiB and a tail
-    for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = std::uint8_t((i * 2654435761u) >> 13);
-    {
-        AtomicFileWriter writer(folder / "big.bin");
-        for (std::size_t begin = 0, piece = 1; begin < bytes.size(); begin += piece, piece = piece * 3 + 7)
-            writer.write(std::span<const std::uint8_t>(bytes).subspan(begin, std::min(piece, bytes.size() - begin)));
-        writer.commit();
-    }
-    CHECK(read_file(folder / "big.bin") == bytes);
-    std::filesystem::remove_all(folder);
 }
 
 }  // namespace nwc_test_buffer_pool

@@ -1,6 +1,7 @@
 // Core: half/bfloat16 conversion, tensors, byte I/O, CRC-32C, atomic files, random, parallel_for.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -173,6 +174,22 @@ TEST_CASE("file_io: atomic writes never clobber a good file", "[file_io]") {
     CHECK(read_file(target) == good);
     CHECK(std::distance(std::filesystem::directory_iterator(folder), std::filesystem::directory_iterator{}) == 1);
     CHECK_THROWS_AS(MappedFile(folder / "missing"), error);
+    std::filesystem::remove_all(folder);
+}
+
+TEST_CASE("file_io: a file written in many pieces past the write-behind span reads back as written", "[file_io]") {
+    const auto folder = std::filesystem::temp_directory_path() / "nwc_test_core_write_behind";
+    std::filesystem::remove_all(folder);
+    std::filesystem::create_directories(folder);
+    std::vector<std::uint8_t> bytes(std::size_t(21) << 20);  // 21 MiB: two whole write-behind spans of 8 MiB and a tail
+    for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = std::uint8_t((i * 2654435761u) >> 13);
+    {
+        AtomicFileWriter writer(folder / "big.bin");
+        for (std::size_t begin = 0, piece = 1; begin < bytes.size(); begin += piece, piece = piece * 3 + 7)
+            writer.write(std::span<const std::uint8_t>(bytes).subspan(begin, std::min(piece, bytes.size() - begin)));
+        writer.commit();
+    }
+    CHECK(read_file(folder / "big.bin") == bytes);
     std::filesystem::remove_all(folder);
 }
 

@@ -172,14 +172,20 @@ std::int64_t decode_plan_segment(const ContainerReader& reader, const Plan& plan
     return weights;
 }
 
+/// Whether a parsed layout's method is a StoredDecodingMethod (never a raw tensor's).
+template <class Parsed>
+inline constexpr bool decodes_to_stored_bytes = [] {
+    if constexpr (std::is_same_v<Parsed, RawPlan>) return false;
+    else return StoredDecodingMethod<method_of_t<Parsed>>;
+}();
+
 /// Whether `plan`'s method decodes straight into stored bytes of dtype `type`
 /// (StoredDecodingMethod; decode_plan_segment_stored).
 template <class Plan>
 bool decodes_stored(const Plan& plan, dtype type) {
     return std::visit(
         [&]<class Parsed>(const Parsed& parsed) {
-            if constexpr (std::is_same_v<Parsed, RawPlan>) return false;
-            else if constexpr (StoredDecodingMethod<method_of_t<Parsed>>) return method_of_t<Parsed>::stored_dtype(parsed.layout) == type;
+            if constexpr (decodes_to_stored_bytes<Parsed>) return method_of_t<Parsed>::stored_dtype(parsed.layout) == type;
             else return false;
         },
         plan.layout);
@@ -191,14 +197,10 @@ template <class Backend, class Plan>
 void decode_plan_segment_stored(const ContainerReader& reader, const Plan& plan, std::size_t segment, std::span<std::uint8_t> output) {
     std::visit(
         [&]<class Parsed>(const Parsed& parsed) {
-            if constexpr (!std::is_same_v<Parsed, RawPlan>) {
-                if constexpr (StoredDecodingMethod<method_of_t<Parsed>>)
-                    method_of_t<Parsed>::decode_segment_stored(parsed.layout, segment, reader.segment(plan.index, segment), output, plan.context, Backend{});
-                else
-                    NWC_ASSERT(false);
-            } else {
+            if constexpr (decodes_to_stored_bytes<Parsed>)
+                method_of_t<Parsed>::decode_segment_stored(parsed.layout, segment, reader.segment(plan.index, segment), output, plan.context, Backend{});
+            else
                 NWC_ASSERT(false);
-            }
         },
         plan.layout);
 }
