@@ -1,7 +1,8 @@
 // Many threads decoding the same and different .nwc files at once (shared readers whose CRCs are
 // verified lazily by whichever thread comes first, reader copies, readers of their own, nested
 // thread pools) must give exactly what one thread gives; so must many streamed compressions of one
-// shared ModelReader; produce_in_order keeps its order and its limit under any scheduling. Built
+// shared ModelReader; produce_in_order keeps its order and its limit under any scheduling; a
+// whole-model decode allocates on the calling thread while workers wait for it (parallel_for_beside). Built
 // and run in the ThreadSanitizer tree too (scripts/test.sh: label tsan), where a data race fails
 // the test.
 // nwc-ctest-labels: tsan
@@ -9,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -149,6 +151,59 @@ TEST_CASE("concurrency: a corrupt tensor fails in every thread and leaves the ot
     CHECK(failures == 0);
     CHECK(mismatches == 0);
     CHECK(errors == thread_count);
+}
+
+TEST_CASE("concurrency: a whole-model decode with two corrupt tensors names the first one on any thread count", "[concurrency]") {
+    const Fixture fixture;
+    std::vector<std::uint8_t> bytes = read_file(fixture.paths[3]);
+    const ContainerReader clean = ContainerReader::from_bytes(bytes);
+    REQUIRE(clean.tensor_count() >= 6);
+    for (std::size_t victim : {std::size_t(1), std::size_t(4)}) bytes[std::size_t(clean.entry(victim).payload_offset) + 3] ^= 0x40;
+    const ContainerReader reader = ContainerReader::from_bytes(std::move(bytes));
+    for (int threads : {1, 2, 4})
+        for (int repeat = 0; repeat < 8; ++repeat) {
+            INFO("threads " << threads);
+            try {
+                (void)DefaultCodec::decompress_model(ContainerReader(reader), threads);
+                FAIL("a corrupt container decoded");
+            } catch (const nwc::error& caught) {
+                CHECK(caught.id() == errc::corrupt);
+                CHECK_THAT(caught.what(), Catch::Contains("'" + clean.entry(1).name + "'"));
+            }
+        }
+}
+
+TEST_CASE("concurrency: parallel_for_beside runs its lead on the calling thread while items wait for it", "[concurrency][thread_pool]") {
+    for (int threads : {1, 2, 4}) {
+        INFO("threads " << threads);
+        constexpr std::int64_t count = 200;
+        std::atomic<std::int64_t> published{0};  // items [0, published) may run: what the lead has prepared
+        std::vector<int> prepared(count, 0), hits(count, 0);
+        std::thread::id lead_thread;
+        parallel_for_beside(
+            count, threads,
+            [&] {
+                lead_thread = std::this_thread::get_id();
+                for (std::int64_t i = 0; i < count; ++i) {
+                    prepared[std::size_t(i)] = 1;
+                    published.store(i + 1, std::memory_order_release);
+                    published.notify_all();
+                }
+            },
+            [&](std::int64_t i) {
+                for (std::int64_t seen = published.load(std::memory_order_acquire); seen <= i; seen = published.load(std::memory_order_acquire))
+                    published.wait(seen, std::memory_order_acquire);
+                hits[std::size_t(i)] += prepared[std::size_t(i)];
+            });
+        CHECK(lead_thread == std::this_thread::get_id());
+        CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
+        // A lead that throws: its error comes back (with one thread, before any item runs).
+        std::atomic<int> ran{0};
+        CHECK_THROWS_AS(parallel_for_beside(
+                            count, threads, [] { fail(errc::limit, "lead"); }, [&](std::int64_t) { ran.fetch_add(1); }),
+                        error);
+        if (threads == 1) CHECK(ran.load() == 0);
+    }
 }
 
 TEST_CASE("concurrency: produce_in_order hands results on in order, within its limit, and stops at the first error", "[concurrency]") {

@@ -312,7 +312,7 @@ TEST_CASE("corruption: metadata with valid CRCs whose step, scales or alpha over
     // Reported by fuzz_container's invariant on a crafted input (fuzz/corpus/container/
     // crash-ecsq-overflow): ECSQ step 3e38 with fp16 scales of 65504 decoded to infinities. Every
     // field is valid on its own and the CRCs here are the writer's, so only the decoder's
-    // finiteness check (detail::require_finite_outputs) can catch it.
+    // finiteness check (detail::require_finite_range, in decode_plans) can catch it.
     const ModelFile model = reliability::small_model();
     const TensorView<const float> weights = model.tensors[0].values.view();
     const auto decode_patched = [&](std::string method, auto&& patch) {

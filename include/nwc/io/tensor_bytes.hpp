@@ -67,20 +67,19 @@ inline std::uint64_t checked_tensor_bytes(dtype type, std::span<const std::int64
     return bytes;
 }
 
-/// Decodes stored F32/F16/BF16 elements into a float32 tensor; `bytes` must hold exactly
-/// shape.numel() elements (errc::corrupt otherwise), other dtypes are errc::unsupported.
-inline Tensor<float> decode_float32(dtype type, const Shape& shape, std::span<const std::uint8_t> bytes, std::string_view context) {
+/// Decodes stored F32/F16/BF16 elements into `out` (shape.numel() floats); `bytes` must hold
+/// exactly shape.numel() elements (errc::corrupt otherwise), other dtypes are errc::unsupported.
+inline void decode_float32_into(dtype type, const Shape& shape, std::span<const std::uint8_t> bytes, std::span<float> out, std::string_view context) {
     if (!is_floating_dtype(type)) fail(errc::unsupported, context, ": dtype ", dtype_name(type), " cannot be read as float32");
     const std::uint64_t expected = checked_tensor_bytes(type, shape.dims(), context);
     if (bytes.size() != expected)
         fail(errc::corrupt, context, ": ", bytes.size(), " bytes for ", shape.numel(), " elements of ", dtype_name(type), " (", expected, " expected)");
-    Tensor<float> result(shape);
-    float* out = result.data();
-    const std::size_t count = std::size_t(shape.numel());
+    NWC_ASSERT(std::int64_t(out.size()) == shape.numel());
+    const std::size_t count = out.size();
     const std::uint8_t* in = bytes.data();
-    if (count == 0) return result;
+    if (count == 0) return;
     if (type == dtype::f32) {
-        std::memcpy(out, in, count * sizeof(float));
+        std::memcpy(out.data(), in, count * sizeof(float));
     } else if (type == dtype::f16) {
         // A table of all 65536 halves (256 KiB, built once from to_float, so exact) is faster than
         // the branchy conversion on whole models (docs/bench/io.md).
@@ -101,6 +100,16 @@ inline Tensor<float> decode_float32(dtype type, const Shape& shape, std::span<co
             out[i] = to_float(bfloat16{bits});
         }
     }
+}
+
+/// decode_float32_into a new float32 tensor of `shape`.
+inline Tensor<float> decode_float32(dtype type, const Shape& shape, std::span<const std::uint8_t> bytes, std::string_view context) {
+    if (!is_floating_dtype(type)) fail(errc::unsupported, context, ": dtype ", dtype_name(type), " cannot be read as float32");
+    const std::uint64_t expected = checked_tensor_bytes(type, shape.dims(), context);
+    if (bytes.size() != expected)  // checked before the tensor is allocated
+        fail(errc::corrupt, context, ": ", bytes.size(), " bytes for ", shape.numel(), " elements of ", dtype_name(type), " (", expected, " expected)");
+    Tensor<float> result(shape);
+    decode_float32_into(type, shape, bytes, result.view().span(), context);
     return result;
 }
 

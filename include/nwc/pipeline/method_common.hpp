@@ -23,6 +23,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "nwc/core/byte_io.hpp"
@@ -294,12 +295,23 @@ inline void unpack_codes(std::span<const std::uint8_t> packed, int bits, std::sp
             " bits need ", (total_bits + 7) / 8);
     const std::uint32_t mask = (1u << bits) - 1u;
     std::uint64_t position = 0;
-    if (8 % bits == 0) {  // 1, 2, 4 or 8 bits: whole codes per byte, least significant first (the loop below's order)
-        const std::size_t per_byte = std::size_t(8 / bits);
+    // 1, 2, 4 or 8 bits: whole codes per byte, least significant first (the loop below's order),
+    // with the width a constant so that the loop vectorizes (it was 40% of an rtn decode).
+    const auto unpack_whole_bytes = [&]<int width>(std::integral_constant<int, width>) {
+        constexpr std::size_t per_byte = std::size_t(8 / width);
         const std::size_t whole = codes.size() / per_byte;
+        std::uint8_t* out = codes.data();
+        const std::uint8_t* in = packed.data();
         for (std::size_t i = 0; i < whole; ++i)
-            for (std::size_t k = 0; k < per_byte; ++k) codes[i * per_byte + k] = std::uint8_t((packed[i] >> (k * std::size_t(bits))) & mask);
+            for (std::size_t k = 0; k < per_byte; ++k) out[i * per_byte + k] = std::uint8_t((in[i] >> (k * std::size_t(width))) & ((1u << width) - 1u));
         position = std::uint64_t(whole) * 8;
+    };
+    switch (bits) {
+    case 1: unpack_whole_bytes(std::integral_constant<int, 1>{}); break;
+    case 2: unpack_whole_bytes(std::integral_constant<int, 2>{}); break;
+    case 4: unpack_whole_bytes(std::integral_constant<int, 4>{}); break;
+    case 8: unpack_whole_bytes(std::integral_constant<int, 8>{}); break;
+    default: break;
     }
     for (auto& code : codes.subspan(std::size_t(position / std::uint64_t(bits)))) {
         std::uint32_t window = packed[position / 8];

@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -443,8 +444,6 @@ public:
     /// Decodes a whole container back into a ModelFile (the source's format, names, dtypes, order).
     static ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const ProgressCallback& progress = {}) {
         ModelFile model = detail::model_source_of(reader);
-        DecodeResources resources(reader);
-        std::vector<Plan> plans;
         std::vector<std::size_t> model_index;
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             const ContainerEntry& entry = reader.entry(index);
@@ -456,16 +455,15 @@ public:
                 model.files.push_back(detail::source_file_of(reader, index));
                 continue;
             }
-            plans.push_back(detail::make_decode_plan(reader, index, resources, methods{}));
             model.tensors.push_back({entry.name, entry.original_dtype, entry.shape, {}, {}});
             model_index.push_back(index);
         }
+        const std::vector<Plan> plans = make_decode_plans(reader, model_index, resolve_thread_count(threads));
         std::vector<Tensor<float>*> outputs;
         for (std::size_t k = 0; k < plans.size(); ++k) {
             ModelTensor& tensor = model.tensors[k];
             if (tensor.is_floating()) {
-                tensor.values = Tensor<float>(tensor.shape);
-                outputs.push_back(&tensor.values);
+                outputs.push_back(&tensor.values);  // allocated by the worker that first decodes into it
             } else {
                 const auto bytes = reader.payload(model_index[k]);
                 tensor.raw_bytes.assign(bytes.begin(), bytes.end());
@@ -478,6 +476,25 @@ public:
 
 private:
     using Plan = typename decltype([]<class... Ms>(MethodList<Ms...>) { return std::type_identity<detail::DecodePlan<Ms...>>{}; }(methods{}))::type;
+
+    /// The validated plans of tensors `indices`, parsed on `threads` (building a tensor's decode
+    /// tables is a serial share of a whole decode otherwise); with several bad tensors the error is
+    /// the first one's, on any thread count.
+    static std::vector<Plan> make_decode_plans(const ContainerReader& reader, const std::vector<std::size_t>& indices, int threads) {
+        DecodeResources resources(reader);
+        std::vector<Plan> plans(indices.size());
+        std::vector<std::exception_ptr> errors(indices.size());
+        parallel_for(std::int64_t(indices.size()), threads, [&](std::int64_t k) {
+            try {
+                plans[std::size_t(k)] = detail::make_decode_plan(reader, indices[std::size_t(k)], resources, methods{});
+            } catch (...) {
+                errors[std::size_t(k)] = std::current_exception();
+            }
+        });
+        for (const std::exception_ptr& error : errors)
+            if (error) std::rethrow_exception(error);
+        return plans;
+    }
 
     /// f(std::type_identity<M>{}) for the configured method (validated by the constructor).
     template <class F>

@@ -5,10 +5,12 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -35,13 +37,14 @@ using ProgressCallback = std::function<void(const PipelineProgress&)>;
 
 namespace detail {
 
-/// Runs work(item) -> (tensors done, weights done) for every item and reports progress in between.
-template <class Work>
+/// Runs work(item) -> (tensors done, weights done) for every item and reports progress in between;
+/// lead() runs on the calling thread beside them (parallel_for_beside).
+template <class Lead, class Work>
 void run_with_progress(std::int64_t count, int threads, const ProgressCallback& progress, std::string_view phase, std::size_t tensors_total,
-                       std::int64_t weights_total, Work&& work) {
+                       std::int64_t weights_total, Lead&& lead, Work&& work) {
     std::mutex mutex;
     PipelineProgress state{phase, 0, tensors_total, 0, weights_total};
-    parallel_for(count, threads, [&](std::int64_t item) {
+    parallel_for_beside(count, threads, lead, [&](std::int64_t item) {
         const auto [tensors, weights] = work(item);
         if (!progress) return;
         std::lock_guard lock(mutex);
@@ -134,22 +137,6 @@ inline void require_finite_range(std::span<const float> values, std::size_t begi
             fail(errc::corrupt, context, ": decoded weight ", i, " is ", values[i], " (the metadata's step, scales or alpha overflow)");
 }
 
-/// require_finite_range over every lossy coded tensor of `plans` (raw tensors and lossless
-/// methods' keep whatever the source held), blocks of 2^20 weights in parallel.
-template <class Plan>
-void require_finite_outputs(const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads) {
-    constexpr std::int64_t block = std::int64_t(1) << 20;
-    std::vector<std::pair<std::size_t, std::int64_t>> blocks;  // (plan, first weight)
-    for (std::size_t p = 0; p < plans.size(); ++p)
-        if (outputs[p] != nullptr && decodes_lossy(plans[p]))
-            for (std::int64_t begin = 0; begin < outputs[p]->numel(); begin += block) blocks.emplace_back(p, begin);
-    parallel_for(std::int64_t(blocks.size()), threads, [&](std::int64_t item) {
-        const auto [p, begin] = blocks[std::size_t(item)];
-        const std::int64_t end = std::min(outputs[p]->numel(), begin + block);
-        require_finite_range(outputs[p]->view().span(), std::size_t(begin), std::size_t(end), plans[p].context);
-    });
-}
-
 /// Decodes segment `segment` of `plan` into `output` (the tensor's shape; a raw tensor has one
 /// segment, its whole payload) and returns the weights it covered.
 template <class Backend, class Plan>
@@ -161,8 +148,7 @@ std::int64_t decode_plan_segment(const ContainerReader& reader, const Plan& plan
         [&]<class Parsed>(const Parsed& parsed) {
             if constexpr (std::is_same_v<Parsed, RawPlan>) {
                 NWC_ASSERT(output.shape() == entry.shape);
-                const Tensor<float> values = decode_float32(entry.original_dtype, entry.shape, bytes, plan.context);
-                std::copy(values.data(), values.data() + values.numel(), output.data());
+                decode_float32_into(entry.original_dtype, entry.shape, bytes, output.span(), plan.context);
             } else {
                 method_of_t<Parsed>::decode_segment(parsed.layout, segment, bytes, output, plan.context, Backend{});
                 weights = parsed.layout.segment_weights(segment);
@@ -205,7 +191,23 @@ void decode_plan_segment_stored(const ContainerReader& reader, const Plan& plan,
         plan.layout);
 }
 
-/// Decodes every (plan, segment) pair as one work item into `outputs` (null: skip the tensor).
+/// Gives `output` the shape of `plan`'s tensor unless it has it already (decode_plans).
+template <class Plan>
+void allocate_output(const ContainerReader& reader, const Plan& plan, Tensor<float>& output) {
+    const Shape& shape = reader.entry(plan.index).shape;
+    if (output.shape() != shape || std::int64_t(output.values().size()) != shape.numel()) output = Tensor<float>(shape);
+}
+
+/// Decodes every (plan, segment) pair as one work item into `outputs` (null: skip the tensor), and
+/// checks every lossy coded tensor for non-finite weights (require_finite_range; raw tensors and
+/// lossless methods' keep whatever the source held). An output that does not hold its plan's
+/// weights yet (a default Tensor) is allocated by the calling thread, in order, while the other
+/// threads already decode the tensors before it; the worker that decodes a tensor's last segment
+/// checks it. Neither is a serial pass over the whole model before or after the decoding: on MT3
+/// (147 tensors), zero-filling every output first and checking them all last kept 2 threads at
+/// 1.35-1.74x one (docs/bench/pipeline.md). The allocation stays on the calling thread: allocated by
+/// the workers, the outputs came from their malloc arenas, which give pages back to the kernel when
+/// freed, and every call then paid the page faults again (2 threads 2.6x slower than one).
 template <class Backend, class Plan>
 void decode_plans(const ContainerReader& reader, const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
                   const ProgressCallback& progress, std::size_t tensors_total) {
@@ -215,16 +217,43 @@ void decode_plans(const ContainerReader& reader, const std::vector<Plan>& plans,
         weights_total += plans[p].weights;
         for (std::size_t s = 0; s < plans[p].segments; ++s) items.emplace_back(p, s);
     }
-    run_with_progress(std::int64_t(items.size()), threads, progress, "decompress", tensors_total, weights_total, [&](std::int64_t item) {
+    // outputs [0, ready) are allocated; `failed` once the allocation threw (its error is rethrown).
+    constexpr std::size_t failed = std::numeric_limits<std::size_t>::max();
+    std::atomic<std::size_t> ready{0};
+    const auto allocate_outputs = [&] {
+        try {
+            for (std::size_t p = 0; p < plans.size(); ++p) {
+                if (outputs[p] != nullptr) allocate_output(reader, plans[p], *outputs[p]);
+                ready.store(p + 1, std::memory_order_release);
+                ready.notify_all();
+            }
+        } catch (...) {
+            ready.store(failed, std::memory_order_release);
+            ready.notify_all();
+            throw;
+        }
+    };
+    const auto segments_left = std::make_unique<std::atomic<std::size_t>[]>(plans.size());
+    for (std::size_t p = 0; p < plans.size(); ++p) segments_left[p].store(plans[p].segments, std::memory_order_relaxed);
+    run_with_progress(std::int64_t(items.size()), threads, progress, "decompress", tensors_total, weights_total, allocate_outputs, [&](std::int64_t item) {
         // Not a structured binding: clang before 16 cannot capture one in the lambda below.
         const std::size_t p = items[std::size_t(item)].first, segment = items[std::size_t(item)].second;
         const Plan& plan = plans[p];
         const std::size_t done = segment + 1 == plan.segments ? 1 : 0;
         Tensor<float>* output = outputs[p];
         if (output == nullptr) return std::pair<std::size_t, std::int64_t>{done, plan.weights};
-        return std::pair<std::size_t, std::int64_t>{done, decode_plan_segment<Backend>(reader, plan, segment, output->view())};
+        std::size_t seen = ready.load(std::memory_order_acquire);
+        while (seen <= p) {
+            ready.wait(seen, std::memory_order_acquire);
+            seen = ready.load(std::memory_order_acquire);
+        }
+        if (seen == failed) return std::pair<std::size_t, std::int64_t>{0, 0};
+        const std::int64_t weights = decode_plan_segment<Backend>(reader, plan, segment, output->view());
+        // acq_rel: the last worker sees every other segment's writes before it reads them.
+        if (segments_left[p].fetch_sub(1, std::memory_order_acq_rel) == 1 && decodes_lossy(plan))
+            require_finite_range(output->view().span(), 0, std::size_t(output->numel()), plan.context);
+        return std::pair<std::size_t, std::int64_t>{done, weights};
     });
-    require_finite_outputs(plans, outputs, threads);
 }
 
 }  // namespace detail
