@@ -2,10 +2,11 @@
 // matrices (the first four of mt3.safetensors, 1.05 M weights). The reference measured in the same
 // run is the raw path: F16 bytes -> float32 -> F16 bytes through the same container.
 //
-// limit_fraction (decompress, one thread, ecsq and nwc): the in-situ rate over the rate its parts
-// allow, measured in the same run: every segment's rANS streams decoded alone into a buffer
-// (entropy), then everything after them from those symbols (rest: ecsq's dequantization; nwc's
-// decoder network, dechunking and de-normalization), combined as 1 / (1/r_entropy + 1/r_rest).
+// limit_fraction (decompress, one thread, ecsq, nwc, tcq and lossless): the in-situ rate over the
+// rate its parts allow, measured in the same run: every segment's rANS streams decoded alone into a
+// buffer (entropy), then everything after them from those symbols (rest: ecsq's and tcq's
+// dequantization; nwc's decoder network, dechunking and de-normalization; lossless's narrowing,
+// plane merging and widening to float32), combined as 1 / (1/r_entropy + 1/r_rest).
 // 1.0 means decode_model adds nothing to its parts; issue 15 asks for at least 0.6.
 //
 // decompress_mt3: the same in-situ decompress of the whole MT3 transformer (147 tensors, 45.9 M
@@ -25,8 +26,10 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <memory>
@@ -107,8 +110,8 @@ void compress(benchmark::State& state) {
 }
 
 /// Seconds of one pass over every tensor of `reader`, split into the entropy and the rest parts
-/// (see the header comment); the best of `repetitions` passes of each. Methods other than ecsq and
-/// nwc give 0.
+/// (see the header comment); the best of `repetitions` passes of each. Methods other than ecsq,
+/// nwc, tcq and lossless give 0.
 struct PartSeconds {
     double entropy = 0.0, rest = 0.0;
 };
@@ -120,6 +123,8 @@ PartSeconds time_parts(const ContainerReader& reader, int repetitions) {
     std::vector<std::int64_t> columns;
     std::vector<std::uint8_t> levels;
     std::vector<float> chunks;
+    std::array<std::vector<std::int32_t>, detail::lossless_max_planes> plane_symbols;
+    std::vector<std::uint8_t> byte_planes, stored;
     for (int repetition = 0; repetition < repetitions; ++repetition) {
         PartSeconds pass;
         for (std::size_t i = 0; i < reader.tensor_count(); ++i) {
@@ -141,12 +146,7 @@ PartSeconds time_parts(const ContainerReader& reader, int repetitions) {
                 for (std::size_t k = 0; k < layout.segment_count(); ++k) {
                     decode_entropy(reader.segment(i, k), layout.tables);
                     const auto start = Clock::now();
-                    const std::int64_t first = std::int64_t(k) * layout.rows_per_segment;
-                    const std::int64_t rows = std::min(layout.rows_per_segment, layout.rows - first);
-                    for (std::int64_t r = 0; r < rows; ++r)
-                        for (std::int64_t c = 0; c < layout.cols; ++c)
-                            output(first + r, c) = float(symbols[std::size_t(r * layout.cols + c)]) *
-                                                   layout.steps[std::size_t(scale_index(layout.axis, first + r, c))];
+                    EcsqMethod::dequantize_segment(layout, k, symbols, output.view());
                     pass.rest += std::chrono::duration<double>(Clock::now() - start).count();
                 }
             } else if (entry.method == "nwc") {
@@ -169,6 +169,58 @@ PartSeconds time_parts(const ContainerReader& reader, int repetitions) {
                     decoder.decode(symbols, levels, TensorView<float>(chunks.data(), Shape{chunk_count, d}), 1, backend::simd{});
                     const DechunkSource source{chunks, columns, layout.chunks_per_column * d, layout.alpha, layout.scales, layout.axis};
                     dechunk_denormalize(source, output.view(), backend::simd{});
+                    pass.rest += std::chrono::duration<double>(Clock::now() - start).count();
+                }
+            } else if (entry.method == "tcq") {
+                const TcqMethod::Layout layout = TcqMethod::parse(entry, reader.metadata(i), resources, context);
+                for (std::size_t k = 0; k < layout.segment_count(); ++k) {
+                    const auto bytes = reader.segment(i, k);
+                    auto start = Clock::now();
+                    symbols.resize(std::size_t(layout.segment_weights(k)));
+                    context_rans::decode(bytes, layout.tables, layout.machine, std::span<std::int32_t>(symbols), backend::simd{});
+                    pass.entropy += std::chrono::duration<double>(Clock::now() - start).count();
+                    start = Clock::now();
+                    TcqMethod::dequantize_segment(layout, k, symbols, output.view());
+                    pass.rest += std::chrono::duration<double>(Clock::now() - start).count();
+                }
+            } else if (entry.method == "lossless") {
+                // As lossless_float::decode_segment and LosslessMethod::decode_segment: the coded
+                // planes' rANS streams (entropy), then narrowing, merging and widening (rest).
+                const LosslessFloatLayout& codec = LosslessMethod::parse(entry, reader.metadata(i), resources, context).codec;
+                for (std::size_t k = 0; k < codec.segment_count; ++k) {
+                    const std::uint32_t elements = codec.segment_elements(k);
+                    auto start = Clock::now();
+                    const auto parts = lossless_float::segment_planes(codec, k, reader.segment(i, k), context, false);
+                    for (std::size_t p = 0; p < codec.plane_count(); ++p) {
+                        if (codec.modes[p] != FloatPlaneMode::coded) continue;
+                        plane_symbols[p].resize(elements);
+                        const RansStreamIndex index = rans::read_index(parts[p], codec.tables[p], false);
+                        for (std::size_t g = 0; g < index.segments.size(); ++g) {
+                            const RansSegment& info = index.segments[g];
+                            rans::decode_segment(parts[p], index, codec.tables[p], g,
+                                                 std::span<std::int32_t>(plane_symbols[p]).subspan(info.first_symbol, info.symbol_count), backend::simd{});
+                        }
+                    }
+                    pass.entropy += std::chrono::duration<double>(Clock::now() - start).count();
+                    start = Clock::now();
+                    detail::FloatPlaneSources sources;
+                    sources.plane0 = plane_symbols[0].data();
+                    byte_planes.resize(std::size_t(elements) * codec.plane_count());
+                    for (std::size_t p = 1; p < codec.plane_count(); ++p) {
+                        std::uint8_t* scratch = byte_planes.data() + p * elements;
+                        if (codec.modes[p] == FloatPlaneMode::raw) sources.bytes[p] = parts[p].data();
+                        else if (codec.modes[p] == FloatPlaneMode::constant) std::memset(scratch, codec.constants[p], elements), sources.bytes[p] = scratch;
+                        else detail::narrow_plane(plane_symbols[p].data(), elements, scratch, backend::simd{}), sources.bytes[p] = scratch;
+                    }
+                    stored.resize(std::size_t(elements) * codec.element_size());
+                    detail::merge_float_planes(codec.type, sources, elements, stored.data(), backend::simd{});
+                    float* target = output.data() + codec.first_element(k);
+                    if (codec.type == dtype::f32)
+                        std::memcpy(target, stored.data(), stored.size());
+                    else if (codec.type == dtype::bf16)
+                        convert_to_float(std::span<const bfloat16>(reinterpret_cast<const bfloat16*>(stored.data()), elements), std::span<float>(target, elements), backend::simd{});
+                    else
+                        convert_to_float(std::span<const half>(reinterpret_cast<const half*>(stored.data()), elements), std::span<float>(target, elements), backend::simd{});
                     pass.rest += std::chrono::duration<double>(Clock::now() - start).count();
                 }
             }
@@ -197,7 +249,7 @@ void decompress(benchmark::State& state) {
     const double in_situ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / double(state.iterations());
     set_counters(state, model.weight_count());
     const std::string method = method_names[state.range(0)];
-    if (state.range(1) == 1 && (method == "ecsq" || method == "nwc")) {
+    if (state.range(1) == 1 && (method == "ecsq" || method == "nwc" || method == "tcq" || method == "lossless")) {
         const PartSeconds parts = time_parts(reader, 5);
         state.counters["entropy_Mw/s"] = double(model.weight_count()) / parts.entropy * 1e-6;
         state.counters["rest_Mw/s"] = double(model.weight_count()) / parts.rest * 1e-6;

@@ -174,35 +174,48 @@ TEST_CASE("concurrency: a whole-model decode with two corrupt tensors names the 
 }
 
 TEST_CASE("concurrency: parallel_for_beside runs its lead on the calling thread while items wait for it", "[concurrency][thread_pool]") {
+    for (int threads : {1, 2, 4})
+        for (bool lead_runs_items : {false, true}) {
+            INFO("threads " << threads << ", the lead runs items: " << lead_runs_items);
+            constexpr std::int64_t count = 200;
+            std::atomic<std::int64_t> published{0};  // items [0, published) may run: what the lead has prepared
+            std::vector<int> prepared(count, 0), hits(count, 0);
+            std::thread::id lead_thread;
+            std::atomic<int> run_by_lead{0};
+            parallel_for_beside(
+                count, threads,
+                [&](BesideItems& items) {
+                    lead_thread = std::this_thread::get_id();
+                    for (std::int64_t i = 0; i < count; ++i) {
+                        // Items below the prepared ones only: the lead must never wait for itself.
+                        if (lead_runs_items && i % 8 == 0)
+                            while (items.next() + 4 < i && items.run_below(i)) run_by_lead.fetch_add(1);
+                        prepared[std::size_t(i)] = 1;
+                        published.store(i + 1, std::memory_order_release);
+                        published.notify_all();
+                    }
+                },
+                [&](std::int64_t i) {
+                    for (std::int64_t seen = published.load(std::memory_order_acquire); seen <= i; seen = published.load(std::memory_order_acquire))
+                        published.wait(seen, std::memory_order_acquire);
+                    hits[std::size_t(i)] += prepared[std::size_t(i)];
+                });
+            CHECK(lead_thread == std::this_thread::get_id());
+            CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
+            if (lead_runs_items && threads == 1) CHECK(run_by_lead.load() > 0);  // alone, the lead interleaves
+            if (!lead_runs_items) CHECK(run_by_lead.load() == 0);
+        }
     for (int threads : {1, 2, 4}) {
-        INFO("threads " << threads);
-        constexpr std::int64_t count = 200;
-        std::atomic<std::int64_t> published{0};  // items [0, published) may run: what the lead has prepared
-        std::vector<int> prepared(count, 0), hits(count, 0);
-        std::thread::id lead_thread;
-        parallel_for_beside(
-            count, threads,
-            [&] {
-                lead_thread = std::this_thread::get_id();
-                for (std::int64_t i = 0; i < count; ++i) {
-                    prepared[std::size_t(i)] = 1;
-                    published.store(i + 1, std::memory_order_release);
-                    published.notify_all();
-                }
-            },
-            [&](std::int64_t i) {
-                for (std::int64_t seen = published.load(std::memory_order_acquire); seen <= i; seen = published.load(std::memory_order_acquire))
-                    published.wait(seen, std::memory_order_acquire);
-                hits[std::size_t(i)] += prepared[std::size_t(i)];
-            });
-        CHECK(lead_thread == std::this_thread::get_id());
-        CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
         // A lead that throws: its error comes back (with one thread, before any item runs).
         std::atomic<int> ran{0};
         CHECK_THROWS_AS(parallel_for_beside(
-                            count, threads, [] { fail(errc::limit, "lead"); }, [&](std::int64_t) { ran.fetch_add(1); }),
+                            200, threads, [](BesideItems&) { fail(errc::limit, "lead"); }, [&](std::int64_t) { ran.fetch_add(1); }),
                         error);
         if (threads == 1) CHECK(ran.load() == 0);
+        // An item that throws on the lead's thread, with one thread: the error leaves at once.
+        CHECK_THROWS_AS(parallel_for_beside(
+                            10, threads, [](BesideItems& items) { items.run_below(10); }, [](std::int64_t i) { if (i == 0) fail(errc::corrupt, "item 0"); }),
+                        error);
     }
 }
 

@@ -168,17 +168,13 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
     return result;
 }
 
-/// Decodes segment `segment` (its bytes: `bytes`) into `out`, exactly layout.segment_output_bytes(segment)
-/// bytes of caller memory. Throws nwc::error: invalid_argument (wrong output size), truncated or
-/// corrupt (sizes, CRC-32C, rANS streams, decoded values), each naming `context`, the segment and
-/// the plane. verify_checksum = false skips the CRC-32C (see the read-me).
-template <class Backend>
-void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, std::span<std::uint8_t> out,
-                    Backend backend, std::string_view context = "lossless float", bool verify_checksum = true) {
-    require(segment < layout.segment_count, errc::invalid_argument, context, ": segment ", segment, " of ", layout.segment_count);
+/// Where each plane of segment `segment` (its bytes: `bytes`) lies: plane p's rANS stream (coded),
+/// its raw bytes (raw) or nothing (constant). Checks the segment's header, sizes and, with
+/// verify_checksum, its CRC-32C; throws nwc::error (truncated, corrupt) naming `context`.
+inline std::array<std::span<const std::uint8_t>, detail::lossless_max_planes> segment_planes(const LosslessFloatLayout& layout, std::size_t segment,
+                                                                                               std::span<const std::uint8_t> bytes,
+                                                                                               std::string_view context, bool verify_checksum) {
     const std::uint32_t elements = layout.segment_elements(segment);
-    require(out.size() == layout.segment_output_bytes(segment), errc::invalid_argument, context, ": segment ", segment, " decodes to ",
-            layout.segment_output_bytes(segment), " bytes, output has room for ", out.size());
     const std::size_t plane_count = layout.plane_count(), coded_planes = layout.coded_plane_count();
     const std::size_t header_bytes = detail::lossless_segment_header_bytes(coded_planes);
     require(bytes.size() >= header_bytes, errc::truncated, context, ": segment ", segment, " has ", bytes.size(), " bytes, its header needs ",
@@ -190,7 +186,7 @@ void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std:
         require(actual == stored_crc, errc::corrupt, context, ": segment ", segment, ": CRC-32C 0x", std::hex, actual,
                 " does not match the stored 0x", stored_crc);
     }
-    // Where each plane's bytes lie; all sizes are checked against the segment before any is used.
+    // All sizes are checked against the segment before any is used.
     std::array<std::span<const std::uint8_t>, detail::lossless_max_planes> parts;
     std::uint64_t at = header_bytes;
     for (std::size_t p = 0, field = 4; p < plane_count; ++p) {
@@ -208,6 +204,22 @@ void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std:
         at += size;
     }
     require(at == bytes.size(), errc::corrupt, context, ": segment ", segment, ": ", bytes.size() - at, " trailing bytes after byte ", at);
+    return parts;
+}
+
+/// Decodes segment `segment` (its bytes: `bytes`) into `out`, exactly layout.segment_output_bytes(segment)
+/// bytes of caller memory. Throws nwc::error: invalid_argument (wrong output size), truncated or
+/// corrupt (sizes, CRC-32C, rANS streams, decoded values), each naming `context`, the segment and
+/// the plane. verify_checksum = false skips the CRC-32C (see the read-me).
+template <class Backend>
+void decode_segment(const LosslessFloatLayout& layout, std::size_t segment, std::span<const std::uint8_t> bytes, std::span<std::uint8_t> out,
+                    Backend backend, std::string_view context = "lossless float", bool verify_checksum = true) {
+    require(segment < layout.segment_count, errc::invalid_argument, context, ": segment ", segment, " of ", layout.segment_count);
+    const std::uint32_t elements = layout.segment_elements(segment);
+    require(out.size() == layout.segment_output_bytes(segment), errc::invalid_argument, context, ": segment ", segment, " decodes to ",
+            layout.segment_output_bytes(segment), " bytes, output has room for ", out.size());
+    const std::size_t plane_count = layout.plane_count();
+    const auto parts = segment_planes(layout, segment, bytes, context, verify_checksum);
 
     thread_local std::vector<std::int32_t> exponents, symbols;
     thread_local std::vector<std::uint8_t> byte_planes;

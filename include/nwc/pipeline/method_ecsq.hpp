@@ -171,9 +171,27 @@ struct EcsqMethod {
             const RansSegment& info = index.segments[s];
             rans::decode_segment(bytes, index, layout.tables, s, std::span<std::int32_t>(symbols).subspan(info.first_symbol, info.symbol_count), backend);
         }
-        for (std::int64_t r = 0; r < rows; ++r)
-            for (std::int64_t c = 0; c < cols; ++c)
-                output(first + r, c) = float(symbols[std::size_t(r * cols + c)]) * layout.steps[std::size_t(scale_index(layout.axis, first + r, c))];
+        dequantize_segment(layout, segment, symbols, output);
+    }
+
+    /// output(r, c) = symbol * its step for every weight of segment k (decode_segment's second half,
+    /// public for bench_pipeline's limit_fraction), the axis resolved once per row so that each
+    /// row is one loop that vectorizes (the same products as scale_index per weight).
+    static void dequantize_segment(const Layout& layout, std::size_t segment, std::span<const std::int32_t> symbols, TensorView<float> output) {
+        const std::int64_t first = std::int64_t(segment) * layout.rows_per_segment;
+        const std::int64_t rows = std::min(layout.rows_per_segment, layout.rows - first), cols = layout.cols;
+        NWC_ASSERT(std::int64_t(symbols.size()) == rows * cols);
+        const float* steps = layout.steps.data();
+        for (std::int64_t r = 0; r < rows; ++r) {
+            const std::int32_t* row_symbols = symbols.data() + r * cols;
+            float* row = &output(first + r, 0);
+            if (layout.axis == NormalizationAxis::per_column) {
+                for (std::int64_t c = 0; c < cols; ++c) row[c] = float(row_symbols[c]) * steps[c];
+            } else {
+                const float step = steps[std::size_t(scale_index(layout.axis, first + r, 0))];
+                for (std::int64_t c = 0; c < cols; ++c) row[c] = float(row_symbols[c]) * step;
+            }
+        }
     }
 };
 

@@ -275,8 +275,8 @@ struct TcqMethod {
         }
     }
 
-private:
-    /// output(r, c) = symbol * its step for every weight of segment k. A full strip holds each row's
+    /// output(r, c) = symbol * its step for every weight of segment k (decode_segment's second half,
+    /// public for bench_pipeline's limit_fraction). A full strip holds each row's
     /// 32 columns contiguously, in the output as in the stream: those rows are one vectorizable
     /// loop with the axis resolved once (per weight it cost more than the SIMD rANS decoding).
     static void dequantize_segment(const Layout& layout, std::size_t segment, std::span<const std::int32_t> symbols, TensorView<float> output) {
@@ -303,6 +303,7 @@ private:
         }
     }
 
+private:
     /// Bits (Q16) of the values of `histogram` under `table`, escape codes included.
     static std::uint64_t payload_q16(const CdfTable& table, const SymbolHistogram& histogram) {
         const std::uint64_t precision_q16 = std::uint64_t(table.precision()) << 16;

@@ -202,27 +202,39 @@ void allocate_output(const ContainerReader& reader, const Plan& plan, Tensor<flo
 /// checks every lossy coded tensor for non-finite weights (require_finite_range; raw tensors and
 /// lossless methods' keep whatever the source held). An output that does not hold its plan's
 /// weights yet (a default Tensor) is allocated by the calling thread, in order, while the other
-/// threads already decode the tensors before it; the worker that decodes a tensor's last segment
-/// checks it. Neither is a serial pass over the whole model before or after the decoding: on MT3
-/// (147 tensors), zero-filling every output first and checking them all last kept 2 threads at
-/// 1.35-1.74x one (docs/bench/pipeline.md). The allocation stays on the calling thread: allocated by
-/// the workers, the outputs came from their malloc arenas, which give pages back to the kernel when
-/// freed, and every call then paid the page faults again (2 threads 2.6x slower than one).
+/// threads already decode the tensors before it; the calling thread keeps about
+/// allocation_lookahead weights allocated ahead of the items claimed and decodes items itself
+/// meanwhile (with one thread, a tensor is decoded soon after it is allocated, while it is still in
+/// cache). The worker that decodes a tensor's last segment checks it. Neither is a serial pass over
+/// the whole model before or after the decoding: on MT3 (147 tensors), zero-filling every output
+/// first and checking them all last kept 2 threads at 1.35-1.74x one (docs/bench/pipeline.md).
+/// The allocation stays on the calling thread: allocated by the workers, the outputs came from
+/// their malloc arenas, which give pages back to the kernel when freed, and every call then paid
+/// the page faults again (2 threads 2.6x slower than one).
 template <class Backend, class Plan>
 void decode_plans(const ContainerReader& reader, const std::vector<Plan>& plans, const std::vector<Tensor<float>*>& outputs, int threads,
                   const ProgressCallback& progress, std::size_t tensors_total) {
+    constexpr std::int64_t allocation_lookahead = std::int64_t(1) << 20;
     std::vector<std::pair<std::size_t, std::size_t>> items;  // (plan, segment)
-    std::int64_t weights_total = 0;
+    std::vector<std::int64_t> first_item(plans.size() + 1), weights_before(plans.size() + 1);
     for (std::size_t p = 0; p < plans.size(); ++p) {
-        weights_total += plans[p].weights;
+        first_item[p] = std::int64_t(items.size());
+        weights_before[p + 1] = weights_before[p] + plans[p].weights;
         for (std::size_t s = 0; s < plans[p].segments; ++s) items.emplace_back(p, s);
     }
+    first_item[plans.size()] = std::int64_t(items.size());
+    const std::int64_t weights_total = weights_before[plans.size()];
     // outputs [0, ready) are allocated; `failed` once the allocation threw (its error is rethrown).
     constexpr std::size_t failed = std::numeric_limits<std::size_t>::max();
     std::atomic<std::size_t> ready{0};
-    const auto allocate_outputs = [&] {
+    const auto allocate_outputs = [&](BesideItems& pending) {
         try {
             for (std::size_t p = 0; p < plans.size(); ++p) {
+                // Far enough ahead of the items claimed: decode one of the allocated tensors' meanwhile.
+                for (std::int64_t claimed = pending.next(); claimed < std::int64_t(items.size()); claimed = pending.next()) {
+                    const std::int64_t ahead = weights_before[p] - weights_before[items[std::size_t(claimed)].first];
+                    if (ahead < allocation_lookahead || !pending.run_below(first_item[p])) break;
+                }
                 if (outputs[p] != nullptr) allocate_output(reader, plans[p], *outputs[p]);
                 ready.store(p + 1, std::memory_order_release);
                 ready.notify_all();
