@@ -62,7 +62,10 @@ void parallel_for_beside(std::int64_t count, int threads, Lead&& lead, Body&& bo
         next.store(count, std::memory_order_relaxed);  // stop handing out work
     };
     const auto run = [&](std::int64_t i) {
-        if (threads <= 1) return body(i);  // one thread: an error leaves at once
+        if (threads <= 1) {  // one thread: an error leaves at once
+            body(i);
+            return;
+        }
         try {
             body(i);
         } catch (...) {

@@ -174,6 +174,7 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
 inline std::array<std::span<const std::uint8_t>, detail::lossless_max_planes> segment_planes(const LosslessFloatLayout& layout, std::size_t segment,
                                                                                                std::span<const std::uint8_t> bytes,
                                                                                                std::string_view context, bool verify_checksum) {
+    require(segment < layout.segment_count, errc::invalid_argument, context, ": segment ", segment, " of ", layout.segment_count);
     const std::uint32_t elements = layout.segment_elements(segment);
     const std::size_t plane_count = layout.plane_count(), coded_planes = layout.coded_plane_count();
     const std::size_t header_bytes = detail::lossless_segment_header_bytes(coded_planes);

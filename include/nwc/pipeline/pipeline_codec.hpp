@@ -463,7 +463,7 @@ public:
         for (std::size_t k = 0; k < plans.size(); ++k) {
             ModelTensor& tensor = model.tensors[k];
             if (tensor.is_floating()) {
-                outputs.push_back(&tensor.values);  // allocated by the worker that first decodes into it
+                outputs.push_back(&tensor.values);  // allocated by decode_plans, beside the decoding
             } else {
                 const auto bytes = reader.payload(model_index[k]);
                 tensor.raw_bytes.assign(bytes.begin(), bytes.end());
