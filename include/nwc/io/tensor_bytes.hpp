@@ -67,13 +67,20 @@ inline std::uint64_t checked_tensor_bytes(dtype type, std::span<const std::int64
     return bytes;
 }
 
-/// Decodes stored F32/F16/BF16 elements into `out` (shape.numel() floats); `bytes` must hold
-/// exactly shape.numel() elements (errc::corrupt otherwise), other dtypes are errc::unsupported.
-inline void decode_float32_into(dtype type, const Shape& shape, std::span<const std::uint8_t> bytes, std::span<float> out, std::string_view context) {
+namespace detail {
+/// Throws unless `bytes` are exactly shape.numel() stored elements of a floating dtype.
+inline void require_float32_source(dtype type, const Shape& shape, std::span<const std::uint8_t> bytes, std::string_view context) {
     if (!is_floating_dtype(type)) fail(errc::unsupported, context, ": dtype ", dtype_name(type), " cannot be read as float32");
     const std::uint64_t expected = checked_tensor_bytes(type, shape.dims(), context);
     if (bytes.size() != expected)
         fail(errc::corrupt, context, ": ", bytes.size(), " bytes for ", shape.numel(), " elements of ", dtype_name(type), " (", expected, " expected)");
+}
+}  // namespace detail
+
+/// Decodes stored F32/F16/BF16 elements into `out` (shape.numel() floats); `bytes` must hold
+/// exactly shape.numel() elements (errc::corrupt otherwise), other dtypes are errc::unsupported.
+inline void decode_float32_into(dtype type, const Shape& shape, std::span<const std::uint8_t> bytes, std::span<float> out, std::string_view context) {
+    detail::require_float32_source(type, shape, bytes, context);
     NWC_ASSERT(std::int64_t(out.size()) == shape.numel());
     const std::size_t count = out.size();
     const std::uint8_t* in = bytes.data();
@@ -104,10 +111,7 @@ inline void decode_float32_into(dtype type, const Shape& shape, std::span<const 
 
 /// decode_float32_into a new float32 tensor of `shape`.
 inline Tensor<float> decode_float32(dtype type, const Shape& shape, std::span<const std::uint8_t> bytes, std::string_view context) {
-    if (!is_floating_dtype(type)) fail(errc::unsupported, context, ": dtype ", dtype_name(type), " cannot be read as float32");
-    const std::uint64_t expected = checked_tensor_bytes(type, shape.dims(), context);
-    if (bytes.size() != expected)  // checked before the tensor is allocated
-        fail(errc::corrupt, context, ": ", bytes.size(), " bytes for ", shape.numel(), " elements of ", dtype_name(type), " (", expected, " expected)");
+    detail::require_float32_source(type, shape, bytes, context);  // before the tensor is allocated
     Tensor<float> result(shape);
     decode_float32_into(type, shape, bytes, result.view().span(), context);
     return result;
