@@ -24,6 +24,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nwc/codec/codec_file.hpp"
+#include "nwc/codec/sha256.hpp"
 #include "nwc/codec/trainer.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/core/random.hpp"
@@ -272,6 +274,33 @@ TEST_CASE("--json prints one JSON object in every subcommand", "[cli][data][tool
     CHECK(trained["codec_bytes"].get<std::uint64_t>() == std::filesystem::file_size(temp.path / "c.nwcc"));
     CHECK(trained["log"].size() == 2);
     CHECK(trained["held_out"].size() == 4);
+
+    // --retable rebuilds the tables only: with the codec's own precision and tail the decoder half
+    // comes back byte for byte; a smaller tail widens every table and keeps the networks.
+    const nwc::NeuralCodec original = nwc::read_codec_file(temp.path / "c.nwcc");
+    const nlohmann::json same = json_of(run("train " + (temp / "m.safetensors") + " --retable " + (temp / "c.nwcc") + " -o " + (temp / "same.nwcc") +
+                                            " --holdout '^c' --json"));
+    CHECK(same["held_out"].size() == 4);
+    const nwc::NeuralCodec rebuilt = nwc::read_codec_file(temp.path / "same.nwcc");
+    CHECK(nwc::serialize_codec_decoder(rebuilt.decoder()) == nwc::serialize_codec_decoder(original.decoder()));
+    const nlohmann::json provenance = nlohmann::json::parse(rebuilt.provenance());
+    CHECK(provenance["retabled_from"]["sha256"] == nwc::detail::sha256_hex(nwc::read_file(temp.path / "c.nwcc")));
+    CHECK(provenance["training"] == nlohmann::json::parse(original.provenance())["training"]);
+    CHECK(run("train " + (temp / "m.safetensors") + " --retable " + (temp / "c.nwcc") + " -o " + (temp / "wide.nwcc") + " --table-tail 1e-7 --holdout '^c'").status == 0);
+    const nwc::NeuralCodec wide = nwc::read_codec_file(temp.path / "wide.nwcc");
+    CHECK(nwc::serialize_codec(wide).size() > nwc::serialize_codec(original).size());
+    const auto network_bytes = [](const nwc::ResidualMLP<float>& network, nwc::dtype storage) {
+        nwc::ByteWriter writer;
+        nwc::detail::write_network_weights(writer, network, storage);
+        return writer.take();
+    };
+    CHECK(network_bytes(wide.encoder(), wide.weight_dtype()) == network_bytes(original.encoder(), original.weight_dtype()));
+    CHECK(network_bytes(wide.decoder().network(), wide.weight_dtype()) == network_bytes(original.decoder().network(), original.weight_dtype()));
+    CHECK(nlohmann::json::parse(wide.provenance())["table_tail_mass"].get<double>() == 1e-7);
+    for (std::size_t group = 0; group < original.decoder().all_tables().size(); ++group)
+        for (std::size_t channel = 0; channel < original.decoder().all_tables()[group].tables().size(); ++channel)
+            CHECK(wide.decoder().all_tables()[group][channel].support() >= original.decoder().all_tables()[group][channel].support());
+    CHECK(run("train " + (temp / "m.safetensors") + " --retable " + (temp / "missing.nwcc") + " -o " + (temp / "x.nwcc")).status == 1);
 
     const nlohmann::json report = json_of(run("report " + model + " --calib " + calib + " --text " + eval + " --tokenizer " + tokenizer +
                                               " --configs rtn --rates 4 --eval-windows 2 --sensitivity-windows 1 --sensitivity-pairs 1 --threads 2 --json --json-file " +

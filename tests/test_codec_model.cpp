@@ -12,6 +12,9 @@
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/sha256.hpp"
 #include "nwc/codec/trainer.hpp"
+#include "nwc/core/random.hpp"
+#include "nwc/io/container.hpp"
+#include "nwc/pipeline/pipeline_codec.hpp"
 
 namespace nwc_test_codec_model {
 
@@ -217,6 +220,52 @@ TEST_CASE("codec evaluation: real rANS bytes track the ideal rate; ECSQ matches 
     CHECK(ecsq.ideal_bits_per_weight() == Approx(4.047).margin(0.03));
     CHECK(ecsq.mse() == Approx(0.0625 / 12).epsilon(0.03));
     CHECK(ecsq.bits_per_weight() >= ecsq.ideal_bits_per_weight());
+}
+
+TEST_CASE("shipped codecs: files reference them by hash, and a retired codec still decodes its files", "[codec_model]") {
+    const std::filesystem::path shipped = std::filesystem::path(NWC_CODEC_DIR) / "nwc-32x1-l300.nwcc";
+    const std::filesystem::path retired = std::filesystem::path(NWC_CODEC_DIR) / "retired" / "nwc-32x1-l300-tail1e-2.nwcc";
+    Random random(5);
+    Tensor<float> weights(Shape{48, 40});
+    for (float& value : weights.values()) value = 0.05f * random.normal();
+    for (const auto& path : {shipped, retired}) {
+        INFO(path.string());
+        const auto codec = std::make_shared<const NeuralCodec>(read_codec_file(path));
+        MethodOptions options;
+        options.method = "nwc";
+        options.threads = 1;
+        options.alpha = 1.5f;
+        std::vector<float> decoded[2];
+        for (const bool embed : {false, true}) {
+            options.embed_codec = embed;
+            const DefaultCodec coder(options, codec);
+            const std::vector<std::uint8_t> blob = coder.decoder_blob();
+            CHECK(is_codec_reference(blob) == !embed);
+            if (!embed) CHECK(blob.size() == codec_reference_bytes);
+            ContainerWriter writer;
+            writer.add_codec(blob);
+            writer.add_tensor(coder.compress("w", weights.view()));
+            const std::vector<std::uint8_t> bytes = writer.serialize();
+            decoded[embed] = DefaultCodec::decompress(ContainerReader::from_bytes(bytes), 0).values();
+        }
+        CHECK(decoded[0] == decoded[1]);  // the reference resolves to the very decoder the file was coded with
+    }
+    // The two codecs share their networks but not their tables, so their references differ; and a
+    // reference that nothing on the search path holds is errc::unsupported, naming the hash.
+    std::vector<std::uint8_t> unknown = codec_reference_blob(serialize_codec_decoder(read_codec_file(shipped).decoder()));
+    CHECK(unknown != codec_reference_blob(serialize_codec_decoder(read_codec_file(retired).decoder())));
+    unknown[10] ^= 1;
+    const std::string message = [&] {
+        try {
+            resolve_codec_blob(unknown, "container 'x.nwc': codec 0");
+        } catch (const error& failure) {
+            CHECK(failure.id() == errc::unsupported);
+            return std::string(failure.what());
+        }
+        return std::string("no error");
+    }();
+    CHECK(message.find("SHA-256") != std::string::npos);
+    CHECK(message.find("retired") != std::string::npos);  // the folders searched are named
 }
 
 }  // namespace nwc_test_codec_model

@@ -364,6 +364,44 @@ TEST_CASE("error feedback lowers the proxy loss on real matrices with real Hessi
     CHECK(nwc_ldlq.tensors[2].used_feedback);
 }
 
+TEST_CASE("nwc stores importance levels only when one is not 0", "[pipeline][data]") {
+    Random random(11);
+    Tensor<float> weights(Shape{64, 48});
+    for (auto& value : weights.values()) value = 0.02f * random.normal();
+    Tensor<double> hessian(Shape{48, 48});
+    for (std::int64_t c = 0; c < 48; ++c) hessian(c, c) = 1.0 + double((c * 7) % 48);  // distinct: the top 10% get levels
+    std::size_t metadata_bytes[2] = {0, 0};
+    for (const bool merge : {false, true}) {
+        INFO((merge ? "levels merged down" : "levels kept"));
+        MethodOptions options = options_for("nwc", 1);
+        options.ldlq = false;
+        // 64 rows = 4 chunks of 16 symbols per column: the 5 top columns hold 320 symbols, below the default 4096.
+        options.nwc_min_level_symbols = merge ? MethodOptions{}.nwc_min_level_symbols : 0;
+        const DefaultCodec codec(options, tiny_codec());
+        ContainerTensor tensor = codec.compress("w", weights.view(), &hessian);
+        const bool stored = (tensor.metadata[1] & 2) != 0;  // the prefix's flags: bit 1, levels stored
+        CHECK(stored == !merge);
+        metadata_bytes[merge] = tensor.metadata.size();
+        ContainerWriter writer;
+        writer.add_codec(codec.decoder_blob());
+        writer.add_tensor(tensor);
+        const auto bytes = writer.serialize();
+        const ContainerReader reader = ContainerReader::from_bytes(bytes);
+        const Tensor<float> decoded = DefaultCodec::decompress(reader, 0);
+        // What the encoder measured is what the file decodes to, either way.
+        TensorReport report;
+        codec.compress("w", weights.view(), &hessian, &report);
+        double error = 0.0, energy = 0.0;
+        for (std::size_t k = 0; k < weights.values().size(); ++k) {
+            error += std::pow(double(decoded.values()[k]) - double(weights.values()[k]), 2);
+            energy += std::pow(double(weights.values()[k]), 2);
+        }
+        CHECK(error / energy == Approx(report.relative_mse).epsilon(1e-3));
+        CHECK(DefaultCodec::account(reader).total.of("levels") == (merge ? 0u : 12u));  // 48 levels, 4 to a byte
+    }
+    CHECK(metadata_bytes[0] == metadata_bytes[1] + 12);
+}
+
 TEST_CASE("stories260K at about 4 bits per weight with every method decompresses to a llama2.c model", "[pipeline][data]") {
     const auto lookup = hessian_lookup(stories_hessians());
     for (std::string method : {"rtn", "gptq", "ecsq", "nwc"}) {

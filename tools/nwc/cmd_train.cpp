@@ -16,6 +16,8 @@
 #include "commands.hpp"
 #include "nwc/codec/codec_evaluation.hpp"
 #include "nwc/codec/codec_file.hpp"
+#include "nwc/codec/sha256.hpp"
+#include "nwc/core/file_io.hpp"
 #include "nwc/codec/trainer.hpp"
 #include "nwc/entropy/cdf_table.hpp"
 
@@ -45,6 +47,7 @@ struct TrainSettings {
     int precision = default_table_precision;
     double table_tail = default_table_tail_mass;
     std::optional<std::int64_t> log_every;
+    std::string retable;  ///< a codec whose tables are rebuilt instead of training one
 };
 
 /// What the training loop reports: the metrics of every logged interval and of the last one.
@@ -63,7 +66,9 @@ struct TrainCommand {
                 .description = R"(Trains a learned weight codec on every 2-D tensor of the safetensors FILES (normalized and chunked
 as the compressor does) and writes the codec file CODEC. Tensors matching --holdout are kept out of
 training and used to measure the finished codec's real coded rate and distortion. Progress goes to
-stderr; --json prints the summary with every progress entry as one JSON object at the end.)",
+stderr; --json prints the summary with every progress entry as one JSON object at the end.
+With --retable CODEC nothing is trained: CODEC's integer tables are rebuilt from the prior parameters
+it stores, with --precision and --table-tail, its networks kept, and measured on the held-out FILES.)",
                 .positional = "training FILES",
                 .min_positional = 1,
                 .max_positional = std::size_t(-1),
@@ -97,6 +102,7 @@ stderr; --json prints the summary with every progress entry as one JSON object a
         table.flag("shared-prior", "one prior for all levels (the paper's); by default one prior per level", training.architecture.per_level_prior, false);
         table.flag("straight-through", "round the latents with a straight-through gradient instead of noise", training.loss.straight_through);
         table.value("log-every", "N", "steps between progress lines", settings.log_every).shows_default("steps / 50").at_least(1);
+        table.value("retable", "CODEC", "rebuild CODEC's tables (--precision, --table-tail) instead of training; its networks are kept", settings.retable);
     }
 
     static Outcome run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation);
@@ -205,12 +211,54 @@ nlohmann::json held_out_json(const NeuralCodec& codec, const TrainingCorpus& cor
     return held_out;
 }
 
+/// --retable: the codec's tables rebuilt from its stored prior parameters (the shipped codecs are
+/// referenced by SHA-256, so their tables' size no longer costs a file anything, and a narrow
+/// table's escapes did: docs/bench/codec.md, "Table tail"). The provenance keeps the training's
+/// record, with the new table settings, the held-out figures measured again, and where it came from.
+Outcome retable(const TrainSettings& settings, const std::vector<std::string>& positional) {
+    const std::filesystem::path source = settings.retable;
+    const std::vector<std::uint8_t> source_bytes = read_file(source);
+    const NeuralCodec original = parse_codec(source_bytes, source.string());
+    TrainingOptions options = settings.training;
+    options.architecture = original.architecture();
+    const TrainingCorpus corpus = TrainingCorpus::load(positional, settings.holdout, options.architecture.chunk_size);
+    NeuralCodec codec = CodecModel::from_codec(original).freeze(original.weight_dtype(), settings.precision, "{}", settings.table_tail);
+    nlohmann::json provenance = nlohmann::json::parse(original.provenance(), nullptr, false);
+    if (!provenance.is_object()) provenance = nlohmann::json::object();
+    nlohmann::json origin = nlohmann::json::object();
+    origin["file"] = source.filename().string();
+    origin["sha256"] = nwc::detail::sha256_hex(source_bytes);
+    for (const char* key : {"table_precision", "table_tail_mass", "held_out"})
+        if (provenance.contains(key)) origin[key] = provenance[key];
+    provenance["retabled_from"] = origin;
+    provenance["table_precision"] = settings.precision;
+    provenance["table_tail_mass"] = settings.table_tail;
+    const nlohmann::json held_out = held_out_json(codec, corpus, options);
+    provenance["held_out"] = held_out;
+    codec.set_provenance(provenance.dump());
+    write_codec_file(settings.output, codec);
+    const std::size_t decoder_bytes = serialize_codec_decoder(codec.decoder()).size();
+    std::fprintf(stderr, "nwc train: rebuilt the tables of %s into %s (decoder half %zu bytes)\n", source.string().c_str(), settings.output.c_str(),
+                 decoder_bytes);
+    for (const auto& row : held_out)
+        std::fprintf(stderr, "  held out, level %d: %.4f bits/weight (ideal %.4f), mse %.6f\n", row["level"].get<int>(), row["bits_per_weight"].get<double>(),
+                     row["ideal_bits_per_weight"].get<double>(), row["mse"].get<double>());
+    Outcome outcome;
+    outcome.json = {{"output", settings.output},
+                    {"codec_bytes", std::filesystem::file_size(settings.output)},
+                    {"decoder_half_bytes", decoder_bytes},
+                    {"retabled_from", settings.retable},
+                    {"held_out", held_out}};
+    return outcome;
+}
+
 Outcome TrainCommand::run(const Settings& settings, const std::vector<std::string>& positional, const Invocation& invocation) {
     try {
         settings.training.validate();
     } catch (const error& problem) {
         throw UsageError(problem.message());
     }
+    if (!settings.retable.empty()) return retable(settings, positional);
     const auto load_start = std::chrono::steady_clock::now();
     const TrainingCorpus corpus = TrainingCorpus::load(positional, settings.holdout, settings.training.architecture.chunk_size);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();

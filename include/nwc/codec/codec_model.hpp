@@ -29,8 +29,9 @@ namespace nwc {
 
 /// What freeze() builds unless told otherwise (and `nwc train`'s defaults): f16 weights, 16-bit
 /// integer CDF tables, and each table leaving 1e-3 of its probability to the escape bin. Not the
-/// notes' 1e-9: the tables grow with the tail they cover, and every .nwc file embeds them
-/// (docs/bench/codec.md, "Table tail").
+/// notes' 1e-9: the tables grow with the tail they cover, and a .nwc file embeds a codec that does
+/// not ship with nwc. The shipped codecs, which files reference by hash, have theirs rebuilt at
+/// 1e-5 (`nwc train --retable`: wider tables, no escapes when alpha moves; docs/codecs.md).
 inline constexpr dtype default_codec_dtype = dtype::f16;
 inline constexpr int default_table_precision = 16;
 inline constexpr double default_table_tail_mass = 1e-3;

@@ -8,8 +8,9 @@
 //   (serialize_codec_decoder) the encoder used. A decoder blob starts with "NWCD" instead, so the
 //   two are told apart by their first four bytes.
 // - Where a reader looks (codec_search_path): the folders of $NWC_CODEC_PATH (':'-separated), then
-//   the folder the build configured as NWC_CODEC_DIR (the repository's codecs/), every *.nwcc file
-//   in each. Nothing found: errc::unsupported naming the hash and the folders searched, and how to
+//   the folder the build configured as NWC_CODEC_DIR (the repository's codecs/), then its retired/
+//   subfolder (codecs an earlier release shipped, kept so that its files still decode; nothing
+//   compresses with them), every *.nwcc file in each. Nothing found: errc::unsupported naming the hash and the folders searched, and how to
 //   make a self-contained file (nwc compress --embed-codec).
 // - The SHA-256 is checked on the candidate's decoder bytes, so a codec file edited or retrained
 //   under the same name is never taken for the one the file was coded with.
@@ -75,6 +76,7 @@ inline std::vector<std::filesystem::path> codec_search_path() {
     }
 #ifdef NWC_CODEC_DIR
     folders.emplace_back(NWC_CODEC_DIR);
+    folders.emplace_back(std::filesystem::path(NWC_CODEC_DIR) / "retired");
 #endif
     return folders;
 }
