@@ -17,8 +17,8 @@
 #include "nwc/codec/codec_evaluation.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/sha256.hpp"
-#include "nwc/core/file_io.hpp"
 #include "nwc/codec/trainer.hpp"
+#include "nwc/core/file_io.hpp"
 #include "nwc/entropy/cdf_table.hpp"
 
 namespace nwc::cli {

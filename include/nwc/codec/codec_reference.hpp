@@ -10,8 +10,9 @@
 // - Where a reader looks (codec_search_path): the folders of $NWC_CODEC_PATH (':'-separated), then
 //   the folder the build configured as NWC_CODEC_DIR (the repository's codecs/), then its retired/
 //   subfolder (codecs an earlier release shipped, kept so that its files still decode; nothing
-//   compresses with them), every *.nwcc file in each. Nothing found: errc::unsupported naming the hash and the folders searched, and how to
-//   make a self-contained file (nwc compress --embed-codec).
+//   compresses with them), every *.nwcc file in each. Nothing found: errc::unsupported naming the
+//   hash and the folders searched, and how to make a self-contained file (nwc compress
+//   --embed-codec).
 // - The SHA-256 is checked on the candidate's decoder bytes, so a codec file edited or retrained
 //   under the same name is never taken for the one the file was coded with.
 #pragma once
