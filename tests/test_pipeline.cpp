@@ -378,7 +378,8 @@ TEST_CASE("nwc stores importance levels only when one is not 0", "[pipeline][dat
         // 64 rows = 4 chunks of 16 symbols per column: the 5 top columns hold 320 symbols, below the default 4096.
         options.nwc_min_level_symbols = merge ? MethodOptions{}.nwc_min_level_symbols : 0;
         const DefaultCodec codec(options, tiny_codec());
-        ContainerTensor tensor = codec.compress("w", weights.view(), &hessian);
+        TensorReport report;
+        ContainerTensor tensor = codec.compress("w", weights.view(), &hessian, &report);
         const bool stored = (tensor.metadata[1] & 2) != 0;  // the prefix's flags: bit 1, levels stored
         CHECK(stored == !merge);
         metadata_bytes[merge] = tensor.metadata.size();
@@ -389,8 +390,6 @@ TEST_CASE("nwc stores importance levels only when one is not 0", "[pipeline][dat
         const ContainerReader reader = ContainerReader::from_bytes(bytes);
         const Tensor<float> decoded = DefaultCodec::decompress(reader, 0);
         // What the encoder measured is what the file decodes to, either way.
-        TensorReport report;
-        codec.compress("w", weights.view(), &hessian, &report);
         double error = 0.0, energy = 0.0;
         for (std::size_t k = 0; k < weights.values().size(); ++k) {
             error += std::pow(double(decoded.values()[k]) - double(weights.values()[k]), 2);
