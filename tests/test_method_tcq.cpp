@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "error_testing.hpp"
+#include "matrix_rows_testing.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 #include "nwc/pipeline/rate_control.hpp"
@@ -139,6 +140,58 @@ TEST_CASE("tcq: a strip longer than the coder's 2^20-value segments restarts its
         CHECK(reader.entry(0).segment_count() == 2);
         CHECK(same_bits(Codec<backend::simd>::decompress(reader, 0, 2), coded.reconstruction));
         CHECK(mse(weights, coded.reconstruction) < 0.05 * mse(weights, Tensor<float>(weights.shape())));
+    }
+}
+
+TEST_CASE("tcq: encode_rows, block by block, gives encode()'s entry and its error", "[tcq]") {
+    // A streamed compress codes a matrix from blocks of rows without a whole copy of it: the same
+    // scales, the same fit() sample (40000 x 33 has two 2^20-value blocks and a sampling stride of
+    // 2), the same searches, symbols kept as int8 / int16 / int32 (steps 0.2 / 1e-3 / 6.2e-5, the smallest fp16 normal step), the
+    // same tables; the error the pipeline measures from the reconstruction, summed alike.
+    struct Case {
+        std::int64_t rows, cols;
+        float step;
+        NormalizationAxis axis;
+    };
+    for (const Case& test : {Case{40000, 33, 0.3f, NormalizationAxis::per_tensor}, Case{300, 270, 0.2f, NormalizationAxis::per_row},
+                             Case{300, 270, 0.2f, NormalizationAxis::per_column}, Case{64, 100, 1e-3f, NormalizationAxis::per_tensor},
+                             Case{64, 40, 6.2e-5f, NormalizationAxis::per_row}, Case{20, 17, 0.5f, NormalizationAxis::per_column}}) {
+        INFO(test.rows << " x " << test.cols << ", step " << test.step << ", axis " << int(test.axis));
+        const Tensor<float> weights = gaussian_matrix(test.rows, test.cols, 5, 0.05f);
+        MethodOptions options = tcq_options(test.step, test.axis);
+        options.weights_per_segment = 20000;
+        const EncodedMatrix whole = TcqMethod::encode(weights.view(), nullptr, options, MethodResources{});
+        const testing::CountedRows source = testing::rows_of(weights);
+        const EncodedMatrix streamed = TcqMethod::encode_rows(source.rows, options);
+        CHECK(streamed.tensor.metadata == whole.tensor.metadata);
+        CHECK(streamed.tensor.payload == whole.tensor.payload);
+        CHECK(streamed.tensor.segment_sizes == whole.tensor.segment_sizes);
+        CHECK(streamed.setting == whole.setting);
+        CHECK(streamed.reconstruction.values().empty());
+        REQUIRE(streamed.measured.has_value());
+        const detail::ErrorMeasure expected = detail::measure_error<double>(weights.view(), whole.reconstruction.view(), nullptr);
+        CHECK(streamed.measured->squared_error == expected.squared_error);
+        CHECK(streamed.measured->squared_norm == expected.squared_norm);
+        CHECK(*source.weights_read >= 4 * weights.numel());  // scales (2 passes), sample, strips, error: passes, not a copy
+        options.measure = false;
+        CHECK(!TcqMethod::encode_rows(testing::rows_of(weights).rows, options).measured.has_value());
+    }
+}
+
+TEST_CASE("tcq: PackedSymbols keep every int32 in the narrowest width", "[tcq]") {
+    const std::vector<std::vector<std::int32_t>> cases = {{},
+                                                          {0, -128, 127, 5},
+                                                          {-129, 3, 127},
+                                                          {128, -32768, 32767},
+                                                          {-32769, 0},
+                                                          {32768, std::numeric_limits<std::int32_t>::min(), std::numeric_limits<std::int32_t>::max()}};
+    const int widths[] = {1, 1, 2, 2, 4, 4};
+    for (std::size_t k = 0; k < cases.size(); ++k) {
+        const std::vector<std::int32_t>& symbols = cases[k];
+        const detail::PackedSymbols packed(symbols);
+        CHECK(packed.width() == widths[k]);
+        CHECK(packed.unpack() == symbols);
+        for (std::size_t i = 0; i < symbols.size(); ++i) CHECK(packed[i] == symbols[i]);
     }
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "nwc/core/random.hpp"
@@ -236,6 +237,51 @@ TEST_CASE("ecsq: symbols round(w / (step s)), exact decode, entropy rate", "[ecs
         CHECK_THROWS_AS(wrong.quantize(weights.view()), error);
         CHECK_THROWS_AS(EntropyCodedScalar(0.0f), error);
     }
+}
+
+TEST_CASE("ecsq: symbols round half away from zero, as std::round, at the edges of the exact sum", "[ecsq]") {
+    // ecsq_symbol adds +-0.5 in double instead of calling std::round: every float below 2^30 was
+    // compared once (all 2^32 bit patterns); these are the cases where a careless sum would differ.
+    const float below_half = std::nextafter(0.5f, 0.0f), tiny = std::numeric_limits<float>::denorm_min();
+    for (const float ratio : {0.0f, -0.0f, 0.5f, -0.5f, below_half, -below_half, 1.5f, -2.5f, tiny, -tiny, 0x1.0p-29f, 0x1.fffffep-2f, 8388607.5f,
+                              -8388608.5f, 0x1.fffffep29f, -0x1.fffffep29f, 3.49999976f, 1e-30f}) {
+        INFO(ratio);
+        CHECK(detail::ecsq_symbol(ratio, 1.0f) == std::int32_t(std::round(ratio)));
+    }
+    CHECK_THROWS_AS(detail::ecsq_symbol(0x1.0p30f, 1.0f), error);
+    CHECK_THROWS_AS(detail::ecsq_symbol(std::numeric_limits<float>::quiet_NaN(), 1.0f), error);
+}
+
+TEST_CASE("ecsq: StreamedHistogram counts symbols one by one as histogram_of counts them all", "[ecsq]") {
+    const auto streamed = [](const std::vector<std::int32_t>& symbols) {
+        detail::StreamedHistogram histogram;
+        for (const std::int32_t symbol : symbols) histogram.add(symbol);
+        return std::move(histogram).finish();
+    };
+    Random random(31);
+    std::vector<std::vector<std::int32_t>> cases = {{}, {5}, {-3, -3, -3}, {0, 1000, -1000, 7}};
+    std::vector<std::int32_t> gaussian, rising, falling;
+    for (int i = 0; i < 20000; ++i) gaussian.push_back(std::int32_t(std::lround(12.0 * random.normal())));
+    for (int i = 0; i < 5000; ++i) rising.push_back(i), falling.push_back(-3 * i);  // a new extreme every symbol: geometric growth
+    cases.push_back(gaussian), cases.push_back(rising), cases.push_back(falling);
+    for (const auto& symbols : cases) {
+        INFO(symbols.size() << " symbols");
+        const SymbolHistogram expected = detail::histogram_of(symbols), got = streamed(symbols);
+        CHECK(got.offset == expected.offset);
+        CHECK(got.counts == expected.counts);
+    }
+    // The widest range histogram_of accepts, and one more: the same error, range included.
+    const std::int32_t widest = std::int32_t(detail::max_symbol_span) - 1;
+    CHECK(streamed({-widest / 2, widest - widest / 2, 0}).counts.size() == std::size_t(detail::max_symbol_span));
+    const std::vector<std::int32_t> too_wide = {0, 3, widest + 1, -4, 2};
+    std::string expected_message;
+    try {
+        (void)detail::histogram_of(too_wide);
+    } catch (const error& e) {
+        expected_message = e.what();
+    }
+    REQUIRE(!expected_message.empty());
+    CHECK_THROWS_WITH(streamed(too_wide), expected_message);
 }
 
 TEST_CASE("ecsq: step_for_target_bits finds the step of a target entropy", "[ecsq]") {

@@ -26,6 +26,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -66,10 +67,18 @@ inline constexpr std::size_t lossless_segment_header_bytes(std::size_t coded_pla
 
 namespace lossless_float {
 
+/// Receives each range of an encoder's input once it has been read for a pass: a caller whose input
+/// is a mapped file hands its pages back (release_pages), so coding a large tensor never makes it
+/// resident whole. Called from the encoder's threads; the input must stay readable (it is read in
+/// two passes: the histograms, then the coding).
+using InputRangeDone = std::function<void(std::span<const std::uint8_t>)>;
+
 /// Codes the little-endian elements in `bytes` (bf16, f16 or f32). Throws nwc::error:
 /// unsupported (another dtype), invalid_argument (bad options, a byte count that is not a multiple
 /// of the element size), limit (more than 2^32 - 1 segments). The bytes do not depend on options.threads.
-inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype type, const LosslessFloatOptions& options = {}) {
+/// Memory: the coded segments and one segment's planes per thread, never a copy of the input.
+inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype type, const LosslessFloatOptions& options = {},
+                                    const InputRangeDone& range_done = {}) {
     options.validate();
     require(supports(type), errc::unsupported, "lossless float: dtype ", dtype_name(type), " (bf16, f16 or f32 expected)");
     const std::size_t element_size = dtype_size(type), plane_count = element_size;
@@ -79,30 +88,42 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
     const std::uint32_t per_segment = options.elements_per_segment;
     const std::uint64_t segment_count = count / per_segment + (count % per_segment != 0);
     require(segment_count <= 0xFFFFFFFFu, errc::limit, "lossless float: ", count, " elements need ", segment_count, " segments, more than 2^32 - 1");
+    const auto input = [&](std::uint64_t first, std::uint64_t end) { return bytes.subspan(first * element_size, (end - first) * element_size); };
+    // Elements [first, end) split into this thread's planes (plane p at planes + p * (end - first)).
+    const auto split = [&](std::uint64_t first, std::uint64_t end) {
+        thread_local std::vector<std::uint8_t> planes;
+        const std::size_t elements = std::size_t(end - first);
+        planes.resize(elements * plane_count);
+        std::uint8_t* targets[detail::lossless_max_planes] = {};
+        for (std::size_t p = 0; p < plane_count; ++p) targets[p] = planes.data() + p * elements;
+        detail::split_float_planes(type, bytes.data() + first * element_size, elements, targets);
+        return planes.data();
+    };
 
-    // Planes of the whole tensor and their histograms, in parallel over ranges of segments; the
-    // counts are integer sums, so they do not depend on the split.
-    std::vector<std::uint8_t> planes(bytes.size());
-    auto plane = [&](std::size_t p) { return planes.data() + p * count; };
+    // Histograms of the planes, in parallel over ranges of segments, one segment's planes at a
+    // time; the counts are integer sums, so they do not depend on the split.
     const std::int64_t ranges = std::int64_t(std::min<std::uint64_t>(segment_count, 64));
     std::vector<std::array<std::uint64_t, 256 * detail::lossless_max_planes>> histograms{std::size_t(ranges)};
     parallel_for(ranges, options.threads, [&](std::int64_t r) {
-        const std::uint64_t first = segment_count * std::uint64_t(r) / std::uint64_t(ranges) * per_segment;
-        const std::uint64_t end = std::min(count, segment_count * std::uint64_t(r + 1) / std::uint64_t(ranges) * per_segment);
-        std::uint8_t* targets[detail::lossless_max_planes] = {};
-        for (std::size_t p = 0; p < plane_count; ++p) targets[p] = plane(p) + first;
-        detail::split_float_planes(type, bytes.data() + first * element_size, std::size_t(end - first), targets);
+        const std::uint64_t range_first = segment_count * std::uint64_t(r) / std::uint64_t(ranges) * per_segment;
+        const std::uint64_t range_end = std::min(count, segment_count * std::uint64_t(r + 1) / std::uint64_t(ranges) * per_segment);
         auto& histogram = histograms[std::size_t(r)];
         histogram.fill(0);
-        for (std::size_t p = 0; p < plane_count; ++p) {
-            // Four interleaved counters: runs of one exponent would otherwise wait on each increment.
-            std::array<std::array<std::uint64_t, 256>, 4> lanes{};
-            const std::uint8_t* values = plane(p);
-            std::uint64_t i = first;
-            for (; i + 4 <= end; i += 4) ++lanes[0][values[i]], ++lanes[1][values[i + 1]], ++lanes[2][values[i + 2]], ++lanes[3][values[i + 3]];
-            for (; i < end; ++i) ++lanes[0][values[i]];
-            for (std::size_t v = 0; v < 256; ++v) histogram[256 * p + v] = lanes[0][v] + lanes[1][v] + lanes[2][v] + lanes[3][v];
+        for (std::uint64_t first = range_first; first < range_end; first += per_segment) {
+            const std::uint64_t end = std::min(range_end, first + per_segment);
+            const std::size_t elements = std::size_t(end - first);
+            const std::uint8_t* planes = split(first, end);
+            for (std::size_t p = 0; p < plane_count; ++p) {
+                // Four interleaved counters: runs of one exponent would otherwise wait on each increment.
+                std::array<std::array<std::uint64_t, 256>, 4> lanes{};
+                const std::uint8_t* values = planes + p * elements;
+                std::size_t i = 0;
+                for (; i + 4 <= elements; i += 4) ++lanes[0][values[i]], ++lanes[1][values[i + 1]], ++lanes[2][values[i + 2]], ++lanes[3][values[i + 3]];
+                for (; i < elements; ++i) ++lanes[0][values[i]];
+                for (std::size_t v = 0; v < 256; ++v) histogram[256 * p + v] += lanes[0][v] + lanes[1][v] + lanes[2][v] + lanes[3][v];
+            }
         }
+        if (range_done) range_done(input(range_first, range_end));
     });
 
     LosslessFloatEncoding result;
@@ -139,11 +160,13 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
     parallel_for(std::int64_t(segment_count), options.threads, [&](std::int64_t s) {
         const std::uint64_t first = layout.first_element(std::size_t(s));
         const std::uint32_t elements = layout.segment_elements(std::size_t(s));
+        const std::uint8_t* planes = split(first, first + elements);
+        const auto plane = [&](std::size_t p) { return planes + p * elements; };
         thread_local std::vector<std::int32_t> symbols;
         std::array<std::vector<std::uint8_t>, detail::lossless_max_planes> streams;
         for (std::size_t p = 0; p < plane_count; ++p) {
             if (layout.modes[p] != FloatPlaneMode::coded) continue;
-            symbols.assign(plane(p) + first, plane(p) + first + elements);
+            symbols.assign(plane(p), plane(p) + elements);
             RangeCoderOptions coder;
             coder.segment_size = elements;
             streams[p] = rans::encode(symbols, layout.tables[p], coder);
@@ -155,13 +178,14 @@ inline LosslessFloatEncoding encode(std::span<const std::uint8_t> bytes, dtype t
         auto& sizes = segment_plane_bytes[std::size_t(s)];
         for (std::size_t p = 0; p < plane_count; ++p) {
             if (layout.modes[p] == FloatPlaneMode::coded) out.put_bytes(streams[p]);
-            if (layout.modes[p] == FloatPlaneMode::raw) out.put_bytes({plane(p) + first, elements});
+            if (layout.modes[p] == FloatPlaneMode::raw) out.put_bytes({plane(p), elements});
             sizes[p] = layout.modes[p] == FloatPlaneMode::coded ? streams[p].size() : layout.modes[p] == FloatPlaneMode::raw ? elements : 0;
         }
         std::vector<std::uint8_t> segment = out.take();
         const std::uint32_t crc = crc32c(std::span<const std::uint8_t>(segment).subspan(4));
         std::memcpy(segment.data(), &crc, 4);
         result.segments[std::size_t(s)] = std::move(segment);
+        if (range_done) range_done(input(first, first + elements));
     });
     for (const auto& sizes : segment_plane_bytes)
         for (std::size_t p = 0; p < plane_count; ++p) result.plane_bytes[p] += sizes[p];

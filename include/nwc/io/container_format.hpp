@@ -75,6 +75,19 @@ struct ContainerTensor {
         payload.insert(payload.end(), segment.begin(), segment.end());
         segment_sizes.push_back(segment.size());
     }
+    /// Appends `segments` in order, freeing each once copied: the payload and the segments are
+    /// never both held whole (a large tensor's coded bytes, twice).
+    void add_segments(std::vector<std::vector<std::uint8_t>>&& segments) {
+        std::size_t total = payload.size();
+        for (const auto& segment : segments) total += segment.size();
+        payload.reserve(total);
+        segment_sizes.reserve(segment_sizes.size() + segments.size());
+        for (auto& segment : segments) {
+            add_segment(segment);
+            std::vector<std::uint8_t>().swap(segment);
+        }
+        segments.clear();
+    }
 };
 
 /// A tensor as the directory records it: everything but its bytes (ContainerLayout's input, and

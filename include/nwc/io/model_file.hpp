@@ -198,15 +198,15 @@ struct SafetensorsModel {
     /// Reads outline tensor `index` from its mapped file into `tensor`: float32 values for a
     /// floating dtype, the stored bytes otherwise. Returns the mapped bytes it read.
     std::span<const std::uint8_t> read_into(std::size_t index, ModelTensor& tensor) const {
-        const SafetensorsFile& file = files[file_of[index]];
-        const std::string& name = outline.tensors[index].name;
-        const std::span<const std::uint8_t> bytes = file.raw_bytes(name);
+        const std::span<const std::uint8_t> bytes = stored_bytes(index);
         if (is_floating_dtype(outline.tensors[index].original_dtype))
-            tensor.values = file.read_float32(name);
+            tensor.values = files[file_of[index]].read_float32(outline.tensors[index].name);
         else
             tensor.raw_bytes.assign(bytes.begin(), bytes.end());
         return bytes;
     }
+    /// The bytes outline tensor `index` has in its mapped file.
+    std::span<const std::uint8_t> stored_bytes(std::size_t index) const { return files[file_of[index]].raw_bytes(outline.tensors[index].name); }
     /// The whole model in memory.
     ModelFile read_all() && {
         for (std::size_t index = 0; index < outline.tensors.size(); ++index) read_into(index, outline.tensors[index]);

@@ -10,7 +10,9 @@
 // - read(i) returns tensor i as load_model_file() holds it (float32 values, or the raw bytes of an
 //   integer tensor), read from the memory-mapped file; the mapped pages it read are then handed
 //   back (release_pages), so reading a whole model tensor by tensor never makes the input resident
-//   whole. Thread-safe: several workers may read different tensors at once.
+//   whole. Thread-safe: several workers may read different tensors at once. with_stored_bytes(i, f)
+//   hands f the tensor's bytes where the file holds them instead (the lossless method codes a
+//   BF16 tensor from them: no float32 copy).
 // - A llama2.c file is read whole at open() (its RoPE tables are compared against recomputed ones,
 //   and the format has no index of tensors); read(i) copies from it. Such models are small.
 // - with_model_tensor / outline_of let the pipeline take a ModelFile in memory or a ModelReader
@@ -21,6 +23,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <utility>
 
 #include "nwc/core/file_io.hpp"
@@ -57,6 +60,26 @@ public:
         ModelTensor tensor = m_mapped->outline.tensors[index];
         release_pages(m_mapped->read_into(index, tensor));
         return tensor;
+    }
+
+    /// Whether with_stored_bytes() can run: a safetensors or Hugging Face source (a llama2.c model
+    /// is held whole, converted at open()).
+    bool maps_tensors() const noexcept { return m_mapped.has_value(); }
+
+    /// f(the bytes of tensor `index` as its file stores them: little-endian elements of its dtype),
+    /// a view of the mapped file, for a method that codes them as they are (the lossless method:
+    /// no float32 copy). f may hand ranges back with release_pages as it reads; the rest is handed
+    /// back after. Thread-safe as read().
+    template <class F>
+    decltype(auto) with_stored_bytes(std::size_t index, F&& f) const {
+        require(m_mapped && index < tensor_count(), errc::invalid_argument, "ModelReader: stored bytes of tensor ", index, " of ", tensor_count(),
+                m_mapped ? "" : " (a llama2.c model is not mapped)");
+        const std::span<const std::uint8_t> bytes = m_mapped->stored_bytes(index);
+        struct HandBack {
+            std::span<const std::uint8_t> bytes;
+            ~HandBack() { release_pages(bytes); }
+        } hand_back{bytes};
+        return std::forward<F>(f)(bytes);
     }
 
     /// The whole model in memory: what load_model_file() returns.

@@ -6,6 +6,7 @@
 // with memcpy, which compilers turn into plain loads where alignment allows.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -115,6 +116,22 @@ inline Tensor<float> decode_float32(dtype type, const Shape& shape, std::span<co
     Tensor<float> result(shape);
     decode_float32_into(type, shape, bytes, result.view().span(), context);
     return result;
+}
+
+/// f(std::span<const float>) on the stored F32/F16/BF16 elements in `bytes`, widened as
+/// decode_float32_into does, `block` at a time in order: a pass over a stored tensor (a norm, a
+/// check) without a float32 copy of it. Errors as decode_float32_into.
+template <class F>
+void for_each_float32_block(dtype type, std::span<const std::uint8_t> bytes, F&& f, std::string_view context, std::size_t block = std::size_t(1) << 16) {
+    if (!is_floating_dtype(type)) fail(errc::unsupported, context, ": dtype ", dtype_name(type), " cannot be read as float32");
+    const std::size_t size = dtype_size(type), count = bytes.size() / size;
+    require(bytes.size() % size == 0, errc::corrupt, context, ": ", bytes.size(), " bytes are not whole ", dtype_name(type), " elements");
+    std::vector<float> values(std::min(count, block));
+    for (std::size_t first = 0; first < count; first += block) {
+        const std::size_t n = std::min(block, count - first);
+        decode_float32_into(type, Shape{std::int64_t(n)}, bytes.subspan(first * size, n * size), std::span<float>(values.data(), n), context);
+        f(std::span<const float>(values.data(), n));
+    }
 }
 
 /// Encodes float32 values as stored elements of `type` (F32, F16 or BF16; rounding to nearest even).

@@ -70,6 +70,9 @@ struct MethodKnob {
 struct EncodedMatrix {
     ContainerTensor tensor;        ///< method, metadata, payload, segment sizes
     Tensor<float> reconstruction;  ///< what the decoder will produce (empty when not computed)
+    /// measure_error(weights, reconstruction) taken by the method itself (encode_rows, which holds
+    /// no whole reconstruction); empty otherwise.
+    std::optional<detail::ErrorMeasure> measured;
     bool used_feedback = false;
     bool used_hessian = false;
     std::string setting;
@@ -241,6 +244,39 @@ concept StoredDecodingMethod = Method<M> && requires(const typename M::Layout& l
     { M::stored_dtype(layout) } -> std::same_as<dtype>;
     M::decode_segment_stored(layout, segment, bytes, output, context, backend::scalar{});
 };
+
+/// An m x n matrix read in blocks, on demand: a streamed compress widens them from the mapped
+/// file, so that no float32 copy of a large tensor exists. read(first_row, row_count, first_col,
+/// col_count) returns that block as a row_count x col_count view, valid until the next call.
+struct MatrixRows {
+    std::int64_t rows = 0, cols = 0;
+    std::function<TensorView<const float>(std::int64_t first_row, std::int64_t row_count, std::int64_t first_col, std::int64_t col_count)> read;
+
+    /// Rows a pass reads at once: about 2^16 weights (256 KiB of floats), at least one row.
+    std::int64_t block_rows() const noexcept { return std::max<std::int64_t>(1, (std::int64_t(1) << 16) / std::max<std::int64_t>(cols, 1)); }
+    /// read() of whole rows, as (first_row, row_count) -> view.
+    auto all_columns() const {
+        return [this](std::int64_t first_row, std::int64_t row_count) { return read(first_row, row_count, 0, cols); };
+    }
+};
+
+/// A method that also codes a matrix without a Hessian from MatrixRows (encode_rows), reading it
+/// in passes and holding one block of rows at a time: the same entry as encode() of the whole
+/// matrix, and `measured` set when options.measure is (the error the pipeline would measure).
+template <class M>
+concept RowEncodingMethod = Method<M> && requires(const MatrixRows& rows, const MethodOptions& options) {
+    { M::encode_rows(rows, options) } -> std::same_as<EncodedMatrix>;
+};
+
+/// A lossless method that also codes a tensor from the bytes its file stores (encode_stored: the
+/// same entry as encode() of the widened floats, with no float32 copy). A streamed compress hands
+/// it the mapped bytes; `range_done` receives each range once read, to hand its pages back.
+template <class M>
+concept StoredEncodingMethod = Method<M> && is_lossless<M> &&
+                               requires(std::span<const std::uint8_t> bytes, const MethodOptions& options,
+                                        const std::function<void(std::span<const std::uint8_t>)>& range_done) {
+                                   { M::encode_stored(bytes, dtype::bf16, options, range_done) } -> std::same_as<EncodedMatrix>;
+                               };
 
 /// A method whose sizes may follow from the shape and options alone (rtn and gptq with fp16 group
 /// scales): predicted_sizes gives them (metadata, then each segment), or nullopt for options whose

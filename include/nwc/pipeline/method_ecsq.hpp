@@ -68,11 +68,7 @@ struct EcsqMethod {
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
-        // The step is stored as fp16 (0.05% apart: no rate control or allocation can see it), and
-        // the encoder quantizes with exactly the stored value.
-        const half stored_step = to_half(options.step);
-        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "ecsq step ", options.step,
-                " is outside fp16's normal range (6.1e-5 .. 65504)");
+        const half stored_step = stored_step_of(options);
         const float step = to_float(stored_step);
         const Chunker chunker(ChunkerOptions{.axis = options.axis});
         EntropyCodedScalar quantizer(EntropyCodedScalarOptions{step, options.axis, chunker.compute_scales(weights)});
@@ -89,30 +85,100 @@ struct EcsqMethod {
         result.used_hessian = feedback;
         result.setting = knob_setting<EcsqMethod>(step);
 
-        const SymbolHistogram histogram = quantizer.histogram();
-        const CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts);
+        const CompactTableFit fit = begin_entry(result, quantizer.histogram(), rows, cols, stored_step, quantizer.options().scales, options);
         const CdfTableSet tables({fit.table});
-        const std::int64_t span = std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment));
+        const std::span<const std::int32_t> symbols = quantizer.symbols();
+        const std::int64_t span = rows_per_segment(rows, cols, options);
+        for (std::int64_t first = 0; first < rows; first += span) {
+            const std::int64_t count = std::min(span, rows - first) * cols;
+            add_segment(result.tensor, symbols.subspan(std::size_t(first * cols), std::size_t(count)), tables);
+        }
+        return result;
+    }
+
+    /// encode() without a Hessian, of a matrix read in blocks of rows (RowEncodingMethod): the
+    /// scales in two passes, the symbol range and histogram in two more, then each segment's rows
+    /// quantized again and coded, the error measured on the way. Symbols are a pure function of a
+    /// weight, its step and scale, and the sums run in encode()'s order: the same bytes.
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options) {
+        const std::int64_t rows = source.rows, cols = source.cols, block = source.block_rows();
+        const half stored_step = stored_step_of(options);
+        const float step = to_float(stored_step);
+        const Chunker chunker(ChunkerOptions{.axis = options.axis});
+        const std::vector<half> scales = chunker.compute_scales_by_rows(rows, cols, block, source.all_columns());
+        std::vector<float> steps(scales.size());  // Δ s, the float product EntropyCodedScalar takes
+        for (std::size_t i = 0; i < scales.size(); ++i) steps[i] = step * to_float(scales[i]);
+        // f(row, its symbols' steps' index base, the row) for every row, in order.
+        const auto for_each_symbol = [&](std::int64_t first_row, std::int64_t count, auto&& f) {
+            for (std::int64_t first = first_row; first < first_row + count; first += block) {
+                const TensorView<const float> part = source.read(first, std::min(block, first_row + count - first), 0, cols);
+                for (std::int64_t r = 0; r < part.rows(); ++r)
+                    for (std::int64_t c = 0; c < cols; ++c) {
+                        const float value = part(r, c), element_step = steps[std::size_t(scale_index(options.axis, first + r, c))];
+                        f(value, detail::ecsq_symbol(value, element_step), element_step);
+                    }
+            }
+        };
+        detail::StreamedHistogram streamed;  // histogram_of's, in one pass
+        for_each_symbol(0, rows, [&](float, std::int32_t symbol, float) { streamed.add(symbol); });
+        const SymbolHistogram histogram = std::move(streamed).finish();
+
+        EncodedMatrix result;
+        result.setting = knob_setting<EcsqMethod>(step);
+        const CompactTableFit fit = begin_entry(result, histogram, rows, cols, stored_step, scales, options);
+        const CdfTableSet tables({fit.table});
+        detail::ErrorMeasure measure;
+        std::vector<std::int32_t> symbols;
+        const std::int64_t span = rows_per_segment(rows, cols, options);
+        for (std::int64_t first = 0; first < rows; first += span) {
+            const std::int64_t count = std::min(span, rows - first);
+            symbols.clear();
+            for_each_symbol(first, count, [&](float value, std::int32_t symbol, float element_step) {
+                symbols.push_back(symbol);
+                const double difference = double(value) - double(float(symbol) * element_step);  // as measure_error
+                measure.squared_error += difference * difference;
+                measure.squared_norm += double(value) * double(value);
+            });
+            add_segment(result.tensor, symbols, tables);
+        }
+        if (options.measure) result.measured = measure;
+        return result;
+    }
+
+    /// The step as stored, fp16 (0.05% apart: no rate control or allocation can see it); the
+    /// encoder quantizes with exactly this value.
+    static half stored_step_of(const MethodOptions& options) {
+        const half stored_step = to_half(options.step);
+        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "ecsq step ", options.step,
+                " is outside fp16's normal range (6.1e-5 .. 65504)");
+        return stored_step;
+    }
+    static std::int64_t rows_per_segment(std::int64_t rows, std::int64_t cols, const MethodOptions& options) noexcept {
+        return std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment));
+    }
+    /// The entry's method and metadata (prefix, axis, step, scales, table); returns the table fit.
+    static CompactTableFit begin_entry(EncodedMatrix& result, const SymbolHistogram& histogram, std::int64_t rows, std::int64_t cols,
+                                       half stored_step, std::span<const half> scales, const MethodOptions& options) {
+        CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts);
         ContainerTensor& tensor = result.tensor;
         tensor.method = std::string(name);
         ByteWriter metadata;
         detail::MethodPrefix prefix;
         prefix.flags = result.used_feedback ? detail::flag_feedback : 0;
-        prefix.span = std::uint32_t(span);
+        prefix.span = std::uint32_t(rows_per_segment(rows, cols, options));
         prefix.write(metadata);
         metadata.put_u8(std::uint8_t(options.axis));
         metadata.put_u16(stored_step.bits);
-        write_scales(metadata, quantizer.options().scales);
+        write_scales(metadata, scales);
         fit.compact.write(metadata);
         tensor.metadata = metadata.take();
-        const std::span<const std::int32_t> symbols = quantizer.symbols();
-        for (std::int64_t first = 0; first < rows; first += span) {
-            const std::int64_t count = std::min(span, rows - first) * cols;
-            RangeCoderOptions coder;
-            coder.segment_size = std::uint32_t(count);
-            tensor.add_segment(rans::encode(symbols.subspan(std::size_t(first * cols), std::size_t(count)), tables, coder));
-        }
-        return result;
+        return fit;
+    }
+    /// One segment: the rANS stream of `symbols` (its rows, row-major).
+    static void add_segment(ContainerTensor& tensor, std::span<const std::int32_t> symbols, const CdfTableSet& tables) {
+        RangeCoderOptions coder;
+        coder.segment_size = std::uint32_t(symbols.size());
+        tensor.add_segment(rans::encode(symbols, tables, coder));
     }
 
     /// Parses and validates the metadata of `entry`.

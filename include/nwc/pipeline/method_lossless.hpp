@@ -38,6 +38,7 @@
 #include "nwc/core/half_simd.hpp"
 #include "nwc/core/tensor.hpp"
 #include "nwc/entropy/lossless_float.hpp"
+#include "nwc/io/tensor_bytes.hpp"
 #include "nwc/pipeline/method_common.hpp"
 #include "nwc/pipeline/method.hpp"
 
@@ -45,16 +46,27 @@ namespace nwc {
 
 namespace detail {
 
+/// Which of bf16 and f16 hold every value seen so far bit for bit (add() them block by block).
+struct ExactDtypes {
+    bool bf16 = true, f16 = true;
+
+    void add(std::span<const float> values) noexcept {
+        for (const float value : values) {
+            if (!bf16 && !f16) return;
+            const std::uint32_t bits = float_bits(value);
+            bf16 = bf16 && (bits & 0xFFFFu) == 0;
+            f16 = f16 && float_bits(to_float(to_half(value))) == bits;
+        }
+    }
+    /// The narrowest of bf16, f16, f32 that holds them.
+    dtype narrowest() const noexcept { return bf16 ? dtype::bf16 : f16 ? dtype::f16 : dtype::f32; }
+};
+
 /// The narrowest of bf16, f16, f32 that holds every value of `values` bit for bit.
 inline dtype narrowest_exact_dtype(std::span<const float> values) noexcept {
-    bool bf16 = true, f16 = true;
-    for (const float value : values) {
-        const std::uint32_t bits = float_bits(value);
-        bf16 = bf16 && (bits & 0xFFFFu) == 0;
-        f16 = f16 && float_bits(to_float(to_half(value))) == bits;
-        if (!bf16 && !f16) return dtype::f32;
-    }
-    return bf16 ? dtype::bf16 : f16 ? dtype::f16 : dtype::f32;
+    ExactDtypes exact;
+    exact.add(values);
+    return exact.narrowest();
 }
 
 /// `values` narrowed to `type` (exact: narrowest_exact_dtype chose it), as little-endian bytes.
@@ -99,23 +111,29 @@ struct LosslessMethod {
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>*, const MethodOptions& options, const Resources&) {
         const std::span<const float> values(weights.data(), std::size_t(weights.numel()));
         const dtype plane_type = detail::narrowest_exact_dtype(values);
-        LosslessFloatOptions codec_options;
-        codec_options.elements_per_segment = std::uint32_t(options.weights_per_segment);  // validated: 1 .. 2^20
-        codec_options.threads = std::max(1, options.threads);
-        LosslessFloatEncoding coded = lossless_float::encode(detail::narrow_exactly(values, plane_type), plane_type, codec_options);
+        return encoded(detail::narrow_exactly(values, plane_type), plane_type, options);
+    }
 
-        EncodedMatrix result;  // no reconstruction: the pipeline knows a lossless method's is the weights
-        ContainerTensor& tensor = result.tensor;
-        tensor.method = std::string(name);
-        ByteWriter metadata;
-        detail::MethodPrefix prefix;
-        prefix.relative_mse = 0.0f;
-        prefix.span = codec_options.elements_per_segment;
-        prefix.write(metadata);
-        metadata.put_bytes(coded.metadata);
-        tensor.metadata = metadata.take();
-        for (auto& segment : coded.segments) tensor.add_segment(std::move(segment));
-        return result;
+    /// encode() of the tensor a file stores as `bytes` (little-endian elements of `stored`: bf16,
+    /// f16 or f32), the same bytes out, without the float32 copy: a BF16 tensor is coded where it
+    /// lies. `range_done` receives each range of `bytes` once read (lossless_float::InputRangeDone).
+    static EncodedMatrix encode_stored(std::span<const std::uint8_t> bytes, dtype stored, const MethodOptions& options,
+                                       const lossless_float::InputRangeDone& range_done = {}) {
+        require(is_floating_dtype(stored) && bytes.size() % dtype_size(stored) == 0, errc::invalid_argument, "lossless: ", bytes.size(),
+                " bytes are not whole ", dtype_name(stored), " elements");
+        const std::string context = "lossless: stored tensor";
+        // A widened bf16 value always has 16 zero low bits: bf16 planes, the bytes as they are.
+        dtype plane_type = dtype::bf16;
+        if (stored != dtype::bf16) {
+            detail::ExactDtypes exact;
+            for_each_float32_block(stored, bytes, [&](std::span<const float> values) { exact.add(values); }, context);
+            plane_type = exact.narrowest();
+        }
+        if (plane_type == stored) return encoded(bytes, plane_type, options, range_done);
+        // A rare narrowing (an f16 or f32 tensor of bf16 values): coded from a copy.
+        const Tensor<float> values = decode_float32(stored, Shape{std::int64_t(bytes.size() / dtype_size(stored))}, bytes, context);
+        if (range_done) range_done(bytes);
+        return encoded(detail::narrow_exactly(values.values(), plane_type), plane_type, options);
     }
 
     /// Parses and validates the metadata of `entry` (shape, dtypes, element and segment counts).
@@ -207,6 +225,29 @@ struct LosslessMethod {
                                            verify_segment_crc);
             convert_to_float(std::span<const half>(planes), std::span<float>(target, count), backend);
         }
+    }
+
+private:
+    /// The tensor's container entry from its elements in the plane dtype.
+    static EncodedMatrix encoded(std::span<const std::uint8_t> planes, dtype plane_type, const MethodOptions& options,
+                                 const lossless_float::InputRangeDone& range_done = {}) {
+        LosslessFloatOptions codec_options;
+        codec_options.elements_per_segment = std::uint32_t(options.weights_per_segment);  // validated: 1 .. 2^20
+        codec_options.threads = std::max(1, options.threads);
+        LosslessFloatEncoding coded = lossless_float::encode(planes, plane_type, codec_options, range_done);
+
+        EncodedMatrix result;  // no reconstruction: the pipeline knows a lossless method's is the weights
+        ContainerTensor& tensor = result.tensor;
+        tensor.method = std::string(name);
+        ByteWriter metadata;
+        detail::MethodPrefix prefix;
+        prefix.relative_mse = 0.0f;
+        prefix.span = codec_options.elements_per_segment;
+        prefix.write(metadata);
+        metadata.put_bytes(coded.metadata);
+        tensor.metadata = metadata.take();
+        tensor.add_segments(std::move(coded.segments));
+        return result;
     }
 };
 

@@ -22,7 +22,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
@@ -42,6 +44,52 @@
 #include "nwc/quant/trellis_strips.hpp"
 
 namespace nwc {
+
+namespace detail {
+/// Grid indices kept between a streamed encoder's search and its coding, in the narrowest of
+/// int8, int16, int32 that holds them all (one byte per weight at the rates tcq is used at).
+class PackedSymbols {
+public:
+    PackedSymbols() = default;
+    explicit PackedSymbols(std::span<const std::int32_t> symbols) : m_count(symbols.size()) {
+        std::int32_t largest = 0;
+        for (const std::int32_t symbol : symbols) largest = std::max(largest, symbol < 0 ? -(symbol + 1) : symbol);
+        m_width = largest < 128 ? 1 : largest < 32768 ? 2 : 4;
+        m_bytes.resize(symbols.size() * std::size_t(m_width));
+        for (std::size_t i = 0; i < symbols.size(); ++i) {
+            if (m_width == 1) m_bytes[i] = std::uint8_t(std::int8_t(symbols[i]));
+            else if (m_width == 2) store(i, std::int16_t(symbols[i]));
+            else store(i, symbols[i]);
+        }
+    }
+    std::int32_t operator[](std::size_t i) const noexcept {
+        if (m_width == 1) return std::int8_t(m_bytes[i]);
+        if (m_width == 2) return load<std::int16_t>(i);
+        return load<std::int32_t>(i);
+    }
+    /// Bytes per symbol: 1, 2 or 4.
+    int width() const noexcept { return m_width; }
+    std::vector<std::int32_t> unpack() const {
+        std::vector<std::int32_t> symbols(m_count);
+        for (std::size_t i = 0; i < m_count; ++i) symbols[i] = (*this)[i];
+        return symbols;
+    }
+
+private:
+    template <class T>
+    void store(std::size_t i, T value) noexcept { std::memcpy(m_bytes.data() + i * sizeof(T), &value, sizeof(T)); }
+    template <class T>
+    T load(std::size_t i) const noexcept {
+        T value;
+        std::memcpy(&value, m_bytes.data() + i * sizeof(T), sizeof(T));
+        return value;
+    }
+
+    std::size_t m_count = 0;
+    int m_width = 1;
+    std::vector<std::uint8_t> m_bytes;
+};
+}  // namespace detail
 
 /// The tcq method.
 struct TcqMethod {
@@ -78,24 +126,17 @@ struct TcqMethod {
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
-        const half stored_step = to_half(options.tcq_step);
-        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "tcq step ", options.tcq_step,
-                " is outside fp16's normal range (6.1e-5 .. 65504)");
+        const half stored_step = stored_step_of(options);
         const float step = to_float(stored_step);
         const std::vector<half> scales = Chunker(ChunkerOptions{.axis = options.axis}).compute_scales(weights);
-        std::vector<float> steps(std::size_t(scale_count(options.axis, rows, cols)), step);
-        for (std::size_t i = 0; i < scales.size(); ++i) steps[i] = step * to_float(scales[i]);
+        const std::vector<float> steps = steps_of(step, scales, options.axis, rows, cols);
         const auto step_at = [&](std::int64_t r, std::int64_t c) { return steps[std::size_t(scale_index(options.axis, r, c))]; };
 
         const TrellisStripLayout strips = TrellisStripLayout::for_matrix(rows, cols, options.weights_per_segment);
         std::vector<float> normalized(std::size_t(rows * cols));  // the whole tensor's stream, grid units
         for (std::int64_t r = 0; r < rows; ++r)
             for (std::int64_t c = 0; c < cols; ++c) normalized[std::size_t(strips.position(r, c))] = weights(r, c) / step_at(r, c);
-        TrellisQuantizerOptions trellis_options;
-        trellis_options.states = options.tcq_states;
-        trellis_options.segment_size = TrellisStripLayout::restart_interval;
-        trellis_options.threads = std::max(1, options.threads);
-        TrellisQuantizer quantizer(trellis_options);
+        TrellisQuantizer quantizer(trellis_options_of(options));
         quantizer.fit(normalized);
 
         EncodedMatrix result;
@@ -125,31 +166,75 @@ struct TcqMethod {
         result.setting = knob_setting<TcqMethod>(step);
         std::vector<float>().swap(normalized);  // a tensor's worth of memory not held while the tables are fitted and the streams written
 
-        const TableFit fit = fit_union_tables(symbols);
-        ContainerTensor& tensor = result.tensor;
-        tensor.method = std::string(name);
-        ByteWriter metadata;
-        detail::MethodPrefix prefix;
-        prefix.flags = result.used_feedback ? detail::flag_feedback : 0;
-        prefix.span = std::uint32_t(strips.strips_per_segment);
-        prefix.write(metadata);
-        metadata.put_u8(std::uint8_t(options.axis));
-        metadata.put_u16(stored_step.bits);
-        write_scales(metadata, scales);
-        metadata.put_u8(std::uint8_t(quantizer.trellis().state_bits()));
-        fit.compact[0].write(metadata);
-        if (fit.union1_derived)
-            metadata.put_u8(derived_table_marker);
-        else
-            fit.compact[1].write(metadata);
-        tensor.metadata = metadata.take();
+        const TableFit fit = fit_union_tables(union_histograms(symbols));
+        write_metadata(result, strips, stored_step, scales, quantizer, fit, options);
         const LaneStateMachine machine = quantizer.trellis().lane_machine();
-        RangeCoderOptions coder;
-        coder.segment_size = TrellisStripLayout::restart_interval;
         for (std::size_t k = 0; k < strips.segment_count(); ++k)
-            tensor.add_segment(context_rans::encode(
-                std::span<const std::int32_t>(symbols).subspan(std::size_t(strips.segment_begin(k)), std::size_t(strips.segment_weights(k))), fit.tables,
-                machine, coder));
+            add_segment(result.tensor,
+                        std::span<const std::int32_t>(symbols).subspan(std::size_t(strips.segment_begin(k)), std::size_t(strips.segment_weights(k))),
+                        fit.tables, machine);
+        return result;
+    }
+
+    /// encode() without a Hessian, of a matrix read in blocks of rows (RowEncodingMethod): the
+    /// scales in two passes; fit()'s sample gathered in one (the same paths of the same stream);
+    /// each segment's strips read, searched and its symbols kept in the narrowest integer type
+    /// that holds them; the error measured in one more pass in the order measure_error takes;
+    /// then the tables and the segments. The same values reach the same searches: the same bytes.
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options) {
+        const std::int64_t rows = source.rows, cols = source.cols, block = source.block_rows();
+        const half stored_step = stored_step_of(options);
+        const float step = to_float(stored_step);
+        const std::vector<half> scales = Chunker(ChunkerOptions{.axis = options.axis}).compute_scales_by_rows(rows, cols, block, source.all_columns());
+        const std::vector<float> steps = steps_of(step, scales, options.axis, rows, cols);
+        const auto step_at = [&](std::int64_t r, std::int64_t c) { return steps[std::size_t(scale_index(options.axis, r, c))]; };
+        const TrellisStripLayout strips = TrellisStripLayout::for_matrix(rows, cols, options.weights_per_segment);
+        TrellisQuantizer quantizer(trellis_options_of(options));
+        fit_streamed(quantizer, source, strips, step_at);
+
+        EncodedMatrix result;
+        result.setting = knob_setting<TcqMethod>(step);
+        std::vector<detail::PackedSymbols> packed(strips.segment_count());
+        std::array<detail::StreamedHistogram, 2> unions;
+        std::vector<float> stream;
+        for (std::size_t k = 0; k < strips.segment_count(); ++k) {
+            const std::int64_t begin = strips.segment_begin(k), first_col = strips.first_strip(k) * TrellisStripLayout::strip_width;
+            const std::int64_t width = std::min(cols, strips.end_strip(k) * TrellisStripLayout::strip_width) - first_col;
+            stream.resize(std::size_t(strips.segment_weights(k)));
+            for (std::int64_t first = 0; first < rows; first += block) {
+                const TensorView<const float> part = source.read(first, std::min(block, rows - first), first_col, width);
+                for (std::int64_t r = 0; r < part.rows(); ++r)
+                    for (std::int64_t c = 0; c < width; ++c)
+                        stream[std::size_t(strips.position(first + r, first_col + c) - begin)] = part(r, c) / step_at(first + r, first_col + c);
+            }
+            const std::vector<std::int32_t> symbols = quantizer.quantize_stream(stream);
+            for (const std::int32_t symbol : symbols) unions[std::uint32_t(symbol) & 1u].add(symbol >> 1);
+            packed[k] = detail::PackedSymbols(symbols);
+        }
+        std::vector<float>().swap(stream);
+        if (options.measure) {  // measure_error's sums, row-major
+            detail::ErrorMeasure measure;
+            const std::int64_t segment_columns = strips.strips_per_segment * TrellisStripLayout::strip_width;
+            for (std::int64_t first = 0; first < rows; first += block) {
+                const TensorView<const float> part = source.read(first, std::min(block, rows - first), 0, cols);
+                for (std::int64_t r = 0; r < part.rows(); ++r)
+                    for (std::int64_t c = 0; c < cols; ++c) {
+                        const std::size_t k = std::size_t(c / segment_columns);
+                        const std::int32_t symbol = packed[k][std::size_t(strips.position(first + r, c) - strips.segment_begin(k))];
+                        const double value = part(r, c), difference = value - double(float(symbol) * step_at(first + r, c));
+                        measure.squared_error += difference * difference;
+                        measure.squared_norm += value * value;
+                    }
+            }
+            result.measured = measure;
+        }
+        const TableFit fit = fit_union_tables({std::move(unions[0]).finish(), std::move(unions[1]).finish()});
+        write_metadata(result, strips, stored_step, scales, quantizer, fit, options);
+        const LaneStateMachine machine = quantizer.trellis().lane_machine();
+        for (std::size_t k = 0; k < strips.segment_count(); ++k) {
+            add_segment(result.tensor, packed[k].unpack(), fit.tables, machine);
+            packed[k] = {};
+        }
         return result;
     }
 
@@ -331,17 +416,20 @@ private:
     /// has one precision: union 0's fit chooses it (with kind and support, fit_compact_table), union
     /// 1's table is fitted at the same precision, or derived from union 0's when that costs fewer
     /// bits in all (its byte plus its payload against the fitted table's bytes plus payload).
-    static TableFit fit_union_tables(std::span<const std::int32_t> symbols) {
-        std::vector<std::int32_t> by_union[2];
-        for (const std::int32_t k : symbols) by_union[std::uint32_t(k) & 1u].push_back(k >> 1);
+    /// The histograms of k >> 1 over the indices k of each union (k & 1); an empty union counts one 0.
+    static std::array<SymbolHistogram, 2> union_histograms(std::span<const std::int32_t> symbols) {
+        std::array<detail::StreamedHistogram, 2> unions;
+        for (const std::int32_t k : symbols) unions[std::uint32_t(k) & 1u].add(k >> 1);
+        return {std::move(unions[0]).finish(), std::move(unions[1]).finish()};
+    }
+    static TableFit fit_union_tables(std::array<SymbolHistogram, 2> histograms) {
         TableFit result;
         std::vector<CdfTable> tables;
         CompactTableFitOptions fit_options;
         SymbolHistogram union1;
         std::uint64_t fitted_q16 = 0;  // union 1's fitted table: its bytes and its payload with the coder's loss
-        for (auto& union_symbols : by_union) {
-            if (union_symbols.empty()) union_symbols.push_back(0);
-            SymbolHistogram histogram = detail::histogram_of(union_symbols);
+        for (SymbolHistogram& histogram : histograms) {
+            if (histogram.counts.empty()) histogram = {0, {1}};  // as one symbol 0
             CompactTableFit fit = fit_compact_table(histogram.offset, histogram.counts, fit_options);
             fit_options.precisions = {fit.table.precision()};
             fitted_q16 = (fit.table_bytes << 19) + fit.payload_q16;
@@ -361,6 +449,83 @@ private:
         }
         result.tables = CdfTableSet(std::move(tables));
         return result;
+    }
+
+    /// The step as stored, fp16; the encoder quantizes with exactly this value.
+    static half stored_step_of(const MethodOptions& options) {
+        const half stored_step = to_half(options.tcq_step);
+        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "tcq step ", options.tcq_step,
+                " is outside fp16's normal range (6.1e-5 .. 65504)");
+        return stored_step;
+    }
+    /// Δ s per scale index: the float products the decoder multiplies by.
+    static std::vector<float> steps_of(float step, std::span<const half> scales, NormalizationAxis axis, std::int64_t rows, std::int64_t cols) {
+        std::vector<float> steps(std::size_t(scale_count(axis, rows, cols)), step);
+        for (std::size_t i = 0; i < scales.size(); ++i) steps[i] = step * to_float(scales[i]);
+        return steps;
+    }
+    static TrellisQuantizerOptions trellis_options_of(const MethodOptions& options) {
+        TrellisQuantizerOptions trellis_options;
+        trellis_options.states = options.tcq_states;
+        trellis_options.segment_size = TrellisStripLayout::restart_interval;
+        trellis_options.threads = std::max(1, options.threads);
+        return trellis_options;
+    }
+
+    /// quantizer.fit() of the tensor's normalized stream, its sample gathered from a pass over the
+    /// rows: stream position p lies on lane path (p / S) 32 + p % S % 32 (S = the restart
+    /// interval, whole blocks of 32 lanes before the last: TrellisQuantizer::all_paths), value
+    /// (p % S) / 32 of it.
+    template <class StepAt>
+    static void fit_streamed(TrellisQuantizer& quantizer, const MatrixRows& source, const TrellisStripLayout& strips, StepAt&& step_at) {
+        const std::int64_t rows = source.rows, cols = source.cols, block = source.block_rows();
+        const std::size_t count = std::size_t(rows * cols), interval = quantizer.options().segment_size, lanes = context_rans::path_count;
+        const std::vector<TrellisQuantizer::Path> sample = quantizer.sample_paths(count);
+        std::vector<std::int64_t> offset_of_path((count + interval - 1) / interval * lanes, -1);  // where a sampled path's values start
+        std::int64_t sampled = 0;
+        for (const TrellisQuantizer::Path& path : sample) {
+            offset_of_path[path.first / interval * lanes + path.first % interval % lanes] = sampled;
+            sampled += std::int64_t(path.count);
+        }
+        std::vector<float> sample_values(static_cast<std::size_t>(sampled));
+        for (std::int64_t first = 0; first < rows; first += block) {
+            const TensorView<const float> part = source.read(first, std::min(block, rows - first), 0, cols);
+            for (std::int64_t r = 0; r < part.rows(); ++r)
+                for (std::int64_t c = 0; c < cols; ++c) {
+                    const std::size_t p = std::size_t(strips.position(first + r, c)), within = p % interval;
+                    const std::int64_t offset = offset_of_path[p / interval * lanes + within % lanes];
+                    if (offset >= 0) sample_values[std::size_t(offset) + within / lanes] = part(r, c) / step_at(first + r, c);
+                }
+        }
+        quantizer.fit_sample(sample, sample_values);
+    }
+
+    /// The entry's method and metadata: prefix, axis, step, scales, state bits, union tables.
+    static void write_metadata(EncodedMatrix& result, const TrellisStripLayout& strips, half stored_step, std::span<const half> scales,
+                               const TrellisQuantizer& quantizer, const TableFit& fit, const MethodOptions& options) {
+        ContainerTensor& tensor = result.tensor;
+        tensor.method = std::string(name);
+        ByteWriter metadata;
+        detail::MethodPrefix prefix;
+        prefix.flags = result.used_feedback ? detail::flag_feedback : 0;
+        prefix.span = std::uint32_t(strips.strips_per_segment);
+        prefix.write(metadata);
+        metadata.put_u8(std::uint8_t(options.axis));
+        metadata.put_u16(stored_step.bits);
+        write_scales(metadata, scales);
+        metadata.put_u8(std::uint8_t(quantizer.trellis().state_bits()));
+        fit.compact[0].write(metadata);
+        if (fit.union1_derived)
+            metadata.put_u8(derived_table_marker);
+        else
+            fit.compact[1].write(metadata);
+        tensor.metadata = metadata.take();
+    }
+    /// One segment: the context rANS stream of its grid indices.
+    static void add_segment(ContainerTensor& tensor, std::span<const std::int32_t> symbols, const CdfTableSet& tables, const LaneStateMachine& machine) {
+        RangeCoderOptions coder;
+        coder.segment_size = TrellisStripLayout::restart_interval;
+        tensor.add_segment(context_rans::encode(symbols, tables, machine, coder));
     }
 };
 

@@ -22,6 +22,9 @@
 //   the container's method table).
 //   It never holds per-pass numbers, so its size is the same in every pass of a rate search. The
 //   llama2.c RoPE corrections are the raw tensor detail::rope_correction_bits_name (a fixed name).
+// - Memory: compress_model_into() from a ModelReader codes tensors as it reads them, and where a
+//   method can (lossless, ecsq, tcq without a Hessian) from the mapped file's bytes, block by block
+//   (compress_from_file): the same bytes as from a ModelFile in memory.
 #pragma once
 
 #include <chrono>
@@ -382,7 +385,10 @@ public:
     /// file) or ContainerSizer (only the size: rate control's passes). The same bytes in every
     /// case. Workers read and code tensors while the calling thread adds them in model order; from
     /// a reader coded tensors wait up to waiting_bytes_limit, so memory holds the tensors in flight
-    /// (at most `threads` of them, in float32, with the method's working set), never the model.
+    /// (at most `threads` of them), never the model. From a mapped reader without a Hessian, a
+    /// lossless method (StoredEncodingMethod) codes a tensor's stored bytes and a RowEncodingMethod
+    /// (ecsq, tcq) reads it in blocks of rows (compress_from_file): no float32 copy of the tensor
+    /// exists, only the method's coded bytes and what it keeps between its passes.
     template <class Model, class Sink>
     ModelReport compress_model_into(const Model& model, Sink& sink, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
                                     std::span<const TensorSetting> settings = {}) const {
@@ -406,13 +412,19 @@ public:
         produce_in_order<ContainerTensor>(
             count, outer, limit,
             [&](std::size_t i) {
-                return with_model_tensor(model, i, [&](const ModelTensor& tensor) {
-                    const MethodOptions options = settings.empty() ? inner : options_with(inner, settings[i]);
-                    const Tensor<double>* hessian = hessians ? hessians(tensor.name) : nullptr;
-                    ContainerTensor coded = compress_model_tensor(tensor, hessian, options, reports[i]);
-                    if (!settings.empty()) record_sensitivity(coded, settings[i]);
-                    return coded;
-                });
+                const ModelTensor& source = outline.tensors[i];
+                const MethodOptions options = settings.empty() ? inner : options_with(inner, settings[i]);
+                const Tensor<double>* hessian = hessians ? hessians(source.name) : nullptr;
+                ContainerTensor coded = [&] {
+                    if constexpr (std::is_same_v<Model, ModelReader>)
+                        if (hessian == nullptr && model.maps_tensors() && codes_from_file(source, options))
+                            return model.with_stored_bytes(i, [&](std::span<const std::uint8_t> bytes) {
+                                return compress_from_file(source, bytes, options, reports[i]);
+                            });
+                    return with_model_tensor(model, i, [&](const ModelTensor& tensor) { return compress_model_tensor(tensor, hessian, options, reports[i]); });
+                }();
+                if (!settings.empty()) record_sensitivity(coded, settings[i]);
+                return coded;
             },
             [&](std::size_t i, ContainerTensor& coded) {
                 sink.add_tensor(std::move(coded));
@@ -563,6 +575,106 @@ private:
         return raw;
     }
 
+    /// Whether compress_from_file() codes `tensor` with `options`' method: a StoredEncodingMethod
+    /// (lossless) for any tensor it codes itself (a matrix or a vector), a RowEncodingMethod (ecsq)
+    /// for a matrix (vectors take the usual path: they are small).
+    bool codes_from_file(const ModelTensor& tensor, const MethodOptions& options) const {
+        bool stored = false, rows = false;
+        methods::visit(options.method, [&]<class M>(std::type_identity<M>) { stored = StoredEncodingMethod<M>, rows = RowEncodingMethod<M>; });
+        if (!tensor.is_floating()) return false;
+        if constexpr (requires { Selection::is_vector_coded(tensor.shape, tensor.original_dtype); })
+            if (stored && Selection::is_vector_coded(tensor.shape, tensor.original_dtype)) return true;
+        return (stored || rows) && Selection::is_coded(tensor.shape, tensor.original_dtype);
+    }
+
+    /// compress_model_tensor() of `tensor` (its outline) without a Hessian from `bytes`, its elements
+    /// as its mapped file stores them (codes_from_file()): the same entry and report, with no
+    /// float32 copy of the tensor (a lossless method codes the bytes, a RowEncodingMethod reads
+    /// widened blocks of rows), and the mapped pages handed back as they are read.
+    ContainerTensor compress_from_file(const ModelTensor& tensor, std::span<const std::uint8_t> bytes, const MethodOptions& options,
+                                       TensorReport& report) const {
+        const auto start = std::chrono::steady_clock::now();
+        const auto range_done = [](std::span<const std::uint8_t> range) { release_pages(range); };
+        const std::size_t size = dtype_size(tensor.original_dtype);
+        EncodedMatrix encoded;
+        std::int32_t codec_index = -1;
+        bool lossless = false;
+        methods::visit(options.method, [&]<class M>(std::type_identity<M>) {
+            if constexpr (StoredEncodingMethod<M>) {
+                encoded = M::encode_stored(bytes, tensor.original_dtype, options, range_done);
+            } else if constexpr (RowEncodingMethod<M>) {
+                const std::int64_t cols = tensor.shape[1];
+                std::vector<float> block;
+                const auto read = [&](std::int64_t first_row, std::int64_t row_count, std::int64_t first_col, std::int64_t col_count) {
+                    NWC_ASSERT(first_col >= 0 && col_count >= 0 && first_col + col_count <= cols);
+                    block.resize(std::size_t(row_count * col_count));
+                    if (col_count == cols) {  // whole rows: one run of bytes
+                        decode_float32_into(tensor.original_dtype, Shape{row_count, cols},
+                                            bytes.subspan(std::size_t(first_row * cols) * size, std::size_t(row_count * cols) * size), block, tensor.name);
+                    } else {
+                        for (std::int64_t r = 0; r < row_count; ++r)
+                            decode_float32_into(tensor.original_dtype, Shape{col_count},
+                                            bytes.subspan(std::size_t((first_row + r) * cols + first_col) * size, std::size_t(col_count) * size),
+                                                std::span<float>(block).subspan(std::size_t(r * col_count), std::size_t(col_count)), tensor.name);
+                    }
+                    release_pages(bytes.subspan(std::size_t(first_row * cols) * size, std::size_t(row_count * cols) * size));
+                    return TensorView<const float>(block.data(), Shape{row_count, col_count});
+                };
+                const MatrixRows rows{tensor.shape[0], cols, read};
+                encoded = M::encode_rows(rows, options);
+            }
+            if constexpr (uses_codec_blob<M>) codec_index = 0;
+            lossless = nwc::is_lossless<M>;
+        });
+        ContainerTensor coded = std::move(encoded.tensor);
+        coded.name = tensor.name;
+        coded.original_dtype = tensor.original_dtype;
+        coded.shape = tensor.shape;
+        coded.codec_index = codec_index;
+        TensorReport local;
+        if (options.measure) {
+            detail::ErrorMeasure measure;
+            if (lossless) {  // as measure_error(weights, weights): the same sums, in the same order (NaN and inf give NaN)
+                std::size_t done = 0;
+                for_each_float32_block(tensor.original_dtype, bytes, [&](std::span<const float> values) {
+                    for (const float element : values) {
+                        const double value = element, difference = value - value;
+                        measure.squared_error += difference * difference;
+                        measure.squared_norm += value * value;
+                    }
+                    range_done(bytes.subspan(done * size, values.size() * size));
+                    done += values.size();
+                }, tensor.name);
+            } else {
+                NWC_ASSERT(encoded.measured.has_value());
+                measure = *encoded.measured;
+            }
+            local.relative_mse = measure.relative_mse();
+            local.proxy_loss = measure.proxy_loss();
+            local.squared_error = measure.squared_error;
+            local.squared_norm = measure.squared_norm;
+            detail::patch_diagnostics(coded.metadata, local.relative_mse, NAN);
+        }
+        fill_report(local, coded, encoded, start);
+        report = std::move(local);
+        return coded;
+    }
+
+    /// A coded tensor's report: what `local` measured, and what `coded` and `encoded` say.
+    static void fill_report(TensorReport& local, const ContainerTensor& coded, const EncodedMatrix& encoded,
+                            std::chrono::steady_clock::time_point start) {
+        local.name = coded.name;
+        local.shape = coded.shape;
+        local.original_dtype = coded.original_dtype;
+        local.method = coded.method;
+        local.stored_bytes = coded.metadata.size() + coded.payload.size();
+        local.segments = coded.segment_sizes.size();
+        local.used_hessian = encoded.used_hessian;
+        local.used_feedback = encoded.used_feedback;
+        local.setting = encoded.setting;
+        local.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+
     ContainerTensor compress_with(std::string name, TensorView<const float> weights, const Tensor<double>* hessian, dtype original_dtype,
                                   const MethodOptions& options, TensorReport* report, Tensor<float>* reconstruction = nullptr) const {
         const auto start = std::chrono::steady_clock::now();
@@ -634,16 +746,7 @@ private:
                                         : std::move(encoded.reconstruction);
         }
         if (report) {
-            local.name = tensor.name;
-            local.shape = tensor.shape;
-            local.original_dtype = original_dtype;
-            local.method = tensor.method;
-            local.stored_bytes = tensor.metadata.size() + tensor.payload.size();
-            local.segments = tensor.segment_sizes.size();
-            local.used_hessian = encoded.used_hessian;
-            local.used_feedback = encoded.used_feedback;
-            local.setting = encoded.setting;
-            local.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            fill_report(local, tensor, encoded, start);
             *report = std::move(local);
         }
         return tensor;

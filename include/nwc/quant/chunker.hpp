@@ -111,23 +111,36 @@ public:
     /// The fp16 scale of every column (or row, or the whole matrix): its population standard deviation, rounded to fp16
     /// (see the header comment for zero and huge values). Throws invalid_argument on a non-finite weight.
     std::vector<half> compute_scales(TensorView<const float> weights) const {
-        const std::int64_t rows = weights.rows(), cols = weights.cols();
+        return compute_scales_by_rows(weights.rows(), weights.cols(), weights.rows(), [&](std::int64_t, std::int64_t) { return weights; });
+    }
+    /// compute_scales() of an m x n matrix read `block` rows at a time: read(first, count) returns
+    /// rows [first, first + count) as a view (a streamed tensor: no float32 copy of it). The same
+    /// sums in the same order, so the same scales.
+    template <class ReadRows>
+    std::vector<half> compute_scales_by_rows(std::int64_t rows, std::int64_t cols, std::int64_t block, ReadRows&& read) const {
         const std::int64_t groups = scale_count(rows, cols), members = rows * cols / std::max<std::int64_t>(groups, 1);
+        block = std::max<std::int64_t>(block, 1);
         // Two passes (mean, then squared deviations) in double: no cancellation when |mean| >> std.
         std::vector<double> mean(std::size_t(groups), 0.0), squares(std::size_t(groups), 0.0);
-        for (std::int64_t r = 0; r < rows; ++r)
-            for (std::int64_t c = 0; c < cols; ++c) {
-                const double value = weights(r, c);
-                require(std::isfinite(value), errc::invalid_argument, "Chunker: weight (", r, ", ", c, ") is not finite");
-                mean[std::size_t(scale_index(axis(), r, c))] += value;
-            }
+        for (std::int64_t first = 0; first < rows; first += block) {
+            const TensorView<const float> part = read(first, std::min(block, rows - first));
+            for (std::int64_t r = 0; r < part.rows(); ++r)
+                for (std::int64_t c = 0; c < cols; ++c) {
+                    const double value = part(r, c);
+                    require(std::isfinite(value), errc::invalid_argument, "Chunker: weight (", first + r, ", ", c, ") is not finite");
+                    mean[std::size_t(scale_index(axis(), first + r, c))] += value;
+                }
+        }
         for (double& value : mean) value /= double(std::max<std::int64_t>(members, 1));
-        for (std::int64_t r = 0; r < rows; ++r)
-            for (std::int64_t c = 0; c < cols; ++c) {
-                const std::size_t group = std::size_t(scale_index(axis(), r, c));
-                const double deviation = double(weights(r, c)) - mean[group];
-                squares[group] += deviation * deviation;
-            }
+        for (std::int64_t first = 0; first < rows; first += block) {
+            const TensorView<const float> part = read(first, std::min(block, rows - first));
+            for (std::int64_t r = 0; r < part.rows(); ++r)
+                for (std::int64_t c = 0; c < cols; ++c) {
+                    const std::size_t group = std::size_t(scale_index(axis(), first + r, c));
+                    const double deviation = double(part(r, c)) - mean[group];
+                    squares[group] += deviation * deviation;
+                }
+        }
         std::vector<half> scales(static_cast<std::size_t>(groups));
         for (std::size_t g = 0; g < scales.size(); ++g)
             scales[g] = scale_from_std(std::sqrt(squares[g] / double(std::max<std::int64_t>(members, 1))));

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <climits>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -94,10 +95,64 @@ inline SymbolHistogram histogram_of(std::span<const std::int32_t> symbols) {
 }
 
 /// round(value / step) with a range check (symbols stay far inside int32).
+/// histogram_of() of symbols that arrive one by one (a streamed tensor's), without holding them:
+/// the counts grow geometrically to the range seen so far; past max_symbol_span only the range is
+/// followed, so that finish() fails with histogram_of's message, range included.
+class StreamedHistogram {
+public:
+    void add(std::int32_t symbol) {
+        m_low = std::min(m_low, symbol), m_high = std::max(m_high, symbol);
+        if (!m_counting) return;
+        if (std::int64_t(m_high) - m_low >= max_symbol_span) {
+            m_counting = false;
+            m_counts = {};
+            return;
+        }
+        const std::int64_t size = std::int64_t(m_counts.size());
+        if (symbol < m_base || symbol >= m_base + size) grow(symbol, size);
+        ++m_counts[std::size_t(symbol - m_base)];
+    }
+    SymbolHistogram finish() && {
+        SymbolHistogram histogram;
+        if (m_low > m_high) return histogram;  // no symbols
+        const std::int64_t span = std::int64_t(m_high) - m_low + 1;
+        require(span <= max_symbol_span, errc::limit, "ECSQ: symbols span ", span, " values (", m_low, " .. ", m_high, "), more than ",
+                max_symbol_span, ": the step is too small");
+        histogram.offset = m_low;
+        histogram.counts.assign(m_counts.begin() + (m_low - m_base), m_counts.begin() + (m_high - m_base + 1));
+        return histogram;
+    }
+
+private:
+    // A window covering [low, high] with the current size again as room on the side that grew,
+    // never wider than the largest span allows.
+    void grow(std::int32_t symbol, std::int64_t size) {
+        std::int64_t first = size == 0 ? symbol : std::min<std::int64_t>(m_base, m_low);
+        std::int64_t end = size == 0 ? std::int64_t(symbol) + 1 : std::max<std::int64_t>(m_base + size, std::int64_t(m_high) + 1);
+        if (size > 0 && symbol < m_base) first -= size;
+        if (size > 0 && symbol >= m_base + size) end += size;
+        first = std::max(first, std::int64_t(m_high) + 1 - max_symbol_span);
+        end = std::min(end, std::int64_t(m_low) + max_symbol_span);
+        std::vector<std::uint64_t> counts(std::size_t(end - first), 0);
+        // Counted symbols lie in [low, high], inside both windows; only empty room is dropped.
+        const std::int64_t from = std::max(m_base, first), to = std::min(m_base + size, end);
+        if (to > from) std::copy(m_counts.begin() + (from - m_base), m_counts.begin() + (to - m_base), counts.begin() + (from - first));
+        m_counts = std::move(counts);
+        m_base = first;
+    }
+
+    std::int32_t m_low = INT32_MAX, m_high = INT32_MIN;
+    std::int64_t m_base = 0;  // m_counts[i] counts symbol m_base + i
+    std::vector<std::uint64_t> m_counts;
+    bool m_counting = true;
+};
+
 inline std::int32_t ecsq_symbol(float value, float step) {
     const float ratio = value / step;
     require(std::fabs(ratio) < 0x1.0p30f, errc::invalid_argument, "ECSQ: value ", value, " / step ", step, " does not fit a symbol");
-    return std::int32_t(std::round(ratio));
+    // std::round (half away from zero) without its library call: ratio +- 0.5 is exact in double
+    // for every |ratio| >= 2^-29, and below that the sum stays inside (-1, 1); truncation finishes it.
+    return std::int32_t(double(ratio) + std::copysign(0.5, double(ratio)));
 }
 }  // namespace detail
 

@@ -91,6 +91,26 @@ public:
         std::vector<float> sample_values;
         for (const Path& path : sample)
             for (std::size_t j = 0; j < path.count; ++j) sample_values.push_back(values[path.first + j * context_rans::path_count]);
+        return fit_sample(sample, sample_values);
+    }
+
+    /// One lane path of the stream: values first, first + 32, ..., count of them.
+    struct Path {
+        std::size_t first = 0;
+        std::size_t count = 0;
+    };
+    /// The lane paths fit() searches in a stream of `count` values: every k-th path, spread over
+    /// the stream, about fit_sample values in all (a streamed encoder gathers them itself).
+    std::vector<Path> sample_paths(std::size_t count) const {
+        const std::vector<Path> paths = all_paths(count);
+        const std::size_t stride = std::max<std::size_t>(1, (count + m_options.fit_sample - 1) / m_options.fit_sample);
+        std::vector<Path> sample;
+        for (std::size_t p = 0; p < paths.size(); p += stride) sample.push_back(paths[p]);
+        return sample;
+    }
+    /// fit() on `sample_values`: the values of the paths `sample` (sample_paths()), path after path.
+    TrellisFitResult fit_sample(std::span<const Path> sample, std::span<const float> sample_values) {
+        if (sample_values.empty()) return {};
         // Start: each union's own grid, rounded to nearest (what ECSQ with step 2 would code).
         std::vector<std::int32_t> symbols(sample_values.size());
         std::vector<CdfTable> start;
@@ -199,12 +219,6 @@ private:
         std::vector<std::int32_t> symbols;
     };
 
-    /// One lane path of the stream: values first, first + 32, ..., count of them.
-    struct Path {
-        std::size_t first = 0;
-        std::size_t count = 0;
-    };
-
     std::vector<Path> all_paths(std::size_t count) const {
         std::vector<Path> paths;
         for (std::size_t start = 0; start < count; start += m_options.segment_size) {
@@ -214,15 +228,6 @@ private:
         }
         return paths;
     }
-    /// Every k-th path, spread over the stream, about fit_sample values in all.
-    std::vector<Path> sample_paths(std::size_t count) const {
-        const std::vector<Path> paths = all_paths(count);
-        const std::size_t stride = std::max<std::size_t>(1, (count + m_options.fit_sample - 1) / m_options.fit_sample);
-        std::vector<Path> sample;
-        for (std::size_t p = 0; p < paths.size(); p += stride) sample.push_back(paths[p]);
-        return sample;
-    }
-
     TrellisQuantizerOptions m_options;
     Trellis m_trellis;
     TrellisRateModel m_rates;

@@ -1,0 +1,39 @@
+// rows_of: a MatrixRows over a tensor in memory, for tests of a RowEncodingMethod's encode_rows
+// against its encode() of the whole matrix. Each read copies its block into a buffer of its own
+// (as a streamed compress widens it from a file) and counts the weights it handed out.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "nwc/pipeline/method.hpp"
+
+namespace nwc::testing {
+
+struct CountedRows {
+    MatrixRows rows;
+    std::shared_ptr<std::int64_t> weights_read = std::make_shared<std::int64_t>(0);
+};
+
+inline CountedRows rows_of(const Tensor<float>& matrix) {
+    CountedRows result;
+    auto buffer = std::make_shared<std::vector<float>>();
+    const std::int64_t cols = matrix.cols();
+    result.rows = MatrixRows{matrix.rows(), cols, [&matrix, buffer, cols, counter = result.weights_read](std::int64_t first_row, std::int64_t row_count,
+                                                                                                      std::int64_t first_col, std::int64_t col_count) {
+                                 REQUIRE((first_row >= 0 && row_count >= 0 && first_row + row_count <= matrix.rows()));
+                                 REQUIRE((first_col >= 0 && col_count >= 0 && first_col + col_count <= cols));
+                                 buffer->assign(std::size_t(row_count * col_count), 0.0f);
+                                 for (std::int64_t r = 0; r < row_count; ++r)
+                                     for (std::int64_t c = 0; c < col_count; ++c)
+                                         (*buffer)[std::size_t(r * col_count + c)] = matrix(first_row + r, first_col + c);
+                                 *counter += row_count * col_count;
+                                 return TensorView<const float>(buffer->data(), Shape{row_count, col_count});
+                             }};
+    return result;
+}
+
+}  // namespace nwc::testing
