@@ -8,8 +8,11 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "matrix_rows_testing.hpp"
 #include "nwc/core/random.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
@@ -270,6 +273,52 @@ TEST_CASE("codec blobs are parsed once per process, keyed by their bytes", "[met
     CHECK(reparsed != parsed_1);
     CHECK(reparsed->bytes == parsed_1->bytes);
     detail::ParsedCodecCache::instance().clear();
+}
+
+TEST_CASE("method policy: every RowEncodingMethod's encode_rows gives encode()'s entry and error, block by block", "[method_policy]") {
+    // What a streamed compress relies on (Codec::compress_from_file): the built-in methods that code
+    // a matrix from blocks of rows, every shape class (segments of one row and of many, a last
+    // group or strip cut short), with each method's own layouts.
+    static_assert(RowEncodingMethod<RtnMethod> && RowEncodingMethod<GptqMethod> && RowEncodingMethod<EcsqMethod> && RowEncodingMethod<TcqMethod>);
+    static_assert(!RowEncodingMethod<NwcMethod> && !RowEncodingMethod<LosslessMethod> && StoredEncodingMethod<LosslessMethod>);
+    Random random(3);
+    const auto check = [&]<class M>(std::type_identity<M>, const MethodOptions& options, std::int64_t rows, std::int64_t cols) {
+        Tensor<float> weights(Shape{rows, cols});
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t c = 0; c < cols; ++c) weights(r, c) = 0.03f * float(random.normal()) * (1.0f + float(r % 4));
+        const EncodedMatrix whole = M::encode(weights.view(), nullptr, options, MethodResources{});
+        const EncodedMatrix streamed = M::encode_rows(testing::rows_of(weights).rows, options);
+        CHECK(streamed.tensor.method == whole.tensor.method);
+        CHECK(streamed.tensor.metadata == whole.tensor.metadata);
+        CHECK(streamed.tensor.payload == whole.tensor.payload);
+        CHECK(streamed.tensor.segment_sizes == whole.tensor.segment_sizes);
+        CHECK(streamed.setting == whole.setting);
+        CHECK((!streamed.used_feedback && !streamed.used_hessian));
+        REQUIRE(streamed.measured.has_value());
+        const detail::ErrorMeasure expected = detail::measure_error<double>(weights.view(), whole.reconstruction.view(), nullptr);
+        CHECK(streamed.measured->squared_error == expected.squared_error);
+        CHECK(streamed.measured->squared_norm == expected.squared_norm);
+    };
+    for (const auto& [rows, cols] : {std::pair<std::int64_t, std::int64_t>{300, 200}, {1000, 70}, {17, 9000}, {64, 33}}) {
+        INFO(rows << " x " << cols);
+        MethodOptions options;
+        options.weights_per_segment = 4096;
+        for (const bool fp16 : {false, true}) {
+            for (const int bits : {3, 4, 8}) {
+                INFO("rtn/gptq, fp16 scales " << fp16 << ", " << bits << " bits");
+                options.fp16_group_scales = fp16;
+                options.bits = bits;
+                check(std::type_identity<RtnMethod>{}, options, rows, cols);
+                check(std::type_identity<GptqMethod>{}, options, rows, cols);
+            }
+        }
+        for (const NormalizationAxis axis : {NormalizationAxis::per_tensor, NormalizationAxis::per_row, NormalizationAxis::per_column}) {
+            INFO("ecsq, tcq, axis " << int(axis));
+            options.axis = axis;
+            check(std::type_identity<EcsqMethod>{}, options, rows, cols);
+            check(std::type_identity<TcqMethod>{}, options, rows, cols);
+        }
+    }
 }
 
 }  // namespace nwc_test_method_policy

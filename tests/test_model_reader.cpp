@@ -1,7 +1,9 @@
 // io/model_reader.hpp: a model opened tensor by tensor gives what load_model_file() gives (the
 // outline at once, each tensor on demand, from any thread), for every source format, and rejects
 // what load_model_file() rejects; the pipeline compresses from it into a file as it goes, with the
-// bytes of the in-memory path, for any thread count and with rate control.
+// bytes of the in-memory path, for any thread count and with rate control, and codes a tensor
+// from the mapped file's bytes where the method can (lossless, rtn, gptq, ecsq, tcq), with the
+// in-memory path's bytes and report for every stored dtype.
 #include <catch2/catch.hpp>
 
 #include <bit>
@@ -150,7 +152,8 @@ TEST_CASE("model_reader: compressed from a reader straight into the file, the by
     }
 }
 
-TEST_CASE("model_reader: lossless and ecsq code a tensor from its mapped bytes, with the in-memory path's bytes and report", "[model_reader][pipeline]") {
+TEST_CASE("model_reader: lossless, ecsq, tcq, rtn and gptq code a tensor from its mapped bytes, with the in-memory path's bytes and report",
+          "[model_reader][pipeline]") {
     // Every stored dtype, plane dtypes narrower than the stored one, special values, vectors, small
     // tensors left raw, matrices larger than one block of rows, every ecsq axis, 1 and 3 threads.
     const TemporaryDirectory temp("model_reader_stored");
@@ -213,33 +216,36 @@ TEST_CASE("model_reader: lossless and ecsq code a tensor from its mapped bytes, 
         ContainerSizer sizer;
         CHECK(error_of([&] { (void)codec.compress_model_into(reader, sizer); }) == error_of([&] { (void)codec.compress_model(loaded); }));
     }
-    // ecsq on a file of finite weights: the same bytes and sums, every axis.
+    // The block-by-block methods on a file of finite weights: the same bytes and sums, every axis.
     ModelFile finite = loaded;
     std::erase_if(finite.tensors, [](const ModelTensor& tensor) { return tensor.name == "bf16.special"; });
     REQUIRE(finite.tensors.size() + 1 == loaded.tensors.size());
     const auto finite_path = temp.path() / "finite.safetensors";
     write_model_file(finite, finite_path);
     const ModelReader finite_reader = ModelReader::open(finite_path);
-    for (const NormalizationAxis axis : {NormalizationAxis::per_tensor, NormalizationAxis::per_row, NormalizationAxis::per_column}) {
-        for (const int threads : {1, 3}) {
-            INFO("ecsq, axis " << int(axis) << ", " << threads << " threads");
-            MethodOptions options;
-            options.method = "ecsq";
-            options.axis = axis;
-            options.threads = threads;
-            options.weights_per_segment = 5000;
-            const DefaultCodec codec(options);
-            const CompressedModel in_memory = codec.compress_model(load_model_file(finite_path));
-            ContainerStreamWriter stream(output);
-            const ModelReport report = codec.compress_model_into(finite_reader, stream);
-            stream.commit();
-            CHECK(read_file(output) == in_memory.writer.serialize());
-            REQUIRE(report.tensors.size() == in_memory.report.tensors.size());
-            for (std::size_t i = 0; i < report.tensors.size(); ++i) {
-                INFO(report.tensors[i].name);
-                CHECK(report.tensors[i].squared_norm == in_memory.report.tensors[i].squared_norm);
-                CHECK(report.tensors[i].squared_error == in_memory.report.tensors[i].squared_error);
-                CHECK(report.tensors[i].relative_mse == in_memory.report.tensors[i].relative_mse);
+    for (const std::string method : {"ecsq", "tcq", "rtn", "gptq"}) {
+        for (const NormalizationAxis axis : {NormalizationAxis::per_tensor, NormalizationAxis::per_row, NormalizationAxis::per_column}) {
+            if ((method == "rtn" || method == "gptq") && axis != NormalizationAxis::per_tensor) continue;  // no normalization axis
+            for (const int threads : {1, 3}) {
+                INFO(method << ", axis " << int(axis) << ", " << threads << " threads");
+                MethodOptions options;
+                options.method = method;
+                options.axis = axis;
+                options.threads = threads;
+                options.weights_per_segment = 5000;
+                const DefaultCodec codec(options);
+                const CompressedModel in_memory = codec.compress_model(load_model_file(finite_path));
+                ContainerStreamWriter stream(output);
+                const ModelReport report = codec.compress_model_into(finite_reader, stream);
+                stream.commit();
+                CHECK(read_file(output) == in_memory.writer.serialize());
+                REQUIRE(report.tensors.size() == in_memory.report.tensors.size());
+                for (std::size_t i = 0; i < report.tensors.size(); ++i) {
+                    INFO(report.tensors[i].name);
+                    CHECK(report.tensors[i].squared_norm == in_memory.report.tensors[i].squared_norm);
+                    CHECK(report.tensors[i].squared_error == in_memory.report.tensors[i].squared_error);
+                    CHECK(report.tensors[i].relative_mse == in_memory.report.tensors[i].relative_mse);
+                }
             }
         }
     }

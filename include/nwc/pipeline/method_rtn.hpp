@@ -135,25 +135,59 @@ struct GroupRoundingMethod {
         tensor.metadata = metadata_of(result.used_feedback ? detail::flag_feedback : 0, layout.rows_per_segment, options.bits, layout.scheme, options.group_size);
         for (std::int64_t first = 0; first < rows; first += layout.rows_per_segment) {
             const std::int64_t count = std::min(layout.rows_per_segment, rows - first);
-            ByteWriter segment;
-            const std::span<const half> scales = quantizer.scales().subspan(std::size_t(first * layout.groups_per_row), std::size_t(count * layout.groups_per_row));
-            if (layout.scheme == RoundingScheme::grid) {
-                // The magnitudes as a code set, then the signs, one bit each, LSB first.
-                std::vector<half> magnitudes(scales.begin(), scales.end());
-                std::vector<std::uint8_t> signs(std::size_t(Layout::sign_bytes(scales.size())), 0);
-                for (std::size_t i = 0; i < scales.size(); ++i) {
-                    magnitudes[i].bits &= std::uint16_t(~half_sign_mask);
-                    if (scales[i].bits & half_sign_mask) signs[i / 8] |= std::uint8_t(1u << (i % 8));
-                }
-                write_scales(segment, magnitudes, grid_scale_width);
-                segment.put_bytes(signs);
-            } else {
-                for (half scale : scales) segment.put_u16(scale.bits);
-            }
-            segment.put_bytes(detail::pack_codes(quantizer.codes().subspan(std::size_t(first * cols), std::size_t(count * cols)), options.bits));
-            tensor.add_segment(segment.bytes());
+            add_segment(tensor, layout, quantizer.scales().subspan(std::size_t(first * layout.groups_per_row), std::size_t(count * layout.groups_per_row)),
+                        quantizer.codes().subspan(std::size_t(first * cols), std::size_t(count * cols)), options.bits);
         }
         return result;
+    }
+
+    /// encode() without a Hessian of a matrix read segment by segment (RowEncodingMethod): a
+    /// group's scale and codes depend on its row alone, so each segment's rows are quantized and
+    /// written as they are read, and the error is summed row after row, measure_error's order.
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options) {
+        const std::int64_t rows = source.rows, cols = source.cols;
+        const Layout layout = layout_of(rows, cols, options);
+        EncodedMatrix result;
+        result.setting = knob_setting<GroupRoundingMethod>(options.bits);
+        ContainerTensor& tensor = result.tensor;
+        tensor.method = std::string(name);
+        tensor.metadata = metadata_of(0, layout.rows_per_segment, options.bits, layout.scheme, options.group_size);
+        detail::ErrorMeasure measure;
+        for (std::int64_t first = 0; first < rows; first += layout.rows_per_segment) {
+            const std::int64_t count = std::min(layout.rows_per_segment, rows - first);
+            const TensorView<const float> part = source.read(first, count, 0, cols);
+            RoundToNearest quantizer(RoundToNearestOptions{options.bits, options.group_size, layout.scheme});
+            const Tensor<float> reconstruction = quantizer.quantize(part);
+            for (std::int64_t i = 0; i < part.numel(); ++i) {
+                const double value = part[i], difference = value - double(reconstruction[i]);
+                measure.squared_error += difference * difference;
+                measure.squared_norm += value * value;
+            }
+            add_segment(tensor, layout, quantizer.scales(), quantizer.codes(), options.bits);
+        }
+        if (options.measure) result.measured = measure;
+        return result;
+    }
+
+    /// One segment: its rows' scales (grid: magnitudes as a code set, then the signs; fp16: as
+    /// they are), then their codes, packed.
+    static void add_segment(ContainerTensor& tensor, const Layout& layout, std::span<const half> scales, std::span<const std::uint8_t> codes, int bits) {
+        ByteWriter segment;
+        if (layout.scheme == RoundingScheme::grid) {
+            // The magnitudes as a code set, then the signs, one bit each, LSB first.
+            std::vector<half> magnitudes(scales.begin(), scales.end());
+            std::vector<std::uint8_t> signs(std::size_t(Layout::sign_bytes(scales.size())), 0);
+            for (std::size_t i = 0; i < scales.size(); ++i) {
+                magnitudes[i].bits &= std::uint16_t(~half_sign_mask);
+                if (scales[i].bits & half_sign_mask) signs[i / 8] |= std::uint8_t(1u << (i % 8));
+            }
+            write_scales(segment, magnitudes, grid_scale_width);
+            segment.put_bytes(signs);
+        } else {
+            for (half scale : scales) segment.put_u16(scale.bits);
+        }
+        segment.put_bytes(detail::pack_codes(codes, bits));
+        tensor.add_segment(segment.bytes());
     }
 
     /// Parses and validates the metadata of `entry` (errc::corrupt / unsupported naming `context`).

@@ -23,8 +23,8 @@
 //   It never holds per-pass numbers, so its size is the same in every pass of a rate search. The
 //   llama2.c RoPE corrections are the raw tensor detail::rope_correction_bits_name (a fixed name).
 // - Memory: compress_model_into() from a ModelReader codes tensors as it reads them, and where a
-//   method can (lossless, ecsq, tcq without a Hessian) from the mapped file's bytes, block by block
-//   (compress_from_file): the same bytes as from a ModelFile in memory.
+//   method can (lossless, rtn, gptq, ecsq, tcq without a Hessian) from the mapped file's bytes,
+//   block by block (compress_from_file): the same bytes as from a ModelFile in memory.
 #pragma once
 
 #include <chrono>
@@ -387,8 +387,8 @@ public:
     /// a reader coded tensors wait up to waiting_bytes_limit, so memory holds the tensors in flight
     /// (at most `threads` of them), never the model. From a mapped reader without a Hessian, a
     /// lossless method (StoredEncodingMethod) codes a tensor's stored bytes and a RowEncodingMethod
-    /// (ecsq, tcq) reads it in blocks of rows (compress_from_file): no float32 copy of the tensor
-    /// exists, only the method's coded bytes and what it keeps between its passes.
+    /// (rtn, gptq, ecsq, tcq) reads it in blocks of rows (compress_from_file): no float32 copy of
+    /// the tensor exists, only the method's coded bytes and what it keeps between its passes.
     template <class Model, class Sink>
     ModelReport compress_model_into(const Model& model, Sink& sink, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
                                     std::span<const TensorSetting> settings = {}) const {
@@ -576,8 +576,8 @@ private:
     }
 
     /// Whether compress_from_file() codes `tensor` with `options`' method: a StoredEncodingMethod
-    /// (lossless) for any tensor it codes itself (a matrix or a vector), a RowEncodingMethod (ecsq)
-    /// for a matrix (vectors take the usual path: they are small).
+    /// (lossless) for any tensor it codes itself (a matrix or a vector), a RowEncodingMethod (rtn,
+    /// gptq, ecsq, tcq) for a matrix (vectors take the usual path: they are small).
     bool codes_from_file(const ModelTensor& tensor, const MethodOptions& options) const {
         bool stored = false, rows = false;
         methods::visit(options.method, [&]<class M>(std::type_identity<M>) { stored = StoredEncodingMethod<M>, rows = RowEncodingMethod<M>; });
