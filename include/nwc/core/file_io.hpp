@@ -69,7 +69,8 @@ private:
 /// Tells the kernel that the pages wholly inside `bytes` will not be read again soon, so a pipeline
 /// that walks a mapped file once does not end up holding all of it: they leave this process
 /// (MADV_DONTNEED) but stay in the page cache, so a second pass (rate control) or the next run
-/// finds them there. A hint: the contents stay valid, on a read-only mapping or any other memory.
+/// finds them there. A hint on a file mapping: the contents stay valid (they are read from the file
+/// again). Never pass anonymous memory: MADV_DONTNEED would replace it with zeros.
 inline void release_pages(std::span<const std::uint8_t> bytes) noexcept {
     const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
     const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;

@@ -11,8 +11,8 @@
 //   integer tensor), read from the memory-mapped file; the mapped pages it read are then handed
 //   back (release_pages), so reading a whole model tensor by tensor never makes the input resident
 //   whole. Thread-safe: several workers may read different tensors at once. with_stored_bytes(i, f)
-//   hands f the tensor's bytes where the file holds them instead (the lossless method codes a
-//   BF16 tensor from them: no float32 copy).
+//   hands f the tensor's bytes where the file holds them instead: the lossless method codes a
+//   BF16 tensor from them, rtn, gptq, ecsq and tcq widen blocks of rows (no float32 copy).
 // - A llama2.c file is read whole at open() (its RoPE tables are compared against recomputed ones,
 //   and the format has no index of tensors); read(i) copies from it. Such models are small.
 // - with_model_tensor / outline_of let the pipeline take a ModelFile in memory or a ModelReader
@@ -67,9 +67,9 @@ public:
     bool maps_tensors() const noexcept { return m_mapped.has_value(); }
 
     /// f(the bytes of tensor `index` as its file stores them: little-endian elements of its dtype),
-    /// a view of the mapped file, for a method that codes them as they are (the lossless method:
-    /// no float32 copy). f may hand ranges back with release_pages as it reads; the rest is handed
-    /// back after. Thread-safe as read().
+    /// a view of the mapped file, for a method that codes a tensor without a float32 copy of it
+    /// (Codec::compress_from_file). f may hand ranges back with release_pages as it reads; the
+    /// rest is handed back after. Thread-safe as read().
     template <class F>
     decltype(auto) with_stored_bytes(std::size_t index, F&& f) const {
         require(m_mapped && index < tensor_count(), errc::invalid_argument, "ModelReader: stored bytes of tensor ", index, " of ", tensor_count(),

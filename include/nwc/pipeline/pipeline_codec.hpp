@@ -612,9 +612,9 @@ private:
                         decode_float32_into(tensor.original_dtype, Shape{row_count, cols},
                                             bytes.subspan(std::size_t(first_row * cols) * size, std::size_t(row_count * cols) * size), block, tensor.name);
                     } else {
-                        for (std::int64_t r = 0; r < row_count; ++r)
+                        for (std::int64_t r = 0; r < row_count; ++r)  // a strip of columns: each row's run
                             decode_float32_into(tensor.original_dtype, Shape{col_count},
-                                            bytes.subspan(std::size_t((first_row + r) * cols + first_col) * size, std::size_t(col_count) * size),
+                                                bytes.subspan(std::size_t((first_row + r) * cols + first_col) * size, std::size_t(col_count) * size),
                                                 std::span<float>(block).subspan(std::size_t(r * col_count), std::size_t(col_count)), tensor.name);
                     }
                     release_pages(bytes.subspan(std::size_t(first_row * cols) * size, std::size_t(row_count * cols) * size));
@@ -646,7 +646,8 @@ private:
                     done += values.size();
                 }, tensor.name);
             } else {
-                NWC_ASSERT(encoded.measured.has_value());
+                require(encoded.measured.has_value(), errc::invalid_argument, "method '", options.method, "': encode_rows measured no error for tensor '",
+                        tensor.name, "' (RowEncodingMethod sets `measured` when options.measure is set)");
                 measure = *encoded.measured;
             }
             local.relative_mse = measure.relative_mse();
