@@ -1,6 +1,7 @@
 // rows_of: a MatrixRows over a tensor in memory, for tests of a RowEncodingMethod's encode_rows
-// against its encode() of the whole matrix. Each read copies its block into a buffer of its own
-// (as a streamed compress widens it from a file) and counts the weights it handed out.
+// against its encode() of the whole matrix (check_encode_rows). Each read copies its block into a
+// buffer of its own (as a streamed compress widens it from a file) and counts the weights it
+// handed out.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include "nwc/pipeline/method.hpp"
+#include "nwc/pipeline/method_common.hpp"
 
 namespace nwc::testing {
 
@@ -34,6 +36,27 @@ inline CountedRows rows_of(const Tensor<float>& matrix) {
                                  return TensorView<const float>(buffer->data(), Shape{row_count, col_count});
                              }};
     return result;
+}
+
+/// Checks that M::encode_rows of `weights` (read through rows_of) gives M::encode()'s entry, no
+/// reconstruction, and measure_error's sums; returns the weights it read.
+template <class M>
+std::int64_t check_encode_rows(const Tensor<float>& weights, const MethodOptions& options) {
+    const EncodedMatrix whole = M::encode(weights.view(), nullptr, options, MethodResources{});
+    const CountedRows source = rows_of(weights);
+    const EncodedMatrix streamed = M::encode_rows(source.rows, options);
+    CHECK(streamed.tensor.method == whole.tensor.method);
+    CHECK(streamed.tensor.metadata == whole.tensor.metadata);
+    CHECK(streamed.tensor.payload == whole.tensor.payload);
+    CHECK(streamed.tensor.segment_sizes == whole.tensor.segment_sizes);
+    CHECK(streamed.setting == whole.setting);
+    CHECK((!streamed.used_feedback && !streamed.used_hessian));
+    CHECK(streamed.reconstruction.values().empty());
+    REQUIRE(streamed.measured.has_value());
+    const detail::ErrorMeasure expected = detail::measure_error<double>(weights.view(), whole.reconstruction.view(), nullptr);
+    CHECK(streamed.measured->squared_error == expected.squared_error);
+    CHECK(streamed.measured->squared_norm == expected.squared_norm);
+    return *source.weights_read;
 }
 
 }  // namespace nwc::testing

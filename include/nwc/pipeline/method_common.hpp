@@ -266,6 +266,22 @@ inline void account_rans_stream(std::span<const std::uint8_t> stream, const CdfT
     account.add("framing", stream.size() - words);
 }
 
+/// A method's step as stored, fp16 (0.05% apart: no rate control or allocation can see it); the
+/// encoder quantizes with exactly this value. errc::invalid_argument outside fp16's normal range.
+inline half stored_step(float step, std::string_view method) {
+    const half stored = to_half(step);
+    require(is_finite(stored) && (stored.bits & half_exponent_mask) != 0, errc::invalid_argument, method, " step ", step,
+            " is outside fp16's normal range (6.1e-5 .. 65504)");
+    return stored;
+}
+
+/// Δ s for each normalization scale s: the float products encoder and decoder both multiply by.
+inline std::vector<float> scaled_steps(float step, std::span<const half> scales) {
+    std::vector<float> steps(scales.size());
+    for (std::size_t i = 0; i < scales.size(); ++i) steps[i] = step * to_float(scales[i]);
+    return steps;
+}
+
 /// Whole rows per segment of about `weights_per_segment` weights (at least one row).
 constexpr std::int64_t rows_per_segment(std::int64_t cols, std::int64_t weights_per_segment) noexcept {
     return std::max<std::int64_t>(1, weights_per_segment / std::max<std::int64_t>(cols, 1));

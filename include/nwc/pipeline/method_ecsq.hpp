@@ -68,7 +68,7 @@ struct EcsqMethod {
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
-        const half stored_step = stored_step_of(options);
+        const half stored_step = detail::stored_step(options.step, name);
         const float step = to_float(stored_step);
         const Chunker chunker(ChunkerOptions{.axis = options.axis});
         EntropyCodedScalar quantizer(EntropyCodedScalarOptions{step, options.axis, chunker.compute_scales(weights)});
@@ -102,12 +102,11 @@ struct EcsqMethod {
     /// weight, its step and scale, and the sums run in encode()'s order: the same bytes.
     static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options) {
         const std::int64_t rows = source.rows, cols = source.cols, block = source.block_rows();
-        const half stored_step = stored_step_of(options);
+        const half stored_step = detail::stored_step(options.step, name);
         const float step = to_float(stored_step);
         const Chunker chunker(ChunkerOptions{.axis = options.axis});
         const std::vector<half> scales = chunker.compute_scales_by_rows(rows, cols, block, source.all_columns());
-        std::vector<float> steps(scales.size());  // Δ s, the float product EntropyCodedScalar takes
-        for (std::size_t i = 0; i < scales.size(); ++i) steps[i] = step * to_float(scales[i]);
+        const std::vector<float> steps = detail::scaled_steps(step, scales);  // the products EntropyCodedScalar takes
         // f(row, its symbols' steps' index base, the row) for every row, in order.
         const auto for_each_symbol = [&](std::int64_t first_row, std::int64_t count, auto&& f) {
             for (std::int64_t first = first_row; first < first_row + count; first += block) {
@@ -145,14 +144,6 @@ struct EcsqMethod {
         return result;
     }
 
-    /// The step as stored, fp16 (0.05% apart: no rate control or allocation can see it); the
-    /// encoder quantizes with exactly this value.
-    static half stored_step_of(const MethodOptions& options) {
-        const half stored_step = to_half(options.step);
-        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "ecsq step ", options.step,
-                " is outside fp16's normal range (6.1e-5 .. 65504)");
-        return stored_step;
-    }
     static std::int64_t rows_per_segment(std::int64_t rows, std::int64_t cols, const MethodOptions& options) noexcept {
         return std::min(rows, detail::rows_per_segment(cols, options.weights_per_segment));
     }
@@ -201,8 +192,7 @@ struct EcsqMethod {
         const std::size_t scales_at = in.offset();
         const std::vector<half> scales = read_scales(in, std::size_t(scale_count(layout.axis, layout.rows, layout.cols)));
         const std::size_t table_at = in.offset();
-        layout.steps.resize(scales.size());
-        for (std::size_t i = 0; i < scales.size(); ++i) layout.steps[i] = step * to_float(scales[i]);
+        layout.steps = detail::scaled_steps(step, scales);
         layout.tables = CdfTableSet({CompactCdfTable::read(in).table()});
         layout.scale_bytes = table_at - scales_at;
         layout.table_bytes = in.offset() - table_at;

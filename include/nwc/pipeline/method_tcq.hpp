@@ -126,10 +126,10 @@ struct TcqMethod {
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources&) {
         const std::int64_t rows = weights.rows(), cols = weights.cols();
-        const half stored_step = stored_step_of(options);
+        const half stored_step = detail::stored_step(options.tcq_step, name);
         const float step = to_float(stored_step);
         const std::vector<half> scales = Chunker(ChunkerOptions{.axis = options.axis}).compute_scales(weights);
-        const std::vector<float> steps = steps_of(step, scales, options.axis, rows, cols);
+        const std::vector<float> steps = detail::scaled_steps(step, scales);
         const auto step_at = [&](std::int64_t r, std::int64_t c) { return steps[std::size_t(scale_index(options.axis, r, c))]; };
 
         const TrellisStripLayout strips = TrellisStripLayout::for_matrix(rows, cols, options.weights_per_segment);
@@ -183,10 +183,10 @@ struct TcqMethod {
     /// then the tables and the segments. The same values reach the same searches: the same bytes.
     static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options) {
         const std::int64_t rows = source.rows, cols = source.cols, block = source.block_rows();
-        const half stored_step = stored_step_of(options);
+        const half stored_step = detail::stored_step(options.tcq_step, name);
         const float step = to_float(stored_step);
         const std::vector<half> scales = Chunker(ChunkerOptions{.axis = options.axis}).compute_scales_by_rows(rows, cols, block, source.all_columns());
-        const std::vector<float> steps = steps_of(step, scales, options.axis, rows, cols);
+        const std::vector<float> steps = detail::scaled_steps(step, scales);
         const auto step_at = [&](std::int64_t r, std::int64_t c) { return steps[std::size_t(scale_index(options.axis, r, c))]; };
         const TrellisStripLayout strips = TrellisStripLayout::for_matrix(rows, cols, options.weights_per_segment);
         TrellisQuantizer quantizer(trellis_options_of(options));
@@ -255,8 +255,7 @@ struct TcqMethod {
         const std::size_t scales_at = in.offset();
         const std::vector<half> scales = read_scales(in, std::size_t(scale_count(layout.axis, rows, cols)));
         layout.scale_bytes = in.offset() - scales_at;
-        layout.steps.resize(scales.size());
-        for (std::size_t i = 0; i < scales.size(); ++i) layout.steps[i] = step * to_float(scales[i]);
+        layout.steps = detail::scaled_steps(step, scales);
         const std::size_t states_at = in.offset();
         const int state_bits = in.get_u8();
         require(state_bits >= Trellis::min_state_bits && state_bits <= Trellis::max_state_bits, errc::corrupt, context, ": ", state_bits,
@@ -451,19 +450,6 @@ private:
         return result;
     }
 
-    /// The step as stored, fp16; the encoder quantizes with exactly this value.
-    static half stored_step_of(const MethodOptions& options) {
-        const half stored_step = to_half(options.tcq_step);
-        require(is_finite(stored_step) && (stored_step.bits & 0x7C00) != 0, errc::invalid_argument, "tcq step ", options.tcq_step,
-                " is outside fp16's normal range (6.1e-5 .. 65504)");
-        return stored_step;
-    }
-    /// Δ s per scale index: the float products the decoder multiplies by.
-    static std::vector<float> steps_of(float step, std::span<const half> scales, NormalizationAxis axis, std::int64_t rows, std::int64_t cols) {
-        std::vector<float> steps(std::size_t(scale_count(axis, rows, cols)), step);
-        for (std::size_t i = 0; i < scales.size(); ++i) steps[i] = step * to_float(scales[i]);
-        return steps;
-    }
     static TrellisQuantizerOptions trellis_options_of(const MethodOptions& options) {
         TrellisQuantizerOptions trellis_options;
         trellis_options.states = options.tcq_states;
