@@ -343,7 +343,7 @@ BENCHMARK(decompress_mt3)
     ->UseRealTime()
     ->MinTime(1.0);
 BENCHMARK(compress_file)
-    ->ArgsProduct({{3, 5, 6}, {0, 1}})
+    ->ArgsProduct({{3, 4, 5, 6}, {0, 1}})
     ->ArgNames({"method", "streamed"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()

@@ -39,12 +39,13 @@ inline CountedRows rows_of(const Tensor<float>& matrix) {
 }
 
 /// Checks that M::encode_rows of `weights` (read through rows_of) gives M::encode()'s entry, no
-/// reconstruction, and measure_error's sums; returns the weights it read.
+/// reconstruction, and the error encode() measured (or, when it measured none, measure_error's
+/// sums of its reconstruction); returns the weights it read.
 template <class M>
-std::int64_t check_encode_rows(const Tensor<float>& weights, const MethodOptions& options) {
-    const EncodedMatrix whole = M::encode(weights.view(), nullptr, options, MethodResources{});
+std::int64_t check_encode_rows(const Tensor<float>& weights, const MethodOptions& options, const MethodResources& resources = {}) {
+    const EncodedMatrix whole = M::encode(weights.view(), nullptr, options, resources);
     const CountedRows source = rows_of(weights);
-    const EncodedMatrix streamed = M::encode_rows(source.rows, options);
+    const EncodedMatrix streamed = M::encode_rows(source.rows, options, resources);
     CHECK(streamed.tensor.method == whole.tensor.method);
     CHECK(streamed.tensor.metadata == whole.tensor.metadata);
     CHECK(streamed.tensor.payload == whole.tensor.payload);
@@ -53,7 +54,8 @@ std::int64_t check_encode_rows(const Tensor<float>& weights, const MethodOptions
     CHECK((!streamed.used_feedback && !streamed.used_hessian));
     CHECK(streamed.reconstruction.values().empty());
     REQUIRE(streamed.measured.has_value());
-    const detail::ErrorMeasure expected = detail::measure_error<double>(weights.view(), whole.reconstruction.view(), nullptr);
+    const detail::ErrorMeasure expected =
+        whole.measured ? *whole.measured : detail::measure_error<double>(weights.view(), whole.reconstruction.view(), nullptr);
     CHECK(streamed.measured->squared_error == expected.squared_error);
     CHECK(streamed.measured->squared_norm == expected.squared_norm);
     return *source.weights_read;

@@ -18,26 +18,31 @@
 
 namespace nwc::reliability {
 
+/// A codec of `architecture` trained `steps` steps (batch 128) on Gaussian chunks drawn with
+/// `seed`: a valid codec, not a good one, made the same way every time.
+inline NeuralCodec briefly_trained_codec(const CodecArchitecture& architecture, int steps, std::uint64_t seed) {
+    Random random(seed);
+    std::vector<float> chunks(16 * 2048);
+    for (float& value : chunks) value = float(random.normal());
+    const TrainingCorpus corpus = TrainingCorpus::from_chunks(std::move(chunks), 16);  // the trainer refers to it
+    TrainingOptions options;
+    options.architecture = architecture;
+    options.steps = steps;
+    options.batch = 128;
+    options.learning_rate = 3e-3;
+    options.threads = 1;
+    CodecTrainer trainer(options, corpus);
+    for (int step = 0; step < options.steps; ++step) trainer.step();
+    // Tail mass 1e-9, the default it was made with: the checked-in fuzz seeds hold tiny_random_codec.
+    return trainer.freeze(dtype::f16, 16, "{}", 1e-9);
+}
+
 /// A deliberately tiny neural codec (width 16, one block, 2 latents, one prior shared by the 4
 /// levels), trained for a few steps on Gaussian chunks: enough for valid nwc containers, and
 /// cheap to parse (its rANS decode tables are what a decode of a damaged file spends time on).
 inline std::shared_ptr<const NeuralCodec> tiny_random_codec() {
-    static const std::shared_ptr<const NeuralCodec> codec = [] {
-        Random random(2024);
-        std::vector<float> chunks(16 * 2048);
-        for (float& value : chunks) value = float(random.normal());
-        const TrainingCorpus corpus = TrainingCorpus::from_chunks(std::move(chunks), 16);
-        TrainingOptions options;
-        options.architecture = CodecArchitecture{16, 16, 1, 2, 4, false};
-        options.steps = 30;
-        options.batch = 128;
-        options.learning_rate = 3e-3;
-        options.threads = 1;
-        CodecTrainer trainer(options, corpus);
-        for (int step = 0; step < options.steps; ++step) trainer.step();
-        // Tail mass 1e-9, the default it was made with: the checked-in fuzz seeds hold this codec.
-        return std::make_shared<const NeuralCodec>(trainer.freeze(dtype::f16, 16, "{}", 1e-9));
-    }();
+    static const std::shared_ptr<const NeuralCodec> codec =
+        std::make_shared<const NeuralCodec>(briefly_trained_codec(CodecArchitecture{16, 16, 1, 2, 4, false}, 30, 2024));
     return codec;
 }
 

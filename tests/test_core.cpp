@@ -1,8 +1,11 @@
-// Core: half/bfloat16 conversion, tensors, byte I/O, CRC-32C, atomic files, random, parallel_for.
+// Core: half/bfloat16 conversion, tensors, byte I/O, CRC-32C, atomic files, mapped pages handed
+// back, random, parallel_for.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -190,6 +193,56 @@ TEST_CASE("file_io: a file written in many pieces past the write-behind span rea
         writer.commit();
     }
     CHECK(read_file(folder / "big.bin") == bytes);
+    std::filesystem::remove_all(folder);
+}
+
+/// Resident kilobytes of the mapping that holds `address` (/proc/self/smaps), or -1 if not listed.
+long resident_kib_of_mapping(const void* address) {
+    std::ifstream smaps("/proc/self/smaps");
+    const auto where = reinterpret_cast<std::uintptr_t>(address);
+    bool inside = false;
+    for (std::string line; std::getline(smaps, line);) {
+        unsigned long begin = 0, end = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find(':') > line.find(' ')) inside = begin <= where && where < end;
+        else if (inside && line.rfind("Rss:", 0) == 0) return std::stol(line.substr(4));
+    }
+    return -1;
+}
+
+TEST_CASE("file_io: pages handed back as a walk goes stay readable and leave none behind", "[file_io]") {
+    // What the pipeline's strip reads rely on: release_pages_until over consecutive uneven ranges
+    // hands back every page the walk has passed (none left between two ranges), and the mapped
+    // bytes read the same afterwards (MADV_DONTNEED on a file mapping reads the file again).
+    const auto folder = std::filesystem::temp_directory_path() / "nwc_test_core_release";
+    std::filesystem::remove_all(folder);
+    std::filesystem::create_directories(folder);
+    std::vector<std::uint8_t> bytes(std::size_t(4) << 20);
+    for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = std::uint8_t((i * 2654435761u) >> 11);
+    write_file_atomic(folder / "mapped.bin", bytes);
+    {
+        const MappedFile file(folder / "mapped.bin");
+        const std::uint8_t* data = file.bytes().data();
+        const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+        std::uint64_t sum = 0;
+        const std::uint8_t* from = data;
+        for (std::size_t done = 0, step = 1000; done < bytes.size(); step = step * 2 + 333) {
+            const std::size_t next = std::min(bytes.size(), done + step);
+            for (std::size_t i = done; i < next; ++i) sum += data[i];  // fault the range in
+            const std::uint8_t* after = release_pages_until(from, data + next);
+            CHECK(after >= from);
+            CHECK(after <= data + next);
+            CHECK((after == from || reinterpret_cast<std::uintptr_t>(after) % page == 0));
+            from = after;
+            done = next;
+        }
+        CHECK(sum == std::accumulate(bytes.begin(), bytes.end(), std::uint64_t(0)));
+        CHECK(from == data + bytes.size());  // the file is a whole number of pages: all handed back
+        const long resident = resident_kib_of_mapping(data);
+        INFO("resident " << resident << " KiB of the 4 MiB mapping");
+        CHECK((resident >= 0 && resident * 1024 < long(2 * page)));
+        CHECK(std::equal(bytes.begin(), bytes.end(), data));  // read again from the file
+        CHECK(release_pages_until(from, from) == from);
+    }
     std::filesystem::remove_all(folder);
 }
 

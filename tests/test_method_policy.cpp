@@ -279,8 +279,10 @@ TEST_CASE("method policy: every RowEncodingMethod's encode_rows gives encode()'s
     // What a streamed compress relies on (Codec::compress_from_file): the built-in methods that code
     // a matrix from blocks of rows, every shape class (segments of one row and of many, a last
     // group or strip cut short), with each method's own layouts.
-    static_assert(RowEncodingMethod<RtnMethod> && RowEncodingMethod<GptqMethod> && RowEncodingMethod<EcsqMethod> && RowEncodingMethod<TcqMethod>);
-    static_assert(!RowEncodingMethod<NwcMethod> && !RowEncodingMethod<LosslessMethod> && StoredEncodingMethod<LosslessMethod>);
+    // nwc's: tests/test_method_nwc.cpp (it needs a codec).
+    static_assert(RowEncodingMethod<RtnMethod> && RowEncodingMethod<GptqMethod> && RowEncodingMethod<EcsqMethod> && RowEncodingMethod<TcqMethod> &&
+                  RowEncodingMethod<NwcMethod>);
+    static_assert(!RowEncodingMethod<LosslessMethod> && StoredEncodingMethod<LosslessMethod> && !StoredEncodingMethod<NwcMethod>);
     Random random(3);
     const auto check = [&]<class M>(std::type_identity<M>, const MethodOptions& options, std::int64_t rows, std::int64_t cols) {
         Tensor<float> weights(Shape{rows, cols});

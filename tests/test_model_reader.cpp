@@ -2,7 +2,7 @@
 // outline at once, each tensor on demand, from any thread), for every source format, and rejects
 // what load_model_file() rejects; the pipeline compresses from it into a file as it goes, with the
 // bytes of the in-memory path, for any thread count and with rate control, and codes a tensor
-// from the mapped file's bytes where the method can (lossless, rtn, gptq, ecsq, tcq), with the
+// from the mapped file's bytes where the method can (lossless, rtn, gptq, ecsq, tcq, nwc), with the
 // in-memory path's bytes and report for every stored dtype.
 #include <catch2/catch.hpp>
 
@@ -20,6 +20,7 @@
 #include "nwc/io/hf_directory.hpp"
 #include "nwc/io/model_reader.hpp"
 #include "nwc/pipeline/pipeline.hpp"
+#include "reliability_support.hpp"
 
 namespace nwc_test_model_reader {
 
@@ -152,7 +153,7 @@ TEST_CASE("model_reader: compressed from a reader straight into the file, the by
     }
 }
 
-TEST_CASE("model_reader: lossless, ecsq, tcq, rtn and gptq code a tensor from its mapped bytes, with the in-memory path's bytes and report",
+TEST_CASE("model_reader: lossless, ecsq, tcq, rtn, gptq and nwc code a tensor from its mapped bytes, with the in-memory path's bytes and report",
           "[model_reader][pipeline]") {
     // Every stored dtype, plane dtypes narrower than the stored one, special values, vectors, small
     // tensors left raw, matrices larger than one block of rows, every ecsq axis, 1 and 3 threads.
@@ -223,7 +224,7 @@ TEST_CASE("model_reader: lossless, ecsq, tcq, rtn and gptq code a tensor from it
     const auto finite_path = temp.path() / "finite.safetensors";
     write_model_file(finite, finite_path);
     const ModelReader finite_reader = ModelReader::open(finite_path);
-    for (const std::string method : {"ecsq", "tcq", "rtn", "gptq"}) {
+    for (const std::string method : {"ecsq", "tcq", "rtn", "gptq", "nwc"}) {
         for (const NormalizationAxis axis : {NormalizationAxis::per_tensor, NormalizationAxis::per_row, NormalizationAxis::per_column}) {
             if ((method == "rtn" || method == "gptq") && axis != NormalizationAxis::per_tensor) continue;  // no normalization axis
             for (const int threads : {1, 3}) {
@@ -233,7 +234,8 @@ TEST_CASE("model_reader: lossless, ecsq, tcq, rtn and gptq code a tensor from it
                 options.axis = axis;
                 options.threads = threads;
                 options.weights_per_segment = 5000;
-                const DefaultCodec codec(options);
+                options.alpha = 1.5f;
+                const DefaultCodec codec(options, method == "nwc" ? reliability::tiny_random_codec() : nullptr);
                 const CompressedModel in_memory = codec.compress_model(load_model_file(finite_path));
                 ContainerStreamWriter stream(output);
                 const ModelReport report = codec.compress_model_into(finite_reader, stream);

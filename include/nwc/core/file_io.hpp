@@ -77,6 +77,16 @@ inline void release_pages(std::span<const std::uint8_t> bytes) noexcept {
     const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
     if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // failure only means the pages stay
 }
+/// release_pages([from, to)) for a walk that hands pages back as it goes: returns where the next
+/// range should start (the start of `to`'s page when that is past `from`, else `from`), so that no
+/// page straddling two consecutive ranges is left behind.
+inline const std::uint8_t* release_pages_until(const std::uint8_t* from, const std::uint8_t* to) noexcept {
+    const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+    const std::uintptr_t boundary = reinterpret_cast<std::uintptr_t>(to) / page * page;
+    if (to <= from) return from;
+    release_pages(std::span<const std::uint8_t>(from, std::size_t(to - from)));
+    return boundary > reinterpret_cast<std::uintptr_t>(from) ? from + (boundary - reinterpret_cast<std::uintptr_t>(from)) : from;
+}
 
 /// Reads a whole file into memory.
 inline std::vector<std::uint8_t> read_file(const std::filesystem::path& path) {

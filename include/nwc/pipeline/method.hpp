@@ -70,8 +70,10 @@ struct MethodKnob {
 struct EncodedMatrix {
     ContainerTensor tensor;        ///< method, metadata, payload, segment sizes
     Tensor<float> reconstruction;  ///< what the decoder will produce (empty when not computed)
-    /// measure_error(weights, reconstruction) taken by the method itself (encode_rows, which holds
-    /// no whole reconstruction); empty otherwise.
+    /// The error taken by the method itself: measure_error(weights, reconstruction)'s sums in the
+    /// same order (encode_rows, which holds no whole reconstruction), or in the method's own order
+    /// (nwc without a Hessian: chunk order, so that its encode() and encode_rows() agree); empty
+    /// otherwise, and the pipeline measures the reconstruction.
     std::optional<detail::ErrorMeasure> measured;
     bool used_feedback = false;
     bool used_hessian = false;
@@ -261,11 +263,12 @@ struct MatrixRows {
 };
 
 /// A method that also codes a matrix without a Hessian from MatrixRows (encode_rows), reading it
-/// in passes and holding one block of rows at a time: the same entry as encode() of the whole
-/// matrix, and `measured` set when options.measure is (the error the pipeline would measure).
+/// in passes and holding one block of rows (or a strip of columns) at a time: the same entry as
+/// encode() of the whole matrix, and `measured` set when options.measure is (the error the
+/// pipeline would measure from encode()).
 template <class M>
-concept RowEncodingMethod = Method<M> && requires(const MatrixRows& rows, const MethodOptions& options) {
-    { M::encode_rows(rows, options) } -> std::same_as<EncodedMatrix>;
+concept RowEncodingMethod = Method<M> && requires(const MatrixRows& rows, const MethodOptions& options, const MethodResources& resources) {
+    { M::encode_rows(rows, options, resources) } -> std::same_as<EncodedMatrix>;
 };
 
 /// A lossless method that also codes a tensor from the bytes its file stores (encode_stored: the

@@ -352,17 +352,20 @@ struct ErrorMeasure {
     }
 };
 
+/// Adds one weight and what the decoder makes of it to `measure`'s sums, as measure_error does.
+inline void add_error(ErrorMeasure& measure, float weight, float reconstruction) noexcept {
+    const double value = weight, difference = value - double(reconstruction);
+    measure.squared_error += difference * difference;
+    measure.squared_norm += value * value;
+}
+
 /// Measures the reconstruction of W (H: [cols, cols] or null). A template only so that the double
 /// GEMM is instantiated where a method measures, not in every translation unit.
 template <class HessianScalar = double>
 ErrorMeasure measure_error(TensorView<const float> weights, TensorView<const float> reconstruction, const Tensor<HessianScalar>* hessian) {
     NWC_ASSERT(weights.numel() == reconstruction.numel());
     ErrorMeasure measure;
-    for (std::int64_t i = 0; i < weights.numel(); ++i) {
-        const double value = weights[i], difference = value - double(reconstruction[i]);
-        measure.squared_error += difference * difference;
-        measure.squared_norm += value * value;
-    }
+    for (std::int64_t i = 0; i < weights.numel(); ++i) add_error(measure, weights[i], reconstruction[i]);
     if (hessian != nullptr) {
         using Matrix = Eigen::Matrix<HessianScalar, Eigen::Dynamic, Eigen::Dynamic>;
         const Matrix original = weights.matrix().template cast<HessianScalar>();

@@ -8,6 +8,11 @@
 // spreads the latents over more integers (more bits, less error), alpha < 1 fewer; alpha = 1 is the
 // codec as trained. Rate control bisects one alpha for the whole file.
 //
+// Without LDLQ the encoder runs over pieces of the chunk array with the tiles of one pass over all
+// of it (nwc_encoding.hpp): the same symbols, and without a Hessian a matrix can be read a
+// strip of columns at a time (encode_rows, for a streamed compress). The error it reports without a
+// Hessian is summed in chunk order (down each column), the order a strip-wise encoder can take.
+//
 // Optional LDLQ in per_block mode: NeuralBlockQuantizer codes the chunks of a block of
 // MethodOptions::nwc_block_columns (16) columns at once and returns the decoder's reconstruction
 // (a chunk lies in one column, so any block width works); the Hessian is moved into the normalized domain
@@ -39,53 +44,12 @@
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/codec_reference.hpp"
 #include "nwc/pipeline/method.hpp"
+#include "nwc/pipeline/nwc_encoding.hpp"
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/dechunk_kernels.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
 
 namespace nwc {
-
-/// The neural codec as an LDLQ BlockQuantizer (quantizer_concept.hpp, FeedbackMode::per_block).
-/// Writes symbols into caller storage laid out as the nwc payload: chunk (c, i) of column c is
-/// chunk c * chunks_per_column + i, M symbols each.
-template <class Backend>
-class NeuralBlockQuantizer {
-public:
-    NeuralBlockQuantizer(const NeuralCodec& codec, float alpha, std::int64_t chunks_per_column, std::span<std::int32_t> symbols)
-        : m_codec(&codec), m_alpha(alpha), m_chunks_per_column(chunks_per_column), m_symbols(symbols) {}
-
-    int column_group() const noexcept { return 1; }
-    int row_group() const noexcept { return m_codec->architecture().chunk_size; }
-    void reset(std::int64_t rows, std::int64_t cols) {
-        NWC_ASSERT(std::int64_t(m_symbols.size()) == cols * m_chunks_per_column * m_codec->architecture().latents);
-        NWC_ASSERT((rows + row_group() - 1) / row_group() == m_chunks_per_column);
-    }
-    void quantize_block(const BlockPosition& position, ConstColumnBlock block, ColumnBlock reconstructed) {
-        const std::int64_t d = row_group(), latents = m_codec->architecture().latents;
-        const std::int64_t rows = block.rows(), width = block.cols(), local = (rows + d - 1) / d;
-        NWC_ASSERT(position.first_row % d == 0);
-        RowMajorMatrix<float> chunks = RowMajorMatrix<float>::Zero(width * local, d);
-        std::vector<std::uint8_t> levels(std::size_t(width * local), 0);
-        for (std::int64_t j = 0; j < width; ++j) {
-            if (!position.levels.empty()) std::fill_n(levels.begin() + j * local, local, position.levels[std::size_t(j)]);
-            for (std::int64_t r = 0; r < rows; ++r) chunks(j * local + r / d, r % d) = block(r, j) * m_alpha;
-        }
-        std::vector<std::int32_t> symbols(std::size_t(width * local * latents));
-        m_codec->encode(TensorView<const float>(chunks.data(), Shape{width * local, d}), levels, symbols, 1, Backend{});
-        m_codec->decode(symbols, levels, TensorView<float>(chunks.data(), Shape{width * local, d}), 1, Backend{});
-        for (std::int64_t j = 0; j < width; ++j) {
-            for (std::int64_t r = 0; r < rows; ++r) reconstructed(r, j) = chunks(j * local + r / d, r % d) / m_alpha;
-            const std::int64_t global = (position.first_column + j) * m_chunks_per_column + position.first_row / d;
-            std::copy_n(symbols.begin() + j * local * latents, local * latents, m_symbols.begin() + global * latents);
-        }
-    }
-
-private:
-    const NeuralCodec* m_codec;
-    float m_alpha;
-    std::int64_t m_chunks_per_column;
-    std::span<std::int32_t> m_symbols;
-};
 
 /// The nwc method.
 struct NwcMethod {
@@ -167,17 +131,16 @@ struct NwcMethod {
     /// The networks run on the scalar reference whatever the codec's backend is: the simd epilogue
     /// rounds differently (within 1e-6), which can move a latent across a rounding boundary, and the
     /// file's bytes must not depend on the backend that wrote them (tests/test_backend_consistency.cpp).
+    /// Without LDLQ the chunks are coded a window at a time (code_nwc_chunk_windows); without a
+    /// Hessian the error is also `measured`, in chunk order (down each column, column after column),
+    /// the order encode_rows can take.
     template <class Resources>
     static EncodedMatrix encode(TensorView<const float> weights, const Tensor<double>* hessian, const MethodOptions& options, const Resources& resources) {
-        require(resources.neural_codec != nullptr, errc::invalid_argument, "the nwc method needs a trained codec (--codec FILE)");
-        const NeuralCodec& codec = *resources.neural_codec;
-        const backend::scalar reference{};
+        const NeuralCodec& codec = codec_of(resources);
         const CodecArchitecture& arch = codec.architecture();
-        const std::int64_t rows = weights.rows(), cols = weights.cols(), d = arch.chunk_size, latents = arch.latents;
+        const std::int64_t rows = weights.rows(), cols = weights.cols(), latents = arch.latents;
         const Chunker chunker(ChunkerOptions{.axis = options.axis, .chunk_size = arch.chunk_size});
         const std::vector<half> scales = chunker.compute_scales(weights);
-        Tensor<float> normalized(weights.shape());
-        chunker.normalize(weights, scales, normalized.view());
         std::vector<std::uint8_t> levels(std::size_t(cols), 0);
         if (hessian != nullptr) {
             const Eigen::VectorXd diagonal = hessian->matrix().diagonal();
@@ -185,14 +148,15 @@ struct NwcMethod {
             for (auto& level : levels) level = std::uint8_t(std::min<int>(level, arch.levels - 1));
         }
         const std::int64_t per_column = chunker.chunks_per_column(rows);
-        const std::int64_t span = std::min(cols, std::max<std::int64_t>(1, options.weights_per_segment / (per_column * d)));
+        const std::int64_t span = columns_per_segment(rows, cols, options, arch);
         merge_small_levels(levels, span, per_column * latents, options.nwc_min_level_symbols, arch);
         std::vector<std::int32_t> symbols(std::size_t(cols * per_column * latents));
         EncodedMatrix result;
         result.used_hessian = hessian != nullptr;
         result.setting = knob_setting<NwcMethod>(options.alpha);
-        Tensor<float> normalized_reconstruction;
         if (options.ldlq && hessian != nullptr) {
+            Tensor<float> normalized(weights.shape());
+            chunker.normalize(weights, scales, normalized.view());
             Eigen::MatrixXd moved = hessian->matrix();
             if (options.axis == NormalizationAxis::per_column)
                 for (std::int64_t i = 0; i < cols; ++i)
@@ -201,28 +165,96 @@ struct NwcMethod {
             const LDLQOptions ldlq = detail::ldlq_options(options, options.nwc_block_columns, FeedbackMode::per_block);
             LDLQResult coded = LDLQCompensator<NeuralBlockQuantizer<backend::scalar>>(ldlq).compress(normalized.view(), moved, quantizer, levels);
             result.used_feedback = coded.report.used_feedback;
-            normalized_reconstruction = std::move(coded.reconstructed);
-        } else {
-            std::vector<float> chunks = chunker.chunk(normalized.view());
-            normalized = Tensor<float>();  // copies of the tensor not held at once: memory for the largest tensor of a model
-            for (float& value : chunks) value *= options.alpha;
-            std::vector<std::uint8_t> chunk_levels(std::size_t(cols * per_column));
-            for (std::int64_t c = 0; c < cols; ++c) std::fill_n(chunk_levels.begin() + c * per_column, per_column, levels[std::size_t(c)]);
-            const TensorView<const float> chunk_view(chunks.data(), Shape{cols * per_column, d});
-            codec.encode(chunk_view, chunk_levels, symbols, std::max(1, options.threads), reference);
-            if (options.measure) {
-                codec.decode(symbols, chunk_levels, TensorView<float>(chunks.data(), Shape{cols * per_column, d}), std::max(1, options.threads), reference);
-                for (float& value : chunks) value /= options.alpha;
-                normalized_reconstruction = Tensor<float>(weights.shape());
-                chunker.dechunk(chunks, normalized_reconstruction.view());
+            normalized = Tensor<float>();
+            if (!coded.reconstructed.values().empty()) {
+                result.reconstruction = Tensor<float>(weights.shape());
+                chunker.denormalize(coded.reconstructed.view(), scales, result.reconstruction.view());
             }
+        } else {
+            if (options.measure) result.reconstruction = Tensor<float>(weights.shape());
+            detail::ErrorMeasure measure;
+            const detail::NwcChunkSource source{rows, cols, options.axis, scales, levels, options.alpha};
+            detail::code_nwc_chunk_windows(
+                codec, source, std::max(1, options.threads), options.measure,
+                [&](std::int64_t first_row, std::int64_t, std::int64_t first_col, std::int64_t) {
+                    return [&weights, first_row, first_col](std::int64_t r, std::int64_t c) { return weights(first_row + r, first_col + c); };
+                },
+                [&](std::int64_t first_chunk, std::span<const std::int32_t> coded) {
+                    std::copy(coded.begin(), coded.end(), symbols.begin() + first_chunk * latents);
+                },
+                [&](std::int64_t r, std::int64_t c, float weight, float value) {
+                    result.reconstruction(r, c) = value;
+                    detail::add_error(measure, weight, value);
+                });
+            if (options.measure && hessian == nullptr) result.measured = measure;
         }
-        if (!normalized_reconstruction.values().empty()) {
-            result.reconstruction = Tensor<float>(weights.shape());
-            chunker.denormalize(normalized_reconstruction.view(), scales, result.reconstruction.view());
-            normalized_reconstruction = Tensor<float>();
+        begin_entry(result, options, span, arch, scales, levels);
+        const std::int64_t column_symbols = per_column * latents;
+        std::vector<std::int32_t> gathered;
+        for (const Layout::Segment& segment : segments_of(levels, span, arch)) {
+            gathered.clear();
+            for (std::int64_t c = segment.span * span; c < std::min(cols, (segment.span + 1) * span); ++c)
+                if (arch.prior_group(levels[std::size_t(c)]) == segment.group)
+                    gathered.insert(gathered.end(), symbols.begin() + c * column_symbols, symbols.begin() + (c + 1) * column_symbols);
+            add_segment(result.tensor, gathered, codec, segment.group);
         }
+        return result;
+    }
 
+    /// encode() without a Hessian of a matrix read a strip of columns at a time (RowEncodingMethod):
+    /// the scales in two passes of rows, then code_nwc_chunk_windows, each segment (a span of
+    /// columns: every level is 0, so one prior group) coded as soon as its symbols are complete.
+    /// Holds a strip of columns (about 2^20 weights, as MatrixRows read them and in chunk layout),
+    /// the symbols of two pieces and of one segment, and the coded bytes; never the tensor.
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const MethodResources& resources) {
+        const NeuralCodec& codec = codec_of(resources);
+        const CodecArchitecture& arch = codec.architecture();
+        const std::int64_t rows = source.rows, cols = source.cols, latents = arch.latents;
+        const Chunker chunker(ChunkerOptions{.axis = options.axis, .chunk_size = arch.chunk_size});
+        const std::vector<half> scales = chunker.compute_scales_by_rows(rows, cols, source.block_rows(), source.all_columns());
+        const std::vector<std::uint8_t> levels(std::size_t(cols), 0);
+        const std::int64_t span = columns_per_segment(rows, cols, options, arch), segment_symbols = span * chunker.chunks_per_column(rows) * latents;
+        EncodedMatrix result;
+        result.setting = knob_setting<NwcMethod>(options.alpha);
+        begin_entry(result, options, span, arch, scales, levels);
+        const int group = arch.prior_group(0);
+        std::vector<std::int32_t> gathered;
+        detail::ErrorMeasure measure;
+        const detail::NwcChunkSource chunks{rows, cols, options.axis, scales, {}, options.alpha};
+        detail::code_nwc_chunk_windows(
+            codec, chunks, std::max(1, options.threads), options.measure,
+            [&](std::int64_t first_row, std::int64_t row_count, std::int64_t first_col, std::int64_t col_count) {
+                return source.read(first_row, row_count, first_col, col_count);
+            },
+            [&](std::int64_t, std::span<const std::int32_t> coded) {
+                for (std::size_t taken = 0; taken < coded.size();) {
+                    const std::size_t part = std::min(coded.size() - taken, std::size_t(segment_symbols) - gathered.size());
+                    gathered.insert(gathered.end(), coded.begin() + std::ptrdiff_t(taken), coded.begin() + std::ptrdiff_t(taken + part));
+                    taken += part;
+                    if (gathered.size() == std::size_t(segment_symbols)) {
+                        add_segment(result.tensor, gathered, codec, group);
+                        gathered.clear();
+                    }
+                }
+            },
+            [&](std::int64_t, std::int64_t, float weight, float value) { detail::add_error(measure, weight, value); });
+        if (!gathered.empty()) add_segment(result.tensor, gathered, codec, group);
+        if (options.measure) result.measured = measure;
+        return result;
+    }
+
+    static const NeuralCodec& codec_of(const MethodResources& resources) {
+        require(resources.neural_codec != nullptr, errc::invalid_argument, "the nwc method needs a trained codec (--codec FILE)");
+        return *resources.neural_codec;
+    }
+    /// Columns per segment: about options.weights_per_segment weights, at least one column.
+    static std::int64_t columns_per_segment(std::int64_t rows, std::int64_t cols, const MethodOptions& options, const CodecArchitecture& arch) {
+        const std::int64_t column_weights = (rows + arch.chunk_size - 1) / arch.chunk_size * arch.chunk_size;
+        return std::min(cols, std::max<std::int64_t>(1, options.weights_per_segment / column_weights));
+    }
+    /// The entry's method and metadata (prefix, axis, alpha, d, M, scales, levels when one is not 0).
+    static void begin_entry(EncodedMatrix& result, const MethodOptions& options, std::int64_t span, const CodecArchitecture& arch,
+                            std::span<const half> scales, std::span<const std::uint8_t> levels) {
         ContainerTensor& tensor = result.tensor;
         tensor.method = std::string(name);
         ByteWriter metadata;
@@ -235,23 +267,17 @@ struct NwcMethod {
         prefix.write(metadata);
         metadata.put_u8(std::uint8_t(options.axis));
         metadata.put_f32(options.alpha);
-        detail::put_varint(metadata, std::uint64_t(d));
-        detail::put_varint(metadata, std::uint64_t(latents));
+        detail::put_varint(metadata, std::uint64_t(arch.chunk_size));
+        detail::put_varint(metadata, std::uint64_t(arch.latents));
         write_scales(metadata, scales);
         if (store_levels) write_levels(metadata, levels);
         tensor.metadata = metadata.take();
-        const std::int64_t column_symbols = per_column * latents;
-        std::vector<std::int32_t> gathered;
-        for (const Layout::Segment& segment : segments_of(levels, span, arch)) {
-            gathered.clear();
-            for (std::int64_t c = segment.span * span; c < std::min(cols, (segment.span + 1) * span); ++c)
-                if (arch.prior_group(levels[std::size_t(c)]) == segment.group)
-                    gathered.insert(gathered.end(), symbols.begin() + c * column_symbols, symbols.begin() + (c + 1) * column_symbols);
-            RangeCoderOptions coder;
-            coder.segment_size = std::uint32_t(gathered.size());
-            tensor.add_segment(rans::encode(gathered, codec.decoder().all_tables()[std::size_t(segment.group)], coder));
-        }
-        return result;
+    }
+    /// One segment: a rANS stream of `symbols` with prior group `group`'s tables.
+    static void add_segment(ContainerTensor& tensor, std::span<const std::int32_t> symbols, const NeuralCodec& codec, int group) {
+        RangeCoderOptions coder;
+        coder.segment_size = std::uint32_t(symbols.size());
+        tensor.add_segment(rans::encode(symbols, codec.decoder().all_tables()[std::size_t(group)], coder));
     }
 
     /// What the container holds for this method's tensors: a reference (codec_reference.hpp) when

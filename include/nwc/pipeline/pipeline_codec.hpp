@@ -23,7 +23,7 @@
 //   It never holds per-pass numbers, so its size is the same in every pass of a rate search. The
 //   llama2.c RoPE corrections are the raw tensor detail::rope_correction_bits_name (a fixed name).
 // - Memory: compress_model_into() from a ModelReader codes tensors as it reads them, and where a
-//   method can (lossless, rtn, gptq, ecsq, tcq without a Hessian) from the mapped file's bytes,
+//   method can (lossless, rtn, gptq, ecsq, tcq, nwc without a Hessian) from the mapped file's bytes,
 //   block by block (compress_from_file): the same bytes as from a ModelFile in memory.
 #pragma once
 
@@ -387,7 +387,7 @@ public:
     /// a reader coded tensors wait up to waiting_bytes_limit, so memory holds the tensors in flight
     /// (at most `threads` of them), never the model. From a mapped reader without a Hessian, a
     /// lossless method (StoredEncodingMethod) codes a tensor's stored bytes and a RowEncodingMethod
-    /// (rtn, gptq, ecsq, tcq) reads it in blocks of rows (compress_from_file): no float32 copy of
+    /// (rtn, gptq, ecsq, tcq, nwc) reads it in blocks (compress_from_file): no float32 copy of
     /// the tensor exists, only the method's coded bytes and what it keeps between its passes.
     template <class Model, class Sink>
     ModelReport compress_model_into(const Model& model, Sink& sink, const HessianLookup& hessians = {}, const ProgressCallback& progress = {},
@@ -577,7 +577,7 @@ private:
 
     /// Whether compress_from_file() codes `tensor` with `options`' method: a StoredEncodingMethod
     /// (lossless) for any tensor it codes itself (a matrix or a vector), a RowEncodingMethod (rtn,
-    /// gptq, ecsq, tcq) for a matrix (vectors take the usual path: they are small).
+    /// gptq, ecsq, tcq, nwc) for a matrix (vectors take the usual path: they are small).
     bool codes_from_file(const ModelTensor& tensor, const MethodOptions& options) const {
         bool stored = false, rows = false;
         methods::visit(options.method, [&]<class M>(std::type_identity<M>) { stored = StoredEncodingMethod<M>, rows = RowEncodingMethod<M>; });
@@ -612,16 +612,22 @@ private:
                         decode_float32_into(tensor.original_dtype, Shape{row_count, cols},
                                             bytes.subspan(std::size_t(first_row * cols) * size, std::size_t(row_count * cols) * size), block, tensor.name);
                     } else {
-                        for (std::int64_t r = 0; r < row_count; ++r)  // a strip of columns: each row's run
+                        // A strip of columns: each row's run. It touches every page of its rows (a narrow
+                        // strip of short rows is all of them), so they are handed back every MiB, not at the end.
+                        const std::uint8_t* unreleased = bytes.data() + std::size_t(first_row * cols) * size;
+                        for (std::int64_t r = 0; r < row_count; ++r) {
                             decode_float32_into(tensor.original_dtype, Shape{col_count},
                                                 bytes.subspan(std::size_t((first_row + r) * cols + first_col) * size, std::size_t(col_count) * size),
                                                 std::span<float>(block).subspan(std::size_t(r * col_count), std::size_t(col_count)), tensor.name);
+                            const std::uint8_t* read_end = bytes.data() + std::size_t((first_row + r + 1) * cols) * size;
+                            if (read_end - unreleased >= std::ptrdiff_t(1) << 20) unreleased = release_pages_until(unreleased, read_end);
+                        }
                     }
                     release_pages(bytes.subspan(std::size_t(first_row * cols) * size, std::size_t(row_count * cols) * size));
                     return TensorView<const float>(block.data(), Shape{row_count, col_count});
                 };
                 const MatrixRows rows{tensor.shape[0], cols, read};
-                encoded = M::encode_rows(rows, options);
+                encoded = M::encode_rows(rows, options, m_resources);
             }
             if constexpr (uses_codec_blob<M>) codec_index = 0;
             lossless = nwc::is_lossless<M>;
@@ -735,8 +741,10 @@ private:
         tensor.shape = weights.shape();
         tensor.codec_index = codec_index;
         TensorReport local;
-        if (options.measure && (exact || std::int64_t(encoded.reconstruction.values().size()) == weights.numel())) {
-            const detail::ErrorMeasure measure = detail::measure_error(weights, exact ? weights : encoded.reconstruction.view(), hessian);
+        if (options.measure && (encoded.measured || exact || std::int64_t(encoded.reconstruction.values().size()) == weights.numel())) {
+            // A method that measured itself (nwc without a Hessian, in its chunk order) did so as its encode_rows does.
+            const detail::ErrorMeasure measure =
+                encoded.measured ? *encoded.measured : detail::measure_error(weights, exact ? weights : encoded.reconstruction.view(), hessian);
             local.relative_mse = measure.relative_mse();
             local.proxy_loss = measure.proxy_loss();
             local.squared_error = measure.squared_error;
