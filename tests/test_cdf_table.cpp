@@ -227,6 +227,20 @@ TEST_CASE("cdf_table: a table set round-trips and rejects every corruption", "[c
     // The derived decoder tables are rebuilt identically.
     CHECK(back.decode_tables().slot_bins == set.decode_tables().slot_bins);
     CHECK(back.decode_tables().bin_entries == set.decode_tables().bin_entries);
+    // The slot tables: every slot's bin, as the table's own cumulative frequencies say; built on
+    // first use only (an encoder's tables have none), and shared by copies.
+    const CdfTableSet fresh(tables), copy = fresh;
+    CHECK((fresh.encode_tables().slot_bins.empty() && fresh.encode_tables().slot_bins_u8.empty() && fresh.encode_tables().slot_packed.empty()));
+    CHECK(fresh.encode_tables().bin_entries == set.decode_tables().bin_entries);
+    const detail::RansDecodeTables& built = fresh.decode_tables();
+    CHECK(&copy.decode_tables() == &built);
+    CHECK(&fresh.decode_tables() == &built);
+    bool slots_match = true;
+    for (std::size_t channel = 0; channel < tables.size(); ++channel)
+        for (std::uint32_t slot = 0; slot < (1u << built.precision); ++slot)
+            slots_match = slots_match && built.slot_bins[(channel << built.precision) | slot] == tables[channel].bin_at_slot(slot);
+    CHECK(slots_match);
+    CHECK(built.slot_bins.size() == (tables.size() << built.precision) + 2);
 
     for (std::size_t length = 0; length < bytes.size(); ++length) {
         const std::vector<std::uint8_t> cut(bytes.begin(), bytes.begin() + std::ptrdiff_t(length));

@@ -263,6 +263,25 @@ TEST_CASE("concurrency: produce_in_order hands results on in order, within its l
     }
 }
 
+TEST_CASE("concurrency: a CdfTableSet's slot tables, first used from many threads at once, are built once", "[concurrency][cdf_table]") {
+    Random random(5);
+    std::vector<CdfTable> tables;
+    for (int channel = 0; channel < 8; ++channel) {
+        std::vector<double> probabilities(std::size_t(5 + channel), 0.0);
+        for (double& p : probabilities) p = 0.1 + random.uniform();
+        tables.push_back(CdfTable::from_probabilities(-2, probabilities, 1e-4, 14));
+    }
+    const CdfTableSet set(tables), copy = set;
+    std::vector<const detail::RansDecodeTables*> seen(8, nullptr);
+    std::vector<std::thread> threads;
+    for (std::size_t t = 0; t < seen.size(); ++t)
+        threads.emplace_back([&, t] { seen[t] = t % 2 ? &copy.decode_tables() : &set.decode_tables(); });
+    for (std::thread& thread : threads) thread.join();
+    for (const detail::RansDecodeTables* tables_seen : seen) CHECK(tables_seen == seen[0]);
+    CHECK(seen[0]->slot_bins.size() == (std::size_t(8) << 14) + 2);
+    CHECK(set.encode_tables().slot_bins.empty());
+}
+
 TEST_CASE("concurrency: a BufferPool lent to many threads at once never lends one buffer twice", "[concurrency][buffer_pool]") {
     BufferPool pool;
     constexpr int thread_count = 6, rounds = 200;

@@ -139,10 +139,12 @@ public:
     std::uint32_t bin_of(std::int32_t value) const noexcept {
         return in_support(value) ? std::uint32_t(std::int64_t(value) - m_offset) : escape_bin();
     }
-    /// The bin whose interval [cumulative[b], cumulative[b + 1]) contains `slot` < 2^precision;
-    /// built on construction (2^precision u16 entries), never stored.
-    std::uint32_t bin_at_slot(std::uint32_t slot) const noexcept { return m_slot_to_bin[slot]; }
-    std::span<const std::uint16_t> slot_to_bin() const noexcept { return m_slot_to_bin; }
+    /// The bin whose interval [cumulative[b], cumulative[b + 1]) contains `slot` < 2^precision, by
+    /// binary search: the decoders index CdfTableSet's slot tables instead (a table per channel
+    /// here would be 2^precision more entries per table of every codec held).
+    std::uint32_t bin_at_slot(std::uint32_t slot) const noexcept {
+        return std::uint32_t(std::upper_bound(m_cumulative.begin(), m_cumulative.end(), slot) - m_cumulative.begin() - 1);
+    }
 
     /// Code length of `value` under this table: -log2(freq / 2^precision), plus the raw escape
     /// code's bits for a value outside the support.
@@ -184,9 +186,6 @@ private:
         m_cumulative.resize(m_frequencies.size() + 1);
         m_cumulative[0] = 0;
         for (std::size_t bin = 0; bin < m_frequencies.size(); ++bin) m_cumulative[bin + 1] = m_cumulative[bin] + m_frequencies[bin];
-        m_slot_to_bin.resize(std::size_t(1) << precision);
-        for (std::size_t bin = 0; bin < m_frequencies.size(); ++bin)
-            std::fill(m_slot_to_bin.begin() + m_cumulative[bin], m_slot_to_bin.begin() + m_cumulative[bin + 1], std::uint16_t(bin));
     }
 
     static void check_shape(std::int32_t offset, std::size_t bins, int precision, const char* where) {
@@ -257,13 +256,6 @@ private:
     // Default: the value 0 with frequency 2^12 - 1, escape 1.
     std::vector<std::uint32_t> m_frequencies{(std::uint32_t(1) << min_precision) - 1, 1};
     std::vector<std::uint32_t> m_cumulative{0, (std::uint32_t(1) << min_precision) - 1, std::uint32_t(1) << min_precision};
-    std::vector<std::uint16_t> m_slot_to_bin = default_slot_to_bin();
-
-    static std::vector<std::uint16_t> default_slot_to_bin() {
-        std::vector<std::uint16_t> slots(std::size_t(1) << min_precision, 0);
-        slots.back() = 1;
-        return slots;
-    }
 };
 
 }  // namespace nwc

@@ -2,15 +2,20 @@
 //
 // Symbol i of a stream uses table i % channel_count() (the codec lays latents out [chunk][channel]).
 // All tables of a set share one precision, so the decoders can index one concatenated slot table
-// with (channel << precision) | slot. On construction the set builds those decoder lookup tables
-// (they are derived data: never stored, rebuilt identically from the integer frequencies on load)
-// and a CRC-32C fingerprint of its serialization, which every rANS stream records so that decoding
-// with the wrong tables is an error rather than garbage.
+// with (channel << precision) | slot. The set builds its coders' lookup tables (derived data: never
+// stored, rebuilt identically from the integer frequencies on load): the per-bin ones on
+// construction, the slot tables (2^precision entries per channel, most of the memory: 12 MB for a
+// codec of 4 prior groups of 16 channels at precision 16) on the first decode_tables() call, since
+// an encoder never needs them and a decoder may use one prior group of several. On construction
+// it also takes a CRC-32C fingerprint of its serialization, which every rANS stream records so
+// that decoding with the wrong tables is an error rather than garbage.
 #pragma once
 
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -32,7 +37,8 @@ enum class RansSlotLayout {
 };
 
 /// The lookup tables the rANS coders index, all channels concatenated; slot tables are indexed
-/// (channel << precision) | slot. The encoder and the scalar decoder use slot_bins + bin_entries.
+/// (channel << precision) | slot. The encoder uses the per-bin tables (bin_entries, bin_bases,
+/// offsets, supports); the scalar decoder adds slot_bins, the SIMD decoder its layout's slot table.
 struct RansDecodeTables {
     int precision = 0;
     std::uint32_t channel_count = 0;
@@ -65,6 +71,7 @@ public:
     static constexpr std::uint64_t max_total_slots = std::uint64_t(1) << 24;
 
     CdfTableSet() = default;
+    ~CdfTableSet() = default;
 
     /// Takes the channels' tables; all must share one precision. Throws nwc::error(invalid_argument)
     /// when they do not, when there are none, or when the limits above are exceeded.
@@ -164,15 +171,38 @@ public:
         return CdfTableSet(std::move(tables));
     }
 
-    /// The decoders' lookup tables (see detail::RansDecodeTables).
-    const detail::RansDecodeTables& decode_tables() const noexcept { return m_decode; }
+    /// The decoders' lookup tables (see detail::RansDecodeTables), the slot tables built on the
+    /// first call (thread-safe; copies of a set share them).
+    const detail::RansDecodeTables& decode_tables() const {
+        if (m_tables.empty()) return m_decode;
+        std::call_once(m_slots->built, [this] {
+            m_slots->tables = m_decode;
+            build_slot_tables(m_slots->tables);
+        });
+        return m_slots->tables;
+    }
+    /// The same without the slot tables (empty): all an encoder indexes.
+    const detail::RansDecodeTables& encode_tables() const noexcept { return m_decode; }
+
+    CdfTableSet(const CdfTableSet&) = default;
+    CdfTableSet& operator=(const CdfTableSet&) = default;
+    /// Moves keep the (shared) slot tables reachable from the moved-from set as well.
+    CdfTableSet(CdfTableSet&& other) noexcept
+        : m_tables(std::move(other.m_tables)), m_decode(std::move(other.m_decode)), m_checksum(other.m_checksum), m_slots(other.m_slots) {}
+    CdfTableSet& operator=(CdfTableSet&& other) noexcept {
+        m_tables = std::move(other.m_tables);
+        m_decode = std::move(other.m_decode);
+        m_checksum = other.m_checksum;
+        m_slots = other.m_slots;
+        return *this;
+    }
 
     friend bool operator==(const CdfTableSet& a, const CdfTableSet& b) noexcept { return a.m_tables == b.m_tables; }
 
 private:
+    /// The per-bin tables and the slot layout (see detail::RansDecodeTables; no slot tables).
     void build_decode_tables() {
         const int table_precision = precision();
-        const std::size_t slots = std::size_t(1) << table_precision;
         std::uint32_t most_bins = 0, largest_frequency = 0;
         for (const CdfTable& table : m_tables) {
             most_bins = std::max(most_bins, table.bin_count());
@@ -182,20 +212,16 @@ private:
         // else one byte per slot when possible: the smaller table beats the saved gather.
         const int bin_bits = int(std::bit_width(most_bins - 1)), frequency_bits = int(std::bit_width(largest_frequency));
         const bool packable = 2 * frequency_bits + bin_bits <= 32;
-        const std::size_t total_slots = m_tables.size() * slots;
+        const std::size_t total_slots = m_tables.size() << table_precision;
         if (packable && total_slots * 4 <= (std::size_t(512) << 10))
             m_decode.layout = detail::RansSlotLayout::packed;
         else if (most_bins <= 256)
             m_decode.layout = detail::RansSlotLayout::byte_bins;
         else
             m_decode.layout = detail::RansSlotLayout::word_bins;
-
         m_decode.precision = table_precision;
         m_decode.channel_count = std::uint32_t(m_tables.size());
-        m_decode.slot_bins.assign(total_slots + 2, 0);
-        if (m_decode.layout == detail::RansSlotLayout::byte_bins) m_decode.slot_bins_u8.assign(total_slots + 3, 0);
         if (m_decode.layout == detail::RansSlotLayout::packed) {
-            m_decode.slot_packed.assign(total_slots, 0);
             m_decode.packed_bin_bits = bin_bits;
             m_decode.packed_frequency_bits = frequency_bits;
         }
@@ -211,21 +237,41 @@ private:
             m_decode.supports[channel] = table.support();
             m_decode.bin_bases[channel] = std::uint32_t(m_decode.bin_entries.size());
             for (std::uint32_t bin = 0; bin < table.bin_count(); ++bin) m_decode.bin_entries.push_back((frequencies[bin] << 16) | cumulative[bin]);
-            const auto slot_to_bin = table.slot_to_bin();
-            for (std::uint32_t slot = 0; slot < slots; ++slot) {
-                const std::uint32_t bin = slot_to_bin[slot];
-                const std::size_t index = channel * slots + slot;
-                m_decode.slot_bins[index] = std::uint16_t(bin);
-                if (!m_decode.slot_bins_u8.empty()) m_decode.slot_bins_u8[index] = std::uint8_t(bin);
-                if (!m_decode.slot_packed.empty())
-                    m_decode.slot_packed[index] = bin | ((slot - cumulative[bin]) << bin_bits) | (frequencies[bin] << (bin_bits + frequency_bits));
-            }
         }
     }
 
+    /// The slot tables of `decode`'s layout: the bin of every slot of every channel.
+    void build_slot_tables(detail::RansDecodeTables& decode) const {
+        const std::size_t slots = std::size_t(1) << decode.precision, total_slots = m_tables.size() * slots;
+        const int bin_bits = decode.packed_bin_bits, frequency_bits = decode.packed_frequency_bits;
+        decode.slot_bins.assign(total_slots + 2, 0);
+        if (decode.layout == detail::RansSlotLayout::byte_bins) decode.slot_bins_u8.assign(total_slots + 3, 0);
+        if (decode.layout == detail::RansSlotLayout::packed) decode.slot_packed.assign(total_slots, 0);
+        for (std::size_t channel = 0; channel < m_tables.size(); ++channel) {
+            const CdfTable& table = m_tables[channel];
+            const auto frequencies = table.frequencies();
+            const auto cumulative = table.cumulative();
+            for (std::uint32_t bin = 0; bin < table.bin_count(); ++bin)  // the slots of bin b: [cumulative[b], cumulative[b + 1])
+                for (std::uint32_t slot = cumulative[bin]; slot < cumulative[bin + 1]; ++slot) {
+                    const std::size_t index = channel * slots + slot;
+                    decode.slot_bins[index] = std::uint16_t(bin);
+                    if (!decode.slot_bins_u8.empty()) decode.slot_bins_u8[index] = std::uint8_t(bin);
+                    if (!decode.slot_packed.empty())
+                        decode.slot_packed[index] = bin | ((slot - cumulative[bin]) << bin_bits) | (frequencies[bin] << (bin_bits + frequency_bits));
+                }
+        }
+    }
+
+    /// The slot tables, built once, shared by copies (the tables they derive from never change).
+    struct SlotTables {
+        std::once_flag built;
+        detail::RansDecodeTables tables;
+    };
+
     std::vector<CdfTable> m_tables;
-    detail::RansDecodeTables m_decode;
+    detail::RansDecodeTables m_decode;  ///< without the slot tables
     std::uint32_t m_checksum = 0;
+    std::shared_ptr<SlotTables> m_slots = std::make_shared<SlotTables>();
 };
 
 }  // namespace nwc

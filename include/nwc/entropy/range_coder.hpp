@@ -48,7 +48,7 @@ inline std::vector<std::uint8_t> encode(std::span<const std::int32_t> symbols, c
     parallel_for(std::int64_t(segment_count), options.threads, [&](std::int64_t s) {
         const std::size_t first = std::size_t(s) * segment_size;
         const std::size_t count = std::min<std::size_t>(segment_size, symbols.size() - first);
-        detail::rans_encode_segment(tables.decode_tables(), symbols.subspan(first, count), segment_bytes[std::size_t(s)]);
+        detail::rans_encode_segment(tables.encode_tables(), symbols.subspan(first, count), segment_bytes[std::size_t(s)]);
     });
 
     ByteWriter header;
