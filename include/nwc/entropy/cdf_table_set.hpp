@@ -186,7 +186,8 @@ public:
 
     CdfTableSet(const CdfTableSet&) = default;
     CdfTableSet& operator=(const CdfTableSet&) = default;
-    /// Moves keep the (shared) slot tables reachable from the moved-from set as well.
+    /// Moves share the slot-table holder instead of taking it, so that no set (a moved-from one
+    /// included) is ever without one: decode_tables() never meets a null holder.
     CdfTableSet(CdfTableSet&& other) noexcept
         : m_tables(std::move(other.m_tables)), m_decode(std::move(other.m_decode)), m_checksum(other.m_checksum), m_slots(other.m_slots) {}
     CdfTableSet& operator=(CdfTableSet&& other) noexcept {
