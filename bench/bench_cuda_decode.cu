@@ -35,6 +35,7 @@
 #include "nwc/codec/codec_model.hpp"
 #include "nwc/cuda/decompress.cuh"
 #include "nwc/cuda/device.cuh"
+#include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 
 namespace {
@@ -151,7 +152,7 @@ void decode_grid_to_device(benchmark::State& state) {
     state.counters["bits/weight"] = 8.0 * double(entry.payload_size + entry.metadata_size) / weights;
     // The same-run reference: the CPU decoder (simd, one thread) of the same tensor.
     nwc::DecodeResources resources(reader);
-    const auto plan = nwc::detail::make_decode_plan(reader, 0, resources, nwc::BuiltinMethods{});
+    const auto plan = nwc::detail::make_decode_plan(reader, 0, resources, nwc::BuiltinDecodings{});
     nwc::Tensor<float> decoded(entry.shape);
     const int calls = 3;
     const auto start = std::chrono::steady_clock::now();
@@ -188,9 +189,9 @@ void decode_file_to_device(benchmark::State& state, const std::string& path) {
     nwc::DecodeResources resources(reader);
     std::vector<nwc::Tensor<float>> decoded;
     std::vector<nwc::Tensor<float>*> outputs;
-    std::vector<decltype(nwc::detail::make_decode_plan(reader, 0, resources, nwc::BuiltinMethods{}))> plans;
+    std::vector<decltype(nwc::detail::make_decode_plan(reader, 0, resources, nwc::BuiltinDecodings{}))> plans;
     for (std::size_t i : tensors) {
-        plans.push_back(nwc::detail::make_decode_plan(reader, i, resources, nwc::BuiltinMethods{}));
+        plans.push_back(nwc::detail::make_decode_plan(reader, i, resources, nwc::BuiltinDecodings{}));
         decoded.emplace_back(reader.entry(i).shape);
     }
     for (auto& tensor : decoded) outputs.push_back(&tensor);

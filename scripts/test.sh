@@ -56,6 +56,7 @@ fuzz_build_dir=${NWC_FUZZ_BUILD_DIR:-build-fuzz}
 fuzz_seconds=${NWC_FUZZ_SECONDS:-20}
 
 summary=()
+late_report=()  # what a failed step wants read after the summary (a fuzz finding)
 failed=0
 # Runs one step, timing it; a failed step is recorded and the script goes on with what does not
 # depend on it, so one CI run reports as much as it can.
@@ -148,6 +149,9 @@ run_fuzzers() {
         if [[ "$(cat "$scratch/$target.status")" != 0 ]]; then
             failed_targets+=("$target")
             tail -n 60 "$scratch/$target.log"
+            # Kept, and its last lines repeated after the summary: CI logs are often read from the end.
+            cp "$scratch/$target.log" "$fuzz_build_dir/artifacts/$target.log"
+            late_report+=("=== fuzz finding in $target (log: $fuzz_build_dir/artifacts/$target.log)" "$(grep -E 'ERROR|SUMMARY|Test unit written|artifact_prefix|==[0-9]+==' "$scratch/$target.log" | tail -n 12)")
         fi
     done
     rm -rf "$scratch"
@@ -199,6 +203,7 @@ fi
 echo
 echo "=== test.sh summary ($((SECONDS - start_all)) s in all)"
 printf '%s\n' "${summary[@]}"
+((${#late_report[@]} == 0)) || printf '%s\n' "${late_report[@]}"
 if ((failed)); then
     echo "test.sh: FAILED"
     exit 1

@@ -33,6 +33,7 @@
 #include "nwc/cuda/decompress.cuh"
 #include "nwc/cuda/device.cuh"
 #include "nwc/entropy/range_coder.hpp"
+#include "nwc/pipeline/builtin_methods.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/quant/trellis.hpp"
 
@@ -66,7 +67,7 @@ template <class Backend>
 nwc::Tensor<float> cpu_decode(const nwc::ContainerReader& reader) {
     nwc::Tensor<float> out(reader.entry(0).shape);
     nwc::DecodeResources resources(reader);
-    nwc::detail::decode_plans<Backend>(reader, std::vector{nwc::detail::make_decode_plan(reader, 0, resources, nwc::BuiltinMethods{})}, {&out}, 1, {},
+    nwc::detail::decode_plans<Backend>(reader, std::vector{nwc::detail::make_decode_plan(reader, 0, resources, nwc::BuiltinDecodings{})}, {&out}, 1, {},
                                        1);
     return out;
 }
@@ -363,7 +364,7 @@ void check_files() {
             const std::size_t i = tensors[k];
             const auto& entry = reader.entry(i);
             nwc::Tensor<float> cpu(entry.shape);
-            nwc::detail::decode_plans<nwc::backend::scalar>(reader, std::vector{nwc::detail::make_decode_plan(reader, i, resources, nwc::BuiltinMethods{})},
+            nwc::detail::decode_plans<nwc::backend::scalar>(reader, std::vector{nwc::detail::make_decode_plan(reader, i, resources, nwc::BuiltinDecodings{})},
                                                             {&cpu}, 1, {}, 1);
             const std::vector<float> reference(cpu.values().begin(), cpu.values().end());
             const std::vector<float> gpu = decoded[k].to_host();

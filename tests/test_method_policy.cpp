@@ -12,8 +12,12 @@
 #include <utility>
 #include <vector>
 
+#include "error_testing.hpp"
 #include "matrix_rows_testing.hpp"
+#include "reliability_support.hpp"
 #include "nwc/core/random.hpp"
+#include "nwc/pipeline/builtin_decodings.hpp"
+#include "nwc/pipeline/model_decoding.hpp"
 #include "nwc/pipeline/pipeline.hpp"
 
 namespace nwc_test_method_policy {
@@ -310,6 +314,56 @@ TEST_CASE("method policy: every RowEncodingMethod's encode_rows gives encode()'s
             check(std::type_identity<TcqMethod>{}, options, rows, cols);
         }
     }
+}
+
+// The decoding halves (what <nwc/decode.hpp> compiles instead of the encoders) are MethodDecodings,
+// not Methods, and each built-in Method derives from its own.
+static_assert(MethodDecoding<EcsqDecoding> && MethodDecoding<TcqDecoding> && MethodDecoding<NwcDecoding> && MethodDecoding<RtnDecoding> &&
+              MethodDecoding<GptqDecoding> && MethodDecoding<LosslessDecoding>);
+static_assert(!Method<EcsqDecoding> && !Method<NwcDecoding> && !Method<LosslessDecoding>);
+static_assert(std::is_same_v<EcsqMethod::Layout, EcsqDecoding::Layout> && std::is_same_v<GptqMethod::Layout, GptqDecoding::Layout>);
+
+TEST_CASE("method policy: the decoding halves alone decode every built-in method as the codec does", "[method_policy]") {
+    const std::vector<std::uint8_t> bytes = reliability::mixed_container();
+    const ContainerReader reader = ContainerReader::from_bytes(bytes, "mixed");
+    std::size_t decoded = 0;
+    for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
+        const ContainerEntry& entry = reader.entry(index);
+        if (!is_floating_dtype(entry.original_dtype)) continue;
+        INFO(entry.name << " (" << entry.method << ")");
+        // Per backend: nwc's networks round differently on simd (within 1e-6), as Codec's do.
+        const Tensor<float> expected_scalar = Codec<backend::scalar>::decompress(reader, index);
+        const Tensor<float> expected_simd = DefaultCodec::decompress(reader, index);
+        const Tensor<float> scalar = decompress_tensor<backend::scalar, BuiltinDecodings>(reader, index);
+        const Tensor<float> simd = decompress_tensor<backend::simd>(reader, index, 2);
+        REQUIRE(scalar.shape() == expected_scalar.shape());
+        REQUIRE(simd.shape() == expected_simd.shape());
+        CHECK(std::memcmp(scalar.data(), expected_scalar.data(), sizeof(float) * std::size_t(scalar.numel())) == 0);
+        CHECK(std::memcmp(simd.data(), expected_simd.data(), sizeof(float) * std::size_t(simd.numel())) == 0);
+        ++decoded;
+    }
+    CHECK(decoded == 8);  // rtn, gptq, ecsq, tcq, nwc, rtn with fp16 scales, lossless, the raw vector
+
+    // A whole model, its files included, as Codec::decompress_model gives it.
+    const std::vector<std::uint8_t> with_files = reliability::container_with_source_files();
+    const ContainerReader model_reader = ContainerReader::from_bytes(with_files, "with files");
+    const ModelFile expected = DefaultCodec::decompress_model(model_reader);
+    const ModelFile model = decompress_model(model_reader, 2);
+    CHECK(model.format == expected.format);
+    CHECK(model.source == expected.source);
+    REQUIRE(model.tensors.size() == expected.tensors.size());
+    for (std::size_t k = 0; k < model.tensors.size(); ++k) {
+        CHECK(model.tensors[k].name == expected.tensors[k].name);
+        CHECK(model.tensors[k].original_dtype == expected.tensors[k].original_dtype);
+        CHECK(model.tensors[k].raw_bytes == expected.tensors[k].raw_bytes);
+        CHECK(model.tensors[k].values.values().size() == expected.tensors[k].values.values().size());
+        CHECK(std::memcmp(model.tensors[k].values.data(), expected.tensors[k].values.data(), sizeof(float) * expected.tensors[k].values.values().size()) == 0);
+    }
+    CHECK(model.files.size() == 3);
+    CHECK(model.files == expected.files);
+
+    // A list without a tensor's method refuses it, naming the methods it reads.
+    CHECK(testing::error_of([&] { decompress_tensor<backend::scalar, MethodList<EcsqDecoding>>(reader, 0); }) == errc::unsupported);
 }
 
 }  // namespace nwc_test_method_policy

@@ -1,7 +1,9 @@
 // <nwc/decode.hpp>: what reading and decoding a .nwc file needs: the container reader, the rANS
-// and context-rANS decoders, the lossless float codec, the neural decoder half, de-normalization
-// and Codec::decompress / decompress_model (which instantiate only the methods' decode paths).
-// Write back with write_model_file (io/model_file.hpp). <nwc/nwc.hpp> includes everything.
+// and context-rANS decoders, the lossless float codec, the neural decoder half, de-normalization,
+// the built-in methods' decoding halves (BuiltinDecodings) and nwc::decompress_tensor /
+// nwc::decompress_model (pipeline/model_decoding.hpp). No encoder is included: nwc::Codec (whose
+// decompress* are the same functions) comes with <nwc/compress.hpp>. Write back with
+// write_model_file (io/model_file.hpp). <nwc/nwc.hpp> includes everything.
 #pragma once
 
 #include "nwc/version.hpp"
@@ -16,5 +18,6 @@
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/io/container_reader.hpp"
 #include "nwc/io/model_file.hpp"
-#include "nwc/pipeline/pipeline_codec.hpp"
+#include "nwc/pipeline/builtin_decodings.hpp"
+#include "nwc/pipeline/model_decoding.hpp"
 #include "nwc/quant/dechunk_kernels.hpp"

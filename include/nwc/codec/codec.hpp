@@ -216,9 +216,11 @@ public:
             }
         }
     }
+    /// The same into a new vector (a template, so that including this header instantiates no encoder).
+    template <class Backend = backend::default_backend>
     std::vector<std::int32_t> encode(TensorView<const float> chunks, std::span<const std::uint8_t> levels, int threads = 1) const {
         std::vector<std::int32_t> symbols(std::size_t(chunks.rows() * architecture().latents));
-        encode(chunks, levels, symbols, threads);
+        encode<Backend>(chunks, levels, symbols, threads);
         return symbols;
     }
 

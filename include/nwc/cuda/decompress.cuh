@@ -47,7 +47,7 @@
 #include "nwc/cuda/device_buffer.cuh"
 #include "nwc/cuda/mlp_decode.cuh"
 #include "nwc/cuda/rans_decode.cuh"
-#include "nwc/pipeline/builtin_methods.hpp"
+#include "nwc/pipeline/builtin_decodings.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 
 namespace nwc::cuda {
@@ -117,8 +117,8 @@ __global__ void dequantize_strips_kernel(const std::int32_t* indices, std::int64
 /// Whether a plan's tensor is ecsq or tcq (decoded by GridBatch).
 template <class Plan>
 bool on_grid(const Plan& plan) noexcept {
-    return std::holds_alternative<nwc::detail::MethodLayout<EcsqMethod>>(plan.layout) ||
-           std::holds_alternative<nwc::detail::MethodLayout<TcqMethod>>(plan.layout);
+    return std::holds_alternative<nwc::detail::MethodLayout<EcsqDecoding>>(plan.layout) ||
+           std::holds_alternative<nwc::detail::MethodLayout<TcqDecoding>>(plan.layout);
 }
 
 /// ecsq and tcq tensors decoded together: every rANS segment of every tensor in one launch per
@@ -135,7 +135,7 @@ public:
         entry.slot = slot;
         const Plan& kept = entry.plan;
         entry.payload = reader.payload(kept.index);
-        entry.trellis = std::holds_alternative<nwc::detail::MethodLayout<TcqMethod>>(kept.layout);
+        entry.trellis = std::holds_alternative<nwc::detail::MethodLayout<TcqDecoding>>(kept.layout);
         std::vector<RansSegmentJob>& jobs = m_jobs[entry.trellis];
         entry.set = m_set_count[entry.trellis]++;
         entry.first_value = m_values;
@@ -155,12 +155,12 @@ public:
             }
         };
         if (entry.trellis) {
-            const auto& layout = std::get<nwc::detail::MethodLayout<TcqMethod>>(kept.layout).layout;
+            const auto& layout = std::get<nwc::detail::MethodLayout<TcqDecoding>>(kept.layout).layout;
             entry.rows = layout.strips.rows, entry.cols = layout.strips.cols;
-            add_segments(layout, [](const auto& l, auto bytes, const std::string& where) { return TcqMethod::read_index(l, bytes, where); },
+            add_segments(layout, [](const auto& l, auto bytes, const std::string& where) { return TcqDecoding::read_index(l, bytes, where); },
                          [](const auto& l, std::size_t s) { return std::uint64_t(l.strips.segment_begin(s)); });
         } else {
-            const auto& layout = std::get<nwc::detail::MethodLayout<EcsqMethod>>(kept.layout).layout;
+            const auto& layout = std::get<nwc::detail::MethodLayout<EcsqDecoding>>(kept.layout).layout;
             entry.rows = layout.rows, entry.cols = layout.cols;  // a vector is one row
             add_segments(layout, [](const auto& l, auto bytes, const std::string&) { return rans::read_index(bytes, l.tables); },
                          [](const auto& l, std::size_t s) { return std::uint64_t(std::int64_t(s) * l.rows_per_segment * l.cols); });
@@ -193,12 +193,12 @@ public:
         for (const Entry& entry : m_entries) {
             contexts[entry.trellis].push_back(entry.plan.context);
             if (entry.trellis) {
-                const auto& layout = std::get<nwc::detail::MethodLayout<TcqMethod>>(entry.plan.layout).layout;
+                const auto& layout = std::get<nwc::detail::MethodLayout<TcqDecoding>>(entry.plan.layout).layout;
                 tables[1].emplace_back(layout.tables, temporaries);
                 machines.emplace_back(nwc::detail::ContextDecodeTables(layout.tables, layout.machine), temporaries);
                 by_machine.push_back(machines.back().policy());
             } else {
-                const auto& layout = std::get<nwc::detail::MethodLayout<EcsqMethod>>(entry.plan.layout).layout;
+                const auto& layout = std::get<nwc::detail::MethodLayout<EcsqDecoding>>(entry.plan.layout).layout;
                 tables[0].emplace_back(layout.tables, temporaries);
                 cyclic.push_back({tables[0].back().channel_count()});
             }
@@ -221,12 +221,12 @@ public:
             if (count == 0) continue;
             const std::int32_t* values = indices.data() + entry.first_value;
             if (entry.trellis) {
-                const auto& layout = std::get<nwc::detail::MethodLayout<TcqMethod>>(entry.plan.layout).layout;
+                const auto& layout = std::get<nwc::detail::MethodLayout<TcqDecoding>>(entry.plan.layout).layout;
                 steps.emplace_back(std::span<const float>(layout.steps), temporaries);
                 dequantize_strips_kernel<T><<<blocks_for(count, threads), threads, 0, stream>>>(values, entry.rows, entry.cols, steps.back().data(),
                                                                                                   layout.axis, output.data());
             } else {
-                const auto& layout = std::get<nwc::detail::MethodLayout<EcsqMethod>>(entry.plan.layout).layout;
+                const auto& layout = std::get<nwc::detail::MethodLayout<EcsqDecoding>>(entry.plan.layout).layout;
                 steps.emplace_back(std::span<const float>(layout.steps), temporaries);
                 dequantize_rows_kernel<T><<<blocks_for(count, threads), threads, 0, stream>>>(values, entry.rows, entry.cols, steps.back().data(),
                                                                                                 layout.axis, output.data());
@@ -255,7 +255,7 @@ private:
 
 /// The nwc path: everything on the device.
 template <class T, class Plan>
-DeviceBuffer<T> decompress_nwc(const ContainerReader& reader, const Plan& plan, const NwcMethod::Layout& layout, GpuDecodeContext& context) {
+DeviceBuffer<T> decompress_nwc(const ContainerReader& reader, const Plan& plan, const NwcDecoding::Layout& layout, GpuDecodeContext& context) {
     const NeuralDecoder& decoder = *layout.decoder;
     const CodecArchitecture& arch = decoder.architecture();
     const std::int64_t d = layout.chunk_size, latents = layout.latents;
@@ -329,8 +329,8 @@ template <class T>
 DeviceBuffer<T> decompress_to_device(const ContainerReader& reader, std::size_t index, GpuDecodeContext& context) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, half> || std::is_same_v<T, bfloat16>, "decompress_to_device: float, half or bfloat16");
     DecodeResources resources(reader);
-    auto plan = nwc::detail::make_decode_plan(reader, index, resources, BuiltinMethods{});
-    if (const auto* parsed = std::get_if<nwc::detail::MethodLayout<NwcMethod>>(&plan.layout))
+    auto plan = nwc::detail::make_decode_plan(reader, index, resources, BuiltinDecodings{});
+    if (const auto* parsed = std::get_if<nwc::detail::MethodLayout<NwcDecoding>>(&plan.layout))
         return detail::decompress_nwc<T>(reader, plan, parsed->layout, context);
     if (detail::on_grid(plan)) {  // a batch of one
         detail::GridBatch<T, decltype(plan)> batch;
@@ -358,10 +358,10 @@ std::vector<DeviceBuffer<T>> decompress_tensors_to_device(const ContainerReader&
                                                           std::uint64_t batch_weights = std::uint64_t(1) << 27) {
     std::vector<DeviceBuffer<T>> out(indices.size());
     DecodeResources resources(reader);
-    using Plan = decltype(nwc::detail::make_decode_plan(reader, 0, resources, BuiltinMethods{}));
+    using Plan = decltype(nwc::detail::make_decode_plan(reader, 0, resources, BuiltinDecodings{}));
     detail::GridBatch<T, Plan> batch;
     for (std::size_t k = 0; k < indices.size(); ++k) {
-        Plan plan = nwc::detail::make_decode_plan(reader, indices[k], resources, BuiltinMethods{});
+        Plan plan = nwc::detail::make_decode_plan(reader, indices[k], resources, BuiltinDecodings{});
         if (!detail::on_grid(plan)) {
             out[k] = decompress_to_device<T>(reader, indices[k], context);
             continue;

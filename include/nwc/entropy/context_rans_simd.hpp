@@ -282,7 +282,9 @@ void context_decode_segment_on(const ContextDecodeTables& bound, const RansSegme
 
 /// The simd backend: the instruction set choice of the plain coder (rans_decode_segment): the best
 /// one whose registers the segment's lanes fill, AVX2 for 8 lanes on AVX-512, else the reference.
-inline void context_decode_segment(const ContextDecodeTables& bound, const RansSegmentBytes& segment, std::span<std::int32_t> out, backend::simd) {
+/// A template for the same reason as rans_decode_segment's (instantiated where it is used).
+template <std::derived_from<backend::simd> Simd>
+void context_decode_segment(const ContextDecodeTables& bound, const RansSegmentBytes& segment, std::span<std::int32_t> out, Simd) {
     if constexpr (std::is_same_v<xsimd::default_arch, xsimd::unavailable>) {
         context_decode_segment(bound, segment, out, backend::scalar{});
     } else {

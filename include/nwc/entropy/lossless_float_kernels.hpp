@@ -249,14 +249,18 @@ bool narrow_plane_on(const std::int32_t* in, std::size_t count, std::uint8_t* ou
     return lossless_simd::all_bytes<Arch>(seen) && tail_ok;
 }
 
-/// The simd backend: the best instruction set this translation unit was compiled for.
-inline bool merge_float_planes(dtype type, const FloatPlaneSources& in, std::size_t count, std::uint8_t* out, backend::simd) noexcept {
+/// The simd backend: the best instruction set this translation unit was compiled for. Templates
+/// over simd and the tags derived from it, so that the kernels are instantiated where they are
+/// used, not where this is included (a tag's own non-template overload wins).
+template <std::derived_from<backend::simd> Simd>
+bool merge_float_planes(dtype type, const FloatPlaneSources& in, std::size_t count, std::uint8_t* out, Simd) noexcept {
     if constexpr (std::is_same_v<xsimd::default_arch, xsimd::unavailable>)
         return merge_float_planes(type, in, count, out, backend::scalar{});
     else
         return merge_float_planes_on<xsimd::default_arch>(type, in, count, out);
 }
-inline bool narrow_plane(const std::int32_t* in, std::size_t count, std::uint8_t* out, backend::simd) noexcept {
+template <std::derived_from<backend::simd> Simd>
+bool narrow_plane(const std::int32_t* in, std::size_t count, std::uint8_t* out, Simd) noexcept {
     if constexpr (std::is_same_v<xsimd::default_arch, xsimd::unavailable>)
         return narrow_plane(in, count, out, backend::scalar{});
     else

@@ -393,8 +393,10 @@ void rans_decode_segment_on(const RansDecodeTables& tables, const RansSegmentByt
 /// The simd backend: the best instruction set this translation unit was compiled for whose
 /// registers the segment's lanes fill; 8-lane segments on AVX-512 use AVX2, fewer lanes the scalar
 /// reference (an SSE or NEON register of 4 lanes without a gather instruction is no faster).
-inline void rans_decode_segment(const RansDecodeTables& tables, const RansSegmentBytes& segment, std::span<std::int32_t> out,
-                                backend::simd) {
+/// A template over simd and the tags derived from it (a tag's own overload, a non-template, wins),
+/// so that the SIMD kernels are instantiated where decoding is used, not where this is included.
+template <std::derived_from<backend::simd> Simd>
+void rans_decode_segment(const RansDecodeTables& tables, const RansSegmentBytes& segment, std::span<std::int32_t> out, Simd) {
     if constexpr (std::is_same_v<xsimd::default_arch, xsimd::unavailable>) {
         rans_decode_segment(tables, segment, out, backend::scalar{});
     } else {

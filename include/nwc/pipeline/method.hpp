@@ -175,23 +175,30 @@ private:
     std::map<std::pair<std::int32_t, std::type_index>, std::shared_ptr<const void>> m_parsed;
 };
 
-/// The Method policy (see the header comment). `decode_segment` is checked for backend::scalar,
-/// the reference every backend must also provide.
+/// A method's decoding half (see the header comment): its name, parse() and decode_segment()
+/// (checked for backend::scalar, the reference every backend must also provide), and
+/// stored_knob(). Every Method is one; decoding-only code (<nwc/decode.hpp>) lists the decoding
+/// halves (BuiltinDecodings), whose headers leave out the encoders.
 template <class M>
-concept Method = requires(const MethodOptions& options, MethodOptions& mutable_options, TensorView<const float> weights, const Tensor<double>* hessian,
-                          const MethodResources& resources, const ContainerEntry& entry, std::span<const std::uint8_t> bytes,
-                          DecodeResources& decode_resources, const std::string& context, const typename M::Layout& layout, std::size_t segment,
-                          TensorView<float> output) {
+concept MethodDecoding = requires(const ContainerEntry& entry, std::span<const std::uint8_t> bytes, DecodeResources& decode_resources,
+                                  const std::string& context, const typename M::Layout& layout, std::size_t segment, TensorView<float> output) {
     { M::name } -> std::convertible_to<std::string_view>;
-    { M::knob } -> std::convertible_to<MethodKnob>;
-    { M::knob_value(options) } -> std::convertible_to<double>;
-    M::set_knob(mutable_options, 1.0);
     { M::stored_knob(bytes) } -> std::convertible_to<double>;
-    { M::encode(weights, hessian, options, resources) } -> std::same_as<EncodedMatrix>;
     { M::parse(entry, bytes, decode_resources, context) } -> std::same_as<typename M::Layout>;
     { layout.segment_count() } -> std::convertible_to<std::size_t>;
     { layout.segment_weights(segment) } -> std::convertible_to<std::int64_t>;
     M::decode_segment(layout, segment, bytes, output, context, backend::scalar{});
+};
+
+/// The Method policy (see the header comment): a MethodDecoding that also encodes and has a rate
+/// knob.
+template <class M>
+concept Method = MethodDecoding<M> && requires(const MethodOptions& options, MethodOptions& mutable_options, TensorView<const float> weights,
+                                                const Tensor<double>* hessian, const MethodResources& resources) {
+    { M::knob } -> std::convertible_to<MethodKnob>;
+    { M::knob_value(options) } -> std::convertible_to<double>;
+    M::set_knob(mutable_options, 1.0);
+    { M::encode(weights, hessian, options, resources) } -> std::same_as<EncodedMatrix>;
 };
 
 /// Whether M's tensors refer to a codec blob of the container (M::uses_codec_blob, false when absent);
@@ -231,7 +238,7 @@ inline constexpr bool is_lossless = [] {
 /// A method that splits its bytes into ByteAccount categories (else its metadata counts as
 /// "metadata" and its payload as "payload").
 template <class M>
-concept AccountingMethod = Method<M> && requires(const typename M::Layout& layout, std::size_t size, std::span<const std::uint8_t> bytes,
+concept AccountingMethod = MethodDecoding<M> && requires(const typename M::Layout& layout, std::size_t size, std::span<const std::uint8_t> bytes,
                                                  ByteAccount& account) {
     M::account_metadata(layout, size, account);
     M::account_segment(layout, size, bytes, account);
@@ -241,7 +248,7 @@ concept AccountingMethod = Method<M> && requires(const typename M::Layout& layou
 /// tensor row-major as stored_dtype(layout), the source's dtype): a streamed decompress writing
 /// that dtype then skips float32 altogether (the lossless method). Checked for backend::scalar.
 template <class M>
-concept StoredDecodingMethod = Method<M> && requires(const typename M::Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes,
+concept StoredDecodingMethod = MethodDecoding<M> && requires(const typename M::Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes,
                                                      std::span<std::uint8_t> output, const std::string& context) {
     { M::stored_dtype(layout) } -> std::same_as<dtype>;
     M::decode_segment_stored(layout, segment, bytes, output, context, backend::scalar{});
@@ -302,8 +309,9 @@ std::string knob_setting(double value) {
     }
 }
 
-/// An ordered list of methods: the name dispatch every codec generates from it.
-template <Method... Methods>
+/// An ordered list of methods (or of their decoding halves: every entry is a MethodDecoding; a
+/// Codec requires each to be a Method): the name dispatch every codec generates from it.
+template <MethodDecoding... Methods>
 struct MethodList {
     static_assert(sizeof...(Methods) > 0, "nwc::MethodList needs at least one method");
     static constexpr std::size_t size = sizeof...(Methods);
@@ -318,7 +326,7 @@ struct MethodList {
     template <class M>
     static constexpr bool holds = (std::is_same_v<M, Methods> || ...);
     /// This list with more methods after its own: Codec<Backend, Selection, BuiltinMethods::append<MyMethod>>.
-    template <Method... Extra>
+    template <MethodDecoding... Extra>
     using append = MethodList<Methods..., Extra...>;
     /// "nwc, ecsq, gptq, rtn": for messages and help texts.
     static std::string names() {

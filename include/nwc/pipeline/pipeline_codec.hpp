@@ -52,6 +52,7 @@
 #include "nwc/io/container.hpp"
 #include "nwc/io/model_reader.hpp"
 #include "nwc/pipeline/builtin_methods.hpp"
+#include "nwc/pipeline/model_decoding.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/version.hpp"
 
@@ -111,67 +112,6 @@ struct CompressedModel {
 };
 
 namespace detail {
-/// The llama2.c RoPE corrections as a raw U8 tensor: bit-packed (pack_rope_correction_bits) under
-/// the first name; files written before it hold varint pairs or I32 pairs under the second.
-inline constexpr std::string_view rope_correction_bits_name = "__nwc__.rope_bits";
-inline constexpr std::string_view rope_corrections_name = "__nwc__.llama2c.rope_corrections";
-inline bool is_rope_corrections(std::string_view name) noexcept { return name == rope_correction_bits_name || name == rope_corrections_name; }
-
-/// A model directory's SourceFile as a raw U8 tensor: this prefix, then the file's name.
-inline constexpr std::string_view source_file_prefix = "__nwc__.file.";
-inline bool is_source_file(std::string_view name) noexcept { return name.starts_with(source_file_prefix); }
-
-/// The SourceFile of entry `index` (is_source_file(its name)), checked: raw U8 of rank 1, and a
-/// name that writes inside the output directory only (a hostile file could name "../x").
-inline SourceFile source_file_of(const ContainerReader& reader, std::size_t index) {
-    const ContainerEntry& entry = reader.entry(index);
-    const std::string name = entry.name.substr(source_file_prefix.size());
-    require(entry.method == "raw" && entry.original_dtype == dtype::u8 && entry.shape.rank() == 1, errc::corrupt, reader.context(), ": file '", name,
-            "' is not stored as raw bytes");
-    require(is_plain_file_name(name) && name != "config.json", errc::corrupt, reader.context(), ": file name '", name,
-            "' is not a plain file name (or is config.json, which the source JSON holds)");
-    const auto bytes = reader.payload(index);
-    return {name, {bytes.begin(), bytes.end()}};
-}
-
-/// What a pipeline container says of its source (format and the "source" JSON of its file
-/// metadata; no tensors): the first step of every whole-model decode, in memory or streamed.
-inline ModelFile model_source_of(const ContainerReader& reader) {
-    const nlohmann::json metadata = nlohmann::json::parse(reader.file_metadata(), nullptr, false);
-    require(!metadata.is_discarded() && metadata.is_object() && metadata.contains("source") && metadata["source"].is_object(), errc::corrupt,
-            reader.context(), ": file metadata is not the JSON the pipeline writes");
-    ModelFile model;
-    model.source = metadata["source"];
-    const std::string format = model.source.value("source_format", "");
-    const std::optional<ModelFormat> known = model_format_named(format);
-    require(known.has_value(), errc::unsupported, reader.context(), ": source format '", format, "'");
-    model.format = *known;
-    return model;
-}
-
-/// The RoPE corrections of entry `index` (is_rope_corrections(its name)), checked: raw, packed
-/// bytes of a llama2c source (bit-packed, or varint pairs under the older name) or, under the
-/// older name, (rows, 2) int32 pairs.
-inline Tensor<std::int32_t> rope_corrections_of(const ContainerReader& reader, std::size_t index, const ModelFile& source) {
-    const ContainerEntry& entry = reader.entry(index);
-    const bool packed = entry.original_dtype == dtype::u8 && entry.shape.rank() == 1 && source.source.contains("llama2c");
-    const bool bits = entry.name == rope_correction_bits_name;
-    require(entry.method == "raw" && (packed || (!bits && entry.original_dtype == dtype::i32 && entry.shape.rank() == 2 && entry.shape[1] == 2)),
-            errc::corrupt, reader.context(), ": malformed RoPE corrections");
-    const auto bytes = reader.payload(index);
-    if (packed) {
-        const llm::LlamaConfig config = llama_config_from_json(source.source["llama2c"], reader.context() + ": llama2c source");
-        const std::string context = reader.context() + ": RoPE corrections";
-        return bits ? unpack_rope_correction_bits(bytes, config, context) : unpack_rope_corrections(bytes, config, context);
-    }
-    Tensor<std::int32_t> corrections(entry.shape);
-    std::memcpy(corrections.data(), bytes.data(), bytes.size());
-    return corrections;
-}
-
-}  // namespace detail
-
-namespace detail {
 template <class... Methods>
 struct method_list_of {
     using type = MethodList<Methods...>;
@@ -200,6 +140,9 @@ public:
     using backend_type = Backend;
     using selection_type = Selection;
     using methods = typename detail::method_list_of<Methods...>::type;
+    static_assert([]<class... Ms>(MethodList<Ms...>) { return (Method<Ms> && ...); }(methods{}),
+                  "nwc::Codec: every method of the list must be a full Method (a decoding half such as EcsqDecoding only decodes: "
+                  "use nwc::decompress_model from <nwc/decode.hpp>)");
 
     /// `codec`: the trained codec, for methods that need one (nwc).
     explicit Codec(MethodOptions options = {}, std::shared_ptr<const NeuralCodec> codec = nullptr) : m_options(std::move(options)) {
@@ -357,14 +300,10 @@ public:
     }
 
     /// Decodes tensor `index` of `reader` to float32 (raw F32/F16/BF16 tensors included). Decoding
-    /// needs nothing but the container (codec blobs are in it).
+    /// needs nothing but the container (codec blobs are in it): nwc::decompress_tensor with this
+    /// codec's backend and methods.
     static Tensor<float> decompress(const ContainerReader& reader, std::size_t index, int threads = 1) {
-        DecodeResources resources(reader);
-        std::vector<Plan> plans;
-        plans.push_back(detail::make_decode_plan(reader, index, resources, methods{}));
-        Tensor<float> output(reader.entry(index).shape);
-        detail::decode_plans<Backend>(reader, plans, {&output}, threads, {}, 1);
-        return output;
+        return nwc::decompress_tensor<Backend, methods>(reader, index, threads);
     }
 
     /// Compresses every tensor of `model`; `settings` (model tensor order), when not empty, override
@@ -453,60 +392,14 @@ public:
         return result;
     }
 
-    /// Decodes a whole container back into a ModelFile (the source's format, names, dtypes, order).
+    /// Decodes a whole container back into a ModelFile (the source's format, names, dtypes, order):
+    /// nwc::decompress_model with this codec's backend and methods.
     static ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const ProgressCallback& progress = {}) {
-        ModelFile model = detail::model_source_of(reader);
-        std::vector<std::size_t> model_index;
-        for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
-            const ContainerEntry& entry = reader.entry(index);
-            if (detail::is_rope_corrections(entry.name)) {
-                model.rope_corrections = detail::rope_corrections_of(reader, index, model);
-                continue;
-            }
-            if (detail::is_source_file(entry.name)) {
-                model.files.push_back(detail::source_file_of(reader, index));
-                continue;
-            }
-            model.tensors.push_back({entry.name, entry.original_dtype, entry.shape, {}, {}});
-            model_index.push_back(index);
-        }
-        const std::vector<Plan> plans = make_decode_plans(reader, model_index, resolve_thread_count(threads));
-        std::vector<Tensor<float>*> outputs;
-        for (std::size_t k = 0; k < plans.size(); ++k) {
-            ModelTensor& tensor = model.tensors[k];
-            if (tensor.is_floating()) {
-                outputs.push_back(&tensor.values);  // allocated by decode_plans, beside the decoding
-            } else {
-                const auto bytes = reader.payload(model_index[k]);
-                tensor.raw_bytes.assign(bytes.begin(), bytes.end());
-                outputs.push_back(nullptr);
-            }
-        }
-        detail::decode_plans<Backend>(reader, plans, outputs, resolve_thread_count(threads), progress, model.tensors.size());
-        return model;
+        return nwc::decompress_model<Backend, methods>(reader, threads, progress);
     }
 
 private:
-    using Plan = typename decltype([]<class... Ms>(MethodList<Ms...>) { return std::type_identity<detail::DecodePlan<Ms...>>{}; }(methods{}))::type;
-
-    /// The validated plans of tensors `indices`, parsed on `threads` (building a tensor's decode
-    /// tables is a serial share of a whole decode otherwise); with several bad tensors the error is
-    /// the first one's, on any thread count.
-    static std::vector<Plan> make_decode_plans(const ContainerReader& reader, const std::vector<std::size_t>& indices, int threads) {
-        DecodeResources resources(reader);
-        std::vector<Plan> plans(indices.size());
-        std::vector<std::exception_ptr> errors(indices.size());
-        parallel_for(std::int64_t(indices.size()), threads, [&](std::int64_t k) {
-            try {
-                plans[std::size_t(k)] = detail::make_decode_plan(reader, indices[std::size_t(k)], resources, methods{});
-            } catch (...) {
-                errors[std::size_t(k)] = std::current_exception();
-            }
-        });
-        for (const std::exception_ptr& error : errors)
-            if (error) std::rethrow_exception(error);
-        return plans;
-    }
+    using Plan = detail::decode_plan_of_t<methods>;
 
     /// f(std::type_identity<M>{}) for the configured method (validated by the constructor).
     template <class F>
