@@ -13,16 +13,17 @@
 
 #include "fuzz_support.hpp"
 #include "nwc/io/container.hpp"
-#include "nwc/pipeline/builtin_methods.hpp"
+#include "nwc/pipeline/builtin_decodings.hpp"
 
 namespace {
 
-// The methods fuzzed here, as a list of names in BuiltinMethods order (nwc needs a codec blob).
+// The methods fuzzed here, as a list of names in BuiltinDecodings order (nwc needs a codec blob):
+// only the decoding halves are compiled, as in a decoding-only program.
 std::vector<std::string> fuzzed_methods() {
     std::vector<std::string> names;
     [&]<class... Methods>(nwc::MethodList<Methods...>) {
         ((nwc::uses_codec_blob<Methods> ? void() : names.push_back(std::string(Methods::name))), ...);
-    }(nwc::BuiltinMethods{});
+    }(nwc::BuiltinDecodings{});
     return names;
 }
 
@@ -56,7 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         entry.segment_bounds.push_back(payload.size());
 
         DecodeResources resources(empty_container());
-        BuiltinMethods::visit(entry.method, [&]<class M>(std::type_identity<M>) {
+        BuiltinDecodings::visit(entry.method, [&]<class M>(std::type_identity<M>) {
             const typename M::Layout layout = M::parse(entry, metadata, resources, "fuzz");
             NWC_FUZZ_CHECK(layout.segment_count() == entry.segment_count());
             Tensor<float> scalar(entry.shape), simd(entry.shape);

@@ -77,7 +77,8 @@ struct EcsqMethod : EcsqDecoding {
     /// scales in two passes, the symbol range and histogram in two more, then each segment's rows
     /// quantized again and coded, the error measured on the way. Symbols are a pure function of a
     /// weight, its step and scale, and the sums run in encode()'s order: the same bytes.
-    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const MethodResources& = {}) {
+    template <class Resources = MethodResources>  // a template: instantiated where a tensor is coded
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const Resources& = {}) {
         const std::int64_t rows = source.rows, cols = source.cols, block = source.block_rows();
         const half stored_step = detail::stored_step(options.step, name);
         const float step = to_float(stored_step);

@@ -157,7 +157,8 @@ struct NwcMethod : NwcDecoding {
     /// columns: every level is 0, so one prior group) coded as soon as its symbols are complete.
     /// Holds a strip of columns (about 2^20 weights, as MatrixRows read them and in chunk layout),
     /// the symbols of two pieces and of one segment, and the coded bytes; never the tensor.
-    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const MethodResources& resources) {
+    template <class Resources>  // a template: instantiated where a tensor is coded
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const Resources& resources) {
         const NeuralCodec& codec = codec_of(resources);
         const CodecArchitecture& arch = codec.architecture();
         const std::int64_t rows = source.rows, cols = source.cols, latents = arch.latents;

@@ -124,7 +124,8 @@ struct GroupRoundingMethod : GroupRoundingDecoding<GptqFeedback> {
     /// encode() without a Hessian of a matrix read segment by segment (RowEncodingMethod): a
     /// group's scale and codes depend on its row alone, so each segment's rows are quantized and
     /// written as they are read, and the error is summed row after row, measure_error's order.
-    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const MethodResources& = {}) {
+    template <class Resources = MethodResources>  // a template: instantiated where a tensor is coded
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const Resources& = {}) {
         const std::int64_t rows = source.rows, cols = source.cols;
         const Layout layout = layout_of(rows, cols, options);
         EncodedMatrix result;

@@ -160,7 +160,8 @@ struct TcqMethod : TcqDecoding {
     /// each segment's strips read, searched and its symbols kept in the narrowest integer type
     /// that holds them; the error measured in one more pass in the order measure_error takes;
     /// then the tables and the segments. The same values reach the same searches: the same bytes.
-    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const MethodResources& = {}) {
+    template <class Resources = MethodResources>  // a template: instantiated where a tensor is coded
+    static EncodedMatrix encode_rows(const MatrixRows& source, const MethodOptions& options, const Resources& = {}) {
         const std::int64_t rows = source.rows, cols = source.cols, block = source.block_rows();
         const half stored_step = detail::stored_step(options.tcq_step, name);
         const float step = to_float(stored_step);
