@@ -96,6 +96,17 @@ inline Tensor<std::int32_t> rope_corrections_of(const ContainerReader& reader, s
 }  // namespace detail
 
 namespace detail {
+/// The readable error a decode with a backend tag that has no host kernels gives (as nwc::Codec's).
+template <class Backend>
+constexpr void require_host_backend() {
+    static_assert(!std::is_same_v<Backend, backend::cuda>,
+                  "nwc::decompress_model / decompress_tensor<backend::cuda>: the CUDA backend decodes on the device, not into host tensors; "
+                  "use nwc::cuda::decompress_to_device() from <nwc/cuda/decompress.cuh> (nvcc translation units)");
+    static_assert(std::is_same_v<Backend, backend::cuda> || host_backend<Backend>,
+                  "nwc::decompress_model / decompress_tensor<Backend>: no host kernels for this backend tag. Derive the tag from "
+                  "nwc::backend::scalar or nwc::backend::simd, and overload the kernels it replaces for it (see docs/ARCHITECTURE.md, \"Backends\")");
+}
+
 /// DecodePlan<Ms...> of a MethodList<Ms...>.
 template <class Methods>
 struct decode_plan_of;
@@ -131,6 +142,7 @@ std::vector<decode_plan_of_t<Methods>> make_decode_plans(const ContainerReader& 
 /// kernels of `Backend` and the decoders of `Methods`. Decoding needs nothing but the container
 /// (codec blobs are in it).
 template <class Backend = backend::default_backend, class Methods = BuiltinDecodings>
+    requires host_backend<Backend>
 Tensor<float> decompress_tensor(const ContainerReader& reader, std::size_t index, int threads = 1) {
     DecodeResources resources(reader);
     std::vector<detail::decode_plan_of_t<Methods>> plans;
@@ -143,6 +155,7 @@ Tensor<float> decompress_tensor(const ContainerReader& reader, std::size_t index
 /// Decodes a whole container back into a ModelFile (the source's format, names, dtypes, order),
 /// with the kernels of `Backend` and the decoders of `Methods`.
 template <class Backend = backend::default_backend, class Methods = BuiltinDecodings>
+    requires host_backend<Backend>
 ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const ProgressCallback& progress = {}) {
     ModelFile model = detail::model_source_of(reader);
     std::vector<std::size_t> model_index;
@@ -173,6 +186,21 @@ ModelFile decompress_model(const ContainerReader& reader, int threads = 1, const
     }
     detail::decode_plans<Backend>(reader, plans, outputs, resolve_thread_count(threads), progress, model.tensors.size());
     return model;
+}
+
+/// The two entry points for a tag without host kernels: one readable error (nothing else is
+/// instantiated) instead of pages of unmatched kernel overloads.
+template <class Backend, class Methods = BuiltinDecodings>
+    requires(!host_backend<Backend>)
+Tensor<float> decompress_tensor(const ContainerReader&, std::size_t, int = 1) {
+    detail::require_host_backend<Backend>();
+    return {};
+}
+template <class Backend, class Methods = BuiltinDecodings>
+    requires(!host_backend<Backend>)
+ModelFile decompress_model(const ContainerReader&, int = 1, const ProgressCallback& = {}) {
+    detail::require_host_backend<Backend>();
+    return {};
 }
 
 }  // namespace nwc
