@@ -98,7 +98,7 @@ struct EcsqDecoding {
         const RansStreamIndex index = rans::read_index(bytes, layout.tables);
         require(index.symbol_count == std::uint64_t(rows * cols), errc::corrupt, context, " segment ", segment, ": ", index.symbol_count,
                 " symbols for ", rows, " x ", cols, " weights");
-        thread_local std::vector<std::int32_t> symbols;  // reused: see NwcMethod::decode_segment
+        thread_local std::vector<std::int32_t> symbols;  // reused: see NwcDecoding::decode_segment
         symbols.resize(std::size_t(rows * cols));
         for (std::size_t s = 0; s < index.segments.size(); ++s) {
             const RansSegment& info = index.segments[s];

@@ -99,7 +99,7 @@ struct GroupRoundingDecoding {
         require(bytes.size() >= layout.scale_bytes(count) + code_bytes, errc::corrupt, where, ": ", bytes.size(), " bytes, ", count,
                 " rows need at least ", layout.scale_bytes(count) + code_bytes);
         const std::size_t scale_count = std::size_t(count * layout.groups_per_row);
-        thread_local std::vector<half> scales;  // reused: see NwcMethod::decode_segment
+        thread_local std::vector<half> scales;  // reused: see NwcDecoding::decode_segment
         ByteReader in(bytes.first(bytes.size() - code_bytes), where + " scales");
         if (layout.scheme == RoundingScheme::grid) {
             scales = read_scales(in, scale_count, grid_scale_width);

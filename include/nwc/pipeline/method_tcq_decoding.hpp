@@ -124,7 +124,7 @@ struct TcqDecoding {
         const RansStreamIndex index = read_index(layout, bytes, where);
         require(index.symbol_count == std::uint64_t(layout.segment_weights(segment)), errc::corrupt, where, ": ", index.symbol_count, " symbols for ",
                 layout.segment_weights(segment), " weights");
-        thread_local std::vector<std::int32_t> symbols;  // reused: see NwcMethod::decode_segment
+        thread_local std::vector<std::int32_t> symbols;  // reused: see NwcDecoding::decode_segment
         symbols.resize(std::size_t(index.symbol_count));
         try {
             context_rans::decode(bytes, layout.tables, layout.machine, std::span<std::int32_t>(symbols), backend);
