@@ -239,7 +239,7 @@ inline constexpr bool is_lossless = [] {
 /// "metadata" and its payload as "payload").
 template <class M>
 concept AccountingMethod = MethodDecoding<M> && requires(const typename M::Layout& layout, std::size_t size, std::span<const std::uint8_t> bytes,
-                                                 ByteAccount& account) {
+                                                         ByteAccount& account) {
     M::account_metadata(layout, size, account);
     M::account_segment(layout, size, bytes, account);
 };
@@ -249,7 +249,7 @@ concept AccountingMethod = MethodDecoding<M> && requires(const typename M::Layou
 /// that dtype then skips float32 altogether (the lossless method). Checked for backend::scalar.
 template <class M>
 concept StoredDecodingMethod = MethodDecoding<M> && requires(const typename M::Layout& layout, std::size_t segment, std::span<const std::uint8_t> bytes,
-                                                     std::span<std::uint8_t> output, const std::string& context) {
+                                                             std::span<std::uint8_t> output, const std::string& context) {
     { M::stored_dtype(layout) } -> std::same_as<dtype>;
     M::decode_segment_stored(layout, segment, bytes, output, context, backend::scalar{});
 };

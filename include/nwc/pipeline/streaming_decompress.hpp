@@ -139,8 +139,7 @@ public:
 
 private:
     using Backend = typename CodecType::backend_type;
-    using Plan = typename decltype([]<class... Ms>(MethodList<Ms...>) { return std::type_identity<detail::DecodePlan<Ms...>>{}; }(
-        typename CodecType::methods{}))::type;
+    using Plan = detail::decode_plan_of_t<typename CodecType::methods>;
 
     struct Progress {
         const ProgressCallback& callback;
