@@ -7,7 +7,7 @@
 // activations: X = Z A diag(s), Z standard normal (N = 4n samples), A a dense random mixing matrix
 // (correlated features, ill-conditioned H as in real layers) and s heavy-tailed (log-normal, sigma 1)
 // per-feature scales (a few loud features, as LLM activations have).
-// nwc-ctest-labels: data
+// nwc-ctest-labels: data slow
 #include <catch2/catch.hpp>
 
 #include <cmath>

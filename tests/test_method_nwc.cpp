@@ -6,6 +6,7 @@
 // encode_rows (a strip of columns at a time) gives encode()'s entry and error; the error is summed
 // in chunk order. (Round trips, corruption, rate control: test_pipeline.cpp, test_corruption.cpp;
 // from a mapped file: test_model_reader.cpp.)
+// nwc-ctest-labels: slow
 #include <catch2/catch.hpp>
 
 #include <cstdint>

@@ -5,6 +5,7 @@
 // Gaussian it beats ecsq's rate-distortion trade-off; damaged metadata and segments are
 // nwc::errors (or harmless finite decodes where the bytes cannot tell); rate control reaches its
 // target with it.
+// nwc-ctest-labels: slow
 #include <catch2/catch.hpp>
 
 #include <cmath>

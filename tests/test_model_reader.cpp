@@ -4,6 +4,7 @@
 // bytes of the in-memory path, for any thread count and with rate control, and codes a tensor
 // from the mapped file's bytes where the method can (lossless, rtn, gptq, ecsq, tcq, nwc), with the
 // in-memory path's bytes and report for every stored dtype.
+// nwc-ctest-labels: slow
 #include <catch2/catch.hpp>
 
 #include <bit>

@@ -1,6 +1,6 @@
 // The compression pipeline: model files in and out, the four methods, whole-model compression and
 // decompression, determinism across runs and thread counts, rate control, corrupt input.
-// nwc-ctest-labels: data
+// nwc-ctest-labels: data slow
 #include <catch2/catch.hpp>
 
 #include <unistd.h>

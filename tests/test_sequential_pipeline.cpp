@@ -1,7 +1,7 @@
 // Sequential compression through the pipeline (pipeline/sequential_pipeline.hpp): the container it
 // writes decodes to the fine-tuned model it coded, fine-tuning helps, results do not depend on the
 // thread count, rate control lands on the target, and Hugging Face files keep their layout.
-// nwc-ctest-labels: data
+// nwc-ctest-labels: data slow
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
