@@ -93,9 +93,7 @@ inline Tensor<std::int32_t> rope_corrections_of(const ContainerReader& reader, s
     return corrections;
 }
 
-}  // namespace detail
 
-namespace detail {
 /// The readable error a decode with a backend tag that has no host kernels gives (as nwc::Codec's).
 template <class Backend>
 constexpr void require_host_backend() {
