@@ -64,3 +64,15 @@ function(nwc_add_cuda_program target source)
   target_compile_options(${target} PRIVATE -std=c++20)
   target_link_libraries(${target} PRIVATE nwc::nwc nwc_project_options CUDA::cudart_static CUDA::cublas)
 endfunction()
+
+# Compiles `target` (NWC_UNITY) as `units` unity translation units of equal file counts: the
+# header-only templates every file instantiates are then parsed, instantiated and optimized once
+# per unit. The batch size follows the file count, so adding a file never adds a unit (a third
+# unit of a few files cost nearly as much as a full one: docs/bench/headers.md).
+function(nwc_unity_units target units)
+  get_target_property(sources ${target} SOURCES)
+  list(FILTER sources INCLUDE REGEX "\\.cpp$")
+  list(LENGTH sources count)
+  math(EXPR batch "(${count} + ${units} - 1) / ${units}")
+  set_target_properties(${target} PROPERTIES UNITY_BUILD ON UNITY_BUILD_MODE BATCH UNITY_BUILD_BATCH_SIZE ${batch})
+endfunction()
