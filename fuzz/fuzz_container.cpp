@@ -1,6 +1,7 @@
-// Fuzzes a whole .nwc decode: ContainerReader::from_bytes, then every tensor through the method
-// decoders (raw, rtn/gptq, ecsq, nwc with the codec the file embeds), with the SIMD and the scalar
-// backend, then Codec::decompress_model and the streamed decode to a .safetensors file
+// Fuzzes a whole .nwc decode: ContainerReader::from_bytes, then every tensor through the decoding
+// halves of the built-in methods (nwc::decompress_tensor: raw, rtn/gptq, ecsq, tcq, nwc with the
+// codec the file embeds, lossless), with the SIMD and the scalar backend, then
+// nwc::decompress_model and the streamed decode to a .safetensors file
 // (StreamingDecompressor, what `nwc decompress` runs). Invariants on success: the shape is the
 // directory's, the coded tensors' values are finite, both backends agree (bit for bit except the
 // nwc decoder network, whose float sums each backend orders its own way) and so does the
@@ -18,7 +19,7 @@
 #include "fuzz_support.hpp"
 #include "nwc/core/file_io.hpp"
 #include "nwc/io/model_file.hpp"
-#include "nwc/pipeline/pipeline_codec.hpp"
+#include "nwc/pipeline/model_decoding.hpp"
 #include "nwc/pipeline/streaming_decompress.hpp"
 
 namespace {
@@ -48,10 +49,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 continue;
             }
             every_tensor_decoded &= nwc::fuzz::rejects_cleanly([&] {
-                decoded[index] = Codec<backend::simd>::decompress(reader, index);
+                decoded[index] = decompress_tensor<backend::simd>(reader, index);
                 NWC_FUZZ_CHECK(decoded[index].shape() == entry.shape);
                 if (entry.method != "raw") NWC_FUZZ_CHECK(nwc::fuzz::all_finite(decoded[index].values()));
-                const Tensor<float> scalar = Codec<backend::scalar>::decompress(reader, index);
+                const Tensor<float> scalar = decompress_tensor<backend::scalar>(reader, index);
                 if (entry.method == "nwc") {
                     // The decoder network's float sums are ordered differently per backend, so the
                     // two agree to rounding of the network's activations, whose size follows the
@@ -71,7 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         // Every tensor decodes alone; the whole-model path must then agree (or reject the metadata).
         const std::filesystem::path in_memory = scratch / "in_memory.safetensors", streamed = scratch / "streamed.safetensors";
         const bool written = nwc::fuzz::rejects_cleanly([&] {
-            const ModelFile model = DefaultCodec::decompress_model(reader, 1);
+            const ModelFile model = decompress_model(reader, 1);
             for (const ModelTensor& tensor : model.tensors) {
                 const std::size_t index = reader.index_of(tensor.name);
                 if (!tensor.is_floating()) continue;

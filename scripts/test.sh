@@ -9,7 +9,8 @@
 #                   runs ctest except the tests labelled no_asan
 #   4. build-tsan/  ThreadSanitizer (NWC_SANITIZE_THREAD), only the tests labelled tsan
 #                   (tests/test_concurrency.cpp) as programs of their own (NWC_UNITY=OFF: not the
-#                   whole unity test program); runs ctest -L tsan
+#                   whole unity test program), built in the background beside the fuzzers (one
+#                   file would leave a core idle); runs ctest -L tsan
 #   5. build-fuzz/  the libFuzzer targets (fuzz/, clang++, NWC_BUILD_FUZZ): each runs once over its
 #                   checked-in corpus (ctest -L fuzz: the regression test), then fuzzes for
 #                   NWC_FUZZ_SECONDS from that corpus (targets in parallel, nwc_jobs at a time)
@@ -106,6 +107,15 @@ build_tsan() {
     cmake --build "$tsan_build_dir" -j "$nwc_jobs" --target "${targets[@]}"
 }
 
+# Waits for the background ThreadSanitizer build and shows its output.
+wait_for_tsan_build() {
+    local status
+    wait "$1"
+    status=$?
+    cat "$tsan_build_dir/build.log"
+    return $status
+}
+
 configure_fuzz() {
     local output arguments
     command -v clang++ >/dev/null 2>&1 || { echo "test.sh: clang++ not found (scripts/install_deps.sh --clang)" >&2; return 1; }
@@ -181,17 +191,33 @@ if ((run_asan)); then
             -j "$nwc_jobs" -LE no_asan
 fi
 
+# The ThreadSanitizer tree is one test file (and Catch2's runner): its build would leave a core idle
+# for a minute, so it runs in the background beside the fuzzers' build and is waited for after it.
+tsan_build_pid=
 if ((run_tsan)); then
-    step "configure ThreadSanitizer ($tsan_build_dir)" configure_sanitizer "$tsan_build_dir" NWC_SANITIZE_THREAD -DNWC_UNITY=OFF &&
-        step "build ThreadSanitizer (tests labelled tsan)" build_tsan &&
-        step "ctest ThreadSanitizer (-L tsan)" ctest --test-dir "$tsan_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L tsan
+    if step "configure ThreadSanitizer ($tsan_build_dir)" configure_sanitizer "$tsan_build_dir" NWC_SANITIZE_THREAD -DNWC_UNITY=OFF; then
+        build_tsan >"$tsan_build_dir/build.log" 2>&1 &
+        tsan_build_pid=$!
+    fi
 fi
 
+fuzz_built=1
 if ((run_fuzz)); then
     step "install clang (fuzzers)" "$nwc_root/scripts/install_deps.sh" --clang &&
         step "configure fuzzers ($fuzz_build_dir)" configure_fuzz &&
-        step "build fuzzers" cmake --build "$fuzz_build_dir" -j "$nwc_jobs" &&
-        step "fuzz corpus regression (-L fuzz)" ctest --test-dir "$fuzz_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L fuzz &&
+        step "build fuzzers${tsan_build_pid:+ (ThreadSanitizer tests building beside them)}" cmake --build "$fuzz_build_dir" -j "$nwc_jobs" ||
+        fuzz_built=0
+fi
+
+if [[ -n "$tsan_build_pid" ]]; then
+    tsan_build_step="build ThreadSanitizer (tests labelled tsan)"
+    ((run_fuzz)) && tsan_build_step+="; what remained after the fuzzers' build"
+    step "$tsan_build_step" wait_for_tsan_build "$tsan_build_pid" &&
+        step "ctest ThreadSanitizer (-L tsan)" ctest --test-dir "$tsan_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L tsan
+fi
+
+if ((run_fuzz && fuzz_built)); then
+    step "fuzz corpus regression (-L fuzz)" ctest --test-dir "$fuzz_build_dir" --output-on-failure --no-tests=error -j "$nwc_jobs" -L fuzz &&
         step "fuzz ${fuzz_seconds} s per target" run_fuzzers
 fi
 

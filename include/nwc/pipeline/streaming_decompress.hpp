@@ -49,7 +49,8 @@
 #include "nwc/core/thread_pool.hpp"
 #include "nwc/io/hf_directory.hpp"
 #include "nwc/io/safetensors_writer.hpp"
-#include "nwc/pipeline/pipeline_codec.hpp"
+#include "nwc/pipeline/builtin_decodings.hpp"
+#include "nwc/pipeline/model_decoding.hpp"
 
 namespace nwc {
 
@@ -66,11 +67,15 @@ struct StreamedTensor {
 
 /// Decodes the container `reader` reads into a .safetensors file or a Hugging Face directory,
 /// one tensor at a time (see the header comment). Keeps the codec blobs parsed for the whole run.
-template <class CodecType = DefaultCodec>
+/// `Methods` (decoding halves or full methods, as nwc::decompress_model takes them) and `Backend`
+/// are a codec's: `StreamingDecompressor<C::backend_type, C::methods>` for a Codec type `C`. Only
+/// decoders are compiled: no encoder is included.
+template <class Backend = backend::default_backend, class Methods = BuiltinDecodings>
 class StreamingDecompressor {
 public:
     /// Reads the file metadata and the directory (tensors are checked when they are decoded).
     explicit StreamingDecompressor(const ContainerReader& reader) : m_reader(reader), m_resources(reader), m_source(detail::model_source_of(reader)) {
+        detail::require_host_backend<Backend>();
         for (std::size_t index = 0; index < reader.tensor_count(); ++index) {
             if (detail::is_rope_corrections(reader.entry(index).name)) {  // only a .bin needs them: checked as decompress_model() checks them
                 (void)detail::rope_corrections_of(reader, index, m_source);
@@ -138,8 +143,7 @@ public:
     }
 
 private:
-    using Backend = typename CodecType::backend_type;
-    using Plan = detail::decode_plan_of_t<typename CodecType::methods>;
+    using Plan = detail::decode_plan_of_t<Methods>;
 
     struct Progress {
         const ProgressCallback& callback;
@@ -192,7 +196,7 @@ private:
     // others wait for it: items are handed on in order), then checked and converted (finish).
     StoredTensor decode(const detail::StreamedTensor& tensor) {
         const std::size_t index = m_model_tensors[tensor.model_index];
-        const Plan plan = detail::make_decode_plan(m_reader, index, m_resources, typename CodecType::methods{});
+        const Plan plan = detail::make_decode_plan(m_reader, index, m_resources, Methods{});
         if (!is_floating_dtype(tensor.entry.type)) return {};
         const Shape& shape = m_reader.entry(index).shape;
         // Straight into the stored bytes where the method can (lossless into its own dtype), else as float32.

@@ -1,5 +1,7 @@
 // Consumer of a vendored nwc: checks CRC-32C's published check value and half conversions.
-#include <nwc/nwc.hpp>
+// The decode-only entry header (<nwc/decode.hpp>) here; the installed consumer (find_package)
+// compiles the umbrella <nwc/nwc.hpp>, so every header is checked to be installed and usable.
+#include <nwc/decode.hpp>
 
 #include <cstdio>
 #include <string_view>
