@@ -17,7 +17,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <regex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "nwc/codec/codec_evaluation.hpp"
@@ -84,7 +86,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     try {
-        const nwc::TrainingCorpus corpus = nwc::TrainingCorpus::load(data, holdout, 16, false);
+        // The hold-out rule of `nwc train --holdout`: tensors whose name the expression is found in.
+        const std::regex expression(holdout, std::regex::ECMAScript);
+        const nwc::HoldoutRule rule{holdout, [&](std::string_view name) { return std::regex_search(name.begin(), name.end(), expression); }};
+        const nwc::TrainingCorpus corpus = nwc::TrainingCorpus::load(data, rule, 16, false);
         double weights = 0;
         for (const auto& matrix : corpus.held_out()) weights += double(matrix.rows) * double(matrix.cols);
         std::printf("held-out matrices: %zu (%.0f weights)\n\n", corpus.held_out().size(), weights);
@@ -135,6 +140,9 @@ int main(int argc, char** argv) {
     } catch (const nwc::error& e) {
         std::fprintf(stderr, "%s\n", e.what());
         return 1;
+    } catch (const std::regex_error& e) {
+        std::fprintf(stderr, "--holdout '%s': %s\n", holdout.c_str(), e.what());
+        return 2;
     }
     return 0;
 }

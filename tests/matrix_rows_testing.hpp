@@ -12,6 +12,7 @@
 
 #include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_encoding.hpp"
 
 namespace nwc::testing {
 

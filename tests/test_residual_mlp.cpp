@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "nwc/nn/residual_mlp.hpp"
+#include "nwc/nn/residual_mlp_tape.hpp"
 
 namespace nwc_test_residual_mlp {
 
@@ -67,12 +68,12 @@ TEST_CASE("ResidualMLP: training-path gradients match finite differences", "[res
     Tape<double> tape;
     auto loss_of = [&](const RowMajorMatrix<double>& x) {
         tape.clear();
-        const Var out = model.forward(tape, tape.constant(x), levels);
+        const Var out = nn::forward(tape, model, tape.constant(x), levels);
         return (tape.value(out).array() * weights.array()).sum();
     };
     tape.clear();
     const Var x = tape.variable(input);
-    const Var out = model.forward(tape, x, levels);
+    const Var out = nn::forward(tape, model, x, levels);
     for (auto* parameter : model.parameters()) parameter->zero_grad();
     tape.backward(out, weights);
     const RowMajorMatrix<double> input_grad = tape.grad(x);
@@ -114,7 +115,7 @@ TEMPLATE_TEST_CASE("ResidualMLP: inference path equals the training path", "[res
         const auto levels = random_levels(rows, shape.levels, random);
 
         Tape<float> tape;
-        const Var out = model.forward(tape, tape.constant_ref(input), levels);
+        const Var out = nn::forward(tape, model, tape.constant_ref(input), levels);
         const RowMajorMatrix<float> expected = tape.value(out);
 
         RowMajorMatrix<float> actual(rows, shape.output);

@@ -30,6 +30,7 @@
 #include "nwc/autograd/ops_norm.hpp"
 #include "nwc/autograd/ops_shape.hpp"
 #include "nwc/autograd/optimizer.hpp"
+#include "nwc/autograd/parameter.hpp"
 #include "nwc/autograd/tape.hpp"
 
 #include "nwc/entropy/bit_io.hpp"
@@ -53,6 +54,7 @@
 
 #include "nwc/nn/residual_block.hpp"
 #include "nwc/nn/residual_mlp.hpp"
+#include "nwc/nn/residual_mlp_tape.hpp"
 
 #include "nwc/quant/chunker.hpp"
 #include "nwc/quant/dechunk_kernels.hpp"

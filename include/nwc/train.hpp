@@ -10,3 +10,4 @@
 #include "nwc/codec/trainer.hpp"
 #include "nwc/codec/training_corpus.hpp"
 #include "nwc/nn/residual_mlp.hpp"
+#include "nwc/nn/residual_mlp_tape.hpp"

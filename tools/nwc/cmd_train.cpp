@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,19 @@ std::string lowercase_name(dtype type) {
     std::string name(dtype_name(type));
     for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
     return name;
+}
+
+/// --holdout's rule: names in which the ECMAScript expression `pattern` is found (empty: none).
+/// The regular expression lives here, not in the library (TrainingCorpus takes any predicate).
+HoldoutRule holdout_matching(const std::string& pattern) {
+    if (pattern.empty()) return {pattern, {}};
+    try {
+        return {pattern, [expression = std::regex(pattern, std::regex::ECMAScript)](std::string_view name) {
+                    return std::regex_search(name.begin(), name.end(), expression);
+                }};
+    } catch (const std::regex_error& e) {
+        fail(errc::invalid_argument, "hold-out regex '", pattern, "': ", e.what());
+    }
 }
 
 dtype codec_dtype_named(const std::string& name) {
@@ -173,7 +187,7 @@ nlohmann::json provenance_json(const TrainSettings& settings, const CodecTrainer
                          {"held_out_matrices", file.held_out_matrices}});
     nlohmann::json provenance;
     provenance["data"] = files;
-    provenance["holdout_regex"] = corpus.holdout_regex();
+    provenance["holdout_regex"] = corpus.holdout_description();
     provenance["normalization"] = "per-column std, fp16 scales (nwc::Chunker)";
     provenance["architecture"] = {{"chunk_size", options.architecture.chunk_size}, {"width", options.architecture.width},
                                   {"blocks", options.architecture.blocks},         {"latents", options.architecture.latents},
@@ -221,7 +235,7 @@ Outcome retable(const TrainSettings& settings, const std::vector<std::string>& p
     const NeuralCodec original = parse_codec(source_bytes, source.string());
     TrainingOptions options = settings.training;
     options.architecture = original.architecture();
-    const TrainingCorpus corpus = TrainingCorpus::load(positional, settings.holdout, options.architecture.chunk_size);
+    const TrainingCorpus corpus = TrainingCorpus::load(positional, holdout_matching(settings.holdout), options.architecture.chunk_size);
     NeuralCodec codec = CodecModel::from_codec(original).freeze(original.weight_dtype(), settings.precision, "{}", settings.table_tail);
     nlohmann::json provenance = nlohmann::json::parse(original.provenance(), nullptr, false);
     if (!provenance.is_object()) provenance = nlohmann::json::object();
@@ -260,7 +274,7 @@ Outcome TrainCommand::run(const Settings& settings, const std::vector<std::strin
     }
     if (!settings.retable.empty()) return retable(settings, positional);
     const auto load_start = std::chrono::steady_clock::now();
-    const TrainingCorpus corpus = TrainingCorpus::load(positional, settings.holdout, settings.training.architecture.chunk_size);
+    const TrainingCorpus corpus = TrainingCorpus::load(positional, holdout_matching(settings.holdout), settings.training.architecture.chunk_size);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     std::fprintf(stderr, "nwc train: %lld training chunks, %zu held-out matrices, variance %.4f (loaded in %.1f s)\n", (long long)corpus.chunk_count(),
                  corpus.held_out().size(), corpus.variance(), load_seconds);

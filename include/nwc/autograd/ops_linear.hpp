@@ -2,13 +2,13 @@
 //
 // All products go through Eigen's GEMM with noalias(), so neither the forward nor the backward
 // pass materializes a transpose: a row-major matrix read transposed is a column-major one, which
-// Eigen's GEMM kernels take directly.
+// Eigen's GEMM kernels take directly. Their parameters' initialization (init_linear) is
+// autograd/parameter.hpp's.
 #pragma once
 
-#include <cmath>
+#include <span>
 
 #include "nwc/autograd/tape.hpp"
-#include "nwc/core/random.hpp"
 
 namespace nwc::autograd {
 
@@ -94,21 +94,6 @@ Var linear(Tape<Scalar>& tape, Var x, Var weight, Var bias = Var{}) {
         result.noalias() = input * weights.transpose();
     }
     return out;
-}
-
-/// torch.nn.Linear's default initialization: weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)),
-/// drawn in row-major order from `random` (deterministic).
-template <class Scalar>
-void init_linear(Parameter<Scalar>& weight, Parameter<Scalar>* bias, Random& random) {
-    const double bound = 1.0 / std::sqrt(double(weight.cols()));
-    for (Index i = 0; i < weight.value.size(); ++i)
-        weight.value.data()[i] = Scalar(random.uniform(float(-bound), float(bound)));
-    weight.zero_grad();
-    if (bias) {
-        for (Index i = 0; i < bias->value.size(); ++i)
-            bias->value.data()[i] = Scalar(random.uniform(float(-bound), float(bound)));
-        bias->zero_grad();
-    }
 }
 
 }  // namespace nwc::autograd

@@ -1,4 +1,5 @@
-// Reverse-mode automatic differentiation on a tape: the core (Var, Parameter, Node, Tape).
+// Reverse-mode automatic differentiation on a tape: the core (Var, Node, Tape; Parameter is
+// autograd/parameter.hpp's).
 //
 // Read me first:
 // - Every value is a 2-D row-major Eigen matrix (RowMajorMatrix<Scalar>); a vector is 1 x n, a
@@ -27,43 +28,18 @@
 
 #include <Eigen/Core>
 
+#include "nwc/autograd/parameter.hpp"
 #include "nwc/core/config.hpp"
 #include "nwc/core/error.hpp"
 #include "nwc/core/tensor.hpp"
 
 namespace nwc::autograd {
 
-using Index = Eigen::Index;
-
 /// A handle to a node of a Tape: an index, valid until the tape's clear(). Default: "no value".
 struct Var {
     std::int32_t index = -1;
     /// True when this Var names a node (false for the default "none", e.g. an absent bias).
     bool valid() const noexcept { return index >= 0; }
-};
-
-/// A trainable tensor owned by a model: its value and the gradient that backward accumulates.
-template <class Scalar>
-struct Parameter {
-    using Matrix = RowMajorMatrix<Scalar>;
-
-    Matrix value;
-    Matrix grad;  ///< Same shape as value; accumulates across backward passes until zero_grad().
-    std::string name;  ///< Optional, for checkpoints and messages.
-
-    Parameter() = default;
-    /// A rows x cols parameter filled with zeros.
-    Parameter(Index rows, Index cols, std::string parameter_name = {})
-        : value(Matrix::Zero(rows, cols)), grad(Matrix::Zero(rows, cols)), name(std::move(parameter_name)) {}
-    /// A parameter with the given initial value.
-    explicit Parameter(Matrix initial, std::string parameter_name = {})
-        : value(std::move(initial)), grad(Matrix::Zero(value.rows(), value.cols())), name(std::move(parameter_name)) {}
-
-    Index rows() const noexcept { return value.rows(); }
-    Index cols() const noexcept { return value.cols(); }
-    Index size() const noexcept { return value.size(); }
-    /// Sets the gradient to zero (resizing it to the value's shape if someone resized the value).
-    void zero_grad() { grad.setZero(value.rows(), value.cols()); }
 };
 
 template <class Scalar> class Tape;

@@ -23,7 +23,7 @@
 #include "nwc/autograd/autograd.hpp"
 #include "nwc/codec/codec.hpp"
 #include "nwc/entropy/factorized_prior.hpp"
-#include "nwc/nn/residual_mlp.hpp"
+#include "nwc/nn/residual_mlp_tape.hpp"
 
 namespace nwc {
 
@@ -96,10 +96,10 @@ public:
         using namespace autograd;
         NWC_ASSERT(chunks.cols() == m_architecture.chunk_size && std::int64_t(levels.size()) == chunks.rows());
         const Var x = tape.constant_ref(chunks);
-        const Var y = m_encoder.forward(tape, x, levels);
+        const Var y = nn::forward(tape, m_encoder, x, levels);
         const Var y_tilde = weights.straight_through ? round_ste(tape, y) : add_uniform_noise(tape, y, noise);
         const Var bits = m_prior.bits(tape, y_tilde, m_architecture.per_level_prior ? levels : std::span<const std::uint8_t>());
-        const Var x_hat = m_decoder.forward(tape, y_tilde, levels);
+        const Var x_hat = nn::forward(tape, m_decoder, y_tilde, levels);
 
         CodecLossParts parts;
         // Rate: sum_i c[level_i] * sum_c bits_ic / numel, one fused node.

@@ -2,16 +2,19 @@
 //
 // Every 2-D tensor of the given safetensors files is normalized and chunked exactly as the
 // compressor does it (nwc::Chunker, per-column fp16 scales, chunks of `chunk_size` down a column).
-// Tensors whose name matches the hold-out regex are kept apart, whole, for rate-distortion
-// evaluation and never contribute a training chunk. Files are identified in the provenance by name,
+// Tensors the hold-out rule names (HoldoutRule: any predicate on the name; the CLI's --holdout
+// builds one from a regular expression, so the library itself needs no <regex>) are kept apart,
+// whole, for rate-distortion evaluation and never contribute a training chunk. Files are identified in the provenance by name,
 // size and SHA-256. The evaluation model (stories260K) is refused outright, so that its perplexity
 // keeps measuring how a codec generalizes to weights it never saw.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
-#include <regex>
+#include <functional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "nwc/codec/sha256.hpp"
@@ -22,10 +25,20 @@
 
 namespace nwc {
 
-/// The hold-out set used when none is given: GPT-Neo-125M layer 11's q/k/v/out projections and four
-/// MT3 decoder layer-7 matrices of three shapes.
+/// The hold-out set `nwc train` uses when none is given (an ECMAScript regular expression, searched
+/// anywhere in a tensor name): GPT-Neo-125M layer 11's q/k/v/out projections and four MT3 decoder
+/// layer-7 matrices of three shapes.
 inline constexpr const char* default_holdout_regex =
     R"(^transformer\.h\.11\.attn\.attention\.(q|k|v|out)_proj\.weight$|^decoder\.layers_7\.(self_attention\.(query|out)|mlp\.(wi_0|wo))\.weight$)";
+
+/// Which matrices a corpus keeps apart: those whose name `matches` (empty: none). `description`
+/// says what the rule is (the regular expression it was built from, say) in the codec's provenance.
+struct HoldoutRule {
+    std::string description;
+    std::function<bool(std::string_view name)> matches;
+
+    bool holds_out(std::string_view name) const { return matches && matches(name); }
+};
 
 /// One data file of a corpus.
 struct CorpusFile {
@@ -48,22 +61,16 @@ struct HeldOutMatrix {
 /// Training chunks plus held-out matrices.
 class TrainingCorpus {
 public:
-    /// Loads every 2-D tensor (both sides >= 1) of `files`; names matching `holdout_regex` (ECMAScript,
-    /// searched anywhere in the name; empty = hold out nothing) are held out. Throws nwc::error on
-    /// unreadable files, on a stories260K file, and when no training chunk remains.
-    /// With `keep_training_chunks` false only the held-out matrices are kept (for evaluation tools).
-    static TrainingCorpus load(const std::vector<std::string>& files, const std::string& holdout_regex = default_holdout_regex,
-                               int chunk_size = 16, bool keep_training_chunks = true) {
+    /// Loads every 2-D tensor (both sides >= 1) of `files`; the names `holdout` holds out are kept
+    /// apart. Throws nwc::error on unreadable files, on a stories260K file, and when no training
+    /// chunk remains. With `keep_training_chunks` false only the held-out matrices are kept (for
+    /// evaluation tools).
+    static TrainingCorpus load(const std::vector<std::string>& files, const HoldoutRule& holdout = {}, int chunk_size = 16,
+                               bool keep_training_chunks = true) {
         TrainingCorpus corpus;
         corpus.m_chunk_size = chunk_size;
-        corpus.m_holdout_regex = holdout_regex;
+        corpus.m_holdout_description = holdout.description;
         const Chunker chunker(ChunkerOptions{.chunk_size = chunk_size});
-        std::regex holdout;
-        try {
-            holdout = std::regex(holdout_regex.empty() ? std::string("$^") : holdout_regex, std::regex::ECMAScript);
-        } catch (const std::regex_error& e) {
-            fail(errc::invalid_argument, "hold-out regex '", holdout_regex, "': ", e.what());
-        }
         require(!files.empty(), errc::invalid_argument, "codec training: no data files given");
         for (const std::string& path : files) {
             const std::string base = std::filesystem::path(path).filename().string();
@@ -75,7 +82,7 @@ public:
                 if (info.shape.rank() != 2 || info.shape.numel() == 0) continue;
                 const Tensor<float> weights = file.read_float32(info.name);
                 ChunkedWeights chunked = chunker.split(weights.view());
-                if (std::regex_search(info.name, holdout)) {
+                if (holdout.holds_out(info.name)) {
                     corpus.m_held_out.push_back({info.name, info.shape[0], info.shape[1], std::move(chunked.chunks), chunk_size});
                     ++entry.held_out_matrices;
                 } else if (keep_training_chunks) {
@@ -117,14 +124,15 @@ public:
     double variance() const noexcept { return m_variance; }
     const std::vector<HeldOutMatrix>& held_out() const noexcept { return m_held_out; }
     const std::vector<CorpusFile>& files() const noexcept { return m_files; }
-    const std::string& holdout_regex() const noexcept { return m_holdout_regex; }
+    /// The hold-out rule's description (HoldoutRule::description).
+    const std::string& holdout_description() const noexcept { return m_holdout_description; }
 
 private:
     int m_chunk_size = 16;
     std::vector<float> m_chunks;
     std::vector<HeldOutMatrix> m_held_out;
     std::vector<CorpusFile> m_files;
-    std::string m_holdout_regex;
+    std::string m_holdout_description;
     double m_variance = 1.0;
 };
 

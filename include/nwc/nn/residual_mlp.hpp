@@ -6,7 +6,8 @@
 //   learned, initialized to ones, one table shared by all blocks), then Linear(W -> out).
 //   Weights use torch's layout [out, in], so a layer is y = x W^T + b.
 // - Two paths over the same Parameters:
-//   * forward(tape, ...) records the graph on an autograd tape for training;
+//   * nn::forward(tape, network, ...) (nn/residual_mlp_tape.hpp) records the graph on an autograd
+//     tape for training; this header includes no tape, so decoding compiles without autograd;
 //   * infer(...) needs no tape: it cuts the rows (chunks) into tiles of `tile_rows`, runs one GEMM
 //     per layer per tile (Eigen, noalias, the weight read transposed in place) and one fused pass
 //     per block for bias + LayerNorm + ReLU + residual + level modulation (nn/residual_block.hpp).
@@ -29,8 +30,7 @@
 
 #include <Eigen/Core>
 
-#include "nwc/autograd/ops_linear.hpp"
-#include "nwc/autograd/tape.hpp"
+#include "nwc/autograd/parameter.hpp"
 #include "nwc/core/backend.hpp"
 #include "nwc/core/error.hpp"
 #include "nwc/core/random.hpp"
@@ -40,6 +40,11 @@
 #include "nwc/nn/residual_block.hpp"
 
 namespace nwc {
+
+namespace nn {
+template <class Scalar>
+struct ResidualMLPTape;
+}
 
 /// Sizes of a ResidualMLP, chosen at run time.
 struct ResidualMLPShape {
@@ -130,18 +135,6 @@ public:
         return {all.begin(), all.end()};
     }
 
-    /// Training path: records the network on `tape`. input: n x in; one level per row.
-    autograd::Var forward(autograd::Tape<Scalar>& tape, autograd::Var input, std::span<const std::uint8_t> levels) {
-        NWC_ASSERT(tape.cols(input) == m_shape.input && std::int64_t(levels.size()) == tape.rows(input));
-        autograd::Var h = autograd::linear(tape, input, tape.parameter(m_input_weight), tape.parameter(m_input_bias));
-        const autograd::Var embedding = tape.parameter(m_embedding);
-        for (Block& block : m_blocks) {
-            const autograd::Var t = autograd::linear(tape, h, tape.parameter(block.weight), tape.parameter(block.bias));
-            h = nn::residual_block(tape, t, h, tape.parameter(block.gamma), tape.parameter(block.beta), embedding, levels);
-        }
-        return autograd::linear(tape, h, tape.parameter(m_output_weight), tape.parameter(m_output_bias));
-    }
-
     /// Inference path without a tape: output (n x out) = network(input (n x in), levels (n)).
     /// Levels must be < shape().levels (checked: they may come from a file).
     template <class Backend = backend::default_backend>
@@ -167,6 +160,9 @@ public:
     }
 
 private:
+    template <class>
+    friend struct nn::ResidualMLPTape;  // the training path reads the layers
+
     struct Block {
         Parameter weight, bias, gamma, beta;
     };

@@ -1,5 +1,7 @@
-// What the per-tensor methods (rtn, gptq, ecsq, nwc) share: options, the per-tensor report, the
-// common metadata prefix, bit packing and error measurement. Byte layouts: docs/format/methods.md.
+// What the per-tensor methods (rtn, gptq, ecsq, tcq, nwc, lossless) share, encoders and decoders
+// alike: options, the per-tensor report, the common metadata prefix, bit packing and the error
+// sums. Byte layouts: docs/format/methods.md. What only the encoders share (LDLQ set-up, the error
+// measure of a reconstruction): method_encoding.hpp.
 //
 // Read me first:
 // - Every coded tensor's metadata starts with the same prefix (MethodPrefix): a layout version,
@@ -9,8 +11,6 @@
 // - Segments: a tensor's payload is cut into segments of whole rows (rtn, gptq, ecsq) or whole
 //   columns (nwc), `span` of them per segment (the last may hold fewer). Each segment decodes on its
 //   own; the container records their sizes.
-// - Proxy loss tr(dW H dW^T) / tr(W H W^T) is measured on the decoder's reconstruction with the
-//   undamped Hessian, in double; relative MSE is ||dW||^2 / ||W||^2.
 #pragma once
 
 #include <algorithm>
@@ -33,7 +33,6 @@
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/io/container_format.hpp"
 #include "nwc/quant/chunker.hpp"
-#include "nwc/quant/ldlq_compensator.hpp"
 
 namespace nwc {
 
@@ -359,47 +358,9 @@ inline void add_error(ErrorMeasure& measure, float weight, float reconstruction)
     measure.squared_norm += value * value;
 }
 
-/// Measures the reconstruction of W (H: [cols, cols] or null). A template only so that the double
-/// GEMM is instantiated where a method measures, not in every translation unit.
-template <class HessianScalar = double>
-ErrorMeasure measure_error(TensorView<const float> weights, TensorView<const float> reconstruction, const Tensor<HessianScalar>* hessian) {
-    NWC_ASSERT(weights.numel() == reconstruction.numel());
-    ErrorMeasure measure;
-    for (std::int64_t i = 0; i < weights.numel(); ++i) add_error(measure, weights[i], reconstruction[i]);
-    if (hessian != nullptr) {
-        using Matrix = Eigen::Matrix<HessianScalar, Eigen::Dynamic, Eigen::Dynamic>;
-        const Matrix original = weights.matrix().template cast<HessianScalar>();
-        const Matrix error = original - reconstruction.matrix().template cast<HessianScalar>();
-        const auto h = hessian->matrix();
-        measure.weighted_error = (error * h).cwiseProduct(error).sum();
-        measure.weighted_norm = (original * h).cwiseProduct(original).sum();
-        measure.has_hessian = true;
-    }
-    return measure;
-}
-
-/// The LDLQ set-up every method shares: options' damping and threads, the given block size and
-/// feedback mode, no proxy loss (the codec measures it on the decoder's output).
-inline LDLQOptions ldlq_options(const MethodOptions& options, int block_size, FeedbackMode feedback) {
-    LDLQOptions ldlq;
-    ldlq.damping = options.damping;
-    ldlq.block_size = block_size;
-    ldlq.feedback = feedback;
-    ldlq.threads = std::max(1, options.threads);
-    ldlq.compute_proxy_loss = false;
-    return ldlq;
-}
-
 /// The entry's shape as a matrix (errc::corrupt unless rank 2).
 inline void require_matrix(const Shape& shape, std::string_view context) {
     require(shape.rank() == 2 && shape[0] > 0 && shape[1] > 0, errc::corrupt, context, ": a coded tensor must be a non-empty matrix");
-}
-
-/// Hessian shape check for a [rows, cols] weight.
-inline void require_hessian_fits(const Tensor<double>* hessian, std::int64_t cols, std::string_view name) {
-    if (hessian == nullptr) return;
-    require(hessian->shape().rank() == 2 && hessian->rows() == cols && hessian->cols() == cols, errc::invalid_argument, "tensor '", name,
-            "': Hessian is ", hessian->rows(), " x ", hessian->cols(), " but the weight has ", cols, " columns");
 }
 
 }  // namespace detail

@@ -25,6 +25,7 @@
 #include "nwc/entropy/compact_cdf_table.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_encoding.hpp"
 #include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_ecsq_decoding.hpp"
 #include "nwc/quant/chunker.hpp"

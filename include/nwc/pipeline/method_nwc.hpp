@@ -41,6 +41,7 @@
 #include "nwc/core/tensor.hpp"
 #include "nwc/entropy/range_coder.hpp"
 #include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_encoding.hpp"
 #include "nwc/codec/codec_file.hpp"
 #include "nwc/codec/codec_reference.hpp"
 #include "nwc/pipeline/method.hpp"

@@ -34,6 +34,7 @@
 #include "nwc/io/container_format.hpp"
 #include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_encoding.hpp"
 #include "nwc/pipeline/method_rtn_decoding.hpp"
 #include "nwc/quant/ldlq_compensator.hpp"
 #include "nwc/quant/round_to_nearest.hpp"

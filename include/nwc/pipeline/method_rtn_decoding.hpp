@@ -17,7 +17,7 @@
 #include "nwc/core/tensor.hpp"
 #include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_common.hpp"
-#include "nwc/quant/round_to_nearest.hpp"
+#include "nwc/quant/rounding_scheme.hpp"
 #include "nwc/quant/scale_grid.hpp"
 
 namespace nwc {

@@ -37,6 +37,7 @@
 #include "nwc/entropy/compact_cdf_table.hpp"
 #include "nwc/entropy/context_rans.hpp"
 #include "nwc/pipeline/method_common.hpp"
+#include "nwc/pipeline/method_encoding.hpp"
 #include "nwc/pipeline/method.hpp"
 #include "nwc/pipeline/method_tcq_decoding.hpp"
 #include "nwc/quant/chunker.hpp"

@@ -52,6 +52,7 @@
 #include "nwc/io/container.hpp"
 #include "nwc/io/model_reader.hpp"
 #include "nwc/pipeline/builtin_methods.hpp"
+#include "nwc/pipeline/method_encoding.hpp"
 #include "nwc/pipeline/model_decoding.hpp"
 #include "nwc/pipeline/tensor_decoding.hpp"
 #include "nwc/version.hpp"

@@ -39,16 +39,10 @@
 #include "nwc/core/half.hpp"
 #include "nwc/core/tensor.hpp"
 #include "nwc/quant/quantizer_concept.hpp"
+#include "nwc/quant/rounding_scheme.hpp"
 #include "nwc/quant/scale_grid.hpp"
 
 namespace nwc {
-
-/// How RoundToNearest picks a group's scale.
-enum class RoundingScheme : std::uint8_t {
-    signed_max = 0,  ///< ggml Q4_0 / Q5_0: d = max / -2^(b-1), codes 0 .. 2^b - 1, all levels used
-    absmax = 1,      ///< ggml Q8_0: d = amax / (2^(b-1) - 1), symmetric codes, one level unused
-    grid = 2,        ///< d = +- a quarter-octave grid value, the least squared error (header comment)
-};
 
 /// Options of RoundToNearest.
 struct RoundToNearestOptions {
