@@ -4,8 +4,8 @@
 // compressor does it (nwc::Chunker, per-column fp16 scales, chunks of `chunk_size` down a column).
 // Tensors the hold-out rule names (HoldoutRule: any predicate on the name; the CLI's --holdout
 // builds one from a regular expression, so the library itself needs no <regex>) are kept apart,
-// whole, for rate-distortion evaluation and never contribute a training chunk. Files are identified in the provenance by name,
-// size and SHA-256. The evaluation model (stories260K) is refused outright, so that its perplexity
+// whole, for rate-distortion evaluation and never contribute a training chunk. Files are
+// identified in the provenance by name, size and SHA-256. The evaluation model (stories260K) is refused outright, so that its perplexity
 // keeps measuring how a codec generalizes to weights it never saw.
 #pragma once
 
@@ -14,7 +14,6 @@
 #include <functional>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "nwc/codec/sha256.hpp"
