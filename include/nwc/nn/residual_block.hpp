@@ -15,11 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
-#include <span>
-#include <vector>
-
-#include <Eigen/Core>
 
 #include "nwc/core/backend.hpp"
 #include "nwc/core/config.hpp"

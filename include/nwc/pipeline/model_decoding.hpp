@@ -93,7 +93,6 @@ inline Tensor<std::int32_t> rope_corrections_of(const ContainerReader& reader, s
     return corrections;
 }
 
-
 /// The readable error a decode with a backend tag that has no host kernels gives (as nwc::Codec's).
 template <class Backend>
 constexpr void require_host_backend() {
