@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Builds nwc twice and runs every test in both trees; the README's test command, and what CI runs.
 #
-#   1. installs missing Debian packages (scripts/install_deps.sh)
+#   1. installs missing Debian packages (scripts/install_deps.sh; with --clang when the ASan or
+#      fuzzing step runs: both are built with clang++)
 #   2. build/       Release, everything: tests, benchmarks, examples, tools, CUDA programs when nvcc
 #                   is found; warnings are errors (NWC_WERROR); runs all of ctest
 #   3. build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer (NWC_SANITIZE), tests only (no
-#                   benchmarks, examples, tool or CUDA: nothing ctest runs there needs them);
+#                   benchmarks, examples, tool or CUDA: nothing ctest runs there needs them),
+#                   compiled by clang++ (NWC_ASAN_CXX): the same instrumented test units compile in
+#                   ~30% less time than with g++ (docs/bench/headers.md), and the project gets a
+#                   second compiler's warnings; the Release and ThreadSanitizer trees use g++;
 #                   runs ctest except the tests labelled no_asan
 #   4. build-tsan/  ThreadSanitizer (NWC_SANITIZE_THREAD), only the tests labelled tsan
 #                   (tests/test_concurrency.cpp) as programs of their own (NWC_UNITY=OFF: not the
@@ -27,6 +31,7 @@
 # Options: --release-only, --asan-only, --tsan-only, --fuzz-only (one step), --no-fuzz.
 # Environment: see scripts/common.sh, plus
 #   NWC_ASAN_BUILD_DIR  the sanitizer tree (default: build-asan)
+#   NWC_ASAN_CXX        its compiler (default: clang++)
 #   NWC_TSAN_BUILD_DIR  the ThreadSanitizer tree (default: build-tsan)
 #   NWC_FUZZ_BUILD_DIR  the fuzzing tree (default: build-fuzz)
 #   NWC_FUZZ_SECONDS    seconds each fuzz target runs after its corpus (default: 20; 0: corpus only)
@@ -52,6 +57,7 @@ for argument in "$@"; do
     esac
 done
 asan_build_dir=${NWC_ASAN_BUILD_DIR:-build-asan}
+asan_cxx=${NWC_ASAN_CXX:-clang++}
 tsan_build_dir=${NWC_TSAN_BUILD_DIR:-build-tsan}
 fuzz_build_dir=${NWC_FUZZ_BUILD_DIR:-build-fuzz}
 fuzz_seconds=${NWC_FUZZ_SECONDS:-20}
@@ -84,6 +90,8 @@ step() {
 # -O1 keeps sanitizer runs fast enough and compiles faster than -O2/-O3; no NDEBUG, so Eigen's own
 # assertions (index and size checks) stay on. Warnings are not errors here: GCC 12 reports false
 # positives in code instrumented by the sanitizers (the Release tree enforces -Werror).
+# A tree built before with another compiler is reconfigured from scratch (CMake drops its cache
+# when -DCMAKE_CXX_COMPILER changes).
 configure_sanitizer() {
     local build_dir=$1 sanitize_option=$2 output arguments
     shift 2
@@ -116,9 +124,14 @@ wait_for_tsan_build() {
     return $status
 }
 
+# Fails with a message naming the fix when a compiler is not on PATH.
+require_compiler() {
+    command -v "$1" >/dev/null 2>&1 || { echo "test.sh: $1 not found (scripts/install_deps.sh --clang)" >&2; return 1; }
+}
+
 configure_fuzz() {
     local output arguments
-    command -v clang++ >/dev/null 2>&1 || { echo "test.sh: clang++ not found (scripts/install_deps.sh --clang)" >&2; return 1; }
+    require_compiler clang++ || return 1
     output=$(nwc_common_cmake_arguments "$fuzz_build_dir" OFF) || return 1
     mapfile -t arguments <<<"$output"
     cmake -S "$nwc_root" -B "$fuzz_build_dir" "${arguments[@]}" -DCMAKE_CXX_COMPILER=clang++ -DNWC_BUILD_FUZZ=ON \
@@ -172,7 +185,9 @@ start_all=$SECONDS
 echo "test.sh: $nwc_root, $nwc_jobs jobs, data in $(nwc_data_dir)"
 [[ -d "$(nwc_data_dir)" ]] || echo "test.sh: warning: $(nwc_data_dir) does not exist; tests that read the real models will fail"
 
-step "install dependencies" "$nwc_root/scripts/install_deps.sh" || {
+install_arguments=()
+((run_asan || run_fuzz)) && install_arguments+=(--clang)
+step "install dependencies${install_arguments[*]:+ (${install_arguments[*]})}" "$nwc_root/scripts/install_deps.sh" "${install_arguments[@]}" || {
     echo "test.sh: cannot continue without the dependencies" >&2
     printf '%s\n' "${summary[@]}"
     exit 1
@@ -185,7 +200,8 @@ if ((run_release)); then
 fi
 
 if ((run_asan)); then
-    step "configure ASan+UBSan ($asan_build_dir)" configure_sanitizer "$asan_build_dir" NWC_SANITIZE &&
+    step "configure ASan+UBSan ($asan_build_dir, $asan_cxx)" require_compiler "$asan_cxx" &&
+        configure_sanitizer "$asan_build_dir" NWC_SANITIZE -DCMAKE_CXX_COMPILER="$asan_cxx" &&
         step "build ASan+UBSan" cmake --build "$asan_build_dir" -j "$nwc_jobs" &&
         step "ctest ASan+UBSan (-LE no_asan)" ctest --test-dir "$asan_build_dir" --output-on-failure --no-tests=error \
             -j "$nwc_jobs" -LE no_asan
@@ -203,8 +219,7 @@ fi
 
 fuzz_built=1
 if ((run_fuzz)); then
-    step "install clang (fuzzers)" "$nwc_root/scripts/install_deps.sh" --clang &&
-        step "configure fuzzers ($fuzz_build_dir)" configure_fuzz &&
+    step "configure fuzzers ($fuzz_build_dir)" configure_fuzz &&
         step "build fuzzers${tsan_build_pid:+ (ThreadSanitizer tests building beside them)}" cmake --build "$fuzz_build_dir" -j "$nwc_jobs" ||
         fuzz_built=0
 fi

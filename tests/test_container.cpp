@@ -619,7 +619,7 @@ TEST_CASE("container: hostile directories with valid CRCs give clean errors", "[
         INFO(hostile.what);
         Fields changed = fields;
         for (const auto& [name, value] : hostile.replace) {
-            const auto field = std::find_if(changed.begin(), changed.end(), [&](const auto& f) { return f.first == name; });
+            const auto field = std::find_if(changed.begin(), changed.end(), [&name = name](const auto& f) { return f.first == name; });
             REQUIRE(field != changed.end());
             field->second = value;
         }
@@ -699,7 +699,7 @@ TEST_CASE("container: a layout other than the canonical one is rejected", "[cont
              {"a gap before the directory", spliced(directory_at, 1)}}) {
         INFO(what);
         std::string message;
-        CHECK(error_of([&] { read_everything(ContainerReader::from_bytes(changed)); }, &message) == errc::corrupt);
+        CHECK(error_of([&changed = changed] { read_everything(ContainerReader::from_bytes(changed)); }, &message) == errc::corrupt);
         CHECK(message.find("directory starts at offset") != std::string::npos);
     }
 }
