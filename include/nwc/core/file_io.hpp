@@ -170,8 +170,7 @@ private:
     std::string m_temporary;
     int m_descriptor = -1;
     std::uint64_t m_written = 0;
-    std::uint64_t m_started = 0;
-    std::uint64_t m_dropped = 0;  // the bytes write_behind() has started writing to disk
+    std::uint64_t m_started = 0;  // the bytes write_behind() has started writing to disk
     std::uint64_t m_max_bytes;
 };
 
