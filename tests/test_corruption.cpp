@@ -308,6 +308,23 @@ TEST_CASE("nothing lost: failed model writes leave the existing output and no te
     CHECK(temp.entries() == std::vector<std::string>{"model.bin"});
 }
 
+TEST_CASE("corruption: a llama2c source without its llama2.c header is an error and not a JSON exception", "[corruption][hostile]") {
+    // Found by fuzz_container (fuzz/corpus/container/crash-llama2c-header-renamed): a container whose
+    // source says llama2c but whose "llama2c" key was renamed made write_model_file throw nlohmann's
+    // out_of_range (source.at("llama2c")), which no caller expects; the streamed decompression and
+    // the compressor read the same key.
+    const TempDir temp;
+    ModelFile model = DefaultCodec::decompress_model(ContainerReader::from_bytes(reliability::llama2c_container_with_rope_corrections()));
+    REQUIRE(model.format == ModelFormat::llama2c);
+    model.source["llama0c"] = model.source["llama2c"];
+    model.source.erase("llama2c");
+    CHECK(error_of([&] { write_model_file(model, temp.path / "out.safetensors"); }) == "error:corrupt");
+    CHECK(error_of([&] { write_model_file(model, temp.path / "out.bin"); }) == "error:corrupt");
+    CHECK(error_of([&] { (void)DefaultCodec(reliability::small_options("rtn")).compress_model(model); }) == "error:corrupt");
+    CHECK(!std::filesystem::exists(temp.path / "out.safetensors"));
+    CHECK(!std::filesystem::exists(temp.path / "out.bin"));
+}
+
 TEST_CASE("corruption: metadata with valid CRCs whose step, scales or alpha overflow is an error", "[corruption][hostile]") {
     // Reported by fuzz_container's invariant on a crafted input (fuzz/corpus/container/
     // crash-ecsq-overflow): ECSQ step 3e38 with fp16 scales of 65504 decoded to infinities. Every

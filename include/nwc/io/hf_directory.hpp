@@ -65,7 +65,7 @@ inline nlohmann::json hf_config_of(const ModelFile& model, const std::string& co
         return *config;
     }
     if (model.format == ModelFormat::llama2c) {
-        return llm::hf_config_json(llama_config_from_json(model.source.at("llama2c"), context));
+        return llm::hf_config_json(llama2c_config_of(model.source, context));
     }
     return nullptr;
 }

@@ -152,6 +152,15 @@ inline llm::LlamaConfig llama_config_from_json(const nlohmann::json& value, std:
     return config;
 }
 
+/// The llama2.c config a model's source JSON records: errc::corrupt when it has none (a container's
+/// source metadata is input; fuzz_container found `source.at("llama2c")` throwing JSON's own
+/// exception for a container whose "llama2c" key was renamed).
+inline llm::LlamaConfig llama2c_config_of(const nlohmann::json& source, std::string_view context) {
+    const auto found = source.find("llama2c");
+    require(found != source.end(), errc::corrupt, context, ": the model's source has no llama2.c header (\"llama2c\")");
+    return llama_config_from_json(*found, context);
+}
+
 // The u64 header length, then a JSON object ("{}" at least) that fits in the file.
 inline bool looks_like_safetensors(std::span<const std::uint8_t> bytes) noexcept {
     constexpr std::size_t shortest_json = 2;
@@ -448,7 +457,7 @@ inline Tensor<std::int32_t> unpack_rope_correction_bits(std::span<const std::uin
 }
 
 inline llm::LlamaWeights llama2c_weights_of(const ModelFile& model, std::string_view context) {
-    const llm::LlamaConfig config = llama_config_from_json(model.source.at("llama2c"), context);
+    const llm::LlamaConfig config = llama2c_config_of(model.source, context);
     llm::LlamaWeights weights = llm::LlamaWeights::zeros(config);
     weights.for_each_tensor([&](const std::string& name, Tensor<float>& target, const Shape& shape) {
         const ModelTensor* tensor = model.find(name);
@@ -460,7 +469,9 @@ inline llm::LlamaWeights llama2c_weights_of(const ModelFile& model, std::string_
 }
 
 inline llm::LlamaWeights hf_weights_of(const ModelFile& model, std::string_view context) {
-    llm::HfWeightsAssembler assembler(llm::parse_hf_config(model.source.at("hf_config"), context));
+    const auto config = model.source.find("hf_config");
+    require(config != model.source.end(), errc::corrupt, context, ": the model's source has no Hugging Face config");
+    llm::HfWeightsAssembler assembler(llm::parse_hf_config(*config, context));
     for (const ModelTensor& tensor : model.tensors) {
         if (!assembler.is_weight(tensor.name)) continue;
         assembler.add(tensor.name, tensor.shape, [&] {

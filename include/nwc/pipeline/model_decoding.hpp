@@ -66,7 +66,8 @@ inline ModelFile model_source_of(const ContainerReader& reader) {
             reader.context(), ": file metadata is not the JSON the pipeline writes");
     ModelFile model;
     model.source = metadata["source"];
-    const std::string format = model.source.value("source_format", "");
+    const auto named = model.source.find("source_format");  // value() would throw JSON's own error for a non-string
+    const std::string format = named != model.source.end() && named->is_string() ? named->get<std::string>() : std::string();
     const std::optional<ModelFormat> known = model_format_named(format);
     require(known.has_value(), errc::unsupported, reader.context(), ": source format '", format, "'");
     model.format = *known;

@@ -425,7 +425,7 @@ private:
     template <class Sink>
     static void end_container(const ModelFile& model, Sink& sink) {
         if (!model.rope_corrections.values().empty()) {  // bit-packed against the recomputed tables (older files: varint or i32 pairs)
-            const llm::LlamaConfig config = detail::llama_config_from_json(model.source.at("llama2c"), "assemble_model: llama2c source");
+            const llm::LlamaConfig config = detail::llama2c_config_of(model.source, "assemble_model: llama2c source");
             const std::vector<std::uint8_t> packed = detail::pack_rope_correction_bits(model.rope_corrections, config);
             sink.add_tensor(make_raw_tensor(std::string(detail::rope_correction_bits_name), dtype::u8, Shape{std::int64_t(packed.size())}, packed));
         }

@@ -162,7 +162,7 @@ private:
         }
         // LlamaWeights' names and shapes without allocating its tensors.
         llm::LlamaWeights names;
-        names.config = detail::llama_config_from_json(m_source.source.at("llama2c"), context);
+        names.config = detail::llama2c_config_of(m_source.source, context);
         names.layers.resize(std::size_t(names.config.n_layers));
         names.for_each_tensor([&](const std::string& name, const Tensor<float>&, const Shape& shape) {
             std::size_t found = m_model_tensors.size();
