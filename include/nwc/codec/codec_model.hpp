@@ -52,13 +52,16 @@ struct CodecLossParts {
     std::array<double, 8> bits_per_level{};  ///< the same split by level (levels < 8)
 };
 
-/// The trainable codec.
-class CodecModel {
+/// The trainable codec. Use CodecModel (= BasicCodecModel<>): a class template only so that a
+/// translation unit that includes this header and never trains instantiates none of the autograd
+/// ops (docs/bench/headers.md).
+template <class = void>
+class BasicCodecModel {
 public:
     using Parameter = autograd::Parameter<float>;
 
-    CodecModel() = default;
-    explicit CodecModel(CodecArchitecture architecture)
+    BasicCodecModel() = default;
+    explicit BasicCodecModel(CodecArchitecture architecture)
         : m_architecture(architecture), m_encoder(architecture.encoder_shape()), m_decoder(architecture.decoder_shape()),
           m_prior(architecture.prior_groups() * architecture.latents) {
         architecture.validate();
@@ -157,9 +160,9 @@ public:
     /// rebuild its tables with another precision or tail mass, or to train it further. Weights are
     /// the codec's (already rounded to its storage dtype). Throws errc::invalid_argument if the
     /// codec has no prior parameters.
-    static CodecModel from_codec(const NeuralCodec& codec) {
+    static BasicCodecModel from_codec(const NeuralCodec& codec) {
         require(!codec.prior_parameters().empty(), errc::invalid_argument, "CodecModel::from_codec: the codec file has no prior parameters");
-        CodecModel model(codec.architecture());
+        BasicCodecModel model(codec.architecture());
         model.m_encoder = codec.encoder();
         model.m_decoder = codec.decoder().network();
         const auto values = codec.prior_parameters();
@@ -179,5 +182,7 @@ private:
     ResidualMLP<float> m_decoder;
     FactorizedPrior m_prior;
 };
+
+using CodecModel = BasicCodecModel<>;
 
 }  // namespace nwc

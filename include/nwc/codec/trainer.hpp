@@ -68,9 +68,11 @@ struct StepMetrics {
     double learning_rate = 0.0;
 };
 
-class CodecTrainer {
+/// Use CodecTrainer (= BasicCodecTrainer<>): a template for the reason CodecModel is one.
+template <class = void>
+class BasicCodecTrainer {
 public:
-    CodecTrainer(TrainingOptions options, const TrainingCorpus& corpus)
+    BasicCodecTrainer(TrainingOptions options, const TrainingCorpus& corpus)
         : m_options(std::move(options)), m_corpus(&corpus), m_random(m_options.seed) {
         m_options.validate();
         require(corpus.chunk_size() == m_options.architecture.chunk_size, errc::invalid_argument, "training: corpus chunk size ",
@@ -90,8 +92,8 @@ public:
     }
 
     // The optimizer and the replicas point into this object.
-    CodecTrainer(const CodecTrainer&) = delete;
-    CodecTrainer& operator=(const CodecTrainer&) = delete;
+    BasicCodecTrainer(const BasicCodecTrainer&) = delete;
+    BasicCodecTrainer& operator=(const BasicCodecTrainer&) = delete;
 
     /// The options in use (loss.data_variance is the corpus's).
     const TrainingOptions& options() const noexcept { return m_options; }
@@ -195,5 +197,7 @@ private:
     std::vector<std::uint8_t> m_levels;
     std::int64_t m_steps_done = 0;
 };
+
+using CodecTrainer = BasicCodecTrainer<>;
 
 }  // namespace nwc

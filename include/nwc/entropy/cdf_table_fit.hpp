@@ -69,14 +69,20 @@ constexpr std::uint64_t log2_q16(compact_u128 value) noexcept {
     return (std::uint64_t(whole) << 16) | fraction;
 }
 
+/// log2_q16 of 0..2^16 (entry 0 unused). A named function that is not constexpr, on purpose: a
+/// lambda initializer would be, and C++20's constexpr std::vector makes g++ try to evaluate the
+/// 65536 * 16 squarings at compile time in every translation unit (1.8 s of `-fsyntax-only`,
+/// docs/bench/headers.md) before it gives up and initializes at run time anyway.
+inline std::vector<std::uint32_t> make_log2_q16_table() {
+    std::vector<std::uint32_t> values((std::size_t(1) << 16) + 1, 0);
+    for (std::size_t value = 1; value < values.size(); ++value) values[value] = std::uint32_t(log2_q16(value));
+    return values;
+}
+
 /// log2_q16 of a table frequency (1..2^16) from a table made once per process: pricing a
 /// candidate table takes one per bin, and the squarings cost ~50 cycles each.
 inline std::uint64_t log2_q16_of_frequency(std::uint32_t frequency) noexcept {
-    static const std::vector<std::uint32_t> table = [] {
-        std::vector<std::uint32_t> values((std::size_t(1) << 16) + 1, 0);
-        for (std::size_t value = 1; value < values.size(); ++value) values[value] = std::uint32_t(log2_q16(value));
-        return values;
-    }();
+    static const std::vector<std::uint32_t> table = make_log2_q16_table();
     NWC_ASSERT(frequency >= 1 && frequency < table.size());
     return table[frequency];
 }

@@ -58,11 +58,13 @@ struct BlockFinetuneResult {
 };
 
 /// Fine-tunes the trainable linears of a TapeBlock (see the header comment).
-class BlockFinetuner {
+/// Use BlockFinetuner (= BasicBlockFinetuner<>): a template for the reason TapeBlock is one.
+template <class = void>
+class BasicBlockFinetuner {
 public:
     using Matrix = TapeBlock::Matrix;
 
-    BlockFinetuner(const LlamaConfig& config, const LlamaLayerWeights& weights) : m_block(config, weights) {}
+    BasicBlockFinetuner(const LlamaConfig& config, const LlamaLayerWeights& weights) : m_block(config, weights) {}
 
     TapeBlock& block() noexcept { return m_block; }
     const TapeBlock& block() const noexcept { return m_block; }
@@ -219,5 +221,7 @@ private:
 
     TapeBlock m_block;
 };
+
+using BlockFinetuner = BasicBlockFinetuner<>;
 
 }  // namespace nwc::llm

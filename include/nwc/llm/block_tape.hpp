@@ -61,8 +61,11 @@ struct BlockStageValues {
     RowMajorMatrix<float> activation;
 };
 
-/// A block's weights as tape parameters plus the forward that uses them.
-class TapeBlock {
+/// A block's weights as tape parameters plus the forward that uses them. Use TapeBlock
+/// (= BasicTapeBlock<>): a class template only so that a translation unit that includes this header
+/// and never records a block instantiates none of the autograd ops (docs/bench/headers.md).
+template <class = void>
+class BasicTapeBlock {
 public:
     using Matrix = RowMajorMatrix<float>;
     using Tape = autograd::Tape<float>;
@@ -70,7 +73,7 @@ public:
     using Parameters = std::array<Parameter, 7>;  ///< indexed by BlockLinear
 
     /// Copies the block's weights (shapes must agree with `config`: LlamaModel validated them).
-    TapeBlock(const LlamaConfig& config, const LlamaLayerWeights& weights) : m_config(config) {
+    BasicTapeBlock(const LlamaConfig& config, const LlamaLayerWeights& weights) : m_config(config) {
         for (BlockLinear linear : block_linears) {
             const Tensor<float>& weight = block_linear_weight(weights, linear);
             m_weights[std::size_t(linear)] = Parameter(Matrix(weight.matrix()), std::string(block_linear_suffix(linear)));
@@ -195,5 +198,7 @@ private:
     std::array<bool, 7> m_trainable{true, true, true, true, true, true, true};
     Matrix m_attention_norm, m_ffn_norm;  // 1 x dim
 };
+
+using TapeBlock = BasicTapeBlock<>;
 
 }  // namespace nwc::llm

@@ -8,6 +8,9 @@
 // Determinism: windows are summed in fixed groups (`windows_per_group` consecutive windows, one
 // group per task) and the group sums are added to the total in group order, so the Hessians are
 // the same bits for any thread count. Memory: one set of partial Hessians per running thread.
+//
+// Functions that run the model are `template <class = void>`: instantiated when a program calls
+// them, not by every translation unit that includes the header (docs/bench/headers.md).
 #pragma once
 
 #include <cstdint>
@@ -92,7 +95,8 @@ inline std::vector<LinearInputHessian> linear_input_layout(const LlamaModel& mod
 }
 
 /// Adds X^T X (lower triangle only) of a float activation matrix to a double accumulator.
-inline void accumulate_gram(const Activations& activations, RowMajorMatrix<double>& gram) {
+template <class = void>
+void accumulate_gram(const Activations& activations, RowMajorMatrix<double>& gram) {
     const Eigen::MatrixXd wide = activations.cast<double>();
     gram.selfadjointView<Eigen::Lower>().rankUpdate(wide.transpose());
 }
@@ -100,7 +104,8 @@ inline void accumulate_gram(const Activations& activations, RowMajorMatrix<doubl
 }  // namespace detail
 
 /// Runs the model over the calibration tokens and returns every linear input's Hessian.
-inline LinearHessians collect_hessians(const LlamaModel& model, std::span<const int> tokens, const CalibrationOptions& options = {}) {
+template <class = void>
+LinearHessians collect_hessians(const LlamaModel& model, std::span<const int> tokens, const CalibrationOptions& options = {}) {
     require(options.window <= model.config().seq_len, errc::invalid_argument, "calibration: window ", options.window, " exceeds seq_len ",
             model.config().seq_len);
     require(options.windows_per_group > 0, errc::invalid_argument, "calibration: windows_per_group must be positive");
@@ -163,7 +168,8 @@ struct BlockActivations {
 };
 
 /// The hidden states entering block 0 (the embeddings) of every window.
-inline std::vector<Activations> embed_windows(const LlamaModel& model, std::span<const std::span<const int>> windows) {
+template <class = void>
+std::vector<Activations> embed_windows(const LlamaModel& model, std::span<const std::span<const int>> windows) {
     std::vector<Activations> states;
     states.reserve(windows.size());
     for (const auto& window : windows) states.push_back(model.embed(window));
@@ -173,7 +179,8 @@ inline std::vector<Activations> embed_windows(const LlamaModel& model, std::span
 /// The hook for inter-layer fine-tuning: runs block `layer` of `model` on given input states
 /// (one matrix per window, positions from 0) and returns the output states. Windows run in
 /// parallel; each result depends only on its own input.
-inline std::vector<Activations> run_block(const LlamaModel& model, int layer, const std::vector<Activations>& inputs, int threads = 1) {
+template <class = void>
+std::vector<Activations> run_block(const LlamaModel& model, int layer, const std::vector<Activations>& inputs, int threads = 1) {
     require(layer >= 0 && layer < model.config().n_layers, errc::invalid_argument, "run_block: layer ", layer, " outside [0, ",
             model.config().n_layers, ")");
     std::vector<Activations> outputs(inputs.size());
@@ -190,7 +197,8 @@ inline std::vector<Activations> run_block(const LlamaModel& model, int layer, co
 
 /// Runs blocks 0..layer-1 over the calibration windows and records block `layer`'s inputs and
 /// outputs (memory: 2 * windows * window * dim floats; bound it with options.max_windows).
-inline BlockActivations capture_block_activations(const LlamaModel& model, std::span<const int> tokens, int layer, const CalibrationOptions& options = {}) {
+template <class = void>
+BlockActivations capture_block_activations(const LlamaModel& model, std::span<const int> tokens, int layer, const CalibrationOptions& options = {}) {
     require(layer >= 0 && layer < model.config().n_layers, errc::invalid_argument, "capture_block_activations: layer ", layer, " outside [0, ",
             model.config().n_layers, ")");
     std::vector<std::span<const int>> windows = cut_windows(tokens, options.window);

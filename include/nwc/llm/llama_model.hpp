@@ -44,14 +44,19 @@ using BlockObserver = std::function<void(const BlockLinearInputs&)>;
 
 namespace detail {
 
+// These two and the model are templates only so that including the header instantiates none of
+// their Eigen products until a program runs a model (docs/bench/headers.md).
+
 /// Y = X W^T for a [out, in] weight.
-inline void linear(const Activations& input, const Tensor<float>& weight, Activations& output) {
+template <class Matrix>
+void linear(const Matrix& input, const Tensor<float>& weight, Matrix& output) {
     output.resize(input.rows(), weight.rows());
     output.noalias() = input * weight.matrix().transpose();
 }
 
 /// Row-wise RMSNorm: y = w * x / sqrt(mean(x^2) + eps).
-inline void rms_norm(const Activations& input, const Tensor<float>& weight, float eps, Activations& output) {
+template <class Matrix>
+void rms_norm(const Matrix& input, const Tensor<float>& weight, float eps, Matrix& output) {
     output.resize(input.rows(), input.cols());
     const auto scale = Eigen::Map<const Eigen::RowVectorXf>(weight.data(), weight.numel());
     for (Eigen::Index row = 0; row < input.rows(); ++row) {
@@ -63,11 +68,13 @@ inline void rms_norm(const Activations& input, const Tensor<float>& weight, floa
 
 }  // namespace detail
 
-/// A Llama model ready to run: owns its weights and its RoPE table.
-class LlamaModel {
+/// A Llama model ready to run: owns its weights and its RoPE table. Use LlamaModel
+/// (= BasicLlamaModel<>; a template for the reason above).
+template <class = void>
+class BasicLlamaModel {
 public:
     /// Takes the weights (validated: errc::corrupt for shapes that disagree with the config).
-    explicit LlamaModel(LlamaWeights weights) : m_weights(std::move(weights)) {
+    explicit BasicLlamaModel(LlamaWeights weights) : m_weights(std::move(weights)) {
         m_weights.validate_shapes("llama model");
         build_rope_table();
     }
@@ -218,5 +225,7 @@ private:
     LlamaWeights m_weights;
     RowMajorMatrix<float> m_rope_cos, m_rope_sin;  // [seq_len, head_size/2]
 };
+
+using LlamaModel = BasicLlamaModel<>;
 
 }  // namespace nwc::llm

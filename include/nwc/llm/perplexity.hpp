@@ -7,6 +7,9 @@
 //     log-likelihood of token t+1 under the logits at position t, in double.
 // Windows run in parallel; per-window sums are reduced in window order, so the result is the
 // same for any thread count.
+//
+// Functions that run the model are `template <class = void>`: instantiated when a program calls
+// them, not by every translation unit that includes the header (docs/bench/headers.md).
 #pragma once
 
 #include <cmath>
@@ -55,7 +58,8 @@ struct PerplexityResult {
 };
 
 /// Sum of -log p(token[t+1] | tokens[0..t]) over t = 0..T-2 of one window, in double.
-inline double window_nll(const LlamaModel& model, std::span<const int> window) {
+template <class = void>
+double window_nll(const LlamaModel& model, std::span<const int> window) {
     const Activations logits = model.forward(window);
     double total = 0.0;
     Eigen::ArrayXd row;
@@ -70,7 +74,8 @@ inline double window_nll(const LlamaModel& model, std::span<const int> window) {
 
 /// Evaluates `tokens` (already tokenized under the protocol). Throws errc::invalid_argument when
 /// the text has no complete window, errc::numerical when the model produces a non-finite loss.
-inline PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const int> tokens, const PerplexityOptions& options = {}) {
+template <class = void>
+PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const int> tokens, const PerplexityOptions& options = {}) {
     require(options.window <= model.config().seq_len, errc::invalid_argument, "perplexity: window ", options.window, " exceeds the model's seq_len ",
             model.config().seq_len);
     std::vector<std::span<const int>> windows = cut_windows(tokens, options.window);
@@ -92,8 +97,9 @@ inline PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<c
 }
 
 /// Tokenizes `text` under the protocol and evaluates it.
-inline PerplexityResult evaluate_perplexity(const LlamaModel& model, const Tokenizer& tokenizer, std::string_view text,
-                                            const PerplexityOptions& options = {}) {
+template <class = void>
+PerplexityResult evaluate_perplexity(const LlamaModel& model, const Tokenizer& tokenizer, std::string_view text,
+                                     const PerplexityOptions& options = {}) {
     const std::vector<int> tokens = tokenize_for_evaluation(tokenizer, text);
     return evaluate_perplexity(model, tokens, options);
 }

@@ -24,6 +24,8 @@
 // - Determinism: the noise of pair p of the tensor with model index t (LlamaWeights::names order)
 //   comes from Random(seed).split(t).split(p), drawn on the calling thread; windows run in
 //   parallel and their NLLs are summed in window order. Same bits for any thread count.
+// - Functions that run the model are `template <class = void>`: instantiated when a program calls
+//   them, not by every translation unit that includes the header (docs/bench/headers.md).
 #pragma once
 
 #include <algorithm>
@@ -107,7 +109,8 @@ inline int sensitivity_stage(const LlamaConfig& config, std::string_view name) {
 }
 
 /// Sum of the NLL of one window's predictions from the hidden states entering block `first_layer`.
-inline double window_nll_from(const LlamaModel& model, Activations hidden, int first_layer, std::span<const int> window) {
+template <class = void>
+double window_nll_from(const LlamaModel& model, Activations hidden, int first_layer, std::span<const int> window) {
     for (int layer = first_layer; layer < model.config().n_layers; ++layer) model.forward_block(layer, hidden);
     const Activations logits = model.classify(model.final_norm(hidden));
     double total = 0.0;
@@ -152,7 +155,8 @@ inline std::vector<std::vector<double>> shape_gains(const Tensor<float>& weights
 /// Measures S for the tensors named in `names` (all tensors when empty; 2-D only unless
 /// options.include_vectors) of `model` on `tokens` (tokenize_for_evaluation). Throws
 /// errc::invalid_argument for bad options, too few tokens or an unknown name.
-inline SensitivityReport measure_sensitivities(const LlamaModel& model, std::span<const int> tokens, const SensitivityOptions& options = {},
+template <class = void>
+SensitivityReport measure_sensitivities(const LlamaModel& model, std::span<const int> tokens, const SensitivityOptions& options = {},
                                                std::span<const std::string> names = {}) {
     const LlamaConfig& config = model.config();
     require(options.window >= 2 && options.window <= config.seq_len, errc::invalid_argument, "sensitivity: window ", options.window, " outside [2, ",

@@ -23,6 +23,8 @@
 //   text; the last `validation_windows` of them are held out for early stopping and for the
 //   reported block MSEs, the others train. Hessians use all of them.
 // - Every result is the same bits for any thread count (see block_finetune.hpp, calibration.hpp).
+// - Functions that run the model are `template <class = void>`: instantiated when a program calls
+//   them, not by every translation unit that includes the header (docs/bench/headers.md).
 #pragma once
 
 #include <cmath>
@@ -106,7 +108,8 @@ inline std::vector<std::vector<BlockLinear>> coding_groups(bool group_shared_inp
 /// H = X^T X / N of one input of block `layer` (slot as in block_input_slot; 4: the classifier
 /// input, i.e. final-normed states, with `layer` ignored) over the windows' states. Windows are
 /// summed in window order, whatever the thread count.
-inline Tensor<double> block_input_hessian(const LlamaModel& model, int layer, int slot, const std::vector<Activations>& states, int threads) {
+template <class = void>
+Tensor<double> block_input_hessian(const LlamaModel& model, int layer, int slot, const std::vector<Activations>& states, int threads) {
     const std::int64_t width = slot == 3 ? model.config().hidden_dim : model.config().dim;
     RowMajorMatrix<double> total = RowMajorMatrix<double>::Zero(width, width);
     const std::int64_t batch = resolve_thread_count(threads);
@@ -136,7 +139,8 @@ inline Tensor<double> block_input_hessian(const LlamaModel& model, int layer, in
 }
 
 /// Calls the encoder, checks the shape, and measures the error against `weight`.
-inline Tensor<float> code_tensor(const QuantizeFunction& quantize, const std::string& name, const Tensor<float>& weight, const Tensor<double>* hessian,
+template <class = void>
+Tensor<float> code_tensor(const QuantizeFunction& quantize, const std::string& name, const Tensor<float>& weight, const Tensor<double>* hessian,
                                  SequentialTensorReport& report) {
     Tensor<float> reconstruction = quantize(name, weight, hessian);
     require(reconstruction.shape() == weight.shape(), errc::invalid_argument, "sequential compression: the encoder returned ",
@@ -158,7 +162,8 @@ inline Tensor<float> code_tensor(const QuantizeFunction& quantize, const std::st
 /// Compresses `model` in place (every 2-D weight replaced by the encoder's reconstruction, in the
 /// order of the header comment), calibrating on `calibration_tokens` (tokenized with one BOS, as
 /// tokenize_for_evaluation does). Throws errc::invalid_argument for too few calibration tokens.
-inline SequentialCompressionReport compress_sequentially(LlamaModel& model, std::span<const int> calibration_tokens, const QuantizeFunction& quantize,
+template <class = void>
+SequentialCompressionReport compress_sequentially(LlamaModel& model, std::span<const int> calibration_tokens, const QuantizeFunction& quantize,
                                                          const SequentialCompressionOptions& options = {}) {
     const LlamaConfig& config = model.config();
     require(options.window >= 2 && options.window <= config.seq_len, errc::invalid_argument, "sequential compression: window ", options.window,
