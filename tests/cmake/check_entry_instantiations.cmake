@@ -3,8 +3,9 @@
 # the header defines is emitted and, with it, every template specialization its body uses; none of
 # the symbols the object then defines may match FORBIDDEN. A non-template function that records
 # autograd ops or multiplies Eigen matrices makes every program that includes the header compile
-# those templates, used or not (the training and LLM paths cost `<nwc/nwc.hpp>` about 6 s of
-# `g++ -fsyntax-only` before they became templates instantiated on use; docs/bench/headers.md).
+# those templates, used or not (the training and LLM paths cost `<nwc/nwc.hpp>` about 6.5 s of
+# `g++ -fsyntax-only`, 15.1 -> 8.6 s in a fast hour, before they became templates instantiated on
+# use; docs/bench/headers.md).
 #
 # Inputs (-D): COMPILER (g++: -fkeep-inline-functions is GCC's), NM, INCLUDE_DIR (nwc's include/),
 # DEPENDENCY_INCLUDES (the folders of Eigen, xsimd and nlohmann-json, separated by '|'), HEADER (e.g. nwc/nwc.hpp), WORK_DIR (scratch folder), FORBIDDEN (CMake regular expressions on

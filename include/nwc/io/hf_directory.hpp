@@ -59,11 +59,7 @@ inline std::string hf_shard_name(std::size_t index, std::size_t count) {
 
 /// The config.json of `model`'s directory, or null when its source has none (a plain safetensors file).
 inline nlohmann::json hf_config_of(const ModelFile& model, const std::string& context) {
-    if (is_hf_format(model.format)) {
-        const auto config = model.source.find("hf_config");
-        require(config != model.source.end() && config->is_object(), errc::corrupt, context, ": the model's source has no Hugging Face config");
-        return *config;
-    }
+    if (is_hf_format(model.format)) return hf_config_in(model.source, context);
     if (model.format == ModelFormat::llama2c) {
         return llm::hf_config_json(llama2c_config_of(model.source, context));
     }

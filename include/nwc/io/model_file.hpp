@@ -161,6 +161,13 @@ inline llm::LlamaConfig llama2c_config_of(const nlohmann::json& source, std::str
     return llama_config_from_json(*found, context);
 }
 
+/// The Hugging Face config.json a model's source JSON records: errc::corrupt when it has none.
+inline const nlohmann::json& hf_config_in(const nlohmann::json& source, std::string_view context) {
+    const auto found = source.find("hf_config");
+    require(found != source.end() && found->is_object(), errc::corrupt, context, ": the model's source has no Hugging Face config");
+    return *found;
+}
+
 // The u64 header length, then a JSON object ("{}" at least) that fits in the file.
 inline bool looks_like_safetensors(std::span<const std::uint8_t> bytes) noexcept {
     constexpr std::size_t shortest_json = 2;
@@ -469,9 +476,7 @@ inline llm::LlamaWeights llama2c_weights_of(const ModelFile& model, std::string_
 }
 
 inline llm::LlamaWeights hf_weights_of(const ModelFile& model, std::string_view context) {
-    const auto config = model.source.find("hf_config");
-    require(config != model.source.end(), errc::corrupt, context, ": the model's source has no Hugging Face config");
-    llm::HfWeightsAssembler assembler(llm::parse_hf_config(*config, context));
+    llm::HfWeightsAssembler assembler(llm::parse_hf_config(hf_config_in(model.source, context), context));
     for (const ModelTensor& tensor : model.tensors) {
         if (!assembler.is_weight(tensor.name)) continue;
         assembler.add(tensor.name, tensor.shape, [&] {
